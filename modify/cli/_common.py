@@ -1,0 +1,50 @@
+"""What every command shares: turning `ModifyError` into one line and exit code 1, and
+resolving the MODEL argument."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> typer.Exit:
+    """Prints ``error: message`` on stderr and returns the exit to raise."""
+    from modify.cli.render import error_console
+
+    error_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def user_errors(func: F) -> F:
+    """Decorates a command: a `ModifyError` (bad input) ends it with one line, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from modify.errors import ModifyError
+
+        try:
+            return func(*args, **kwargs)
+        except ModifyError as e:
+            raise fail(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def quiet_torch_logs() -> None:
+    """torch.utils.benchmark warns on import that this CPU machine has no CUDA runtime."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def load_model(spec: str, *, num_classes: int | None = None) -> tuple[Any, str]:
+    """MODEL argument -> (module, label)."""
+    from modify.zoo import resolve_model
+
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    return resolve_model(spec, **kwargs)

@@ -1,0 +1,61 @@
+"""`modify bench MODEL --vs OTHER`: both models timed interleaved in one process."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from modify.cli._common import fail, load_model, quiet_torch_logs, user_errors
+
+app = typer.Typer()
+
+
+def _parse_cases(specs: list[str]):
+    from modify.benchmark import BenchCase
+
+    cases = []
+    for spec in specs:
+        try:
+            batch, threads = (int(v) for v in spec.split("x"))
+            if batch < 1 or threads < 0:
+                raise ValueError
+        except ValueError:
+            raise fail(f"--case {spec!r} is not BATCHxTHREADS (e.g. 1x1, 32x0 where 0 = all cores).") from None
+        cases.append(BenchCase(batch_size=batch, threads=threads))
+    return cases
+
+
+@app.command()
+@user_errors
+def bench(
+    model: Annotated[str, typer.Argument(help="The model to time (resnet50_mod, ...).")],
+    vs: Annotated[str, typer.Option("--vs", help="The baseline timed beside it (resnet50).")],
+    input_size: Annotated[int, typer.Option("--input-size", help="Input height and width.", min=1)] = 224,
+    case: Annotated[
+        Optional[list[str]],
+        typer.Option("--case", help="BATCHxTHREADS, repeatable; 0 threads = all cores. Default: 1x1 and 32x0."),
+    ] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Alternating rounds per setting.", min=1)] = 7,
+    min_run_time: Annotated[float, typer.Option("--min-run-time", help="Seconds per model per round.", min=0.0)] = 0.5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Time MODEL against the baseline (eval, fp32), interleaved; print medians and speed-ups."""
+    quiet_torch_logs()
+    from modify.benchmark import DEFAULT_CASES
+    from modify.benchmark import bench as run_bench
+
+    cases = _parse_cases(case) if case else list(DEFAULT_CASES)
+    module, label = load_model(model)
+    baseline, baseline_label = load_model(vs)
+    report = run_bench(
+        module, baseline, cases=cases, input_size=input_size, rounds=rounds, min_run_time=min_run_time,
+        labels=(label, baseline_label),
+    )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    from modify.cli.render import bench_table, console
+
+    console().print(bench_table(report))

@@ -1,0 +1,44 @@
+"""Typed errors of `modify`. Each message names the value, what was expected, and the next step."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ModifyError",
+    "UnknownModelError",
+    "RecipeError",
+    "TraceError",
+    "NoBlocksError",
+    "ConversionError",
+    "CheckpointError",
+]
+
+
+class ModifyError(Exception):
+    """Base class of every error `modify` raises on purpose; the CLI prints it as one line."""
+
+
+class UnknownModelError(ModifyError, KeyError):
+    """A model name that is neither a `modify` architecture nor a torchvision model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RecipeError(ModifyError, ValueError):
+    """A recipe that does not validate: the message names the YAML path and the value."""
+
+
+class TraceError(ModifyError, RuntimeError):
+    """torch.fx could not trace a module; the message names it and suggests a leaf."""
+
+
+class NoBlocksError(ModifyError, ValueError):
+    """The model holds no residual Conv-Block that could be converted."""
+
+
+class ConversionError(ModifyError, ValueError):
+    """A conversion option that cannot apply to the model (k too large, say)."""
+
+
+class CheckpointError(ModifyError, ValueError):
+    """A checkpoint that cannot be read safely or was not written by `modify`."""

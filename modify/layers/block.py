@@ -1,0 +1,111 @@
+"""`MoDBlock`: the unit a conversion installs (Cakaj et al. 2024, Fig. 1).
+
+    x (N, C, H, W) -> selector -> top-k scores s (N, k), indices i (N, k)
+                   -> gather x[:, i] (N, k, H, W) -> reduced block -> * s -> fuse into x
+
+Only the k selected channels pass through the reduced block; the other C - k channels skip it,
+so different channels see different depths. The output has the input's shape and the graph has
+no control flow on tensor values: it traces with torch.fx and exports with torch.export.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from modify.layers.fusion import Fusion, expand_index
+from modify.layers.options import BlockForm, FusionSlot, MoDConfig, SelectionOrder
+from modify.layers.selector import ChannelSelector
+
+__all__ = ["MoDBlock", "capacity_to_k"]
+
+
+def capacity_to_k(channels: int, c: int) -> int:
+    """The paper's k = max(1, C // c) for a block of C channels and capacity c.
+
+    Example:
+        >>> capacity_to_k(1024, 64)
+        16
+    """
+    if c < 1:
+        raise ValueError(f"capacity c={c} must be at least 1.")
+    return max(1, channels // c)
+
+
+class MoDBlock(nn.Module):
+    """A CNN Mixture-of-Depths block.
+
+    Args:
+        channels: C, the block's input (and output) channel count.
+        k: how many channels the reduced block processes.
+        block: the reduced block, mapping (N, k, H, W) to (N, k, H, W). In the ``"whole"`` form
+            it is the architecture's own block at width k (its shortcut and final activation
+            included); in the ``"branch"`` form only its residual branch.
+        form: ``"whole"`` (default) or ``"branch"``.
+        post: in the ``"branch"`` form, what the original block applies after its skip-add
+            (ResNet's final ReLU); it follows the fusion. Must be None in the ``"whole"`` form.
+        fusion: the slot, ``"first"`` (default), ``"last"`` or ``"original"``.
+        order: order of the selected channels, ``"score"`` (default) or ``"index"``.
+        scale: multiply the block output by the selected scores (the paper always does; it is
+            how the selector gets its gradient). False only for baselines and identity checks.
+        reduction: the selector's bottleneck ratio r.
+
+    Example:
+        >>> from torchvision.models.resnet import BasicBlock
+        >>> mod = MoDBlock(64, 4, BasicBlock(4, 4))
+        >>> mod(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        k: int,
+        block: nn.Module,
+        *,
+        form: BlockForm | str = BlockForm.WHOLE,
+        post: nn.Module | None = None,
+        fusion: FusionSlot | str = FusionSlot.FIRST,
+        order: SelectionOrder | str = SelectionOrder.SCORE,
+        scale: bool = True,
+        reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.k = k
+        self.form = BlockForm.from_str(form)
+        if self.form is BlockForm.WHOLE and post is not None:
+            raise ValueError("post= applies to the 'branch' form only; in the 'whole' form nothing follows the fusion.")
+        self.scale = scale
+        self.selector = ChannelSelector(channels, k, reduction=reduction, order=order)
+        self.block = block
+        self.fusion = Fusion(channels, k, fusion)
+        self.post = post if post is not None else nn.Identity()
+
+    @classmethod
+    def from_config(
+        cls, channels: int, k: int, block: nn.Module, config: MoDConfig, *, post: nn.Module | None = None
+    ) -> MoDBlock:
+        """Builds a block with the options of a `MoDConfig`."""
+        return cls(
+            channels,
+            k,
+            block,
+            form=config.form,
+            post=post,
+            fusion=config.fusion,
+            order=config.order,
+            scale=config.scale,
+            reduction=config.reduction,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores, indices = self.selector(x)  # (N, k), (N, k)
+        picked = torch.gather(x, 1, expand_index(indices, x))  # (N, k, H, W)
+        y = self.block(picked)  # (N, k, H, W)
+        if self.scale:
+            y = y * scores[:, :, None, None]  # (N, k, H, W): the selector's gradient path
+        return self.post(self.fusion(x, y, indices))  # (N, C, H, W)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, k={self.k}, form={self.form.value}, scale={self.scale}"

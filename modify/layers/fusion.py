@@ -1,0 +1,55 @@
+"""The fusion of CNN MoD (Eq. 1-2): add the k processed channels into a fixed slot of the input.
+
+Eq. (1): out[:, :k] = y + x[:, :k];  Eq. (2): out[:, k:] = x[:, k:].
+The paper's default slot is the first k channels; the last k ("MoD-lk") is as good, and adding
+back to the channels' original positions is the much worse ablation "OP". Every variant keeps
+the input's shape, so the graph stays static.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from modify.layers.options import FusionSlot
+
+__all__ = ["Fusion", "expand_index"]
+
+
+def expand_index(indices: Tensor, like: Tensor) -> Tensor:
+    """Channel indices (N, k) broadcast over the spatial axes of ``like`` (N, C, H, W) -> (N, k, H, W)."""
+    return indices[:, :, None, None].expand(-1, -1, like.shape[2], like.shape[3])
+
+
+class Fusion(nn.Module):
+    """Adds ``y`` (N, k, H, W) into ``x`` (N, C, H, W) at a fixed slot; returns (N, C, H, W).
+
+    The result is a new tensor: ``x`` is left untouched, so autograd and any other reader of
+    the block input stay correct.
+
+    Example:
+        >>> fuse = Fusion(channels=4, k=2)
+        >>> x, y = torch.zeros(1, 4, 1, 1), torch.ones(1, 2, 1, 1)
+        >>> fuse(x, y, torch.tensor([[3, 1]])).flatten().tolist()
+        [1.0, 1.0, 0.0, 0.0]
+    """
+
+    def __init__(self, channels: int, k: int, slot: FusionSlot | str = FusionSlot.FIRST) -> None:
+        super().__init__()
+        if not 1 <= k <= channels:
+            raise ValueError(f"k={k} must lie in 1..{channels} (the channel count).")
+        self.channels = channels
+        self.k = k
+        self.slot = FusionSlot.from_str(slot)
+
+    def forward(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
+        k = self.k
+        if self.slot is FusionSlot.FIRST:
+            return torch.cat([x[:, :k] + y, x[:, k:]], dim=1)  # (N, C, H, W)
+        if self.slot is FusionSlot.LAST:
+            c_keep = self.channels - k
+            return torch.cat([x[:, :c_keep], x[:, c_keep:] + y], dim=1)  # (N, C, H, W)
+        return x.scatter_add(1, expand_index(indices, y), y)  # (N, C, H, W), original positions
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, k={self.k}, slot={self.slot.value}"

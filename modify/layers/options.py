@@ -1,0 +1,86 @@
+"""The closed choices of a MoD block, as string enums (the YAML holds strings, the code members).
+
+The defaults are the project's reading of the paper (docs: ``cnn-mod.md``, decisions table);
+the alternatives are kept for ablations and for the identity configuration that proves a
+rewrite exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+__all__ = ["StrChoice", "SelectionOrder", "BlockForm", "FusionSlot", "MoDConfig"]
+
+
+class StrChoice(str, enum.Enum):
+    """A string enum whose ``from_str`` names the valid values when given a wrong one."""
+
+    @classmethod
+    def from_str(cls, value: str | StrChoice) -> StrChoice:
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"Unknown value {value!r} for {cls.__name__}; expected one of {valid}.") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SelectionOrder(StrChoice):
+    """Order of the k selected channels, which fixes which slot of the reduced block each feeds."""
+
+    SCORE = "score"  # torch.topk order, highest score first (default)
+    INDEX = "index"  # ascending channel index
+
+
+class BlockForm(StrChoice):
+    """What the reduced block is."""
+
+    WHOLE = "whole"  # the architecture's own block at width k, with its shortcut and activation
+    BRANCH = "branch"  # only the residual branch; the fusion is the skip-add, then the post-add op
+
+
+class FusionSlot(StrChoice):
+    """Where the k processed channels are added back into the C-channel input."""
+
+    FIRST = "first"  # channels 0..k-1 (Eq. 1-2 of the paper, default)
+    LAST = "last"  # channels C-k..C-1 ("MoD-lk", Table 8)
+    ORIGINAL = "original"  # the positions they were taken from (ablation "OP", Table 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoDConfig:
+    """How every MoD block of a model is built; one per model or per recipe.
+
+    Example:
+        >>> MoDConfig(fusion="last").fusion
+        <FusionSlot.LAST: 'last'>
+    """
+
+    form: BlockForm = BlockForm.WHOLE  # whole block at width k, or only its residual branch
+    fusion: FusionSlot = FusionSlot.FIRST  # where the processed channels are added back
+    order: SelectionOrder = SelectionOrder.SCORE  # order of the selected channels
+    scale: bool = True  # multiply the block output by the selection scores (the paper: always)
+    reduction: int = 16  # the selector's bottleneck ratio r
+
+    def __post_init__(self) -> None:
+        # Accept the YAML's strings; store the enum members.
+        object.__setattr__(self, "form", BlockForm.from_str(self.form))
+        object.__setattr__(self, "fusion", FusionSlot.from_str(self.fusion))
+        object.__setattr__(self, "order", SelectionOrder.from_str(self.order))
+        if not isinstance(self.reduction, int) or self.reduction < 1:
+            raise ValueError(f"reduction={self.reduction!r} must be a positive integer.")
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain strings and numbers, for YAML and checkpoints."""
+        return {
+            "form": self.form.value,
+            "fusion": self.fusion.value,
+            "order": self.order.value,
+            "scale": self.scale,
+            "reduction": self.reduction,
+        }
