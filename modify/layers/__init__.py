@@ -1,22 +1,41 @@
-"""The three parts of a CNN MoD block: the Channel Selector, the fusion, and `MoDBlock` itself."""
+"""The three parts of a CNN MoD block: the Channel Selector, the fusion, and `MoDBlock` itself.
 
-from modify.layers.block import MoDBlock as MoDBlock, capacity_to_k as capacity_to_k
-from modify.layers.fusion import Fusion as Fusion
+Names load on first use, so `modify.layers.options` (string enums, `MoDConfig`) can be imported
+by torch-free code such as recipe validation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from modify.layers.options import (
     BlockForm as BlockForm,
     FusionSlot as FusionSlot,
     MoDConfig as MoDConfig,
     SelectionOrder as SelectionOrder,
 )
-from modify.layers.selector import ChannelSelector as ChannelSelector
 
-__all__ = [
-    "BlockForm",
-    "ChannelSelector",
-    "Fusion",
-    "FusionSlot",
-    "MoDConfig",
-    "MoDBlock",
-    "SelectionOrder",
-    "capacity_to_k",
-]
+if TYPE_CHECKING:
+    from modify.layers.block import MoDBlock as MoDBlock, capacity_to_k as capacity_to_k
+    from modify.layers.fusion import Fusion as Fusion
+    from modify.layers.residual import ReducedBlock as ReducedBlock
+    from modify.layers.selector import ChannelSelector as ChannelSelector
+
+_LAZY = {
+    "MoDBlock": "modify.layers.block",
+    "capacity_to_k": "modify.layers.block",
+    "Fusion": "modify.layers.fusion",
+    "ReducedBlock": "modify.layers.residual",
+    "ChannelSelector": "modify.layers.selector",
+}
+
+__all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "MoDConfig", "SelectionOrder"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modify.layers' has no attribute {name!r}")
