@@ -36,7 +36,10 @@ if TYPE_CHECKING:
         MoDConfig as MoDConfig,
         SelectionOrder as SelectionOrder,
     )
+    from modify.checkpoint import load as load, save as save
+    from modify.pipeline import ConversionResult as ConversionResult, convert as convert
     from modify.profiling import profile_model as profile_model
+    from modify.recipe import Recipe as Recipe, load_recipe as load_recipe
     from modify.zoo import get_model as get_model, list_models as list_models
 
 # name -> module that defines it; resolved on first access (PEP 562).
@@ -50,6 +53,12 @@ _LAZY = {
     "MoDConfig": "modify.layers",
     "SelectionOrder": "modify.layers",
     "profile_model": "modify.profiling",
+    "convert": "modify.pipeline",
+    "ConversionResult": "modify.pipeline",
+    "save": "modify.checkpoint",
+    "load": "modify.checkpoint",
+    "load_recipe": "modify.recipe",
+    "Recipe": "modify.recipe",
     "get_model": "modify.zoo",
     "list_models": "modify.zoo",
 }

@@ -14,7 +14,7 @@ from torch import nn
 from modify.errors import ModifyError, UnknownModelError
 from modify.models import list_mod_models, mod_model_builder
 
-__all__ = ["get_model", "list_models", "is_known_model", "resolve_model"]
+__all__ = ["get_model", "list_models", "is_known_model", "resolve_model", "from_import_path", "model_source", "build_source"]
 
 
 def _torchvision_names() -> list[str]:
@@ -56,7 +56,7 @@ def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Mod
                 f"There are no published weights for {name!r}; build it without weights= and "
                 "load a state_dict of your own, or convert a pretrained torchvision model instead."
             )
-        return builder(**kwargs)
+        return _tag(builder(**kwargs), {"kind": "name", "name": name, "kwargs": kwargs})
     if name not in _torchvision_names():
         close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -64,19 +64,81 @@ def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Mod
     import torchvision
 
     try:
-        return torchvision.models.get_model(name, weights=weights, **kwargs)
+        model = torchvision.models.get_model(name, weights=weights, **kwargs)
     except OSError as e:  # URLError and friends: torchvision fetches named weights
         raise ModifyError(
             f"Could not download the weights {weights!r} for {name!r} ({e}). Without network access, "
             "build the model without weights and pass a state_dict file (`--weights FILE`)."
         ) from e
+    # Rebuilding it needs only the architecture: a checkpoint holds the weights.
+    return _tag(model, {"kind": "name", "name": name, "kwargs": kwargs})
+
+
+SOURCE_ATTRIBUTE = "modify_source"
+
+
+def _tag(model: nn.Module, source: dict[str, Any]) -> nn.Module:
+    """Records how to rebuild ``model``'s architecture; `modify.save` stores it."""
+    setattr(model, SOURCE_ATTRIBUTE, source)
+    return model
+
+
+def model_source(model: nn.Module) -> dict[str, Any] | None:
+    """How to rebuild ``model``'s architecture, if `get_model` or `from_import_path` built it."""
+    return getattr(model, SOURCE_ATTRIBUTE, None)
+
+
+def from_import_path(path: str, **kwargs: Any) -> nn.Module:
+    """Builds a model from ``"package.module:factory"``, calling ``factory(**kwargs)``.
+
+    Example:
+        >>> from_import_path("torchvision.models:resnet18", num_classes=10).fc.out_features
+        10
+    """
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ModifyError(f"{path!r} is not an import path; expected 'package.module:factory'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModifyError(f"Cannot import {module_name!r} for {path!r} ({e}); is it installed or on PYTHONPATH?") from e
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ModifyError(f"{module_name!r} has no attribute {attr!r}; expected a factory returning an nn.Module.")
+    model = factory(**kwargs) if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise ModifyError(f"{path!r} returned a {type(model).__name__}, not an nn.Module.")
+    return _tag(model, {"kind": "import", "name": path, "kwargs": kwargs})
+
+
+def build_source(source: dict[str, Any]) -> nn.Module:
+    """The architecture a `model_source` record describes, with fresh weights."""
+    kwargs = dict(source.get("kwargs") or {})
+    if source.get("kind") == "import":
+        return from_import_path(source["name"], **kwargs)
+    return get_model(source["name"], **kwargs)
 
 
 def resolve_model(spec: str | nn.Module, **kwargs: Any) -> tuple[nn.Module, str]:
     """What the CLI's MODEL argument names -> (module, label).
 
-    Accepts a module as it is, or a model name (see `get_model`).
+    Accepts a module as it is, a checkpoint file written by `modify.save`, an import path
+    ``package.module:factory``, or a model name (see `get_model`).
     """
+    import os
+
     if isinstance(spec, nn.Module):
         return spec, type(spec).__name__
+    if os.path.isfile(spec):
+        from modify.checkpoint import load
+
+        return load(spec), os.path.basename(spec)
+    if ":" in spec:
+        return from_import_path(spec, **kwargs), spec
+    if spec.endswith((".pt", ".pth", ".ckpt")):
+        raise ModifyError(f"No checkpoint file at {spec!r}; check the path (MODEL is a file, a model name or package.module:factory).")
     return get_model(spec, **kwargs), spec

@@ -1,0 +1,159 @@
+"""Saving and loading converted models without pickling a module.
+
+A checkpoint is a plain dict, readable with ``torch.load(weights_only=True)``:
+
+    format          "modify.checkpoint", and its version
+    modify_version  the version that wrote it
+    source          how to rebuild the base architecture: a model name or an import path, with kwargs
+    conversion      the resolved recipe, the initialisation, the example input shape, the leaf
+                    modules; None for a model saved without conversion
+    state_dict      every weight and buffer of the converted model
+
+Loading rebuilds the base architecture, replays the conversion, and loads the state_dict
+strictly, so nothing in the file is executed. Writes are atomic: a temporary file in the same
+folder, renamed over the target, and an existing file is only replaced when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modify._version import __version__
+from modify.errors import CheckpointError
+from modify.layers import MoDConfig
+from modify.zoo import build_source, model_source
+
+__all__ = ["save", "load", "read_checkpoint", "atomic_write", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "modify.checkpoint"
+FORMAT_VERSION = 1
+CONVERSION_ATTRIBUTE = "modify_conversion"
+
+
+def _plain(value: Any) -> Any:
+    """Builder kwargs as plain data (a MoDConfig becomes a tagged dict)."""
+    if isinstance(value, MoDConfig):
+        return {"__mod_config__": value.as_dict()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise CheckpointError(f"cannot store the builder argument {value!r} ({type(value).__name__}) in a checkpoint; use plain values.")
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__mod_config__"}:
+            return MoDConfig(**value["__mod_config__"])
+        return {k: _unplain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unplain(v) for v in value]
+    return value
+
+
+def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = False) -> Path:
+    """Calls ``write(tmp_path)`` then renames the file onto ``path``; refuses to replace an
+    existing file unless ``force``."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise CheckpointError(f"{str(target)!r} exists; pass --force (force=True) to replace it, or choose another path.")
+    if target.is_dir():
+        raise CheckpointError(f"{str(target)!r} is a directory; give a file path such as {str(target / 'model.pt')!r}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Writes a converted model (a `ConversionResult` or its ``.model``) as a checkpoint.
+
+    The model must have been built by `modify.get_model` / an import path (the CLI does both) so
+    the checkpoint can say how to rebuild it.
+
+    Example:
+        >>> import modify, tempfile, os
+        >>> result = modify.convert(modify.get_model("resnet18", num_classes=10), input_size=64)
+        >>> path = modify.save(result, os.path.join(tempfile.mkdtemp(), "r18_mod.pt"))
+        >>> type(modify.load(path).layer1[1]).__name__
+        'MoDBlock'
+    """
+    model = getattr(result_or_model, "model", result_or_model)
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"save() takes a ConversionResult or an nn.Module, not {type(result_or_model).__name__}.")
+    source = model_source(model)
+    if source is None:
+        raise CheckpointError(
+            "this model does not say how to rebuild its architecture; build it with modify.get_model(name) "
+            "or modify.zoo.from_import_path('package.module:factory') before converting."
+        )
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "modify_version": __version__,
+        "source": {"kind": source["kind"], "name": source["name"], "kwargs": _plain(source.get("kwargs") or {})},
+        "conversion": getattr(model, CONVERSION_ATTRIBUTE, None),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True``: a pickled object is refused unrun."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"No checkpoint file at {str(p)!r}; check the path.")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{str(p)!r} holds pickled Python objects, which modify refuses to load (nothing in it was run). "
+            "Save models with `modify.save` / `modify convert -o`, or load a plain state_dict with --weights."
+        ) from e
+    except Exception as e:  # zip/EOF/format errors from torch.load
+        raise CheckpointError(f"{str(p)!r} is not a readable torch checkpoint ({type(e).__name__}: {e}).".splitlines()[0]) from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(p)!r} is not a modify checkpoint (no 'format': {FORMAT!r}); a plain state_dict loads with --weights."
+        )
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{str(p)!r} was written by a newer modify ({data.get('modify_version')}); upgrade modify.")
+    return data
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuilds the model a checkpoint describes and loads its weights (eval mode)."""
+    data = read_checkpoint(path)
+    source = dict(data["source"])
+    source["kwargs"] = _unplain(source.get("kwargs") or {})
+    model = build_source(source)
+    conversion = data.get("conversion")
+    if conversion is not None:
+        from modify.pipeline import convert
+
+        model = convert(
+            model,
+            recipe=conversion["recipe"],
+            example_inputs=torch.zeros(conversion["input_shape"]),
+            leaf_modules=tuple(conversion.get("leaf_modules") or ()),
+        ).model
+    try:
+        model.load_state_dict(data["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{str(path)!r} does not match the model it describes: {str(e).splitlines()[0]}") from e
+    return model.eval()

@@ -1,0 +1,139 @@
+"""`convert`: a CNN in, a CNN MoD network out. Its body is the data flow, one call per stage:
+
+    model -trace-> GraphModule (+ shapes) -find_blocks-> [BlockSite] -plan-> [BlockPlan]
+          -rewrite-> ConversionResult
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from modify.discover import BlockSite, find_blocks
+from modify.errors import ConversionError, NoBlocksError
+from modify.plan import BlockPlan, plan, resolve_recipe
+from modify.recipe import Recipe
+from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
+from modify.surgery import InitMode
+from modify.tracing import LeafSpec, trace
+
+__all__ = ["ConversionResult", "convert", "NO_BLOCKS_HINT"]
+
+NO_BLOCKS_HINT = (
+    "modify looks for residual Conv-Blocks: an add whose one operand is the block input (or a "
+    "projection of it) and whose other operand comes from that input through convolutions, as in "
+    "ResNet, MobileNetV2/V3, EfficientNet, RegNet or ConvNeXt. Plain stacks (VGG, AlexNet) and "
+    "concatenating networks (DenseNet, Inception, ShuffleNet, SqueezeNet) have none."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+    """What `convert` did.
+
+    Example:
+        >>> import torchvision
+        >>> result = convert(torchvision.models.resnet18(weights=None), c=64, input_size=64)
+        >>> [(b.name, b.k) for b in result.converted]
+        [('layer1.1', 1), ('layer2.1', 2), ('layer3.1', 4), ('layer4.1', 8)]
+    """
+
+    model: nn.Module  # the converted model (the original's class, or a GraphModule for inline blocks)
+    converted: tuple[ConvertedBlock, ...]  # blocks that became MoD blocks
+    skipped: tuple[SkippedBlock, ...]  # residual blocks left as they were, with reasons
+    recipe: Recipe  # the recipe, resolved (k / c arguments become one), to rebuild the conversion
+    init: InitMode  # how the reduced blocks were initialised
+    input_shape: tuple[int, ...]  # the example input's shape used for tracing
+    sites: tuple[BlockSite, ...] = ()  # every residual block found
+    plans: tuple[BlockPlan, ...] = ()
+
+
+def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[torch.Tensor, ...]:
+    if example_inputs is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        return (torch.randn(1, 3, input_size, input_size, device=device),)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def convert(
+    model: nn.Module,
+    *,
+    k: int | float | None = None,
+    c: int | None = None,
+    recipe: str | os.PathLike[str] | Mapping[str, Any] | Recipe | None = None,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    input_size: int = 224,
+    init: InitMode | str = InitMode.SCRATCH,
+    leaf_modules: Collection[LeafSpec] = (),
+    strict: bool = False,
+) -> ConversionResult:
+    """Turns the residual Conv-Blocks a recipe selects into MoD blocks; ``model`` is left untouched.
+
+    Args:
+        model: any CNN that torch.fx traces (mark untraceable parts with ``leaf_modules``).
+        k: channels per converted block (int), or a fraction of each block's width (float in (0, 1)).
+        c: the paper's capacity instead: k = max(1, C // c).
+        recipe: a shipped recipe name (``"every_other"``), a YAML path, a dict or a `Recipe`. With
+            none of recipe, k and c, ``every_other`` (the paper's placement, c = 64).
+        example_inputs: inputs for tracing and shape propagation; default one random
+            (1, 3, input_size, input_size) image.
+        input_size: the default example input's size.
+        init: ``"scratch"`` (fresh weights, as the paper) or ``"copy"`` (the original block's
+            weights, its leading channels).
+        leaf_modules: module classes or qualified names torch.fx should not trace into.
+        strict: make it an error when a block the recipe selected cannot be converted.
+
+    Returns:
+        A `ConversionResult`; ``result.model`` has the original's output shape.
+
+    Raises:
+        TraceError: torch.fx cannot trace the model (the message names the module).
+        NoBlocksError: the model holds no residual Conv-Block.
+        RecipeError, ConversionError: a recipe or k/c that does not fit the model.
+    """
+    init = InitMode.from_str(init)
+    resolved = resolve_recipe(recipe=recipe, k=k, c=c)
+    model = copy.deepcopy(model)  # the caller's model stays bit-identical
+    inputs = _example(model, example_inputs, input_size)
+    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    sites = find_blocks(gm)
+    if not sites:
+        raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
+    plans = plan(sites, recipe=resolved)
+    converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=init)
+    if strict:
+        failed = [s for s in skipped if s.selected]
+        if failed:
+            first = failed[0]
+            raise ConversionError(
+                f"strict=True and {len(failed)} selected block(s) could not be converted, first "
+                f"'{first.name}': {first.reason}. Drop strict, or exclude them in the recipe (skip: true)."
+            )
+    # What `modify.save` needs to replay this conversion (the weights go in the state_dict).
+    converted_model.modify_conversion = {
+        "recipe": resolved.to_dict(),
+        "input_shape": list(inputs[0].shape),
+        "leaf_modules": [m for m in leaf_modules if isinstance(m, str)],
+    }
+    source = getattr(model, "modify_source", None)
+    if source is not None:
+        converted_model.modify_source = source
+    return ConversionResult(
+        model=converted_model,
+        converted=converted,
+        skipped=skipped,
+        recipe=resolved,
+        init=init,
+        input_shape=tuple(inputs[0].shape),
+        sites=tuple(sites),
+        plans=tuple(plans),
+    )

@@ -1,0 +1,154 @@
+"""Installs MoD blocks where the plan says: the step that changes the model.
+
+A block that is a module of its own (``layer3.1``) is replaced in the model itself, so the
+converted model keeps its class, its other modules and their state_dict keys. A block written
+inline in some ``forward`` (``out += identity`` in a user's model) has no module to replace; its
+nodes are replaced in the traced graph instead, and the result is that GraphModule. Every graph
+edit ends in `_finish`: lint, dead-code removal, unused-submodule removal, recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from torch import fx, nn
+
+from modify.discover import BlockSite, locate
+from modify.layers import BlockForm, MoDBlock, MoDConfig, ReducedBlock
+from modify.plan import BlockPlan
+from modify.surgery import InitMode, SurgeryError, reduced_parts
+
+__all__ = ["ConvertedBlock", "SkippedBlock", "rewrite", "build_mod_block"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedBlock:
+    """A block that became a MoD block."""
+
+    name: str  # the block's qualified name (or "<module>:<add node>" for an inline block)
+    module: str  # where its MoDBlock now lives in the model
+    block_type: str  # the original block's class, or "inline"
+    stage: int  # stage and index in it, as discovered
+    index: int
+    channels: int  # C
+    k: int  # channels the reduced block processes
+    rule: str | None  # the recipe rule that chose it
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedBlock:
+    """A residual block left as it was, and why."""
+
+    name: str
+    block_type: str
+    stage: int
+    index: int
+    channels: int
+    reason: str  # "projection shortcut ...", "not selected by the recipe", a surgery failure
+    selected: bool  # a recipe rule chose it (so strict=True treats the skip as an error)
+
+
+def build_mod_block(
+    gm: fx.GraphModule, plan: BlockPlan, config: MoDConfig, init: InitMode | str
+) -> MoDBlock:
+    """The MoD block replacing one discovered block, its reduced block cut from ``gm``."""
+    site = plan.site
+    assert plan.k is not None
+    graph = locate(gm, site)
+    branch, post_k, post_full = reduced_parts(gm, graph, site.channels, plan.k, site.height, site.width, init)
+    if config.form is BlockForm.WHOLE:
+        block = ReducedBlock(branch, post_k, source=site.block_type)
+        return MoDBlock.from_config(site.channels, plan.k, block, config)
+    return MoDBlock.from_config(site.channels, plan.k, branch, config, post=post_full)
+
+
+def _module_target(site: BlockSite) -> str | None:
+    """The module path to replace, or None for an inline block."""
+    return None if ":" in site.name or site.block_type == "inline" else site.name
+
+
+def _inline_target(gm: fx.GraphModule, site: BlockSite) -> str:
+    path, _, node = site.name.rpartition(":")
+    leaf = re.sub(r"\W", "_", f"{node or site.name}_mod")
+    return f"{path}.{leaf}" if path else leaf
+
+
+def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, leaf = target.rpartition(".")
+    (root.get_submodule(parent) if parent else root).add_module(leaf, module)
+
+
+def _replace_in_graph(gm: fx.GraphModule, site: BlockSite, target: str, mod: MoDBlock) -> None:
+    graph = locate(gm, site)
+    _set_module(gm, target, mod)
+    with gm.graph.inserting_after(graph.output):
+        new = gm.graph.call_module(target, (graph.fork,))
+    if graph.inplace and graph.mutated is not None:
+        # out.add_(identity): later readers of `out` see the sum; they now read the MoD block.
+        for user in graph.users:
+            user.replace_input_with(graph.mutated, new)
+    graph.output.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    for node in reversed((*graph.branch, *graph.skip, graph.add, *graph.post)):
+        if not node.users:
+            gm.graph.erase_node(node)
+
+
+def _finish(gm: fx.GraphModule) -> None:
+    gm.graph.lint()
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def rewrite(
+    model: nn.Module,
+    gm: fx.GraphModule,
+    plans: list[BlockPlan],
+    *,
+    config: MoDConfig,
+    init: InitMode | str = InitMode.SCRATCH,
+) -> tuple[nn.Module, tuple[ConvertedBlock, ...], tuple[SkippedBlock, ...]]:
+    """Replaces every planned block of ``model`` (traced as ``gm``) by a MoD block.
+
+    ``model`` is changed in place (callers pass a copy); when an inline block is converted the
+    returned model is ``gm``, rewritten, instead.
+
+    Returns:
+        (the converted model, the converted blocks, the blocks left standard).
+    """
+    converted: list[ConvertedBlock] = []
+    skipped: list[SkippedBlock] = []
+    built: list[tuple[BlockPlan, MoDBlock]] = []
+    for plan in plans:
+        site = plan.site
+        if not plan.converted:
+            skipped.append(SkippedBlock(site.name, site.block_type, site.stage, site.index, site.channels,
+                                        plan.reason or "", selected=plan.rule is not None and site.convertible is False))  # fmt: skip
+            continue
+        try:
+            built.append((plan, build_mod_block(gm, plan, config, init)))
+        except SurgeryError as e:
+            skipped.append(SkippedBlock(site.name, site.block_type, site.stage, site.index, site.channels, str(e), True))
+
+    inline = [(p, m) for p, m in built if _module_target(p.site) is None]
+    result: nn.Module = model
+    if inline:
+        # Module-level blocks are rewritten in the graph too, so one model holds every change.
+        for plan, mod in built:
+            target = _module_target(plan.site) or _inline_target(gm, plan.site)
+            _replace_in_graph(gm, plan.site, target, mod)
+            converted.append(_record(plan, target))
+        _finish(gm)
+        result = gm
+    else:
+        for plan, mod in built:
+            _set_module(model, plan.site.name, mod)
+            converted.append(_record(plan, plan.site.name))
+    return result, tuple(converted), tuple(skipped)
+
+
+def _record(plan: BlockPlan, target: str) -> ConvertedBlock:
+    s = plan.site
+    assert plan.k is not None
+    return ConvertedBlock(s.name, target, s.block_type, s.stage, s.index, s.channels, plan.k, plan.rule)
