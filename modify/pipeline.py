@@ -17,13 +17,14 @@ from torch import nn
 
 from modify.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
+from modify.layers import MoDConfig
 from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import InitMode
 from modify.tracing import LeafSpec, trace
 
-__all__ = ["ConversionResult", "convert", "NO_BLOCKS_HINT"]
+__all__ = ["ConversionResult", "convert", "convert_identity", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 
 NO_BLOCKS_HINT = (
     "modify looks for residual Conv-Blocks: an add whose one operand is the block input (or a "
@@ -108,7 +109,7 @@ def convert(
     sites = find_blocks(gm)
     if not sites:
         raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
-    plans = plan(sites, recipe=resolved)
+    plans = plan(sites, recipe=recipe, k=k, c=c)  # the arguments as given, so errors name them
     converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=init)
     if strict:
         failed = [s for s in skipped if s.selected]
@@ -137,3 +138,42 @@ def convert(
         sites=tuple(sites),
         plans=tuple(plans),
     )
+
+
+IDENTITY_CONFIG = MoDConfig(form="branch", fusion="original", order="index", scale=False)
+
+
+def convert_identity(
+    model: nn.Module,
+    *,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    input_size: int = 224,
+    leaf_modules: Collection[LeafSpec] = (),
+) -> ConversionResult:
+    """Converts every convertible block with k = C in the identity configuration.
+
+    k = C, the "branch" form, fusion into the original positions, channels in index order, no
+    score scaling, weights copied: each MoD block then computes exactly what the original block
+    did, so the converted model must reproduce the original's output (to float rounding). This
+    isolates rewrite bugs from the method itself.
+
+    Example:
+        >>> import torchvision
+        >>> model = torchvision.models.resnet18(weights=None).eval()
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> same = convert_identity(model, example_inputs=x).model.eval()
+        >>> torch.allclose(same(x), model(x), atol=1e-5)
+        True
+    """
+    model = copy.deepcopy(model)
+    inputs = _example(model, example_inputs, input_size)
+    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    sites = find_blocks(gm)
+    if not sites:
+        raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
+    plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
+             else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip
+    converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=InitMode.COPY)
+    recipe = Recipe(mod=IDENTITY_CONFIG)
+    return ConversionResult(converted_model, converted, skipped, recipe, InitMode.COPY, tuple(inputs[0].shape),
+                            tuple(sites), tuple(plans))  # fmt: skip

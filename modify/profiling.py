@@ -86,10 +86,12 @@ class ProfileReport:
     by_operator: dict[str, int]  # MACs per aten operator
     uncounted: dict[str, int]  # operators no handle counts -> how many calls
     convention: str = CONVENTION  # what a MAC means here
+    macs_by_module: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)  # every module
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
+        """Plain JSON-ready data (without the every-module table)."""
         data = dataclasses.asdict(self)
+        data.pop("macs_by_module")
         data["input_shape"] = list(self.input_shape)
         return data
 
@@ -172,4 +174,5 @@ def profile_model(
         blocks=_block_rows(model, by_module, depth),
         by_operator=by_operator,
         uncounted=uncounted,
+        macs_by_module=by_module,
     )

@@ -14,7 +14,7 @@ import re
 
 from torch import fx, nn
 
-from modify.discover import BlockSite, locate
+from modify.discover import BlockSite, SiteGraph, locate
 from modify.layers import BlockForm, MoDBlock, MoDConfig, ReducedBlock
 from modify.plan import BlockPlan
 from modify.surgery import InitMode, SurgeryError, reduced_parts
@@ -50,12 +50,11 @@ class SkippedBlock:
 
 
 def build_mod_block(
-    gm: fx.GraphModule, plan: BlockPlan, config: MoDConfig, init: InitMode | str
+    gm: fx.GraphModule, plan: BlockPlan, graph: SiteGraph, config: MoDConfig, init: InitMode | str
 ) -> MoDBlock:
     """The MoD block replacing one discovered block, its reduced block cut from ``gm``."""
     site = plan.site
     assert plan.k is not None
-    graph = locate(gm, site)
     branch, post_k, post_full = reduced_parts(gm, graph, site.channels, plan.k, site.height, site.width, init)
     if config.form is BlockForm.WHOLE:
         block = ReducedBlock(branch, post_k, source=site.block_type)
@@ -79,16 +78,23 @@ def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     (root.get_submodule(parent) if parent else root).add_module(leaf, module)
 
 
-def _replace_in_graph(gm: fx.GraphModule, site: BlockSite, target: str, mod: MoDBlock) -> None:
-    graph = locate(gm, site)
+def _replace_in_graph(
+    gm: fx.GraphModule, graph: SiteGraph, target: str, mod: MoDBlock, replaced: dict[fx.Node, fx.Node]
+) -> None:
+    """Swaps one block's nodes for a call of ``mod``. ``graph`` was located before any edit;
+    ``replaced`` maps the outputs of blocks already swapped to their MoD calls, since a block's
+    input may be the previous block's output."""
+    fork = replaced.get(graph.fork, graph.fork)
     _set_module(gm, target, mod)
     with gm.graph.inserting_after(graph.output):
-        new = gm.graph.call_module(target, (graph.fork,))
+        new = gm.graph.call_module(target, (fork,))
     if graph.inplace and graph.mutated is not None:
         # out.add_(identity): later readers of `out` see the sum; they now read the MoD block.
         for user in graph.users:
             user.replace_input_with(graph.mutated, new)
+        replaced[graph.mutated] = new
     graph.output.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    replaced[graph.output] = new
     for node in reversed((*graph.branch, *graph.skip, graph.add, *graph.post)):
         if not node.users:
             gm.graph.erase_node(node)
@@ -119,7 +125,7 @@ def rewrite(
     """
     converted: list[ConvertedBlock] = []
     skipped: list[SkippedBlock] = []
-    built: list[tuple[BlockPlan, MoDBlock]] = []
+    built: list[tuple[BlockPlan, SiteGraph, MoDBlock]] = []
     for plan in plans:
         site = plan.site
         if not plan.converted:
@@ -127,22 +133,24 @@ def rewrite(
                                         plan.reason or "", selected=plan.rule is not None and site.convertible is False))  # fmt: skip
             continue
         try:
-            built.append((plan, build_mod_block(gm, plan, config, init)))
+            graph = locate(gm, site)
+            built.append((plan, graph, build_mod_block(gm, plan, graph, config, init)))
         except SurgeryError as e:
             skipped.append(SkippedBlock(site.name, site.block_type, site.stage, site.index, site.channels, str(e), True))
 
-    inline = [(p, m) for p, m in built if _module_target(p.site) is None]
+    inline = [p for p, _, _ in built if _module_target(p.site) is None]
     result: nn.Module = model
     if inline:
         # Module-level blocks are rewritten in the graph too, so one model holds every change.
-        for plan, mod in built:
+        replaced: dict[fx.Node, fx.Node] = {}
+        for plan, graph, mod in built:
             target = _module_target(plan.site) or _inline_target(gm, plan.site)
-            _replace_in_graph(gm, plan.site, target, mod)
+            _replace_in_graph(gm, graph, target, mod, replaced)
             converted.append(_record(plan, target))
         _finish(gm)
         result = gm
     else:
-        for plan, mod in built:
+        for plan, _, mod in built:
             _set_module(model, plan.site.name, mod)
             converted.append(_record(plan, plan.site.name))
     return result, tuple(converted), tuple(skipped)

@@ -80,3 +80,75 @@ def test_help_does_not_import_torch() -> None:
 def test_python_dash_m_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "modify", "--help"], capture_output=True, text=True, check=True)
     assert "profile" in out.stdout and "bench" in out.stdout
+
+
+def test_convert_writes_a_checkpoint_that_profile_and_bench_read(tmp_path) -> None:
+    out = tmp_path / "r18_mod.pt"
+    result = runner.invoke(app, ["convert", "resnet18", "--recipe", "recipes/every_other.yaml", "--input-size", "64", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "layer4.1" in result.output and "4 of 8 residual blocks converted" in result.output
+    assert "projection shortcut" in result.output  # skipped blocks say why
+    assert out.is_file()
+    profiled = runner.invoke(app, ["profile", str(out), "--input-size", "64", "--json"])
+    assert profiled.exit_code == 0, profiled.output
+    assert json.loads(profiled.stdout)["params"] == 5_463_902  # ResNet18-MoD, 5.46 M
+    timed = runner.invoke(app, ["bench", str(out), "--vs", "resnet18", "--input-size", "32", "--case", "1x1",
+                                "--rounds", "1", "--min-run-time", "0.02", "--json"])  # fmt: skip
+    assert timed.exit_code == 0, timed.output
+    assert json.loads(timed.stdout)["results"][0]["speedup"] > 0
+
+
+def test_convert_json_and_no_overwrite_without_force(tmp_path) -> None:
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"keep me")
+    result = runner.invoke(app, ["convert", "resnet18", "-k", "0.25", "--input-size", "64", "-o", str(out)])
+    assert result.exit_code == 1 and "exists; pass --force" in result.stderr
+    assert out.read_bytes() == b"keep me"
+    result = runner.invoke(app, ["convert", "resnet18", "-k", "0.25", "--input-size", "64", "-o", str(out), "--force", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [r["k"] for r in data["rows"] if r["k"]] == [16, 32, 64, 128]
+    assert data["macs_after"] < data["macs_before"] and data["output"] == str(out)
+
+
+def test_blocks_is_a_dry_run_with_reasons() -> None:
+    result = runner.invoke(app, ["blocks", "resnet50", "--input-size", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert len(rows) == 16
+    assert [r["name"] for r in rows if r["k"]] == ["layer1.1", "layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5", "layer4.1"]
+    assert rows[0]["reason"].startswith("projection shortcut")
+    assert all(r["macs_after"] < r["macs_before"] for r in rows if r["k"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "resnet18", "-k", "64", "--input-size", "64"], "block 'layer1.1' has 64 channels; k=64"),
+        (["convert", "resnet18", "--recipe", "nope.yaml"], "nope.yaml"),
+        (["convert", "resnet18", "-k", "2", "-c", "64"], "at most one of --recipe, -k and -c"),
+        (["convert", "vgg11", "--input-size", "32"], "No residual Conv-Block found in VGG"),
+        (["convert", "resnet18", "--weights", "missing.pt"], "No weights file at 'missing.pt'"),
+        (["profile", "missing_model.pt"], "No checkpoint file at 'missing_model.pt'"),
+        (["convert", "torchvision.models:nothing_here"], "has no attribute 'nothing_here'"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_convert_loads_weights_and_import_paths(tmp_path) -> None:
+    import torch
+    import torchvision
+
+    weights = tmp_path / "w.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=7).state_dict(), weights)
+    result = runner.invoke(app, ["convert", "torchvision.models:resnet18", "--num-classes", "7", "--weights", str(weights),
+                                 "--input-size", "64", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    wrong = runner.invoke(app, ["convert", "resnet18", "--weights", str(weights), "--input-size", "64"])
+    assert wrong.exit_code == 1 and "does not fit ResNet" in wrong.stderr and "--num-classes" in wrong.stderr

@@ -9,7 +9,7 @@ import warnings
 
 import typer
 
-from modify.cli import bench, models, profile
+from modify.cli import bench, convert, models, profile
 
 __all__ = ["app", "main"]
 
@@ -24,8 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _command in (profile, bench, models):
-    app.add_typer(_command.app)
+for _sub in (convert.app, convert.blocks_app, profile.app, bench.app, models.app):
+    app.add_typer(_sub)
 
 
 def main() -> None:

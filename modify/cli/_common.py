@@ -48,3 +48,27 @@ def load_model(spec: str, *, num_classes: int | None = None) -> tuple[Any, str]:
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return resolve_model(spec, **kwargs)
+
+
+def parse_k(value: str | None) -> int | float | None:
+    """``-k 16`` is a channel count, ``-k 0.25`` a fraction of each block's width."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        raise fail(f"-k {value!r} is neither a channel count (16) nor a fraction of the width (0.25).") from None
+
+
+def load_base(spec: str, *, weights: str | None, num_classes: int | None) -> tuple[Any, str]:
+    """MODEL (+ --weights FILE) -> (module, label) for conversion."""
+    module, label = load_model(spec, num_classes=num_classes)
+    if weights is not None:
+        from modify.weights import load_state_dict_file
+
+        load_state_dict_file(module, weights)
+    return module, label

@@ -95,3 +95,43 @@ def models_table(names: list[str], baselines: dict[str, str]) -> Table:
     for name in names:
         table.add_row(name, baselines.get(name, ""))
     return table
+
+
+def _mmac(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:,.1f}M" if value >= 100_000 else f"{value / 1e3:,.1f}K"
+
+
+def blocks_table(label: str, summary) -> Table:
+    """Every residual block: converted with k, or left standard with the reason."""
+    table = Table(title=f"residual blocks of {label}", caption=summary.note)
+    table.add_column("block", no_wrap=True)
+    table.add_column("stage.idx", justify="right", no_wrap=True)
+    table.add_column("C", justify="right", no_wrap=True)
+    table.add_column("k", justify="right", no_wrap=True)
+    table.add_column("MACs", justify="right", no_wrap=True)
+    table.add_column("after", justify="right", no_wrap=True)
+    table.add_column("note", ratio=1)
+    for r in summary.rows:
+        note = r.block_type if r.converted else (r.reason or "")
+        table.add_row(
+            r.name, f"{r.stage}.{r.index}", str(r.channels), str(r.k) if r.converted else "-",
+            _mmac(r.macs_before), _mmac(r.macs_after) if r.converted else "", note,
+            style="cyan" if r.converted else "dim",
+        )  # fmt: skip
+    return table
+
+
+def conversion_tables(label: str, summary) -> list[Table]:
+    """The block table and the before/after totals."""
+    totals = Table(title=f"{label}: before and after")
+    totals.add_column("")
+    totals.add_column("before", justify="right")
+    totals.add_column("after", justify="right")
+    totals.add_column("ratio", justify="right")
+    totals.add_row("parameters", _m(summary.params_before), _m(summary.params_after), _ratio(summary.params_before, summary.params_after))
+    totals.add_row("MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after))
+    n = sum(r.converted for r in summary.rows)
+    totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
+    return [blocks_table(label, summary), totals]
