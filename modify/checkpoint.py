@@ -69,7 +69,8 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = Fals
     if target.is_dir():
         raise CheckpointError(f"{str(target)!r} is a directory; give a file path such as {str(target / 'model.pt')!r}.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # The temporary name keeps the suffix: some writers (torch.export.save) check it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -87,6 +87,8 @@ class ProfileReport:
     uncounted: dict[str, int]  # operators no handle counts -> how many calls
     convention: str = CONVENTION  # what a MAC means here
     macs_by_module: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)  # every module
+    latency_ms: float | None = None  # measured median forward time (with latency=True)
+    block_ms: dict[str, float] | None = None  # measured median time per block row
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (without the every-module table)."""
@@ -133,6 +135,8 @@ def profile_model(
     in_channels: int = 3,
     depth: int = 2,
     label: str | None = None,
+    latency: bool = False,
+    threads: int = 1,
 ) -> ProfileReport:
     """Counts parameters and MACs of ``model`` (in eval mode) for one input.
 
@@ -143,6 +147,8 @@ def profile_model(
         in_channels: C of the input.
         depth: module nesting depth of the per-block rows (MoD blocks always get a row).
         label: the name to show for the model.
+        latency: also measure the forward time and each block row's time (batch ``batch_size``,
+            ``threads`` threads), so each block's share of time can be set beside its share of MACs.
 
     Returns:
         A `ProfileReport`.
@@ -166,13 +172,23 @@ def profile_model(
             uncounted = dict(analysis.unsupported_ops())
     finally:
         model.train(was_training)
+    blocks = _block_rows(model, by_module, depth)
+    latency_ms = block_ms = None
+    if latency:
+        from modify.latency import block_latency
+
+        latency_ms, block_ms = block_latency(
+            model, [b.name for b in blocks], input_size=h, batch_size=batch_size, threads=threads
+        )
     return ProfileReport(
         model=label or type(model).__name__,
         input_shape=shape,
         params=sum(p.numel() for p in model.parameters()),
         macs=total,
-        blocks=_block_rows(model, by_module, depth),
+        blocks=blocks,
         by_operator=by_operator,
         uncounted=uncounted,
         macs_by_module=by_module,
+        latency_ms=latency_ms,
+        block_ms=block_ms,
     )

@@ -20,17 +20,18 @@ def profile(
     compare: Annotated[Optional[str], typer.Option("--compare", help="A second model, profiled beside it.")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the head.", min=1)] = None,
     depth: Annotated[int, typer.Option("--depth", help="Module depth of the per-block rows.", min=1)] = 2,
+    latency: Annotated[bool, typer.Option("--latency", help="Also measure each block's time (batch 1, one thread) beside its MACs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Count parameters and MACs (fvcore convention, MoD operators included), per block."""
     from modify.profiling import profile_model
 
     module, label = load_model(model, num_classes=num_classes)
-    report = profile_model(module, input_size=input_size, depth=depth, label=label)
+    report = profile_model(module, input_size=input_size, depth=depth, label=label, latency=latency)
     other = None
     if compare is not None:
         other_module, other_label = load_model(compare, num_classes=num_classes)
-        other = profile_model(other_module, input_size=input_size, depth=depth, label=other_label)
+        other = profile_model(other_module, input_size=input_size, depth=depth, label=other_label, latency=latency)
     if as_json:
         data = report.as_dict()
         if other is not None:

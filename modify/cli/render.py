@@ -47,18 +47,36 @@ def profile_tables(report: ProfileReport) -> list[Table]:
     summary.caption = f"MACs: {report.convention}"
     if report.uncounted:
         summary.add_row("not counted", ", ".join(f"{op} x{n}" for op, n in sorted(report.uncounted.items())))
+    timed = report.block_ms is not None and bool(report.latency_ms)
     blocks = Table(title="per block")
-    blocks.add_column("block")
-    blocks.add_column("type")
-    blocks.add_column("k / C", justify="right")
-    blocks.add_column("params", justify="right")
-    blocks.add_column("MACs", justify="right")
-    blocks.add_column("share", justify="right")
+    blocks.add_column("block", no_wrap=True)
+    if not timed:
+        blocks.add_column("type", no_wrap=True)
+    blocks.add_column("k / C", justify="right", no_wrap=True)
+    if not timed:
+        blocks.add_column("params", justify="right", no_wrap=True)
+    blocks.add_column("MACs", justify="right", no_wrap=True)
+    blocks.add_column("MAC share", justify="right", no_wrap=True)
+    if timed:
+        summary.add_row("latency", f"{report.latency_ms:.2f} ms (batch {report.input_shape[0]}, one thread)")
+        blocks.add_column("ms", justify="right", no_wrap=True)
+        blocks.add_column("time share", justify="right", no_wrap=True)
+        blocks.add_column("time / MACs", justify="right", no_wrap=True)
+        blocks.caption = "time / MACs: share of time over share of MACs; bold rows take time their MACs do not explain"
     for row in report.blocks:
         kc = f"{row.k} / {row.channels}" if row.k is not None else ""
         style = "cyan" if row.type == "MoDBlock" else None
-        share = f"{100 * row.macs / report.macs:.1f}%" if report.macs else ""
-        blocks.add_row(row.name, row.type, kc, f"{row.params:,}", f"{row.macs / 1e6:,.3f} M", share, style=style)
+        mac_share = row.macs / report.macs if report.macs else 0.0
+        cells = [row.name] + ([] if timed else [row.type]) + [kc] + ([] if timed else [f"{row.params:,}"])
+        cells += [f"{row.macs / 1e6:,.2f}M", f"{100 * mac_share:.1f}%"]
+        if timed:
+            ms = report.block_ms.get(row.name, 0.0)
+            time_share = ms / report.latency_ms
+            ratio = time_share / mac_share if mac_share > 1e-4 else None
+            cells += [f"{ms:.2f}", f"{100 * time_share:.1f}%", f"{ratio:.1f}x" if ratio is not None else "-"]
+            if ratio is not None and ratio > 2 and time_share > 0.005:
+                style = "bold yellow" if row.type != "MoDBlock" else "bold cyan"
+        blocks.add_row(*cells, style=style)
     return [summary, blocks]
 
 
@@ -135,3 +153,76 @@ def conversion_tables(label: str, summary) -> list[Table]:
     n = sum(r.converted for r in summary.rows)
     totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
     return [blocks_table(label, summary), totals]
+
+
+# -- modify finetune ----------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from modify.finetune import FinetuneResult, StepInfo
+
+
+class FinetuneProgress:
+    """A rich progress bar for `modify.finetune.finetune`: pass ``update`` as ``on_step``."""
+
+    def __init__(self, total_steps: int, description: str = "fine-tuning") -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=error_console(),
+            transient=False,
+        )
+        self.task = self.progress.add_task(description, total=total_steps, loss="-", acc="-", rate="-")
+        self._accuracy: list[float] = []
+
+    def __enter__(self) -> FinetuneProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, info: StepInfo) -> None:
+        # The accuracy shown is over the last 20 steps: one batch is too noisy to read.
+        self._accuracy = (self._accuracy + [info.accuracy])[-20:]
+        acc = sum(self._accuracy) / len(self._accuracy)
+        self.progress.update(
+            self.task, completed=info.step, total=info.total_steps,
+            loss=f"{info.loss:.4f}", acc=f"{100 * acc:.1f}%", rate=f"{info.images_per_second:.1f}",
+        )  # fmt: skip
+
+
+def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
+    """The summary of one fine-tuning run."""
+    table = Table(title="fine-tuning", show_header=False, min_width=50)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    epochs = "" if result.epochs != result.epochs else f" ({result.epochs:.2f} epochs)"  # nan: no length
+    table.add_row("steps", f"{result.steps} / {result.total_steps}{epochs}")
+    if result.resumed_from is not None:
+        table.add_row("resumed from step", str(result.resumed_from))
+    if result.losses:
+        table.add_row("loss, first -> last step", f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+    table.add_row("train accuracy", f"{100 * result.train_accuracy:.2f}%")
+    if result.eval_accuracy_before is not None:
+        table.add_row("eval accuracy before", f"{100 * result.eval_accuracy_before:.2f}%")
+    if result.eval_accuracy_after is not None:
+        table.add_row("eval accuracy after", f"{100 * result.eval_accuracy_after:.2f}%")
+    table.add_row("throughput", f"{result.images_per_second:.1f} images/s")
+    table.add_row("time", f"{result.seconds:.1f} s ({result.train_seconds:.1f} s training)")
+    table.add_row("precision / processes", f"{result.precision} / {result.world_size}")
+    if result.checkpoint:
+        table.add_row("resumable state", result.checkpoint)
+    if output:
+        table.add_row("written", output)
+    return table
+
+
+__all__ += ["FinetuneProgress", "finetune_table"]

@@ -25,7 +25,9 @@ class Fusion(nn.Module):
     """Adds ``y`` (N, k, H, W) into ``x`` (N, C, H, W) at a fixed slot; returns (N, C, H, W).
 
     The result is a new tensor: ``x`` is left untouched, so autograd and any other reader of
-    the block input stay correct.
+    the block input stay correct. With ``inplace=True`` (set by `optimize_for_inference` where the
+    block is the input's only reader) and gradients off, the k channels are added into ``x``
+    itself, which saves a copy of the whole tensor.
 
     Example:
         >>> fuse = Fusion(channels=4, k=2)
@@ -41,9 +43,12 @@ class Fusion(nn.Module):
         self.channels = channels
         self.k = k
         self.slot = FusionSlot.from_str(slot)
+        self.inplace = False
 
     def forward(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
         k = self.k
+        if self.inplace and not torch.is_grad_enabled():
+            return self._fuse_into(x, y, indices)
         if self.slot is FusionSlot.FIRST:
             return torch.cat([x[:, :k] + y, x[:, k:]], dim=1)  # (N, C, H, W)
         if self.slot is FusionSlot.LAST:
@@ -51,5 +56,15 @@ class Fusion(nn.Module):
             return torch.cat([x[:, :c_keep], x[:, c_keep:] + y], dim=1)  # (N, C, H, W)
         return x.scatter_add(1, expand_index(indices, y), y)  # (N, C, H, W), original positions
 
+    def _fuse_into(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
+        if self.slot is FusionSlot.FIRST:
+            x[:, : self.k] += y  # (N, k, H, W) slice of x, in place
+        elif self.slot is FusionSlot.LAST:
+            x[:, self.channels - self.k :] += y
+        else:
+            x.scatter_add_(1, expand_index(indices, y), y)
+        return x
+
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, k={self.k}, slot={self.slot.value}"
+        extra = ", inplace" if self.inplace else ""
+        return f"channels={self.channels}, k={self.k}, slot={self.slot.value}{extra}"

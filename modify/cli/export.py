@@ -1,0 +1,52 @@
+"""`modify export CHECKPOINT --format onnx|torch-export`: a deployable file, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from modify.cli._common import fail, load_model, user_errors
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint from `modify convert -o`, or a model name.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torch-export.")] = "onnx",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2.")] = None,
+    input_size: Annotated[int, typer.Option("--input-size", help="Input height and width.", min=8)] = 224,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Allow any batch size.")] = False,
+    fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convolutions first.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Export for deployment, then run the export and compare it with PyTorch (batch 1 and 2)."""
+    from modify.deploy import FORMATS, default_output, export_onnx, export_program
+
+    if fmt not in FORMATS:
+        raise fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    target = output or default_output(checkpoint, fmt)
+    if target.exists() and not force:
+        raise fail(f"{str(target)!r} exists; pass --force to replace it, or choose another path with -o.")
+    model, _ = load_model(checkpoint)
+    if fold_bn:
+        from modify.optimize import fold_batchnorm
+
+        fold_batchnorm(model)
+    run = export_onnx if fmt == "onnx" else export_program
+    report = run(model, target, input_size=input_size, dynamic_batch=dynamic_batch, force=force)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    from modify.cli.render import console
+
+    ops = f"; operators: {', '.join(report.operators)}" if report.operators else ""
+    console().print(
+        f"wrote {report.path} ({report.format}); max |export - PyTorch| = {report.max_abs_diff:.2e} "
+        f"at batch {', '.join(map(str, report.batch_sizes))}{ops}", highlight=False,
+    )  # fmt: skip

@@ -1,0 +1,164 @@
+"""Exporting converted models where users deploy them: ONNX (checked, then run in ONNX Runtime
+and compared with PyTorch) and torch.export (saved, reloaded and compared).
+
+A MoD block exports as plain operators (TopK, GatherElements, Mul, Slice, Concat/Add), since its
+shapes never depend on the data: no custom kernels, no data-dependent guards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modify.checkpoint import atomic_write
+from modify.errors import ModifyError
+
+__all__ = ["ExportError", "ExportReport", "export_onnx", "export_program", "FORMATS"]
+
+FORMATS = ("onnx", "torch-export")
+
+
+class ExportError(ModifyError, RuntimeError):
+    """The model cannot be exported, or the export does not reproduce PyTorch's output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What was written and how closely it reproduces PyTorch."""
+
+    path: str  # the file written
+    format: str  # "onnx" or "torch-export"
+    batch_sizes: tuple[int, ...]  # batch sizes compared
+    max_abs_diff: float  # the largest |exported - PyTorch| over every comparison
+    operators: tuple[str, ...] = ()  # ONNX operator types in the graph
+    dynamic_batch: bool = False
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _inputs(batch: int, input_size: int, real: torch.Tensor | None) -> list[torch.Tensor]:
+    xs = [torch.randn(batch, 3, input_size, input_size)]
+    if real is not None:
+        xs.append(real[:batch] if real.shape[0] >= batch else real.repeat(batch, 1, 1, 1)[:batch])
+    return xs
+
+
+def _failing_part(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    for line in text:
+        low = line.lower()
+        if "unsupported" in low or "not supported" in low or "aten::" in low or "aten." in low:
+            return line.strip()[:200]
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_size: int = 224,
+    dynamic_batch: bool = False,
+    batch_sizes: Sequence[int] = (1, 2),
+    real_inputs: torch.Tensor | None = None,
+    tolerance: float = 1e-4,
+    force: bool = False,
+) -> ExportReport:
+    """Exports to ONNX, checks the file with ``onnx.checker``, runs it in ONNX Runtime on the CPU
+    and compares with PyTorch on random (and, if given, real) inputs.
+
+    Without ``dynamic_batch`` the file has a fixed batch size, the first of ``batch_sizes``, and
+    only that size is compared.
+
+    Raises:
+        ExportError: the exporter fails (the message names the operator or module), the checker
+            rejects the file, or a difference exceeds ``tolerance``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = model.eval()
+    sizes = tuple(batch_sizes) if dynamic_batch else tuple(batch_sizes[:1])
+    # A batch of 1 would be specialised away by torch.export: trace a dynamic batch with 2.
+    example = torch.randn(max(2, sizes[0]) if dynamic_batch else sizes[0], 3, input_size, input_size)
+    kwargs: dict = {"dynamo": True, "input_names": ["input"], "output_names": ["output"]}
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+
+    def write(tmp: str) -> None:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                program = torch.onnx.export(model, (example,), None, **kwargs)
+            program.save(tmp)
+        except Exception as e:
+            raise ExportError(
+                f"torch.onnx could not export {type(model).__name__}: {_failing_part(e)}. "
+                "Try --format torch-export, or report the operator."
+            ) from e
+
+    target = atomic_write(path, write, force=force)
+    try:
+        onnx.checker.check_model(str(target))
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected {str(target)!r}: {str(e).splitlines()[0]}") from e
+    proto = onnx.load(str(target))
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    with torch.no_grad():
+        for batch in sizes:
+            for x in _inputs(batch, input_size, real_inputs):
+                expected = model(x).numpy()
+                got = session.run(None, {name: x.numpy()})[0]
+                worst = max(worst, float(abs(got - expected).max()))
+    if worst > tolerance:
+        raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
+    return ExportReport(str(target), "onnx", sizes, worst, tuple(sorted({n.op_type for n in proto.graph.node})), dynamic_batch)
+
+
+def export_program(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_size: int = 224,
+    dynamic_batch: bool = False,
+    batch_sizes: Sequence[int] = (1, 2),
+    real_inputs: torch.Tensor | None = None,
+    tolerance: float = 1e-5,
+    force: bool = False,
+) -> ExportReport:
+    """`torch.export.export`, saved with `torch.export.save`, reloaded and compared with eager."""
+    model = model.eval()
+    sizes = tuple(batch_sizes) if dynamic_batch else tuple(batch_sizes[:1])
+    example = torch.randn(max(2, sizes[0]) if dynamic_batch else sizes[0], 3, input_size, input_size)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    except Exception as e:
+        raise ExportError(f"torch.export could not export {type(model).__name__}: {_failing_part(e)}.") from e
+    target = atomic_write(path, lambda tmp: torch.export.save(program, tmp), force=force)
+    reloaded = torch.export.load(str(target)).module()
+    worst = 0.0
+    with torch.no_grad():
+        for batch in sizes:
+            for x in _inputs(batch, input_size, real_inputs):
+                worst = max(worst, float((reloaded(x) - model(x)).abs().max()))
+    if worst > tolerance:
+        raise ExportError(f"the reloaded program differs from eager by {worst:.2e} (> {tolerance:.0e}).")
+    return ExportReport(str(target), "torch-export", sizes, worst, (), dynamic_batch)
+
+
+def suffix_for(fmt: str) -> str:
+    return ".onnx" if fmt == "onnx" else ".pt2"
+
+
+def default_output(checkpoint: str, fmt: str) -> Path:
+    return Path(checkpoint).with_suffix(suffix_for(fmt))

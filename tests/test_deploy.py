@@ -1,0 +1,153 @@
+"""Deployment: ONNX (checked, run in ONNX Runtime) and torch.export round trips; the inference
+fast path (BatchNorm folding, in-place fusion) and torch.compile without graph breaks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import modify
+from modify.cli import app
+from modify.deploy import export_onnx, export_program
+from modify.layers import MoDBlock
+from modify.optimize import fold_batchnorm, optimize_for_inference
+
+SIZE = 64
+
+
+def _real_images(n: int = 2) -> torch.Tensor:
+    """Fashion-MNIST test images where the Debian package is installed, else natural-ish noise."""
+    try:
+        from modify.data import fashion_mnist
+
+        data = fashion_mnist(split="test", limit=n)
+        images = torch.stack([data[i][0] for i in range(n)])  # (n, 3, 32, 32)
+        return torch.nn.functional.interpolate(images, size=(SIZE, SIZE), mode="bilinear")
+    except Exception:
+        torch.manual_seed(1)
+        return torch.nn.functional.avg_pool2d(torch.randn(n, 3, SIZE + 6, SIZE + 6), 7, stride=1)
+
+
+def _with_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics, as a trained model has."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+MODELS = {
+    "resnet50_mod": lambda: modify.get_model("resnet50_mod"),
+    "mobilenet_v2": lambda: modify.convert(modify.get_model("mobilenet_v2"), c=16, input_size=SIZE).model,
+    "convnext_tiny": lambda: modify.convert(modify.get_model("convnext_tiny"), c=16, input_size=SIZE).model,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_onnx_round_trip(name: str, tmp_path) -> None:
+    model = _with_statistics(MODELS[name]())
+    report = export_onnx(model, tmp_path / f"{name}.onnx", input_size=SIZE, dynamic_batch=True,
+                         batch_sizes=(1, 3), real_inputs=_real_images())  # fmt: skip
+    assert report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 3)
+    assert {"TopK", "GatherElements"} <= set(report.operators)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_torch_export_round_trip(name: str, tmp_path) -> None:
+    model = _with_statistics(MODELS[name]())
+    report = export_program(model, tmp_path / f"{name}.pt2", input_size=SIZE, dynamic_batch=True,
+                            batch_sizes=(1, 3), real_inputs=_real_images())  # fmt: skip
+    assert report.max_abs_diff <= 1e-5
+    assert (tmp_path / f"{name}.pt2").is_file()
+
+
+def test_export_cli_writes_checks_and_refuses_to_overwrite(tmp_path) -> None:
+    runner = CliRunner()
+    ckpt = tmp_path / "r18.pt"
+    assert runner.invoke(app, ["convert", "resnet18", "--input-size", str(SIZE), "-o", str(ckpt)]).exit_code == 0
+    result = runner.invoke(app, ["export", str(ckpt), "--input-size", str(SIZE), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["path"] == str(tmp_path / "r18.onnx") and data["max_abs_diff"] <= 1e-4
+    again = runner.invoke(app, ["export", str(ckpt), "--input-size", str(SIZE)])
+    assert again.exit_code == 1 and "exists; pass --force" in again.stderr
+    bad = runner.invoke(app, ["export", str(ckpt), "--format", "tflite"])
+    assert bad.exit_code == 1 and "--format 'tflite' is not one of onnx, torch-export" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["resnet50_mod", "convert:resnet18"])
+def test_optimize_for_inference_keeps_outputs(name: str) -> None:
+    base = modify.get_model(name) if ":" not in name else modify.convert(modify.get_model("resnet18"), input_size=SIZE).model
+    model = _with_statistics(base)
+    fast = optimize_for_inference(model)
+    assert type(fast) is type(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # every conv/BN pair folded
+    blocks = [m for m in fast.modules() if isinstance(m, MoDBlock)]
+    assert blocks and all(b.fusion.inplace for b in blocks)  # each is its input's only reader
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.clone()), model(x), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the caller's tensor is untouched by the in-place fusion of later blocks
+        y = x.clone()
+        fast(y)
+        assert torch.equal(y, x)
+
+
+def test_in_place_fusion_is_off_where_the_input_has_other_readers() -> None:
+    class Fork(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.mod = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            return self.mod(h) + h  # h is read again after the block
+
+    model = Fork().eval()
+    fast = optimize_for_inference(model)
+    assert fast.mod.fusion.inplace is False
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x))
+
+
+def test_in_place_fusion_only_without_gradients() -> None:
+    block = MoDBlock(8, 2, torch.nn.Conv2d(2, 2, 1))
+    block.fusion.inplace = True
+    x = torch.randn(1, 8, 4, 4, requires_grad=True)
+    out = block(x * 1.0)
+    out.sum().backward()  # autograd path stays out of place
+    assert x.grad is not None
+
+
+def test_fold_batchnorm_counts() -> None:
+    model = _with_statistics(modify.get_model("resnet18_mod"))
+    # 4 standard blocks x 2 convs + 3 projections + the stem, and 4 reduced BasicBlocks x 2 convs
+    assert fold_batchnorm(model) == 4 * 2 + 3 + 1 + 4 * 2
+
+
+@pytest.mark.parametrize("form", ["whole", "branch"])
+def test_mod_block_compiles_without_graph_breaks(form: str) -> None:
+    from torchvision.models.resnet import BasicBlock
+
+    torch._dynamo.reset()
+    block = BasicBlock(4, 4) if form == "whole" else torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    mod = MoDBlock(32, 4, block, form=form, post=torch.nn.ReLU() if form == "branch" else None).eval()
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break raises
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), mod(x))
+
+
+def test_profile_latency_sets_time_beside_macs() -> None:
+    result = CliRunner().invoke(app, ["profile", "resnet18_mod", "--input-size", "32", "--latency", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["latency_ms"] > 0
+    assert set(data["block_ms"]) == {b["name"] for b in data["blocks"]}
+    assert all(v >= 0 for v in data["block_ms"].values())
