@@ -1,0 +1,93 @@
+"""Side-by-side CPU latency of MoD models and their baselines in eager PyTorch, torch.compile and
+ONNX Runtime, at batch 1 on one thread and batch 32 on every core, with the MAC ratio as ceiling.
+
+Run:  python benchmarks/deploy.py [--engines eager,optimized,compile,onnxruntime] [--rounds 7]
+
+Pairs: the paper's ResNet50-MoD (every_other, c = 64) against ResNet50, and the every_other-
+converted torchvision ResNet-18 against ResNet-18, at 224x224, eval, fp32. "optimized" is eager
+after `optimize_for_inference` applied to both models alike (BatchNorm folded, channels_last; the
+MoD model also fuses in place). Each pair is timed interleaved in this one process
+(`modify.benchmark.bench`); the table shows median milliseconds and baseline / model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+import modify
+from modify.benchmark import BenchCase, bench
+from modify.optimize import optimize_for_inference
+from modify.profiling import profile_model
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind an nn.Module call, so `bench` times it like a model."""
+
+    def __init__(self, model: nn.Module, path: str, threads: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        from modify.deploy import export_onnx
+
+        export_onnx(model, path, input_size=224, dynamic_batch=True, batch_sizes=(1, 2), force=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.name: x.numpy()})[0])
+
+
+def pairs() -> dict[str, tuple[nn.Module, nn.Module]]:
+    r18 = modify.get_model("resnet18")
+    return {
+        "ResNet50-MoD vs ResNet50": (modify.get_model("resnet50_mod").eval(), modify.get_model("resnet50").eval()),
+        "ResNet-18 every_other vs ResNet-18": (modify.convert(r18, recipe="every_other").model.eval(), r18.eval()),
+    }
+
+
+def engine(name: str, model: nn.Module, case: BenchCase, workdir: str, tag: str) -> nn.Module:
+    if name == "eager":
+        return model
+    if name == "optimized":
+        return optimize_for_inference(model, channels_last=True)
+    if name == "compile":
+        return torch.compile(model)
+    if name == "onnxruntime":
+        return OrtModule(model, os.path.join(workdir, f"{tag}.onnx"), case.resolved_threads())
+    raise SystemExit(f"unknown engine {name!r}; expected eager, optimized, compile, onnxruntime")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="eager,optimized,compile,onnxruntime")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=32, help="the throughput case's batch size")
+    args = parser.parse_args()
+    cases = (BenchCase(1, 1), BenchCase(args.batch, 0))
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds")
+    print(f"| pair | engine | setting | model ms | baseline ms | speed-up | MAC ratio |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as workdir:
+        for label, (model, baseline) in pairs().items():
+            ceiling = profile_model(baseline).macs / profile_model(model).macs
+            for engine_name in args.engines.split(","):
+                for case in cases:
+                    m = engine(engine_name, model, case, workdir, "model")
+                    b = engine(engine_name, baseline, case, workdir, "baseline")
+                    report = bench(m, b, cases=[case], rounds=args.rounds, min_run_time=args.min_run_time)
+                    r = report.results[0]
+                    print(f"| {label} | {engine_name} | {case.label()} | {r.model_median * 1e3:.1f} | "
+                          f"{r.baseline_median * 1e3:.1f} | {r.speedup:.2f}x | {ceiling:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
