@@ -67,7 +67,8 @@ def _module_target(site: BlockSite) -> str | None:
     return None if ":" in site.name or site.block_type == "inline" else site.name
 
 
-def _inline_target(gm: fx.GraphModule, site: BlockSite) -> str:
+def _inline_target(site: BlockSite) -> str:
+    """Where an inline block's MoDBlock goes: beside the code it replaces ("stages.add_3_mod")."""
     path, _, node = site.name.rpartition(":")
     leaf = re.sub(r"\W", "_", f"{node or site.name}_mod")
     return f"{path}.{leaf}" if path else leaf
@@ -128,15 +129,17 @@ def rewrite(
     built: list[tuple[BlockPlan, SiteGraph, MoDBlock]] = []
     for plan in plans:
         site = plan.site
+        where = (site.name, site.block_type, site.stage, site.index, site.channels)
         if not plan.converted:
-            skipped.append(SkippedBlock(site.name, site.block_type, site.stage, site.index, site.channels,
-                                        plan.reason or "", selected=plan.rule is not None and site.convertible is False))  # fmt: skip
+            # A rule chose it but it cannot be converted (projection shortcut, ...): strict=True fails.
+            selected = plan.rule is not None and not site.convertible
+            skipped.append(SkippedBlock(*where, reason=plan.reason or "", selected=selected))
             continue
         try:
             graph = locate(gm, site)
             built.append((plan, graph, build_mod_block(gm, plan, graph, config, init)))
         except SurgeryError as e:
-            skipped.append(SkippedBlock(site.name, site.block_type, site.stage, site.index, site.channels, str(e), True))
+            skipped.append(SkippedBlock(*where, reason=str(e), selected=True))
 
     inline = [p for p, _, _ in built if _module_target(p.site) is None]
     result: nn.Module = model
@@ -144,7 +147,7 @@ def rewrite(
         # Module-level blocks are rewritten in the graph too, so one model holds every change.
         replaced: dict[fx.Node, fx.Node] = {}
         for plan, graph, mod in built:
-            target = _module_target(plan.site) or _inline_target(gm, plan.site)
+            target = _module_target(plan.site) or _inline_target(plan.site)
             _replace_in_graph(gm, graph, target, mod, replaced)
             converted.append(_record(plan, target))
         _finish(gm)
