@@ -17,9 +17,10 @@ from torch import nn
 
 from modify.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
+from modify.families import default_capacity
 from modify.layers import MoDConfig
 from modify.plan import BlockPlan, plan, resolve_recipe
-from modify.recipe import Recipe
+from modify.recipe import Capacity, Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import InitMode
 from modify.tracing import LeafSpec, trace
@@ -53,6 +54,7 @@ class ConversionResult:
     input_shape: tuple[int, ...]  # the example input's shape used for tracing
     sites: tuple[BlockSite, ...] = ()  # every residual block found
     plans: tuple[BlockPlan, ...] = ()
+    default_reason: str | None = None  # why this c, when none of recipe/k/c was given (`modify.families`)
 
 
 def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[torch.Tensor, ...]:
@@ -84,7 +86,10 @@ def convert(
         k: channels per converted block (int), or a fraction of each block's width (float in (0, 1)).
         c: the paper's capacity instead: k = max(1, C // c).
         recipe: a shipped recipe name (``"every_other"``), a YAML path, a dict or a `Recipe`. With
-            none of recipe, k and c, ``every_other`` (the paper's placement, c = 64).
+            none of recipe, k and c, ``every_other`` (the paper's placement) with the c of the
+            model's block family (`modify.families`: 64 for ResNets and RegNets, 16 for
+            MobileNets, MNASNet, EfficientNets and ConvNeXt; 64 for blocks of no known family),
+            recorded in ``result.default_reason``.
         example_inputs: inputs for tracing and shape propagation; default one random
             (1, 3, input_size, input_size) image.
         input_size: the default example input's size.
@@ -109,6 +114,17 @@ def convert(
     sites = find_blocks(gm)
     if not sites:
         raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
+    default_reason = None
+    if recipe is None and k is None and c is None:
+        # No capacity given: the every_other placement with the c of the model's block family.
+        types = [site.block_type for site in sites if site.convertible]
+        choice = default_capacity(types)
+        if choice is not None:
+            resolved = dataclasses.replace(resolved, defaults=Capacity(c=choice.c))
+            recipe, default_reason = resolved, choice.reason
+        else:
+            shown = ", ".join(sorted(set(types))[:3]) or "none convertible"
+            default_reason = f"c={resolved.defaults.c}, the every_other recipe's: no block of a known family ({shown})"
     plans = plan(sites, recipe=recipe, k=k, c=c)  # the arguments as given, so errors name them
     converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=init)
     if strict:
@@ -137,6 +153,7 @@ def convert(
         input_shape=tuple(inputs[0].shape),
         sites=tuple(sites),
         plans=tuple(plans),
+        default_reason=default_reason,
     )
 
 
