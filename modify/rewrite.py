@@ -57,9 +57,12 @@ def build_mod_block(
     assert plan.k is not None
     branch, post_k, post_full = reduced_parts(gm, graph, site.channels, plan.k, site.height, site.width, init)
     if config.form is BlockForm.WHOLE:
-        block = ReducedBlock(branch, post_k, source=site.block_type)
-        return MoDBlock.from_config(site.channels, plan.k, block, config)
-    return MoDBlock.from_config(site.channels, plan.k, branch, config, post=post_full)
+        mod = MoDBlock.from_config(site.channels, plan.k, ReducedBlock(branch, post_k, source=site.block_type), config)
+    else:
+        mod = MoDBlock.from_config(site.channels, plan.k, branch, config, post=post_full)
+    # The selector is new: give it the model's device and dtype, as the reduced block has.
+    reference = next((t for t in branch.parameters()), None)
+    return mod if reference is None else mod.to(device=reference.device, dtype=reference.dtype)
 
 
 def _module_target(site: BlockSite) -> str | None:

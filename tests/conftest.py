@@ -24,3 +24,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "needs_cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    # Tests check behaviour, not speed: one intra-op thread avoids two spinning OpenMP pools
+    # fighting over a loaded 2-core machine (benchmark tests set their own thread counts).
+    torch.set_num_threads(1)

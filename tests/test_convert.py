@@ -110,6 +110,12 @@ def test_strict_makes_a_selected_skip_an_error() -> None:
         modify.convert(_resnet("resnet18"), recipe=recipe, input_size=SIZE, strict=True)
 
 
+def test_float64_models_convert() -> None:
+    model = _resnet("resnet18").double()
+    out = modify.convert(model, input_size=SIZE).model.eval()(torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
 @pytest.mark.parametrize("init", ["scratch", "copy"])
 def test_train_and_eval_modes_and_gradients(init: str) -> None:
     result = modify.convert(_resnet("resnet18", num_classes=10), input_size=SIZE, init=init)
