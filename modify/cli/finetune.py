@@ -1,0 +1,118 @@
+"""`modify finetune CHECKPOINT --data DATA`: brief distillation fine-tuning of a converted model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from modify.cli._common import fail, load_model, quiet_torch_logs, user_errors
+
+app = typer.Typer()
+
+INITS = ("keep", "scratch", "zero", "importance")
+
+
+def _default_output(checkpoint: str) -> Path:
+    p = Path(checkpoint)
+    stem = p.stem if p.suffix else p.name.replace(":", "_").replace("/", "_")
+    return p.with_name(f"{stem}_ft.pt") if p.suffix else Path(f"{stem}_ft.pt")
+
+
+@app.command()
+@user_errors
+def finetune(
+    checkpoint: Annotated[str, typer.Argument(help="The converted model: a modify checkpoint (modify convert -o).")],
+    data: Annotated[str, typer.Option("--data", help="Training data: 'fashion-mnist' or an image folder (ROOT/CLASS/IMG).")],
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The original model to distil from: a checkpoint, name or import path.")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs to train (may be a fraction); default 1.", min=0)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps instead of epochs.", min=1)] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write the fine-tuned checkpoint [CHECKPOINT_ft.pt].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the state in --checkpoint-dir, if any.")] = False,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Data to measure accuracy on before and after (test split).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step (per process under torchrun).", min=1)] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine schedule, linear warm-up).", min=0)] = 0.01,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the distillation loss (1 - alpha: cross-entropy).", min=0, max=1)] = 0.5,
+    temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T.", min=0)] = 4.0,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Write a resumable state every N steps.", min=1)] = None,
+    checkpoint_dir: Annotated[Optional[str], typer.Option("--checkpoint-dir", help="Folder of the resumable state [OUTPUT.state].")] = None,
+    init: Annotated[str, typer.Option("--init", help="Re-initialise the MoD blocks first: keep, scratch, zero, importance (needs --teacher).")] = "keep",
+    freeze: Annotated[bool, typer.Option("--freeze", help="Train only the MoD blocks; the rest stays bit-identical.")] = False,
+    bn_recalibrate: Annotated[int, typer.Option("--bn-recalibrate", help="Re-estimate BatchNorm statistics on N batches after training.", min=0)] = 0,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N evaluation images.", min=1)] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.", min=0)] = 0,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a --teacher given by name.", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of a fresh run (shuffling, initialisation).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print one JSON object at the end.")] = False,
+) -> None:
+    """Fine-tune a converted model briefly, distilling from the original; write it atomically."""
+    if init not in INITS:
+        raise fail(f"--init {init!r} is not one of {', '.join(INITS)}.")
+    if epochs is not None and steps is not None:
+        raise fail(f"give --epochs ({epochs:g}) or --steps ({steps}), not both.")
+    out = Path(output) if output else _default_output(checkpoint)
+    if out.exists() and not force:
+        raise fail(f"{str(out)!r} exists; pass --force to replace it, or choose another -o.")
+    state_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".state")
+    quiet_torch_logs()
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from modify.checkpoint import save
+    from modify.data import load_dataset
+    from modify.finetune import FinetuneConfig
+    from modify.finetune import finetune as run_finetune
+
+    # Configuration errors surface before anything heavy is loaded.
+    config = FinetuneConfig(
+        lr=lr, optimizer=optimizer, alpha=alpha, temperature=temperature, freeze_unconverted=freeze,
+        bn_recalibration_batches=bn_recalibrate, precision=precision, seed=seed,
+    )  # fmt: skip
+    model, label = load_model(checkpoint)
+    teacher_model = load_model(teacher, num_classes=num_classes)[0] if teacher is not None else None
+    train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size, num_workers=workers)
+    eval_loader = None
+    if eval_data is not None:
+        eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
+        eval_loader = DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
+    if init != "keep":
+        from modify.init import initialize
+
+        torch.manual_seed(seed)
+        calibration = next(iter(DataLoader(train_set, batch_size=min(256, len(train_set)))))[0]
+        initialize(model, init, original=teacher_model, data=calibration)
+
+    from modify.cli.render import FinetuneProgress, console, finetune_table
+
+    kwargs = dict(
+        teacher=teacher_model, config=config, epochs=epochs, steps=steps, eval_data=eval_loader,
+        checkpoint_dir=state_dir if (checkpoint_every or resume) else None, checkpoint_every=checkpoint_every, resume=resume,
+    )  # fmt: skip
+    if as_json:
+        result = run_finetune(model, loader, **kwargs)
+    else:
+        total = steps or max(1, round((epochs if epochs is not None else 1) * len(loader)))
+        with FinetuneProgress(total, description=label) as bar:
+            result = run_finetune(model, loader, on_step=bar.update, **kwargs)
+    written = save(model, out, force=force)
+    if as_json:
+        data_out = {
+            "output": str(written), "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs,
+            "first_loss": result.losses[0] if result.losses else None, "last_loss": result.losses[-1] if result.losses else None,
+            "train_accuracy": result.train_accuracy, "eval_accuracy_before": result.eval_accuracy_before,
+            "eval_accuracy_after": result.eval_accuracy_after, "images_per_second": result.images_per_second,
+            "seconds": result.seconds, "resumed_from": result.resumed_from, "state": result.checkpoint,
+        }  # fmt: skip
+        typer.echo(json.dumps(data_out))
+        return
+    console().print(finetune_table(result, str(written)))

@@ -1,0 +1,489 @@
+"""How a converted model's MoD blocks start: the strategies applied after `modify.convert`.
+
+    result = modify.convert(model, c=64)
+    report = modify.init.initialize(result, "importance", original=model)
+
+Three strategies (`InitStrategy`), each rewriting the selector and the reduced block of every
+MoD block in place; nothing outside the MoD blocks is touched.
+
+``scratch``
+    Fresh weights, the paper's setting and `convert`'s default: convolutions Kaiming-normal
+    (fan-out), norms at weight 1 / bias 0 with reset statistics, linear layers at PyTorch's
+    default. Applying it to a model converted with ``init="copy"`` re-draws everything.
+
+``zero``
+    ``scratch``, then the last layer with parameters of the reduced block's residual branch (a
+    BatchNorm in ResNets and MobileNets, else a convolution or a layer-scale tensor) gets weight
+    and bias zero, so the branch outputs exactly zero, in training and in evaluation.
+    What that makes the MoD block depends on its form:
+
+    - ``branch`` form: the block computes ``post(fuse(x, s * 0)) = post(x)``: exactly the
+      original block with its residual branch removed (for a ResNet, ``relu(x)``, which is ``x``
+      since the block input is itself a ReLU output). This is "the original minus the converted
+      block's contribution", exactly.
+    - ``whole`` form (the project's default): the reduced block keeps its own identity
+      shortcut and final activation, ``post(x_sel + branch(x_sel))``; with the branch at zero it
+      is ``post(x_sel)``, and the MoD block adds ``s * post(x_sel)`` to the first k channels. No
+      weight setting makes that exactly zero and still trainable (a score is a sigmoid, never 0;
+      pushing the post-ReLU to 0 kills every gradient of the block), so in this form ``zero``
+      means "the reduced block starts as its own shortcut": the added term is a score-weighted
+      copy of the selected channels, bounded by them. The report's ``exact_zero`` says which
+      case each block is in. Convert with a recipe whose ``mod: {form: branch}`` for the exact form.
+
+``importance``
+    Derived from the original block's weights:
+
+    - The reduced block is the original block restricted to its most important channels. The
+      block width C is ranked by how much the block reads each input channel (L1 norm of the
+      weights of the first layer that reads the block input); every inner width d is ranked by
+      the |scale| of the BatchNorm that normalises it (``by="bn"``, default) or by the L1 norm
+      of the filters that produce it (``by="l1"``). Every dimension of one size in the block uses
+      one ranking, so consecutive layers stay consistent (a Bottleneck's two inner widths share
+      the first BatchNorm's ranking). The block's output rows are the same top-k channels it
+      reads, matching its own shortcut (``x_sel + branch(x_sel)``); the fusion still adds them
+      into the fixed slot (the first k channels), as the paper does.
+    - The selector is set to rank those channels first, in importance order, for every input.
+      fc2 has no bias, so a prior cannot be a constant; instead hidden unit 0 of fc1 becomes
+      the mean of the pooled input (positive after a ReLU), and fc2's column 0 holds the prior
+      logits, so logit_i = mean(x) * v_i ranks channels by v whatever the input's scale. The
+      other hidden units keep their random weights, shrunk by ``selector_noise``, so the
+      selector is input-dependent from the start and fine-tuning can make it more so. With
+      ``data`` (a batch of images), the mean is measured and the logits scaled so the chosen
+      channels score about sigmoid(3) = 0.95 and the others sigmoid(-3) = 0.05; without it,
+      unit scale is assumed. Limitation: a block whose input has negative channel means for
+      most images (a linear residual stream, MobileNetV2) gets hidden unit 0 with the sign the
+      data shows (or, without data, a positive sign that may leave unit 0 at zero, and then the
+      selector ranks by its random units until fine-tuning moves it).
+    - Grouped (not depthwise) convolutions fall back to the leading channels, as ``copy`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from modify.errors import ModifyError
+from modify.layers import BlockForm, MoDBlock
+from modify.layers.options import StrChoice
+
+__all__ = ["InitStrategy", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks"]
+
+
+class InitStrategy(StrChoice):
+    """How the MoD blocks of a converted model start."""
+
+    SCRATCH = "scratch"  # fresh weights (the paper; convert's default)
+    ZERO = "zero"  # fresh weights, the reduced branch's last layer at zero
+    IMPORTANCE = "importance"  # the original block's most important channels; selector prefers them
+
+
+class ImportanceBy(StrChoice):
+    """How inner channels are ranked for ``importance``."""
+
+    BN = "bn"  # |BatchNorm scale| of the norm after the layer (L1 where there is none)
+    L1 = "l1"  # L1 norm of the filters producing the channel
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockInit:
+    """What `initialize` did to one MoD block."""
+
+    module: str  # where the MoD block lives in the converted model
+    name: str  # the block's name in the original model
+    channels: int  # C
+    k: int
+    form: str  # "whole" or "branch"
+    zeroed: str | None = None  # the layer set to zero ("zero"), in the reduced branch
+    exact_zero: bool | None = None  # "zero": the MoD block adds exactly nothing (branch form)
+    preferred: tuple[int, ...] = ()  # "importance": the k channels the selector ranks first, in order
+
+
+@dataclasses.dataclass(frozen=True)
+class InitReport:
+    """The outcome of `initialize`."""
+
+    strategy: InitStrategy
+    blocks: tuple[BlockInit, ...]
+
+
+def mod_blocks(result_or_model: Any) -> list[tuple[str, str, MoDBlock]]:
+    """(module path, original block name, block) of every MoD block, in model order.
+
+    With a `ConversionResult` the original names come from ``result.converted``; with a bare
+    model they are taken to be the module paths (true for blocks that are modules of their own).
+    """
+    model = getattr(result_or_model, "model", result_or_model)
+    names: dict[str, str] = {}
+    for c in getattr(result_or_model, "converted", ()) or ():
+        names[c.module] = c.name
+    return [(path, names.get(path, path), m) for path, m in model.named_modules() if isinstance(m, MoDBlock)]
+
+
+def initialize(
+    result_or_model: Any,
+    strategy: InitStrategy | str,
+    *,
+    original: nn.Module | None = None,
+    data: Tensor | None = None,
+    by: ImportanceBy | str = ImportanceBy.BN,
+    selector_noise: float = 0.1,
+) -> InitReport:
+    """Re-initialises every MoD block of a converted model in place (see the module docstring).
+
+    Args:
+        result_or_model: a `ConversionResult` or its ``.model``.
+        strategy: ``"scratch"``, ``"zero"`` or ``"importance"``.
+        original: the model that was converted (``importance`` reads its blocks' weights).
+        data: optional images (N, 3, H, W) to scale the ``importance`` selector.
+        by: how ``importance`` ranks inner channels, ``"bn"`` or ``"l1"``.
+        selector_noise: ``importance`` shrinks the selector's other weights by this factor.
+
+    Raises:
+        ModifyError: ``importance`` without ``original``, or an original block that does not
+            match its MoD block.
+
+    Example:
+        >>> import torchvision, modify
+        >>> net = torchvision.models.resnet18(num_classes=10)
+        >>> result = modify.convert(net, c=64, input_size=32)
+        >>> report = initialize(result, "importance", original=net)
+        >>> len(report.blocks[0].preferred), report.blocks[0].k
+        (1, 1)
+    """
+    strategy = InitStrategy.from_str(strategy)
+    by = ImportanceBy.from_str(by)
+    model = getattr(result_or_model, "model", result_or_model)
+    blocks = mod_blocks(result_or_model)
+    if strategy is InitStrategy.IMPORTANCE and original is None:
+        raise ModifyError(
+            "init='importance' reads the original blocks' weights; pass original=<the model before convert> "
+            "(CLI: --teacher MODEL), or use init='zero' / 'scratch'."
+        )
+    done: list[BlockInit] = []
+    priors: dict[int, Tensor] = {}
+    with torch.no_grad():
+        for path, name, mod in blocks:
+            base = dict(module=path, name=name, channels=mod.channels, k=mod.k, form=mod.form.value)
+            if strategy is InitStrategy.IMPORTANCE:
+                assert original is not None
+                preferred, priors[id(mod)] = _importance(mod, original, name, by, selector_noise)
+                done.append(BlockInit(**base, preferred=tuple(preferred)))
+            else:
+                _scratch(mod)
+                if strategy is InitStrategy.ZERO:
+                    zeroed = _zero_branch(_branch(mod))
+                    done.append(BlockInit(**base, zeroed=zeroed, exact_zero=mod.form is BlockForm.BRANCH and zeroed is not None))
+                else:
+                    done.append(BlockInit(**base))
+        if strategy is InitStrategy.IMPORTANCE and data is not None:
+            _scale_selectors(model, [b for _, _, b in blocks], priors, data)
+    return InitReport(strategy=strategy, blocks=tuple(done))
+
+
+# -- scratch and zero ----------------------------------------------------------------------------
+
+
+def _reset(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):  # torchvision's initialisation of its CNNs
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            m.reset_parameters()
+        elif isinstance(m, (nn.Linear, nn.LayerNorm, nn.GroupNorm)):
+            m.reset_parameters()
+    if isinstance(module, fx.GraphModule):  # parameters the branch reads with get_attr (layer scale)
+        for _, p in module.named_parameters(recurse=False):
+            p.fill_(1e-6 if p.dim() else 1.0)
+
+
+def _branch(mod: MoDBlock) -> nn.Module:
+    """The reduced block's residual branch (the whole form wraps it in a ReducedBlock)."""
+    return mod.block.branch if mod.form is BlockForm.WHOLE and hasattr(mod.block, "branch") else mod.block
+
+
+def _scratch(mod: MoDBlock) -> None:
+    _reset(mod.block)
+    mod.selector.fc1.reset_parameters()
+    mod.selector.fc2.reset_parameters()
+
+
+def _zero_branch(branch: nn.Module) -> str | None:
+    """Zeroes the last layer with parameters of ``branch``; returns its name (None if there is none)."""
+    last: tuple[str, Any] | None = None
+    if isinstance(branch, fx.GraphModule):
+        for node in branch.graph.nodes:
+            if node.op == "call_module":
+                m = branch.get_submodule(node.target)
+                if any(True for _ in m.parameters(recurse=False)):
+                    last = (str(node.target), m)
+            elif node.op == "get_attr":
+                value = _attr(branch, str(node.target))
+                if isinstance(value, nn.Parameter):
+                    last = (str(node.target), value)
+    else:
+        for n, m in branch.named_modules():
+            if any(True for _ in m.parameters(recurse=False)):
+                last = (n, m)
+    if last is None:
+        return None
+    name, target = last
+    if isinstance(target, nn.Parameter):
+        target.zero_()
+    else:
+        for p in target.parameters(recurse=False):
+            p.zero_()
+    return name
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    owner, _, leaf = target.rpartition(".")
+    return getattr(root.get_submodule(owner) if owner else root, leaf)
+
+
+# -- importance ----------------------------------------------------------------------------------
+
+
+def _counterparts(reduced: nn.Module, original: nn.Module, scope: str) -> dict[str, nn.Module]:
+    """Maps the flat module names of a reduced part ("conv1", "0_0") to the original block's modules.
+
+    Surgery names a copied module by its path below the common prefix of the branch's modules,
+    dots turned to underscores; the prefix is found by trying every module under ``scope``.
+    """
+    wanted = {n: m for n, m in reduced.named_children() if any(True for _ in m.parameters())}
+    if not wanted:
+        return {}
+    root = original.get_submodule(scope) if scope else original
+    for prefix, candidate in root.named_modules():
+        table = {rel.replace(".", "_"): m for rel, m in candidate.named_modules() if rel}
+        if all(n in table and type(table[n]) is type(m) for n, m in wanted.items()):
+            return {n: table[n] for n in wanted}
+    where = scope or "the model"
+    raise ModifyError(
+        f"cannot match the reduced block's layers {sorted(wanted)} to the modules of {where!r} in the original model; "
+        "pass the model that was converted as original= (the same architecture), or use init='zero'."
+    )
+
+
+def _ranking_l1(weight: Tensor, dim: int) -> Tensor:
+    dims = [d for d in range(weight.dim()) if d != dim]
+    score = weight.abs().sum(dim=dims) if dims else weight.abs()
+    return torch.argsort(score, descending=True, stable=True)
+
+
+class _Rankings:
+    """One channel ranking per original width of a block (see the module docstring)."""
+
+    def __init__(self, by: ImportanceBy) -> None:
+        self.by = by
+        self.sets: dict[int, Tensor] = {}
+
+    def take(self, size: int, n: int) -> Tensor:
+        if size not in self.sets:
+            self.sets[size] = torch.arange(size)
+        return self.sets[size][:n]
+
+
+def _input_layers(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[nn.Module]:
+    """The layers with parameters that read the block input (through parameter-free ops only)."""
+    found: list[nn.Module] = []
+    seen: set[fx.Node] = set()
+    frontier = [n for n in graph.nodes if n.op == "placeholder"]
+    while frontier:
+        node = frontier.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.op == "call_module" and str(user.target) in modules:
+                found.append(modules[str(user.target)])
+            elif user.op != "output":
+                frontier.append(user)
+    return found
+
+
+def _rank_inputs(layers: list[nn.Module], channels: int) -> Tensor:
+    score = torch.zeros(channels)
+    for m in layers:
+        w = getattr(m, "weight", None)
+        if w is None:
+            continue
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1 and w.shape[1] == channels:
+            score += w.abs().sum(dim=[d for d in range(w.dim()) if d != 1])
+        elif isinstance(m, nn.Linear) and w.shape[1] == channels:
+            score += w.abs().sum(dim=0)
+        elif w.dim() >= 1 and w.shape[0] == channels:  # depthwise conv, norms: per-channel
+            score += w.abs().reshape(channels, -1).sum(dim=1)
+    return torch.argsort(score, descending=True, stable=True)
+
+
+def _producer_ranking(order: list[tuple[str, nn.Module]], i: int, size: int, by: ImportanceBy) -> Tensor:
+    """Ranking of the ``size`` output channels of layer ``order[i]``."""
+    name, m = order[i]
+    if by is ImportanceBy.BN:
+        for _, later in order[i + 1 :]:
+            if isinstance(later, nn.modules.batchnorm._BatchNorm) and later.num_features == size and later.affine:
+                return torch.argsort(later.weight.abs(), descending=True, stable=True)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+        return torch.argsort(m.weight.abs(), descending=True, stable=True)
+    return _ranking_l1(m.weight, 0)
+
+
+def _ordered(reduced: nn.Module) -> list[str]:
+    """Module names in the order the part calls them."""
+    if isinstance(reduced, fx.GraphModule):
+        names: list[str] = []
+        for node in reduced.graph.nodes:
+            if node.op == "call_module" and str(node.target) not in names:
+                names.append(str(node.target))
+        return names
+    return [n for n, _ in reduced.named_children()]
+
+
+def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rankings) -> None:
+    """Copies the original layers' most important channels into the reduced part's layers."""
+    pairs = _counterparts(reduced, original, scope)
+    order = [(n, pairs[n]) for n in _ordered(reduced) if n in pairs]
+    for i, (name, orig) in enumerate(order):
+        new = reduced.get_submodule(name)
+        if isinstance(orig, nn.modules.conv._ConvNd):
+            out_set = _ensure(ranks, orig.out_channels, lambda: _producer_ranking(order, i, orig.out_channels, ranks.by))
+            rows = out_set[: new.out_channels]
+            if orig.groups == 1:
+                cols = ranks.take(orig.in_channels, new.in_channels)
+                new.weight.copy_(orig.weight[rows][:, cols])
+            elif orig.groups == orig.in_channels == orig.out_channels and new.groups == new.in_channels:
+                new.weight.copy_(orig.weight[rows])  # depthwise: one filter per channel
+            else:  # grouped: the leading channels, as init="copy"
+                new.weight.copy_(orig.weight[tuple(slice(0, s) for s in new.weight.shape)])
+                rows = torch.arange(new.out_channels)
+            if orig.bias is not None:
+                new.bias.copy_(orig.bias[rows])
+        elif isinstance(orig, nn.Linear):
+            out_set = _ensure(ranks, orig.out_features, lambda: _producer_ranking(order, i, orig.out_features, ranks.by))
+            rows = out_set[: new.out_features]
+            cols = ranks.take(orig.in_features, new.in_features)
+            new.weight.copy_(orig.weight[rows][:, cols])
+            if orig.bias is not None:
+                new.bias.copy_(orig.bias[rows])
+        elif isinstance(orig, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+            size = orig.num_features if hasattr(orig, "num_features") else (
+                orig.num_channels if isinstance(orig, nn.GroupNorm) else orig.normalized_shape[-1])  # fmt: skip
+            keep = _ensure(ranks, size, lambda: _producer_ranking(order, i, size, ranks.by))
+            state = {}
+            for key, value in orig.state_dict().items():
+                target = new.state_dict()[key]
+                if value.dim() == 0:
+                    state[key] = value.clone()
+                elif isinstance(orig, nn.LayerNorm):
+                    state[key] = value[..., keep[: target.shape[-1]]].clone()
+                else:
+                    state[key] = value[keep[: target.shape[0]]].clone()
+            new.load_state_dict(state)
+        else:  # a layer type without a channel rule: the leading slice of every tensor
+            state = {k: v[tuple(slice(0, s) for s in new.state_dict()[k].shape)].clone() for k, v in orig.state_dict().items()}
+            new.load_state_dict(state)
+    if isinstance(reduced, fx.GraphModule):  # get_attr tensors (ConvNeXt's layer scale)
+        for name, p in reduced.named_parameters(recurse=False):
+            source = _find_tensor(original, scope, name)
+            if source is None:
+                continue
+            index = tuple(ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s) for d, s in zip(source.shape, p.shape))
+            value = source
+            for axis, ix in enumerate(index):
+                value = value.index_select(axis, ix) if isinstance(ix, Tensor) else value.narrow(axis, 0, p.shape[axis])
+            p.copy_(value)
+
+
+def _find_tensor(original: nn.Module, scope: str, local: str) -> Tensor | None:
+    root = original.get_submodule(scope) if scope else original
+    for rel, t in list(root.named_parameters()) + list(root.named_buffers()):
+        if rel.replace(".", "_") == local or rel.replace(".", "_").endswith("_" + local):
+            return t
+    return None
+
+
+def _ensure(ranks: _Rankings, size: int, make: Any) -> Tensor:
+    if size not in ranks.sets:
+        ranks.sets[size] = make()
+    return ranks.sets[size]
+
+
+def _scope(name: str) -> str:
+    """The module under which a block's layers live: the block, or the module holding an inline block."""
+    return name.partition(":")[0] if ":" in name else name
+
+
+def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy, noise: float) -> tuple[list[int], Tensor]:
+    scope = _scope(name)
+    try:
+        original.get_submodule(scope) if scope else original
+    except AttributeError:
+        raise ModifyError(
+            f"the original model has no module {scope!r} (MoD block {name!r}); pass the model that was converted as original=."
+        ) from None
+    branch = _branch(mod)
+    pairs = _counterparts(branch, original, scope)
+    ranks = _Rankings(by)
+    inputs = _input_layers(branch.graph, pairs) if isinstance(branch, fx.GraphModule) else list(pairs.values())[:1]
+    ranks.sets[mod.channels] = _rank_inputs(inputs, mod.channels)
+    _copy_part(branch, original, scope, ranks)
+    post = getattr(mod.block, "post", None) if mod.form is BlockForm.WHOLE else None
+    if post is not None and any(True for _ in post.parameters()):
+        _copy_part(post, original, scope, ranks)
+    preferred = ranks.sets[mod.channels][: mod.k]
+    prior = _prior_selector(mod, ranks.sets[mod.channels], noise)
+    return [int(i) for i in preferred], prior
+
+
+# Prior logits: the chosen channels at +3 .. +2 (scores 0.95 .. 0.88, in importance order), the rest at -3.
+_HIGH, _LOW, _SPREAD = 3.0, -3.0, 1.0
+
+
+def _prior_selector(mod: MoDBlock, ranking: Tensor, noise: float) -> Tensor:
+    """Sets the selector to rank ``ranking[:k]`` first; returns the prior logits (C,)."""
+    sel = mod.selector
+    c, k = mod.channels, mod.k
+    v = torch.full((c,), _LOW)
+    v[ranking[:k]] = _HIGH - _SPREAD * torch.arange(k, dtype=torch.float32) / max(1, k)
+    sel.fc1.weight[0].fill_(1.0 / c)  # hidden unit 0 = relu(mean of the pooled input)
+    sel.fc2.weight[:, 1:].mul_(noise)
+    sel.fc2.weight[:, 0].copy_(v)  # logit_i = mean(x) * v_i (+ the shrunk random units)
+    return v
+
+
+def _scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
+    """Measures each block's pooled input mean on ``data`` and scales its prior to it."""
+    means: dict[int, list[float]] = {id(b): [] for b in blocks}
+
+    def hook(block: nn.Module, args: tuple[Any, ...]) -> None:
+        means[id(block)].extend(args[0].mean(dim=(1, 2, 3)).tolist())  # (N,) channel mean of the pooled input
+
+    handles = [b.register_forward_pre_hook(hook) for b in blocks]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(data)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for b in blocks:
+        values = means[id(b)]
+        prior = priors.get(id(b))
+        if not values or prior is None:
+            continue
+        positive = sum(v > 0 for v in values) >= len(values) / 2
+        magnitude = statistics.median(abs(v) for v in values)
+        if not math.isfinite(magnitude) or magnitude <= 0:
+            continue
+        sel = b.selector
+        sel.fc1.weight[0].fill_((1.0 if positive else -1.0) / b.channels)
+        sel.fc2.weight[:, 0].copy_(prior / magnitude)

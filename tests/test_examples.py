@@ -1,0 +1,52 @@
+"""Every example runs, at tiny settings (design habit 14)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_data import write_fashion_mnist
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fashion_mnist_example_at_tiny_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str], _restore_threads: None) -> None:
+    """The whole pipeline on a Fashion-MNIST-shaped IDX set the test writes (random pixels): train,
+    convert with two recipes and three inits, fine-tune, profile, bench, throughput, table."""
+    write_fashion_mnist(tmp_path / "idx", n_train=64, n_test=32)
+    example = _load("fashion_mnist")
+    out = example.main([
+        "--data-dir", str(tmp_path / "idx"), "--train-limit", "64", "--test-limit", "32", "--batch-size", "16",
+        "--baseline-epochs", "1", "--finetune-epochs", "0.25", "--recal-batches", "1", "--threads", "1",
+        "--bench-rounds", "1", "--bench-time", "0.01", "--throughput-steps", "1", "--throughput-rounds", "1",
+        "--json", str(tmp_path / "out.json"),
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "every_other" in printed and "late_stages" in printed and "The issue's bar" in printed
+    rows = out["rows"]
+    assert [r["init"] for r in rows if r["stage"] == "before FT"] == ["scratch", "zero", "importance"] * 2
+    after = [r for r in rows if r["stage"].startswith("after FT")]
+    assert len(after) == 2 and all(r["macs"] < rows[0]["macs"] and r["speedup"] > 0 for r in after)
+    assert set(out["throughput"]) == {"resnet18 (train)", "every_other (FT+KD)", "late_stages (FT+KD)"}
+    assert json.loads((tmp_path / "out.json").read_text())["checks"].keys() == out["checks"].keys()
+    with pytest.raises(SystemExit):
+        example.parse(["--finetune-epochs", "2"])  # the issue allows at most one epoch
