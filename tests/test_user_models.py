@@ -19,17 +19,9 @@ from modify.layers import MoDBlock
 from modify.pipeline import convert, convert_identity
 from modify.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
 from modify.tracing import trace
+from toy_models import PreActBlock
 
 SIZE = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: two threads on a busy 2-core machine only spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -107,26 +99,6 @@ def test_option_a_shortcuts_are_skipped_with_a_reason() -> None:
     assert result.default_reason is None
     default = convert(model, input_size=SIZE)  # no family default for CifarBlock: every_other's c = 64
     assert default.default_reason.startswith("c=64, the every_other recipe's: no block of a known family (CifarBlock)")
-
-
-class PreActBlock(nn.Module):
-    """Pre-activation block (He et al. 2016b); a projection shortcut forks after bn1/relu."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
 
 
 def test_pre_activation_blocks() -> None:

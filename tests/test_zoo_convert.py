@@ -35,16 +35,6 @@ QUANTIZABLE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: one thread is as fast, and two threads on a busy 2-core machine spin
-    # against each other (a 16x16 depthwise conv took 30 ms instead of 0.15 ms).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = QUANTIZABLE[name]() if name in QUANTIZABLE else torchvision.models.get_model(name, weights=None)
