@@ -17,7 +17,6 @@ folder, renamed over the target, and an existing file is only replaced when aske
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from torch import nn
 from modify._version import __version__
 from modify.errors import CheckpointError
 from modify.layers import MoDConfig
+from modify.weights import safe_load
 from modify.zoo import build_source, model_source
 
 __all__ = ["save", "load", "read_checkpoint", "atomic_write", "FORMAT", "FORMAT_VERSION"]
@@ -117,17 +117,10 @@ def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = Fa
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint's dict, read with ``weights_only=True``: a pickled object is refused unrun."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"No checkpoint file at {str(p)!r}; check the path.")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{str(p)!r} holds pickled Python objects, which modify refuses to load (nothing in it was run). "
-            "Save models with `modify.save` / `modify convert -o`, or load a plain state_dict with --weights."
-        ) from e
-    except Exception as e:  # zip/EOF/format errors from torch.load
-        raise CheckpointError(f"{str(p)!r} is not a readable torch checkpoint ({type(e).__name__}: {e}).".splitlines()[0]) from e
+    data = safe_load(
+        p, what="checkpoint file",
+        hint="save models with `modify.save` / `modify convert -o`, or load a plain state_dict with --weights.",
+    )  # fmt: skip
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(p)!r} is not a modify checkpoint (no 'format': {FORMAT!r}); a plain state_dict loads with --weights."
