@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -49,6 +49,19 @@ def _inputs(batch: int, input_size: int, real: torch.Tensor | None) -> list[torc
     if real is not None:
         xs.append(real[:batch] if real.shape[0] >= batch else real.repeat(batch, 1, 1, 1)[:batch])
     return xs
+
+
+def _max_difference(
+    model: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor], sizes: Sequence[int], input_size: int,
+    real: torch.Tensor | None,
+) -> float:
+    """The largest |exported(x) - model(x)| over random (and real) inputs at every batch size."""
+    worst = 0.0
+    with torch.no_grad():
+        for batch in sizes:
+            for x in _inputs(batch, input_size, real):
+                worst = max(worst, float((exported(x) - model(x)).abs().max()))
+    return worst
 
 
 def _failing_part(e: BaseException) -> str:
@@ -111,13 +124,8 @@ def export_onnx(
     proto = onnx.load(str(target))
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    worst = 0.0
-    with torch.no_grad():
-        for batch in sizes:
-            for x in _inputs(batch, input_size, real_inputs):
-                expected = model(x).numpy()
-                got = session.run(None, {name: x.numpy()})[0]
-                worst = max(worst, float(abs(got - expected).max()))
+    worst = _max_difference(model, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]),
+                            sizes, input_size, real_inputs)  # fmt: skip
     if worst > tolerance:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
     return ExportReport(str(target), "onnx", sizes, worst, tuple(sorted({n.op_type for n in proto.graph.node})), dynamic_batch)
@@ -146,11 +154,7 @@ def export_program(
         raise ExportError(f"torch.export could not export {type(model).__name__}: {_failing_part(e)}.") from e
     target = atomic_write(path, lambda tmp: torch.export.save(program, tmp), force=force)
     reloaded = torch.export.load(str(target)).module()
-    worst = 0.0
-    with torch.no_grad():
-        for batch in sizes:
-            for x in _inputs(batch, input_size, real_inputs):
-                worst = max(worst, float((reloaded(x) - model(x)).abs().max()))
+    worst = _max_difference(model, reloaded, sizes, input_size, real_inputs)
     if worst > tolerance:
         raise ExportError(f"the reloaded program differs from eager by {worst:.2e} (> {tolerance:.0e}).")
     return ExportReport(str(target), "torch-export", sizes, worst, (), dynamic_batch)
