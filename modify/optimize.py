@@ -23,11 +23,6 @@ from modify.layers import MoDBlock
 __all__ = ["optimize_for_inference", "fold_batchnorm"]
 
 
-def _set(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 def fold_batchnorm(model: nn.Module) -> int:
     """Folds every BatchNorm that directly follows a Conv2d (its only reader) into it, in place,
     in eval mode. Returns how many were folded.
@@ -55,8 +50,8 @@ def fold_batchnorm(model: nn.Module) -> int:
             continue
         conv, bn = model.get_submodule(node.target), model.get_submodule(user.target)
         if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-            _set(model, node.target, fuse_conv_bn_eval(conv, bn))
-            _set(model, user.target, nn.Identity())
+            model.set_submodule(node.target, fuse_conv_bn_eval(conv, bn))
+            model.set_submodule(user.target, nn.Identity())
             folded += 1
     return folded
 

@@ -23,7 +23,7 @@ from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Capacity, Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import InitMode
-from modify.tracing import LeafSpec, trace
+from modify.tracing import LeafSpec, default_input, trace
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 
@@ -59,9 +59,7 @@ class ConversionResult:
 
 def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[torch.Tensor, ...]:
     if example_inputs is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        return (torch.randn(1, 3, input_size, input_size, device=device),)
+        return (default_input(model, input_size),)
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     return tuple(example_inputs)

@@ -77,11 +77,6 @@ def _inline_target(site: BlockSite) -> str:
     return f"{path}.{leaf}" if path else leaf
 
 
-def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    (root.get_submodule(parent) if parent else root).add_module(leaf, module)
-
-
 def _replace_in_graph(
     gm: fx.GraphModule, graph: SiteGraph, target: str, mod: MoDBlock, replaced: dict[fx.Node, fx.Node]
 ) -> None:
@@ -89,7 +84,7 @@ def _replace_in_graph(
     ``replaced`` maps the outputs of blocks already swapped to their MoD calls, since a block's
     input may be the previous block's output."""
     fork = replaced.get(graph.fork, graph.fork)
-    _set_module(gm, target, mod)
+    gm.set_submodule(target, mod)  # replaces the block module, or adds one beside inline code
     with gm.graph.inserting_after(graph.output):
         new = gm.graph.call_module(target, (fork,))
     if graph.inplace and graph.mutated is not None:
@@ -157,7 +152,7 @@ def rewrite(
         result = gm
     else:
         for plan, _, mod in built:
-            _set_module(model, plan.site.name, mod)
+            model.set_submodule(plan.site.name, mod)
             converted.append(_record(plan, plan.site.name))
     return result, tuple(converted), tuple(skipped)
 

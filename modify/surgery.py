@@ -404,13 +404,7 @@ def cut(
     root = nn.Module()
     for target, local_name in local.items():
         value = gm.get_submodule(target) if _is_module(gm, target) else _get_tensor(gm, target)
-        value = copy.deepcopy(value)
-        if isinstance(value, nn.Module):
-            root.add_module(local_name, value)
-        elif isinstance(value, nn.Parameter):
-            root.register_parameter(local_name, value)
-        else:
-            root.register_buffer(local_name, value)
+        _set(root, local_name, copy.deepcopy(value))
 
     def arg(n: fx.Node) -> fx.Node:
         if n not in env:

@@ -34,7 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 
-__all__ = ["ModifyTracer", "trace", "LeafSpec"]
+__all__ = ["ModifyTracer", "trace", "default_input", "LeafSpec"]
 
 # A leaf is named by module class (matched with isinstance) or by qualified name ("layer1.0").
 LeafSpec = type[nn.Module] | str
@@ -202,7 +202,8 @@ def _trace_error(tracer: ModifyTracer, model: nn.Module, e: BaseException) -> Tr
     return err
 
 
-def _default_input(model: nn.Module, input_size: int) -> torch.Tensor:
+def default_input(model: nn.Module, input_size: int) -> torch.Tensor:
+    """One (1, 3, S, S) image of seeded noise in the model's dtype and on its device."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -240,7 +241,7 @@ def _propagate_shapes(
     input_size: int,
 ) -> None:
     if example_inputs is None:
-        inputs: tuple[Any, ...] = (_default_input(model, input_size),)
+        inputs: tuple[Any, ...] = (default_input(model, input_size),)
     elif isinstance(example_inputs, torch.Tensor):
         inputs = (example_inputs,)
     else:
