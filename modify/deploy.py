@@ -1,8 +1,11 @@
 """Exporting converted models where users deploy them: ONNX (checked, then run in ONNX Runtime
 and compared with PyTorch) and torch.export (saved, reloaded and compared).
 
-A MoD block exports as plain operators (TopK, GatherElements, Mul, Slice, Concat/Add), since its
-shapes never depend on the data: no custom kernels, no data-dependent guards.
+A MoD block exports as plain operators (TopK, Gather, Mul, Add, Conv), since its shapes never
+depend on the data: no custom kernels, no data-dependent guards. For ONNX the fusion into a fixed
+slot is written as a 1x1 convolution with a residual input (`Fusion.placement`), which ONNX
+Runtime runs in its blocked NCHWc layout; slicing and concatenating channels would force two
+layout conversions of the whole activation per block.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import contextlib
 import dataclasses
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +23,7 @@ from torch import nn
 from modify.checkpoint import atomic_write
 from modify.errors import ModifyError
 
-__all__ = ["ExportError", "ExportReport", "export_onnx", "export_program", "FORMATS"]
+__all__ = ["ExportError", "ExportReport", "export_onnx", "export_program", "placement_fusion", "FORMATS"]
 
 FORMATS = ("onnx", "torch-export")
 
@@ -73,6 +76,29 @@ def _failing_part(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
+@contextlib.contextmanager
+def placement_fusion(model: nn.Module) -> Iterator[int]:
+    """Within the block, every MoD fusion into a fixed slot is computed as ``x + conv1x1(y, P)``.
+
+    The placement weights are temporary non-persistent buffers (constants in an exported graph);
+    the model is as before on exit. Yields how many fusions were switched.
+    """
+    from modify.layers import Fusion
+    from modify.layers.options import FusionSlot
+
+    fusions = [m for m in model.modules() if isinstance(m, Fusion) and m.slot is not FusionSlot.ORIGINAL]
+    reference = next(model.parameters(), None)
+    dtype = reference.dtype if reference is not None else torch.float32
+    device = reference.device if reference is not None else None
+    for fusion in fusions:
+        fusion.register_buffer("placement_weight", fusion.placement(dtype, device), persistent=False)
+    try:
+        yield len(fusions)
+    finally:
+        for fusion in fusions:
+            del fusion._buffers["placement_weight"]
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -107,7 +133,7 @@ def export_onnx(
 
     def write(tmp: str) -> None:
         try:
-            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), placement_fusion(model):
                 program = torch.onnx.export(model, (example,), None, **kwargs)
             program.save(tmp)
         except Exception as e:

@@ -2,9 +2,10 @@
 
 - BatchNorm folded into the convolution before it (also inside the reduced blocks), so a
   reduced block's k-channel convolutions run without separate normalisation passes;
-- in-place fusion: where a MoD block is the only reader of its input, the k processed channels
-  are added into the input tensor itself (at inference, with gradients off) instead of building
-  a new full-width tensor;
+- in-place fusion (`enable_inplace_fusion`, which `modify.convert` and `modify.get_model` already
+  apply): where a MoD block is the only reader of its input, the k processed channels are added
+  into the input tensor itself (at inference, with gradients off) instead of building a new
+  full-width tensor;
 - optionally channels_last memory format, which speeds up convolutions on many CPUs.
 
 The model keeps its class and module names; only conv/BN pairs and fusion flags change.
@@ -13,14 +14,17 @@ The model keeps its class and module names; only conv/BN pairs and fusion flags 
 from __future__ import annotations
 
 import copy
+import operator
+from collections.abc import Collection
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from modify.layers import MoDBlock
+from modify.tracing import LeafSpec, ModifyTracer
 
-__all__ = ["optimize_for_inference", "fold_batchnorm"]
+__all__ = ["optimize_for_inference", "fold_batchnorm", "enable_inplace_fusion"]
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -56,21 +60,90 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
-def _sole_reader_blocks(model: nn.Module) -> list[MoDBlock]:
-    """MoD blocks whose input nothing else reads (safe to fuse into in place)."""
-    from modify.tracing import ModifyTracer
+# Ops whose output may be (a view of) their input: a MoD block reading their output shares its
+# storage with their input, so in-place fusion is safe only if that input is unshared too.
+_VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "t",
+    "contiguous", "expand", "expand_as", "squeeze", "unsqueeze", "narrow", "chunk", "split", "unbind",
+    "select", "as_strided", "detach", "to", "type", "float", "__getitem__",
+})  # fmt: skip
+_VIEW_FUNCTIONS = frozenset({
+    operator.getitem, torch.flatten, torch.reshape, torch.narrow, torch.squeeze, torch.unsqueeze,
+    torch.permute, torch.transpose, torch.t, torch.chunk, torch.split, torch.unbind, torch.select,
+    torch.detach, nn.functional.dropout, nn.functional.dropout2d, nn.functional.dropout3d,
+    nn.functional.alpha_dropout, nn.functional.feature_alpha_dropout,
+})  # fmt: skip
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd, MoDBlock)
 
+
+def _may_alias_input(node: fx.Node, model: nn.Module) -> bool:
+    """Whether ``node``'s output may share storage with its first input."""
+    if node.op == "call_module":
+        module = model.get_submodule(node.target)
+        known = type(module).__module__.startswith("torch.nn.") and not isinstance(module, _VIEW_MODULES)
+        return not known or bool(getattr(module, "inplace", False))  # user leaves: unknown, so assume so
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS or node.target.endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (node.target in _VIEW_FUNCTIONS or name.endswith("_") or name.startswith("__i")
+                or bool(node.kwargs.get("inplace", False)))  # fmt: skip
+    return True
+
+
+def _owned(node: fx.Node, model: nn.Module) -> bool:
+    """Whether the tensor ``node`` makes is read by its one user alone, through every alias."""
+    while True:
+        if len(node.users) != 1 or node.op not in ("call_module", "call_method", "call_function"):
+            return False  # another reader, or the caller's input, a parameter or a buffer
+        if not _may_alias_input(node, model):
+            return True
+        source = node.args[0] if node.args else None
+        if not isinstance(source, fx.Node):
+            return False
+        node = source
+
+
+def enable_inplace_fusion(model: nn.Module, *, leaf_modules: Collection[LeafSpec] = ()) -> list[str]:
+    """Lets each MoD block fuse into its input in place at inference where that is safe.
+
+    A block may add its k processed channels into its input tensor itself (with gradients off;
+    see `Fusion`) when nothing else reads that tensor: not the caller (a model input), not a
+    parameter, not another layer, and not through a view or an in-place layer. The answer comes
+    from the model's torch.fx graph; where the model does not trace, every block stays out of
+    place. `modify.convert` and `modify.get_model` call this, so converted models are fast as
+    they come. Call it again after changing the model's forward, and set
+    ``block.fusion.inplace = False`` before reading a block's input with hooks.
+
+    Args:
+        model: a model holding MoD blocks.
+        leaf_modules: modules torch.fx should not trace into, as for `modify.convert`.
+
+    Returns:
+        The names of the blocks that fuse in place.
+
+    Example:
+        >>> import modify
+        >>> model = modify.get_model("resnet18_mod")
+        >>> enable_inplace_fusion(model)
+        ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    """
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, MoDBlock)}
+    for block in blocks.values():
+        block.fusion.inplace = False
+    if not blocks:
+        return []
     try:
-        graph = ModifyTracer().trace(model)
+        graph = ModifyTracer(leaf_modules).trace(model)
     except Exception:
         return []
-    blocks = []
+    enabled = []
     for node in graph.nodes:
-        if node.op == "call_module":
-            module = model.get_submodule(node.target)
-            if isinstance(module, MoDBlock) and len(node.args[0].users) == 1 and node.args[0].op != "placeholder":
-                blocks.append(module)
-    return blocks
+        if node.op == "call_module" and node.target in blocks and node.args and isinstance(node.args[0], fx.Node):
+            if _owned(node.args[0], model) and sum(n.target == node.target for n in graph.nodes) == 1:
+                blocks[node.target].fusion.inplace = True
+                enabled.append(node.target)
+    return enabled
 
 
 def optimize_for_inference(
@@ -88,8 +161,11 @@ def optimize_for_inference(
     if fold_bn:
         fold_batchnorm(model)
     if inplace_fusion:
-        for block in _sole_reader_blocks(model):
-            block.fusion.inplace = True
+        enable_inplace_fusion(model)
+    else:
+        for block in model.modules():
+            if isinstance(block, MoDBlock):
+                block.fusion.inplace = False
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

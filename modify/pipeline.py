@@ -19,6 +19,7 @@ from modify.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
 from modify.families import default_capacity
 from modify.layers import MoDConfig
+from modify.optimize import enable_inplace_fusion
 from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Capacity, Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
@@ -142,6 +143,7 @@ def convert(
     source = getattr(model, "modify_source", None)
     if source is not None:
         converted_model.modify_source = source
+    enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)  # no full-tensor copy at inference
     return ConversionResult(
         model=converted_model,
         converted=converted,
@@ -189,6 +191,7 @@ def convert_identity(
     plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
              else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip
     converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=InitMode.COPY)
+    enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)
     recipe = Recipe(mod=IDENTITY_CONFIG)
     return ConversionResult(converted_model, converted, skipped, recipe, InitMode.COPY, tuple(inputs[0].shape),
                             tuple(sites), tuple(plans))  # fmt: skip

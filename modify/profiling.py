@@ -23,14 +23,22 @@ __all__ = ["BlockCost", "ProfileReport", "profile_model", "MOD_OP_HANDLES", "CON
 
 CONVENTION = (
     "fvcore MACs: conv, linear, norm, adaptive pooling; plus modify's handles, one MAC per output "
-    "element for add, mul, sigmoid, top-k and scatter-add"
+    "element for add, mul, sigmoid, top-k and scatter-add (none for index arithmetic)"
 )
+
+
+def _is_index(value: Any) -> bool:
+    # Integer tensors hold channel indices: arithmetic on them (the gather's offsets) is no MAC.
+    scalar = getattr(value.type(), "scalarType", lambda: None)()
+    return scalar in ("Long", "Int", "Short", "Char", "Byte", "Bool")
 
 
 def _numel_of_output(inputs: list[Any], outputs: list[Any]) -> int:
     # One operation per output element (element-wise arithmetic, score multiplication, fusion).
     from fvcore.nn.jit_handles import get_shape
 
+    if _is_index(outputs[0]):
+        return 0
     shape = get_shape(outputs[0])
     return prod(shape) if shape else 0
 
@@ -43,8 +51,14 @@ def _numel_of_input(inputs: list[Any], outputs: list[Any]) -> int:
     return prod(shape) if shape else 0
 
 
-# aten operator -> handle. gather and cat are copies (0 MACs) and fvcore already ignores them.
+def _copy(inputs: list[Any], outputs: list[Any]) -> int:
+    return 0  # data movement, no arithmetic
+
+
+# aten operator -> handle. gather and cat are copies (0 MACs) and fvcore already ignores them;
+# index_select (the channel gather) is a copy too.
 MOD_OP_HANDLES = {
+    "aten::index_select": _copy,
     "aten::topk": _numel_of_input,
     "aten::sort": _numel_of_input,
     "aten::sigmoid": _numel_of_input,

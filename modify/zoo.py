@@ -13,6 +13,7 @@ from torch import nn
 
 from modify.errors import ModifyError, UnknownModelError
 from modify.models import list_mod_models, mod_model_builder
+from modify.optimize import enable_inplace_fusion
 
 __all__ = ["get_model", "list_models", "is_known_model", "resolve_model", "from_import_path", "model_source", "build_source"]
 
@@ -56,7 +57,9 @@ def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Mod
                 f"There are no published weights for {name!r}; build it without weights= and "
                 "load a state_dict of your own, or convert a pretrained torchvision model instead."
             )
-        return _tag(builder(**kwargs), {"kind": "name", "name": name, "kwargs": kwargs})
+        model = builder(**kwargs)
+        enable_inplace_fusion(model)  # no full-tensor copy in the fusion at inference
+        return _tag(model, {"kind": "name", "name": name, "kwargs": kwargs})
     if name not in _torchvision_names():
         close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

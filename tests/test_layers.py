@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from modify.layers import BlockForm, ChannelSelector, Fusion, FusionSlot, MoDBlock, SelectionOrder, capacity_to_k
+from modify.layers.block import gather_channels
 from modify.models.resnet_mod import reduced_bottleneck
 
 C, K, H, W = 16, 4, 5, 6
@@ -129,6 +130,41 @@ def test_fusion_does_not_modify_its_input() -> None:
     for slot in FusionSlot:
         Fusion(6, 2, slot)(x, torch.ones(1, 2, 2, 2), torch.tensor([[4, 1]]))
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gather_channels_picks_each_samples_planes(layout: torch.memory_format) -> None:
+    x = torch.randn(3, C, H, W).contiguous(memory_format=layout)
+    indices = torch.stack([torch.randperm(C)[:K] for _ in range(3)])  # (3, K), per sample
+    expected = torch.stack([x[n, indices[n]] for n in range(3)])  # plain indexing, sample by sample
+    assert torch.equal(gather_channels(x, indices), expected)
+
+
+@pytest.mark.parametrize("slot", ["first", "last"])
+def test_placement_convolution_equals_the_slice_fusion(slot: str) -> None:
+    fusion = Fusion(C, K, slot)
+    x, y = torch.randn(2, C, H, W), torch.randn(2, K, H, W)
+    weight = fusion.placement()
+    assert weight.shape == (C, K, 1, 1) and weight.sum() == K  # one 1 per processed channel
+    expected = fusion(x, y, torch.zeros(2, K, dtype=torch.long))
+    assert torch.equal(x + F.conv2d(y, weight), expected)  # exact: each output is x + 1*y or x + 0
+    with pytest.raises(ValueError, match="'original' slot"):
+        Fusion(C, K, "original").placement()
+
+
+@pytest.mark.parametrize("slot", ["first", "last", "original"])
+def test_in_place_fusion_equals_the_copy(slot: str) -> None:
+    fusion = Fusion(C, K, slot)
+    x, y = torch.randn(2, C, H, W), torch.randn(2, K, H, W)
+    indices = torch.stack([torch.randperm(C)[:K] for _ in range(2)])
+    expected = fusion(x, y, indices)
+    fusion.inplace = True
+    with torch.no_grad():
+        target = x.clone()
+        out = fusion(target, y, indices)
+    assert out is target and torch.equal(out, expected)  # written into the input, same numbers
+    out = fusion(x, y.requires_grad_(), indices)  # with autograd on it copies, whatever the flag
+    assert out is not x and torch.equal(out.detach(), expected)
 
 
 def test_bad_options_name_the_valid_values() -> None:

@@ -11,13 +11,37 @@ no control flow on tensor values: it traces with torch.fx and exports with torch
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from modify.layers.fusion import Fusion, expand_index
 from modify.layers.options import BlockForm, FusionSlot, MoDConfig, SelectionOrder
 from modify.layers.selector import ChannelSelector
 
-__all__ = ["MoDBlock", "capacity_to_k"]
+__all__ = ["MoDBlock", "capacity_to_k", "gather_channels"]
+
+
+def gather_channels(x: Tensor, indices: Tensor) -> Tensor:
+    """The channels ``indices`` (N, k) of each sample of ``x`` (N, C, H, W) -> (N, k, H, W).
+
+    On a contiguous ``x`` it copies k whole H x W planes per sample (``index_select`` over the
+    flattened N * C planes: one memcpy a plane, and an ONNX ``Gather``); on other layouts
+    (channels_last) it gathers element by element. Either way only the k channels are written.
+
+    Example:
+        >>> x = torch.arange(8.0).view(2, 4, 1, 1)
+        >>> gather_channels(x, torch.tensor([[3, 0], [1, 2]])).flatten().tolist()
+        [3.0, 0.0, 5.0, 6.0]
+    """
+    n, c, h, w = x.shape
+    if not x.is_contiguous():
+        return torch.gather(x, 1, expand_index(indices, x))  # (N, k, H, W)
+    offsets = torch.arange(0, n * c, c, device=x.device)  # (N,): the first plane of each sample
+    planes = (indices + offsets[:, None]).flatten()  # (N * k,)
+    return x.reshape(n * c, h, w).index_select(0, planes).view(n, indices.shape[1], h, w)  # (N, k, H, W)
+
+
+# torch.fx records the gather as one call (its layout test needs a real tensor).
+fx.wrap("gather_channels")
 
 
 def capacity_to_k(channels: int, c: int) -> int:
@@ -101,7 +125,7 @@ class MoDBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         scores, indices = self.selector(x)  # (N, k), (N, k)
-        picked = torch.gather(x, 1, expand_index(indices, x))  # (N, k, H, W)
+        picked = gather_channels(x, indices)  # (N, k, H, W)
         y = self.block(picked)  # (N, k, H, W)
         if self.scale:
             y = y * scores[:, :, None, None]  # (N, k, H, W): the selector's gradient path

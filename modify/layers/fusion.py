@@ -25,9 +25,16 @@ class Fusion(nn.Module):
     """Adds ``y`` (N, k, H, W) into ``x`` (N, C, H, W) at a fixed slot; returns (N, C, H, W).
 
     The result is a new tensor: ``x`` is left untouched, so autograd and any other reader of
-    the block input stay correct. With ``inplace=True`` (set by `optimize_for_inference` where the
-    block is the input's only reader) and gradients off, the k channels are added into ``x``
-    itself, which saves a copy of the whole tensor.
+    the block input stay correct. With ``inplace=True`` (set by `modify.optimize.enable_inplace_fusion`
+    where the block is the input's only reader) and gradients off, the k channels are added into
+    ``x`` itself, which saves a copy of the whole tensor.
+
+    For graph compilers that keep activations in a blocked layout (ONNX Runtime's NCHWc), the
+    fixed slots can also be written as ``x + conv1x1(y, P)`` with P the constant (C, k) matrix
+    that places channel i of ``y`` at slot channel i (`placement`): the same numbers (each output
+    is ``x + 1 * y_i`` or ``x + 0``), but a convolution with a residual input, which such
+    compilers fuse, where slicing and concatenating along channels forces layout changes.
+    `modify.deploy.export_onnx` exports this form.
 
     Example:
         >>> fuse = Fusion(channels=4, k=2)
@@ -45,8 +52,20 @@ class Fusion(nn.Module):
         self.slot = FusionSlot.from_str(slot)
         self.inplace = False
 
+    def placement(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
+        """The (C, k, 1, 1) 0/1 weight that puts the k channels into the slot; fixed slots only."""
+        if self.slot is FusionSlot.ORIGINAL:
+            raise ValueError("the 'original' slot depends on the selected channels: it has no fixed placement.")
+        start = 0 if self.slot is FusionSlot.FIRST else self.channels - self.k
+        weight = torch.zeros(self.channels, self.k, 1, 1, dtype=dtype, device=device)
+        weight[start : start + self.k, :, 0, 0] = torch.eye(self.k, dtype=dtype, device=device)
+        return weight  # (C, k, 1, 1)
+
     def forward(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
         k = self.k
+        placement = getattr(self, "placement_weight", None)  # set while exporting to ONNX
+        if placement is not None:
+            return x + nn.functional.conv2d(y, placement)  # (N, C, H, W)
         if self.inplace and not torch.is_grad_enabled():
             return self._fuse_into(x, y, indices)
         if self.slot is FusionSlot.FIRST:
