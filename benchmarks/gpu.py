@@ -8,8 +8,8 @@ ResNet50, and the every_other-converted torchvision ResNet-18 against ResNet-18,
 random weights. Each pair is timed interleaved in this one process: per round, each model's
 median over `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises the GPU), the
 order of the two models swapping every round; the table shows the median of the rounds and
-baseline / model. torch.compile uses the default mode and a static batch (one compilation per
-model, dtype and batch). Compiling takes most of the run, so cases whose compilation would start
+baseline / model. torch.compile uses mode="reduce-overhead" (inductor kernels replayed as CUDA graphs,
+what serves batch-1 latency) and a static batch: one compilation per model, dtype and batch. Compiling takes most of the run, so cases whose compilation would start
 after ``--budget`` seconds are listed as not run instead. Rows go to stdout and, with ``--out``,
 to DIR/gpu.md and DIR/gpu.json as they are measured.
 
@@ -50,14 +50,18 @@ def check_device(model: nn.Module, baseline: nn.Module, label: str, device: str)
     torch.manual_seed(0)
     x = torch.randn(4, 3, 224, 224)
     errors = {}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 for the check
     with torch.no_grad():
         for name, net in (("model", model), ("baseline", baseline)):
             cpu = net(x)
             gpu = copy.deepcopy(net).to(device)(x.to(device)).float().cpu()
             half = copy.deepcopy(net).to(device).half()(x.to(device).half()).float().cpu()
             errors[name] = ((gpu - cpu).abs().max().item(), (half - cpu).abs().max().item(), cpu.abs().max().item())
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return {"pair": label, "device_vs_cpu_fp32_max_abs": errors["model"][0], "fp16_vs_fp32_max_abs": errors["model"][1],
-            "output_scale": errors["model"][2], "baseline_fp16_vs_fp32_max_abs": errors["baseline"][1]}  # fmt: skip
+            "output_scale": errors["model"][2], "baseline_device_vs_cpu_fp32_max_abs": errors["baseline"][0],
+            "baseline_fp16_vs_fp32_max_abs": errors["baseline"][1]}  # fmt: skip
 
 
 def timed_rounds(model: nn.Module, baseline: nn.Module, x: torch.Tensor, rounds: int, min_run_time: float):
@@ -76,6 +80,11 @@ def timed_rounds(model: nn.Module, baseline: nn.Module, x: torch.Tensor, rounds:
             for key in ("model", "baseline") if r % 2 == 0 else ("baseline", "model"):
                 times[key].append(timers[key].blocked_autorange(min_run_time=min_run_time).median)
     return statistics.median(times["model"]), statistics.median(times["baseline"]), times
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile for inference latency: inductor kernels replayed as CUDA graphs, static shapes."""
+    return torch.compile(model, mode="reduce-overhead" if next(model.parameters()).is_cuda else "default", dynamic=False)
 
 
 class Output:
@@ -114,11 +123,13 @@ def main() -> None:
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU; torch.cuda.is_available() is False here.")
     start = time.perf_counter()
     torch.backends.cudnn.benchmark = True
+    torch._dynamo.config.recompile_limit = 64  # every case compiles anew (reset below)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (script check only)"
     batches = [int(b) for b in args.batches.split(",")]
     header = [
         f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; "
-        f"medians of {args.rounds} interleaved rounds",
+        f"medians of {args.rounds} interleaved rounds; fp32 convolutions in TF32 (PyTorch's cuDNN default); "
+        "compile = torch.compile(mode='reduce-overhead'): inductor + CUDA graphs",
         "",
         "| pair | engine | dtype | batch | model ms | baseline ms | speed-up |",
         "|---|---|---|---|---|---|---|",
@@ -126,7 +137,8 @@ def main() -> None:
     built = {label: (model, baseline) for label, model, baseline in map(pair, args.pairs.split(","))}
     checks = [check_device(model, baseline, label, args.device) for label, (model, baseline) in built.items()]
     for c in checks:
-        print(f"device check {c['pair']}: {args.device} vs CPU fp32 max |diff| {c['device_vs_cpu_fp32_max_abs']:.2e}; "
+        print(f"device check {c['pair']}: {args.device} vs CPU fp32 (TF32 off) max |diff| {c['device_vs_cpu_fp32_max_abs']:.2e} "
+              f"(baseline {c['baseline_device_vs_cpu_fp32_max_abs']:.2e}); "
               f"fp16 vs fp32 {c['fp16_vs_fp32_max_abs']:.2e} (baseline {c['baseline_fp16_vs_fp32_max_abs']:.2e}; "
               f"outputs up to {c['output_scale']:.2f})", flush=True)
     out = Output(args.out, header)
@@ -143,7 +155,9 @@ def main() -> None:
                         out.row(f"{cells} not run | (time budget) | |", {"pair": label, "engine": engine,
                                 "dtype": dtype_name, "batch": batch, "skipped": "budget"})  # fmt: skip
                         continue
-                    mm, bm = (m, b) if engine == "eager" else (torch.compile(m, dynamic=False), torch.compile(b, dynamic=False))
+                    mm, bm = (m, b) if engine == "eager" else (compiled(m), compiled(b))
+                    if engine == "compile":
+                        torch.compiler.reset()  # fresh caches: the models share torchvision's forward code
                     x = torch.randn(batch, 3, 224, 224, device=args.device, dtype=DTYPES[dtype_name])
                     t0 = time.perf_counter()
                     model_s, base_s, times = timed_rounds(mm, bm, x, args.rounds, args.min_run_time)
