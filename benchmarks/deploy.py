@@ -19,7 +19,8 @@ import tempfile
 import torch
 from torch import nn
 
-import modify
+from pairs import NAMES, pair
+
 from modify.benchmark import BenchCase, bench
 from modify.optimize import optimize_for_inference
 from modify.profiling import profile_model
@@ -45,21 +46,13 @@ class OrtModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.name: x.numpy()})[0])
 
 
-def pairs() -> dict[str, tuple[nn.Module, nn.Module]]:
-    r18 = modify.get_model("resnet18")
-    return {
-        "ResNet50-MoD vs ResNet50": (modify.get_model("resnet50_mod").eval(), modify.get_model("resnet50").eval()),
-        "ResNet-18 every_other vs ResNet-18": (modify.convert(r18, recipe="every_other").model.eval(), r18.eval()),
-    }
-
-
 def engine(name: str, model: nn.Module, case: BenchCase, workdir: str, tag: str) -> nn.Module:
     if name == "eager":
         return model
     if name == "optimized":
         return optimize_for_inference(model, channels_last=True)
     if name == "compile":
-        return torch.compile(model)
+        return torch.compile(model, dynamic=False)  # inductor's C++/OpenMP kernels, this case's shapes
     if name == "onnxruntime":
         return OrtModule(model, os.path.join(workdir, f"{tag}.onnx"), case.resolved_threads())
     raise SystemExit(f"unknown engine {name!r}; expected eager, optimized, compile, onnxruntime")
@@ -71,16 +64,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-run-time", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=32, help="the throughput case's batch size")
+    parser.add_argument("--pairs", default=",".join(NAMES), help=f"which pairs: {', '.join(NAMES)}")
     args = parser.parse_args()
     cases = (BenchCase(1, 1), BenchCase(args.batch, 0))
+    torch._dynamo.config.recompile_limit = 64
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds")
     print(f"| pair | engine | setting | model ms | baseline ms | speed-up | MAC ratio |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as workdir:
-        for label, (model, baseline) in pairs().items():
+        for label, model, baseline in map(pair, args.pairs.split(",")):
             ceiling = profile_model(baseline).macs / profile_model(model).macs
             for engine_name in args.engines.split(","):
                 for case in cases:
+                    if engine_name == "compile":
+                        torch.compiler.reset()  # the models share torchvision's forward: compile each case afresh
                     m = engine(engine_name, model, case, workdir, "model")
                     b = engine(engine_name, baseline, case, workdir, "baseline")
                     report = bench(m, b, cases=[case], rounds=args.rounds, min_run_time=args.min_run_time)

@@ -3,9 +3,9 @@ fp16, batch 1 and 64, with a CUDA correctness check first.
 
 Run (on a machine with a CUDA GPU):  python benchmarks/gpu.py [--rounds 5] [--budget 420] [--out DIR]
 
-Pairs, as in benchmarks/deploy.py: the paper's ResNet50-MoD (every_other, c = 64) against
-ResNet50, and the every_other-converted torchvision ResNet-18 against ResNet-18, at 224x224, eval,
-random weights. Each pair is timed interleaved in this one process: per round, each model's
+Pairs (benchmarks/pairs.py, as in benchmarks/deploy.py): the paper's ResNet50-MoD (every_other,
+c = 64) against ResNet50, and the every_other-converted torchvision ResNet-18 against ResNet-18, at
+224x224, eval, random weights. Each pair is timed interleaved in this one process: per round, each model's
 median over `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises the GPU), the
 order of the two models swapping every round; the table shows the median of the rounds and
 baseline / model. torch.compile uses mode="reduce-overhead" (inductor kernels replayed as CUDA graphs,
@@ -29,19 +29,9 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-import modify
+from pairs import pair
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-def pair(name: str) -> tuple[str, nn.Module, nn.Module]:
-    """(label, MoD model, baseline) for "resnet50" or "resnet18", eval mode, on the CPU."""
-    if name == "resnet50":
-        return "ResNet50-MoD vs ResNet50", modify.get_model("resnet50_mod").eval(), modify.get_model("resnet50").eval()
-    if name == "resnet18":
-        r18 = modify.get_model("resnet18").eval()
-        return "ResNet-18 every_other vs ResNet-18", modify.convert(r18, recipe="every_other").model.eval(), r18
-    raise SystemExit(f"unknown pair {name!r}; expected resnet50 or resnet18")
 
 
 def check_device(model: nn.Module, baseline: nn.Module, label: str, device: str) -> dict:
