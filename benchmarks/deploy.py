@@ -4,9 +4,11 @@ ONNX Runtime, at batch 1 on one thread and batch 32 on every core, with the MAC 
 Run:  python benchmarks/deploy.py [--engines eager,optimized,compile,onnxruntime] [--rounds 7]
 
 Pairs: the paper's ResNet50-MoD (every_other, c = 64) against ResNet50, and the every_other-
-converted torchvision ResNet-18 against ResNet-18, at 224x224, eval, fp32. "optimized" is eager
-after `optimize_for_inference` applied to both models alike (BatchNorm folded, channels_last; the
-MoD model also fuses in place). Each pair is timed interleaved in this one process
+converted torchvision ResNet-18 against ResNet-18, at 224x224, eval, fp32. "eager" is each model as
+built (MoD blocks fuse in place at inference as they come); "optimized" is eager after
+`optimize_for_inference` applied to both models alike (BatchNorm folded, channels_last); "compile"
+is `torch.compile` (inductor, static shapes); "onnxruntime" runs `modify.deploy.export_onnx`'s file
+(fixed-slot fusion as a placement convolution) with ONNX Runtime's default optimisations. Each pair is timed interleaved in this one process
 (`modify.benchmark.bench`); the table shows median milliseconds and baseline / model.
 """
 
