@@ -14,6 +14,7 @@ The model keeps its class and module names; only conv/BN pairs and fusion flags 
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 from collections.abc import Collection
 
@@ -72,6 +73,8 @@ _VIEW_FUNCTIONS = frozenset({
     torch.permute, torch.transpose, torch.t, torch.chunk, torch.split, torch.unbind, torch.select,
     torch.detach, nn.functional.dropout, nn.functional.dropout2d, nn.functional.dropout3d,
     nn.functional.alpha_dropout, nn.functional.feature_alpha_dropout,
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
 })  # fmt: skip
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd, MoDBlock)
 
@@ -86,9 +89,19 @@ def _may_alias_input(node: fx.Node, model: nn.Module) -> bool:
         return node.target in _VIEW_METHODS or node.target.endswith("_")
     if node.op == "call_function":
         name = getattr(node.target, "__name__", "")
-        return (node.target in _VIEW_FUNCTIONS or name.endswith("_") or name.startswith("__i")
-                or bool(node.kwargs.get("inplace", False)))  # fmt: skip
+        return node.target in _VIEW_FUNCTIONS or name.endswith("_") or _inplace_argument(node)
     return True
+
+
+def _inplace_argument(node: fx.Node) -> bool:
+    """Whether a call passes ``inplace=True``, by keyword or by position (``F.relu(x, True)``)."""
+    if node.kwargs.get("inplace", False):
+        return True
+    try:
+        bound = inspect.signature(node.target).bind_partial(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, or arguments that do not bind
+        return False
+    return bool(bound.arguments.get("inplace", False))
 
 
 def _owned(node: fx.Node, model: nn.Module) -> bool:

@@ -150,13 +150,15 @@ class _Shared(torch.nn.Module):
         self.aliased = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1))
         self.owned = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1))
         self.viewed = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1))
+        self.relu_arg = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
         a = self.aliased(self.relu(h)) + h  # h is read again after the block, through relu's alias
         b = self.owned(a * 2.0)  # a fresh tensor nothing else reads
         c = self.viewed(b.view(b.shape))  # a view of b, which is also returned
-        return c + b
+        d = self.relu_arg(torch.nn.functional.relu(c, True))  # in place by a positional argument
+        return d + b + c
 
 
 def test_in_place_fusion_only_where_nothing_else_reads_the_input() -> None:
