@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 import modify
 from modify.cli import app
-from modify.deploy import export_onnx, export_program
+from modify.deploy import export_onnx, export_program, placement_fusion
 from modify.layers import MoDBlock
-from modify.deploy import placement_fusion
 from modify.optimize import enable_inplace_fusion, fold_batchnorm, optimize_for_inference
 
 SIZE = 64
@@ -56,6 +55,7 @@ def test_onnx_round_trip(name: str, tmp_path) -> None:
                          batch_sizes=(1, 3), real_inputs=_real_images())  # fmt: skip
     assert report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 3)
     assert {"TopK", "Gather"} <= set(report.operators), report.operators  # top-k, then k whole planes a sample
+    assert not {"Concat", "Split", "ScatterND"} & set(report.operators)  # fusion as a placement conv
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -168,10 +168,7 @@ def test_in_place_fusion_only_where_nothing_else_reads_the_input() -> None:
     assert enable_inplace_fusion(first) == []  # its input is the caller's
     x = torch.randn(1, 3, 8, 8)
     reference = copy.deepcopy(model)
-    enable_inplace_fusion(reference)
-    for b in reference.modules():
-        if isinstance(b, MoDBlock):
-            b.fusion.inplace = False
+    reference.owned.fusion.inplace = False
     with torch.inference_mode():
         torch.testing.assert_close(model(x), reference(x), atol=0, rtol=0)
 
@@ -181,7 +178,7 @@ def test_placement_fusion_is_temporary() -> None:
     keys = list(model.state_dict())
     with placement_fusion(model) as switched:
         assert switched == 4
-        assert model.layer1[1].fusion.placement_weight.shape == (64 * 1, 1, 1, 1)
+        assert model.layer1[1].fusion.placement_weight.shape == (64, 1, 1, 1)  # C = 64, k = 1
     assert list(model.state_dict()) == keys and not hasattr(model.layer1[1].fusion, "placement_weight")
 
 
