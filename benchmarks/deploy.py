@@ -8,8 +8,9 @@ converted torchvision ResNet-18 against ResNet-18, at 224x224, eval, fp32. "eage
 built (MoD blocks fuse in place at inference as they come); "optimized" is eager after
 `optimize_for_inference` applied to both models alike (BatchNorm folded, channels_last); "compile"
 is `torch.compile` (inductor, static shapes); "onnxruntime" runs `modify.deploy.export_onnx`'s file
-(fixed-slot fusion as a placement convolution) with ONNX Runtime's default optimisations. Each pair is timed interleaved in this one process
-(`modify.benchmark.bench`); the table shows median milliseconds and baseline / model.
+(fixed-slot fusion as a placement convolution) with ONNX Runtime's default optimisations. Each pair
+is timed interleaved in this one process (`modify.benchmark.bench`); the table shows median
+milliseconds and baseline / model.
 """
 
 from __future__ import annotations

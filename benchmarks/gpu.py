@@ -3,15 +3,16 @@ fp16, batch 1 and 64, with a CUDA correctness check first.
 
 Run (on a machine with a CUDA GPU):  python benchmarks/gpu.py [--rounds 5] [--budget 420] [--out DIR]
 
-Pairs (benchmarks/pairs.py, as in benchmarks/deploy.py): the paper's ResNet50-MoD (every_other,
-c = 64) against ResNet50, and the every_other-converted torchvision ResNet-18 against ResNet-18, at
-224x224, eval, random weights. Each pair is timed interleaved in this one process: per round, each model's
-median over `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises the GPU), the
-order of the two models swapping every round; the table shows the median of the rounds and
-baseline / model. torch.compile uses mode="reduce-overhead" (inductor kernels replayed as CUDA graphs,
-what serves batch-1 latency) and a static batch: one compilation per model, dtype and batch. Compiling takes most of the run, so cases whose compilation would start
-after ``--budget`` seconds are listed as not run instead. Rows go to stdout and, with ``--out``,
-to DIR/gpu.md and DIR/gpu.json as they are measured.
+Pairs (benchmarks/pairs.py, as in benchmarks/deploy.py): the paper's ResNet50-MoD (every_other, c =
+64) against ResNet50, and the every_other-converted torchvision ResNet-18 against ResNet-18, at
+224x224, eval, random weights. Each pair is timed interleaved in this one process: per round, each
+model's median over `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises the GPU),
+the order of the two models swapping every round; the table shows the median of the rounds and
+baseline / model. torch.compile uses mode="reduce-overhead" (inductor kernels replayed as CUDA
+graphs, what serves batch-1 latency) and a static batch: one compilation per model, dtype and batch.
+Compiling takes most of the run, so cases whose compilation would start after ``--budget`` seconds
+are listed as not run instead. Rows go to stdout and, with ``--out``, to DIR/gpu.md and DIR/gpu.json
+as they are measured.
 
 Needs torch, torchvision and this repository (no fvcore: the MAC ratios are in the CPU table).
 """
