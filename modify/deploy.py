@@ -67,6 +67,17 @@ def _max_difference(
     return worst
 
 
+def _trace_setup(
+    batch_sizes: Sequence[int], dynamic_batch: bool, input_size: int
+) -> tuple[tuple[int, ...], torch.Tensor, tuple[dict, ...] | None]:
+    """(batch sizes to compare, example input to trace with, torch.export dynamic_shapes or None)."""
+    sizes = tuple(batch_sizes) if dynamic_batch else tuple(batch_sizes[:1])
+    # A batch of 1 would be specialised away by torch.export: trace a dynamic batch with 2.
+    example = torch.randn(max(2, sizes[0]) if dynamic_batch else sizes[0], 3, input_size, input_size)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    return sizes, example, dynamic
+
+
 def _failing_part(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     for line in text:
@@ -124,12 +135,10 @@ def export_onnx(
     import onnxruntime as ort
 
     model = model.eval()
-    sizes = tuple(batch_sizes) if dynamic_batch else tuple(batch_sizes[:1])
-    # A batch of 1 would be specialised away by torch.export: trace a dynamic batch with 2.
-    example = torch.randn(max(2, sizes[0]) if dynamic_batch else sizes[0], 3, input_size, input_size)
+    sizes, example, dynamic = _trace_setup(batch_sizes, dynamic_batch, input_size)
     kwargs: dict = {"dynamo": True, "input_names": ["input"], "output_names": ["output"]}
-    if dynamic_batch:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+    if dynamic is not None:
+        kwargs["dynamic_shapes"] = dynamic
 
     def write(tmp: str) -> None:
         try:
@@ -170,9 +179,7 @@ def export_program(
 ) -> ExportReport:
     """`torch.export.export`, saved with `torch.export.save`, reloaded and compared with eager."""
     model = model.eval()
-    sizes = tuple(batch_sizes) if dynamic_batch else tuple(batch_sizes[:1])
-    example = torch.randn(max(2, sizes[0]) if dynamic_batch else sizes[0], 3, input_size, input_size)
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    sizes, example, dynamic = _trace_setup(batch_sizes, dynamic_batch, input_size)
     try:
         with torch.no_grad():
             program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
