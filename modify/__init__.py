@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from modify._lazy import lazy_getattr
 from modify._version import __version__ as __version__
 from modify.errors import (
     CheckpointError as CheckpointError,
@@ -68,10 +68,4 @@ __all__ = sorted(
      "RecipeError", "TraceError", "UnknownModelError"]
 )  # fmt: skip
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'modify' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -6,9 +6,9 @@ by torch-free code such as recipe validation.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from modify._lazy import lazy_getattr
 from modify.layers.options import (
     BlockForm as BlockForm,
     FusionSlot as FusionSlot,
@@ -32,10 +32,4 @@ _LAZY = {
 
 __all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "MoDConfig", "SelectionOrder"])
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'modify.layers' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
