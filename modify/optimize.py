@@ -13,6 +13,7 @@ The model keeps its class and module names; only conv/BN pairs and fusion flags 
 
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 import operator
@@ -26,6 +27,11 @@ from modify.layers import MoDBlock
 from modify.tracing import LeafSpec, ModifyTracer
 
 __all__ = ["optimize_for_inference", "fold_batchnorm", "enable_inplace_fusion"]
+
+
+def _module_calls(graph: fx.Graph) -> collections.Counter[str]:
+    """How many times the graph calls each submodule (a module called twice is shared)."""
+    return collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -42,10 +48,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         graph = fx.symbolic_trace(model).graph  # through MoD blocks: their reduced blocks fold too
     except Exception:
         return 0
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _module_calls(graph)
     folded = 0
     for node in graph.nodes:
         if node.op != "call_module" or len(node.users) != 1:
@@ -150,10 +153,11 @@ def enable_inplace_fusion(model: nn.Module, *, leaf_modules: Collection[LeafSpec
         graph = ModifyTracer(leaf_modules).trace(model)
     except Exception:
         return []
+    calls = _module_calls(graph)
     enabled = []
     for node in graph.nodes:
         if node.op == "call_module" and node.target in blocks and node.args and isinstance(node.args[0], fx.Node):
-            if _owned(node.args[0], model) and sum(n.target == node.target for n in graph.nodes) == 1:
+            if _owned(node.args[0], model) and calls[node.target] == 1:
                 blocks[node.target].fusion.inplace = True
                 enabled.append(node.target)
     return enabled
