@@ -120,11 +120,13 @@ def convert(
         choice = default_capacity(types)
         if choice is not None:
             resolved = dataclasses.replace(resolved, defaults=Capacity(c=choice.c))
-            recipe, default_reason = resolved, choice.reason
+            default_reason = choice.reason
         else:
             shown = ", ".join(sorted(set(types))[:3]) or "none convertible"
             default_reason = f"c={resolved.defaults.c}, the every_other recipe's: no block of a known family ({shown})"
-    plans = plan(sites, recipe=recipe, k=k, c=c)  # the arguments as given, so errors name them
+    # The recipe read once above (it keeps its source for messages); k or c as given, so that
+    # errors about them name the argument.
+    plans = plan(sites, recipe=resolved if k is None and c is None else None, k=k, c=c)
     converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=init)
     if strict:
         failed = [s for s in skipped if s.selected]
