@@ -70,6 +70,7 @@ from torch import Tensor, fx, nn
 from modify.errors import ModifyError
 from modify.layers import BlockForm, MoDBlock
 from modify.layers.options import StrChoice
+from modify.surgery import get_attribute
 
 __all__ = ["InitStrategy", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks"]
 
@@ -224,7 +225,7 @@ def _zero_branch(branch: nn.Module) -> str | None:
                 if any(True for _ in m.parameters(recurse=False)):
                     last = (str(node.target), m)
             elif node.op == "get_attr":
-                value = _attr(branch, str(node.target))
+                value = get_attribute(branch, str(node.target))
                 if isinstance(value, nn.Parameter):
                     last = (str(node.target), value)
     else:
@@ -240,11 +241,6 @@ def _zero_branch(branch: nn.Module) -> str | None:
         for p in target.parameters(recurse=False):
             p.zero_()
     return name
-
-
-def _attr(root: nn.Module, target: str) -> Any:
-    owner, _, leaf = target.rpartition(".")
-    return getattr(root.get_submodule(owner) if owner else root, leaf)
 
 
 # -- importance ----------------------------------------------------------------------------------

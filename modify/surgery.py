@@ -403,7 +403,7 @@ def cut(
     local = _local_names(attrs)
     root = nn.Module()
     for target, local_name in local.items():
-        value = gm.get_submodule(target) if _is_module(gm, target) else _get_tensor(gm, target)
+        value = gm.get_submodule(target) if _is_module(gm, target) else get_attribute(gm, target)
         _set(root, local_name, copy.deepcopy(value))
 
     def arg(n: fx.Node) -> fx.Node:
@@ -447,7 +447,8 @@ def _is_module(root: nn.Module, target: str) -> bool:
         return False
 
 
-def _get_tensor(root: nn.Module, target: str) -> torch.Tensor:
+def get_attribute(root: nn.Module, target: str) -> Any:
+    """What an fx ``get_attr`` node with this dotted ``target`` reads: a parameter, buffer or tensor."""
     owner, _, leaf = target.rpartition(".")
     return getattr(root.get_submodule(owner) if owner else root, leaf)
 
@@ -645,9 +646,9 @@ class _Pass:
                 continue
             if node.op == "get_attr":
                 if node.target in self.done:
-                    self.env[node] = _get_tensor(self.sub, node.target)
+                    self.env[node] = get_attribute(self.sub, node.target)
                 else:
-                    self.env[node] = _Pending(node, _get_tensor(self.sub, node.target))
+                    self.env[node] = _Pending(node, get_attribute(self.sub, node.target))
                 continue
             if node.op == "output":
                 return
