@@ -7,6 +7,8 @@ A checkpoint is a plain dict, readable with ``torch.load(weights_only=True)``:
     source          how to rebuild the base architecture: a model name or an import path, with kwargs
     conversion      the resolved recipe, the initialisation, the example input shape, the leaf
                     modules; None for a model saved without conversion
+    baseline        for the baselines of `modify.baselines`: the deleted blocks ({"method":
+                    "delete", ...}) or the pruned layer shapes ({"method": "prune", ...}); else None
     state_dict      every weight and buffer of the converted model
 
 Loading rebuilds the base architecture, replays the conversion, and loads the state_dict
@@ -35,6 +37,30 @@ __all__ = ["save", "load", "read_checkpoint", "atomic_write", "FORMAT", "FORMAT_
 FORMAT = "modify.checkpoint"
 FORMAT_VERSION = 1
 CONVERSION_ATTRIBUTE = "modify_conversion"
+DELETION_ATTRIBUTE = "modify_deletion"  # set by modify.baselines.delete_blocks
+PRUNING_ATTRIBUTE = "modify_pruning"  # set by modify.baselines.prune_channels
+
+
+def _baseline(model: nn.Module) -> dict[str, Any] | None:
+    if hasattr(model, DELETION_ATTRIBUTE):
+        return {"method": "delete", **getattr(model, DELETION_ATTRIBUTE)}
+    if hasattr(model, PRUNING_ATTRIBUTE):
+        return {"method": "prune", **getattr(model, PRUNING_ATTRIBUTE)}
+    return None
+
+
+def _replay_baseline(model: nn.Module, baseline: dict[str, Any]) -> nn.Module:
+    method = baseline.get("method")
+    if method == "delete":
+        from modify.baselines.delete import delete_blocks
+
+        return delete_blocks(model, blocks=baseline["blocks"], example_inputs=torch.zeros(baseline["input_shape"]),
+                             leaf_modules=tuple(baseline.get("leaf_modules") or ())).model  # fmt: skip
+    if method == "prune":
+        from modify.baselines.prune import reshape_like
+
+        return reshape_like(model, baseline)
+    raise CheckpointError(f"the checkpoint's baseline method {method!r} is not known to this modify; upgrade modify.")
 
 
 def _plain(value: Any) -> Any:
@@ -60,9 +86,16 @@ def _unplain(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = False) -> Path:
     """Calls ``write(tmp_path)`` then renames the file onto ``path``; refuses to replace an
-    existing file unless ``force``."""
+    existing file unless ``force``. The file gets the permissions a plain ``open`` would give it
+    (0666 less the umask)."""
     target = Path(path)
     if target.exists() and not force:
         raise CheckpointError(f"{str(target)!r} exists; pass --force (force=True) to replace it, or choose another path.")
@@ -74,6 +107,7 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = Fals
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the user's group
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,6 +143,7 @@ def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = Fa
         "modify_version": __version__,
         "source": {"kind": source["kind"], "name": source["name"], "kwargs": _plain(source.get("kwargs") or {})},
         "conversion": getattr(model, CONVERSION_ATTRIBUTE, None),
+        "baseline": _baseline(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
@@ -146,6 +181,8 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
             example_inputs=torch.zeros(conversion["input_shape"]),
             leaf_modules=tuple(conversion.get("leaf_modules") or ()),
         ).model
+    if data.get("baseline") is not None:
+        model = _replay_baseline(model, data["baseline"])
     try:
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:

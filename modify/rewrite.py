@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 from torch import fx, nn
 
@@ -78,9 +79,9 @@ def _inline_target(site: BlockSite) -> str:
 
 
 def _replace_in_graph(
-    gm: fx.GraphModule, graph: SiteGraph, target: str, mod: MoDBlock, replaced: dict[fx.Node, fx.Node]
+    gm: fx.GraphModule, graph: SiteGraph, target: str, mod: nn.Module, replaced: dict[fx.Node, fx.Node]
 ) -> None:
-    """Swaps one block's nodes for a call of ``mod``. ``graph`` was located before any edit;
+    """Swaps one block's nodes for a call of ``mod`` (a MoD block, or a deleted block's shortcut). ``graph`` was located before any edit;
     ``replaced`` maps the outputs of blocks already swapped to their MoD calls, since a block's
     input may be the previous block's output."""
     fork = replaced.get(graph.fork, graph.fork)
@@ -113,18 +114,20 @@ def rewrite(
     *,
     config: MoDConfig,
     init: InitMode | str = InitMode.SCRATCH,
+    build: Callable[[fx.GraphModule, BlockPlan, SiteGraph], nn.Module] | None = None,
 ) -> tuple[nn.Module, tuple[ConvertedBlock, ...], tuple[SkippedBlock, ...]]:
     """Replaces every planned block of ``model`` (traced as ``gm``) by a MoD block.
 
     ``model`` is changed in place (callers pass a copy); when an inline block is converted the
-    returned model is ``gm``, rewritten, instead.
+    returned model is ``gm``, rewritten, instead. ``build`` makes the replacement of one block
+    instead of a MoD block (`modify.baselines.delete_blocks` passes the block's shortcut).
 
     Returns:
         (the converted model, the converted blocks, the blocks left standard).
     """
     converted: list[ConvertedBlock] = []
     skipped: list[SkippedBlock] = []
-    built: list[tuple[BlockPlan, SiteGraph, MoDBlock]] = []
+    built: list[tuple[BlockPlan, SiteGraph, nn.Module]] = []
     for plan in plans:
         site = plan.site
         where = (site.name, site.block_type, site.stage, site.index, site.channels)
@@ -135,7 +138,8 @@ def rewrite(
             continue
         try:
             graph = locate(gm, site)
-            built.append((plan, graph, build_mod_block(gm, plan, graph, config, init)))
+            made = build(gm, plan, graph) if build is not None else build_mod_block(gm, plan, graph, config, init)
+            built.append((plan, graph, made))
         except SurgeryError as e:
             skipped.append(SkippedBlock(*where, reason=str(e), selected=True))
 
