@@ -1,0 +1,182 @@
+"""Block-local distillation: each MoD block learns to reproduce the block it replaced.
+
+Before the global fine-tune, every MoD block is trained on its own to map the inputs the
+original block saw to the outputs the original block produced, both recorded from the original
+model on a few training batches (no labels). Each block sees the original network's
+activations, so the blocks train independently and in seconds; the global fine-tune then only
+has to mend what the blocks cannot reproduce.
+
+Example:
+    >>> import torch, torchvision, modify
+    >>> net = torchvision.models.resnet18(num_classes=10).eval()
+    >>> result = modify.convert(net, k=0.25, input_size=32)
+    >>> report = distill_blocks(result, net, [torch.randn(8, 3, 32, 32)], steps=3)
+    >>> [b.module for b in report.blocks][:2], report.blocks[0].loss_after <= report.blocks[0].loss_before * 1.5
+    (['layer1.1', 'layer2.1'], True)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modify.errors import ModifyError
+from modify.init import mod_blocks
+
+__all__ = ["BlockFit", "DistillReport", "distill_blocks"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockFit:
+    """How well one MoD block reproduces its original block (mean squared error per element)."""
+
+    module: str  # where the MoD block lives in the converted model
+    name: str  # the block it replaced, in the original model
+    loss_deleted: float  # the error of the block's shortcut alone (what deleting it would give)
+    loss_before: float  # the MoD block's error before block-local training
+    loss_after: float  # and after it (= loss_before when the training did not help and was undone)
+    kept: bool = True  # False: the trained weights fitted worse and the block was restored
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillReport:
+    """What `distill_blocks` did."""
+
+    blocks: tuple[BlockFit, ...]
+    images: int  # images whose activations were recorded
+    steps: int  # optimisation steps per block
+    seconds: float
+
+
+def _images(batch: Any) -> Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def _record(original: nn.Module, names: list[str], data: Iterable[Any], batches: int | None) -> dict[str, tuple[Tensor, Tensor]]:
+    """(inputs, outputs) of the named modules of ``original`` over ``data``, in eval mode."""
+    modules = dict(original.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ModifyError(
+            f"block-local distillation: the original model has no module {missing[0]!r}; blocks written inline "
+            "have no module to record, so distil only models whose blocks are modules."
+        )
+    seen: dict[str, tuple[list[Tensor], list[Tensor]]] = {n: ([], []) for n in names}
+
+    def keep(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            seen[name][0].append(args[0].detach().clone())  # the block input (N, C, H, W)
+            seen[name][1].append(out.detach().clone())  # its output (N, C, H, W)
+
+        return hook
+
+    hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
+    was_training = original.training
+    original.eval()
+    try:
+        for i, batch in enumerate(data):
+            if batches is not None and i >= batches:
+                break
+            original(_images(batch))
+    finally:
+        for h in hooks:
+            h.remove()
+        original.train(was_training)
+    return {n: (torch.cat(ins), torch.cat(outs)) for n, (ins, outs) in seen.items()}
+
+
+def _error(block: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
+    # Clones: without autograd a MoD block set for in-place fusion adds into its input.
+    with torch.no_grad():
+        total = sum(F.mse_loss(block(x[i : i + batch].clone()), y[i : i + batch], reduction="sum").item()
+                    for i in range(0, len(x), batch))  # fmt: skip
+    return total / y.numel()
+
+
+@torch.no_grad()
+def _recalibrate(block: nn.Module, x: Tensor, batch: int) -> None:
+    """Re-estimates the block's BatchNorm statistics on the recorded inputs (a cumulative average):
+    the running averages left by training lag behind the weights they were computed with."""
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    block.train()
+    for i in range(0, len(x), batch):
+        block(x[i : i + batch].clone())  # a copy: the block may fuse in place without autograd
+    for m, momentum in saved:
+        m.momentum = momentum
+
+
+def distill_blocks(
+    result_or_model: Any,
+    original: nn.Module,
+    data: Iterable[Any],
+    *,
+    batches: int | None = 16,
+    steps: int = 300,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> DistillReport:
+    """Trains every MoD block of a converted model, in place, to reproduce its original block.
+
+    Args:
+        result_or_model: a `ConversionResult` (or its ``.model`` when the blocks keep their names).
+        original: the model that was converted; read, never changed.
+        data: image batches, or (images, labels) batches; labels are not used.
+        batches: how many batches of ``data`` to record (None: all of it).
+        steps: AdamW steps per block on the recorded activations.
+        lr: AdamW's learning rate (cosine decay to zero).
+        batch_size: images per step.
+        seed: seeds the sampling of the recorded activations.
+
+    Returns:
+        A `DistillReport` with each block's error as deleted, before and after. A block whose
+        error grew is put back as it was (``kept=False``).
+    """
+    started = time.perf_counter()
+    blocks = mod_blocks(result_or_model)
+    if not blocks:
+        raise ModifyError("block-local distillation found no MoD block in the model; convert it first.")
+    recorded = _record(original, [name for _, name, _ in blocks], data, batches)
+    generator = torch.Generator().manual_seed(seed)
+    fits = []
+    for path, name, block in blocks:
+        x, y = recorded[name]  # (M, C, H, W) each: the original block's input and output
+        was_training = block.training
+        deleted = float(F.mse_loss(x, y).item()) if x.shape == y.shape else float("nan")
+        before = _error(block.eval(), x, y, batch_size)
+        start = copy.deepcopy(block.state_dict())
+        params = [p for p in block.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+        block.train()
+        for _ in range(steps):
+            pick = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
+            loss = F.mse_loss(block(x[pick]), y[pick])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        _recalibrate(block, x, batch_size)
+        after = _error(block.eval(), x, y, batch_size)
+        kept = after <= before
+        if not kept:
+            block.load_state_dict(start)
+            after = before
+        block.train(was_training)
+        fits.append(BlockFit(path, name, deleted, before, after, kept))
+    return DistillReport(tuple(fits), images=len(next(iter(recorded.values()))[0]), steps=steps,
+                         seconds=time.perf_counter() - started)  # fmt: skip

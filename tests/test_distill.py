@@ -1,0 +1,38 @@
+"""Block-local distillation: each MoD block fits its original block on recorded activations."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import modify
+from modify.distill import distill_blocks
+
+OP = {"version": 1, "defaults": {"fraction": 0.25}, "rules": [{"index": "odd"}],
+      "mod": {"form": "branch", "fusion": "original", "order": "index"}}  # fmt: skip
+
+
+def test_block_errors_drop_and_only_mod_blocks_change() -> None:
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    state = copy.deepcopy(net.state_dict())
+    result = modify.convert(net, recipe=OP, input_size=32, init="copy")
+    before = copy.deepcopy(result.model.state_dict())
+    data = [torch.randn(16, 3, 32, 32) for _ in range(2)]
+    report = distill_blocks(result, net, data, steps=40, lr=3e-3)
+    assert [b.name for b in report.blocks] == ["layer1.1", "layer2.1", "layer3.1", "layer4.1"] and report.images == 32
+    for b in report.blocks:
+        assert b.loss_after < b.loss_before if b.kept else b.loss_after == b.loss_before, b
+    assert report.blocks[0].kept and report.blocks[0].loss_after < 0.95 * report.blocks[0].loss_before
+    # The error of deleting layer1.1, computed independently: its output against its input.
+    seen = {}
+    net.layer1[1].register_forward_hook(lambda m, a, out: seen.update(x=a[0], y=out))
+    with torch.no_grad():
+        net(torch.cat(data))
+    assert abs(report.blocks[0].loss_deleted - F.mse_loss(seen["x"], seen["y"]).item()) < 1e-6
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # the original is read only
+    after = result.model.state_dict()
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k in after if not torch.equal(after[k], before[k])}
+    assert changed <= {"layer1.1", "layer2.1", "layer3.1", "layer4.1"} and changed
