@@ -9,7 +9,7 @@ import warnings
 
 import typer
 
-from modify.cli import bench, convert, export, finetune, models, profile
+from modify.cli import bench, compare, convert, export, finetune, models, profile, routes
 
 __all__ = ["app", "main"]
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _sub in (convert.app, convert.blocks_app, finetune.app, profile.app, bench.app, export.app, models.app):
+for _sub in (convert.app, convert.blocks_app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app, models.app):
     app.add_typer(_sub)
 
 

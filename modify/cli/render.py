@@ -226,3 +226,59 @@ def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
 
 
 __all__ += ["FinetuneProgress", "finetune_table"]
+
+
+class SweepProgress:
+    """Two rich bars for `modify.compare.run_sweep`: configurations, and the steps of the one
+    being fine-tuned. Pass ``event`` as ``on_event``."""
+
+    def __init__(self, runs: int, done: int = 0) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(), console=error_console(), transient=False,
+        )  # fmt: skip
+        self.sweep = self.progress.add_task("configurations", total=runs, completed=done, note="")
+        self.steps = self.progress.add_task("fine-tuning", total=1, note="")
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            self.progress.reset(self.steps, total=1, note=f"{info['label']} (seed {info['seed']})")
+        elif kind == "step":
+            self.progress.update(self.steps, completed=info["step"], total=info["total_steps"], note=f"loss {info['loss']:.3f}")
+        elif kind == "done":
+            self.progress.advance(self.sweep)
+            self.progress.update(self.sweep, note=f"last: {info['label']} {100 * info['accuracy']:.2f}%")
+        elif kind == "speed":
+            self.progress.update(self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x")
+
+
+def sweep_table(summary) -> Table:
+    """The comparison, one row per candidate (seeds averaged)."""
+    table = Table(title="MoD against deleting the blocks and static pruning (after the same fine-tune)")
+    for name, justify in (("method", "left"), ("configuration", "left"), ("accuracy", "right"), ("± seeds", "right"),
+                          ("speed-up b1", "right"), ("b32", "right"), ("MMACs", "right"), ("frontier", "center")):  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in summary.rows:
+        table.add_row(r.method, r.label, f"{100 * r.accuracy:.2f}%", f"{100 * r.spread:.2f}", f"{r.speedup:.2f}x",
+                      f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else "", _m(r.macs), "*" if r.frontier else "")  # fmt: skip
+    return table
+
+
+def routes_table(label: str, report) -> Table:
+    """One row per MoD block: how input-dependent its selection is."""
+    table = Table(title=f"{label}: channel selections over {report.images} images")
+    for name in ("block", "k / C", "entropy", "class divergence", "distinct sets", "never picked", "always picked"):
+        table.add_column(name, justify="left" if name == "block" else "right")
+    for b in report.blocks:
+        table.add_row(b.module, f"{b.k} / {b.channels}", f"{b.entropy:.2f}", f"{b.class_divergence:.2f}", str(b.distinct_sets),
+                      str(len(b.never)), str(len(b.always)))  # fmt: skip
+    return table

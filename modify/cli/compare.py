@@ -1,0 +1,113 @@
+"""`modify compare MODEL --data DATA`: MoD against deleting the blocks and static pruning, at the
+same measured speed, after the same fine-tune; resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from modify.cli._common import fail, load_model, quiet_torch_logs, user_errors
+
+app = typer.Typer()
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise fail(f"--seeds {text!r} is not a comma-separated list of integers (such as 0,1).") from None
+    if not seeds:
+        raise fail("--seeds is empty; give at least one seed (such as 0).")
+    return seeds
+
+
+def _methods(text: str) -> set[str]:
+    from modify.compare import METHODS
+
+    methods = {m.strip() for m in text.split(",") if m.strip()}
+    unknown = sorted(methods - set(METHODS))
+    if unknown or not methods:
+        raise fail(f"--methods {text!r}: choose from {', '.join(METHODS)} (comma-separated).")
+    return methods
+
+
+@app.command()
+@user_errors
+def compare(
+    model: Annotated[str, typer.Argument(help="The trained model to make faster: a modify checkpoint, a name or an import path.")],
+    data: Annotated[str, typer.Option("--data", help="'fashion-mnist' or an image folder with train/ and test/ (ROOT/CLASS/IMG).")],
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The model to distil from [MODEL].")] = None,
+    out: Annotated[str, typer.Option("-o", "--out", help="Folder of the results; an existing one is resumed.")] = "compare_out",
+    epochs: Annotated[float, typer.Option("--epochs", help="Fine-tuning epochs per configuration (may be a fraction).", min=0)] = 0.5,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each configuration is fine-tuned once per seed.")] = "0,1",
+    methods: Annotated[str, typer.Option("--methods", help="Which methods to sweep: mod, delete, prune.")] = "mod,delete,prune",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N test images.", min=1)] = None,
+    max_configs: Annotated[Optional[int], typer.Option("--max-configs", help="Run only the first N configurations.", min=1)] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate.", min=0)] = 0.02,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training images per step.", min=1)] = 128,
+    bench_rounds: Annotated[int, typer.Option("--bench-rounds", help="Interleaved latency rounds per architecture.", min=1)] = 7,
+    bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timing per model per round.", min=0)] = 0.3,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a MODEL given by name.", min=1)] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: write the report of what OUT holds.")] = False,
+) -> None:
+    """Sweep MoD conversions, block deletion and Torch-Pruning; write a table, a plot and a verdict."""
+    seed_list = _seeds(seeds)
+    chosen = _methods(methods)
+    quiet_torch_logs()
+    from modify.compare import CompareConfig, default_candidates, load_runs, run_sweep, teacher_accuracy
+    from modify.compare_report import recommendation, summarize, write_report
+    from modify.data import load_dataset
+    from modify.finetune import FinetuneConfig
+
+    out_dir = Path(out)
+    if not report_only:
+        if "prune" in chosen:
+            from modify.baselines.prune import _tp
+
+            _tp()  # the install hint before minutes of work
+        base, label = load_model(model, num_classes=num_classes)
+        teacher_model = load_model(teacher, num_classes=num_classes)[0] if teacher is not None else None
+        train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)
+        test_set = load_dataset(data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
+        size = int(train_set[0][0].shape[-1])
+        config = CompareConfig(
+            epochs=epochs, seeds=seed_list, finetune=FinetuneConfig(lr=lr, alpha=0.5, temperature=4.0, warmup=0.03),
+            batch_size=batch_size, input_size=size, bench_rounds=bench_rounds, bench_seconds=bench_time,
+            train_limit=limit, test_limit=eval_limit,
+        )  # fmt: skip
+        import modify
+
+        blocks = [b.name for b in modify.convert(base, input_size=size, recipe="every_other").converted]
+        candidates = [c for c in default_candidates(blocks=blocks) if c.method in chosen][:max_configs]
+        done = {(r.key, r.seed) for r in load_runs(out_dir)} if out_dir.is_dir() else set()
+        total = len(candidates) * len(seed_list)
+        finished = sum((c.key, s) in done for c in candidates for s in seed_list)
+
+        from modify.cli.render import SweepProgress
+
+        with SweepProgress(total, finished) as bar:
+            records = run_sweep(base, train_set, test_set, candidates=candidates, config=config, out_dir=out_dir,
+                                teacher=teacher_model, on_event=bar.event)  # fmt: skip
+        title = f"{label}: {len(seed_list)} seed(s), {epochs:g} epoch(s) of distillation each"
+    else:
+        if not (out_dir / "runs").is_dir():
+            raise fail(f"{str(out_dir)!r} holds no sweep (no runs/ folder); run modify compare without --report-only first.")
+        records = load_runs(out_dir)
+        title = str(out_dir)
+    if not records:
+        raise fail(f"{str(out_dir)!r} holds no finished configuration yet.")
+    summary = summarize(records, teacher_accuracy=teacher_accuracy(out_dir))
+    paths = write_report(summary, out_dir, title=title)
+
+    from modify.cli.render import console, sweep_table
+
+    console().print(sweep_table(summary))
+    for line in recommendation(summary):
+        typer.echo(f"- {line}")
+    typer.echo(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
+

@@ -1,0 +1,382 @@
+"""Is a conversion better than what a user would otherwise do? A sweep that answers it.
+
+Every candidate starts from the same trained model (the teacher): MoD conversions over
+capacities, placements, fusion slots, forms and initialisations; the same blocks deleted
+(`modify.baselines.delete_blocks`); static channel pruning with Torch-Pruning at matched
+speed-ups (`modify.baselines.prune_channels`). Each is fine-tuned identically (same
+`FinetuneConfig`, epochs, teacher, seed, hence the same data order), then measured: test
+accuracy, MACs and parameters (fvcore), and latency against the teacher at batch 1 / one thread
+and batch 32 / every thread, interleaved in one process, medians over rounds.
+
+Each finished (candidate, seed) is written to ``out_dir/runs/`` as JSON the moment it is done,
+so a killed sweep resumes where it stopped: run it again with the same ``out_dir``. Speed is
+measured after every fine-tune has finished, once per architecture (candidates that differ only
+in their weights share it), each against the original in interleaved rounds, and stored in
+``out_dir/speed/``; training no longer competes with the timing then. A pruned candidate's
+architecture (its Torch-Pruning ratio, found by a measured search) is fixed at its first build and
+stored in ``out_dir/arch/``, so every seed prunes the same channels. `modify.compare_report`
+turns the records into the table, the plot and a recommendation.
+
+Example:
+    >>> [c.label for c in default_candidates(blocks=("layer1.1", "layer2.1"))][:3]
+    ['MoD every_other c=64', 'MoD k=0.25 importance', 'MoD k=0.25 importance + block KD']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from modify.errors import ModifyError
+from modify.finetune import FinetuneConfig, evaluate, finetune
+
+__all__ = ["Candidate", "CompareConfig", "RunRecord", "default_candidates", "run_sweep", "load_runs", "METHODS"]
+
+METHODS = ("mod", "delete", "prune")
+RUN_FORMAT = "modify.compare_run"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One configuration of the sweep.
+
+    Example:
+        >>> Candidate("delete", "delete layer4.1", blocks=("layer4.1",)).key == Candidate("delete", "other label", blocks=("layer4.1",)).key
+        True
+    """
+
+    method: str  # "mod", "delete" or "prune"
+    label: str  # shown in the table and the plot (not part of the key)
+    recipe: dict[str, Any] | None = None  # mod / delete: a recipe dict (None: every_other)
+    blocks: tuple[str, ...] | None = None  # delete: the block names (instead of a recipe)
+    init: str = "scratch"  # mod: scratch | zero | importance (`modify.init`) or copy (convert's)
+    block_distill_steps: int = 0  # mod: block-local distillation steps per block before the fine-tune
+    speedup: float | None = None  # prune: target batch-1 / one-thread speed-up, measured
+    macs_ratio: float | None = None  # prune: or a target MAC ratio
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ModifyError(f"candidate method {self.method!r} is not one of {METHODS}.")
+
+    def spec(self) -> dict[str, Any]:
+        """What defines the candidate (everything but the label), as plain data."""
+        spec = dataclasses.asdict(self)
+        spec.pop("label")
+        spec["blocks"] = list(self.blocks) if self.blocks is not None else None
+        return spec
+
+    @property
+    def key(self) -> str:
+        """A stable short id of the spec: the file name of its records."""
+        return _digest(self.method, self.spec())
+
+    @property
+    def arch_key(self) -> str:
+        """The id of its architecture, which alone decides its speed: initialisation and
+        block-local distillation change weights, not shapes."""
+        spec = self.spec()
+        for weights_only in ("init", "block_distill_steps"):
+            spec.pop(weights_only)
+        return _digest(self.method, spec)
+
+
+def _digest(method: str, spec: dict[str, Any]) -> str:
+    return f"{method}-{hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """How every candidate is fine-tuned and measured; the same for all of them."""
+
+    epochs: float = 1.0  # fine-tuning epochs per candidate (may be a fraction)
+    seeds: tuple[int, ...] = (0, 1)  # one fine-tune per seed; the seed fixes the data order
+    finetune: FinetuneConfig = FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03)
+    batch_size: int = 128  # training batch
+    eval_batch_size: int = 500
+    input_size: int = 32  # H = W of the images, for tracing, MACs and latency
+    bench_rounds: int = 7  # interleaved latency rounds per case
+    bench_seconds: float = 0.3  # timing per model per round
+    throughput_batch: int = 32  # the batch of the all-threads latency case; 0 = skip that case
+    train_limit: int | None = None  # use only the first N training images (quick looks)
+    test_limit: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["finetune"] = self.finetune.as_dict()
+        out["seeds"] = list(self.seeds)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One fine-tuned candidate: what the table and the plot are made of."""
+
+    key: str
+    method: str
+    label: str
+    seed: int
+    accuracy_before: float  # test accuracy before fine-tuning (fraction)
+    accuracy: float  # after
+    macs: int
+    params: int
+    speedup: float | None  # original / candidate latency, batch 1, one thread (median of rounds); None until measured
+    speedup_batch: float | None  # the same at batch `throughput_batch`, every thread
+    latency_ms: float | None  # candidate's batch-1 latency
+    teacher_latency_ms: float | None  # the original's, measured beside it
+    finetune_seconds: float
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # what building it reported
+    arch_key: str = ""  # `Candidate.arch_key`: where its speed is stored
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_candidates(*, blocks: Sequence[str], prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9)) -> list[Candidate]:
+    """The sweep a user should see for a model whose every_other blocks are ``blocks``.
+
+    MoD: the paper's (c = 64, first slot, fresh blocks), the fraction k = C/4 with the original
+    block's most important channels, block-local distillation (`modify.distill`) on top, and the
+    "branch" form fused into the selected channels' own positions ("OP") with the original
+    weights (leading or most important channels) at k = C/4 and C/2. Deletion: all those blocks,
+    every set but one, the first two and the last two. Torch-Pruning at matched speed-ups.
+    Every attempt stays a row, win or lose.
+    """
+    op_copy = {"form": "branch", "fusion": "original", "order": "index"}  # the original block's leading channels
+    op_importance = {"form": "branch", "fusion": "original"}  # its most important channels, in score order
+    every_other_c64 = {"version": 1, "defaults": {"c": 64}, "rules": [{"index": "odd"}]}
+    names = list(blocks)
+    out = [
+        Candidate("mod", "MoD every_other c=64", recipe=every_other_c64),
+        Candidate("mod", "MoD k=0.25 importance", recipe=_every_other(0.25), init="importance"),
+        Candidate("mod", "MoD k=0.25 importance + block KD", recipe=_every_other(0.25), init="importance", block_distill_steps=300),
+        Candidate("mod", "MoD-OP k=0.25 copy + block KD", recipe=_every_other(0.25, op_copy), init="copy", block_distill_steps=300),
+        Candidate("mod", "MoD-OP k=0.5 copy + block KD", recipe=_every_other(0.5, op_copy), init="copy", block_distill_steps=300),
+        Candidate("mod", "MoD every_other c=64 + block KD", recipe=every_other_c64, block_distill_steps=300),
+        Candidate("mod", "MoD-OP k=0.25 importance + block KD", recipe=_every_other(0.25, op_importance), init="importance",
+                  block_distill_steps=300),
+        Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=_every_other(0.5, op_importance), init="importance",
+                  block_distill_steps=300),
+    ]  # fmt: skip
+    # Deleting one block of four is below the speed-ups worth a conversion; the pairs at both ends,
+    # every triple and the whole set span the range.
+    subsets: list[tuple[str, ...]] = [tuple(names)]
+    if len(names) > 2:
+        subsets += list(itertools.combinations(names, len(names) - 1))
+    if len(names) > 3:
+        subsets += [tuple(names[:2]), tuple(names[-2:])]
+    out += [Candidate("delete", f"delete {'+'.join(s)}", blocks=tuple(s)) for s in subsets]
+    out += [Candidate("prune", f"prune to {s:g}x", speedup=s) for s in prune_speedups]
+    return out
+
+
+def _every_other(fraction: float, mod: dict[str, Any] | None = None) -> dict[str, Any]:
+    recipe: dict[str, Any] = {"version": 1, "defaults": {"fraction": fraction}, "rules": [{"index": "odd"}]}
+    if mod:
+        recipe["mod"] = dict(mod)
+    return recipe
+
+
+# -- building one candidate ---------------------------------------------------------------------
+
+
+def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int, calib: torch.Tensor | None = None,
+                    train_loader: Iterable[Any] | None = None, pruning_ratio: float | None = None,
+                    weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """The candidate's model, built from a copy of ``teacher``, and what building it reported.
+
+    ``pruning_ratio`` rebuilds a pruned candidate found earlier without searching again;
+    ``weights=False`` builds the architecture alone (no initialisation, no block distillation),
+    enough to time it.
+    """
+    torch.manual_seed(0)  # fresh weights (scratch selectors) the same for every seed and resume
+    if candidate.method == "delete":
+        from modify.baselines import delete_blocks
+
+        result = delete_blocks(teacher, recipe=candidate.recipe, blocks=candidate.blocks, input_size=input_size)
+        return result.model, {"deleted": [b.name for b in result.deleted]}
+    if candidate.method == "prune":
+        from modify.baselines import prune_channels
+
+        if pruning_ratio is not None:
+            pruned = prune_channels(teacher, ratio=pruning_ratio, input_size=input_size)
+        else:
+            pruned = prune_channels(teacher, speedup=candidate.speedup, macs_ratio=candidate.macs_ratio, input_size=input_size)
+        return pruned.model, {"pruning_ratio": pruned.pruning_ratio, "search_speedup": pruned.speedup,
+                              "macs_ratio_tp": pruned.macs_ratio}  # fmt: skip
+    import modify
+    from modify.init import initialize
+
+    if not weights:
+        return modify.convert(teacher, recipe=candidate.recipe, input_size=input_size).model, {}
+
+    convert_init = "copy" if candidate.init == "copy" else "scratch"
+    result = modify.convert(teacher, recipe=candidate.recipe, input_size=input_size, init=convert_init)
+    details: dict[str, Any] = {"converted": [(b.name, b.k) for b in result.converted]}
+    if candidate.init not in ("copy", "scratch"):
+        initialize(result, candidate.init, original=teacher, data=calib)
+    if candidate.block_distill_steps:
+        if train_loader is None:
+            raise ModifyError(f"{candidate.label}: block-local distillation needs train_loader=.")
+        from modify.distill import distill_blocks
+
+        report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps)
+        details["block_distill"] = [dataclasses.asdict(b) for b in report.blocks]
+        details["block_distill_seconds"] = report.seconds
+    return result.model, details
+
+
+# -- the sweep ----------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from modify.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=str)), force=True)
+
+
+def load_runs(out_dir: str | os.PathLike[str]) -> list[RunRecord]:
+    """Every finished run stored under ``out_dir``, in the order they finished, with the speed
+    of its architecture where that has been measured."""
+    records = []
+    for path in sorted((Path(out_dir) / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        data = json.loads(path.read_text())
+        if data.get("format") != RUN_FORMAT:
+            continue
+        record = RunRecord(**data["record"])
+        speed_path = Path(out_dir) / "speed" / f"{record.arch_key}.json"
+        if speed_path.is_file():
+            speed = json.loads(speed_path.read_text())
+            record = dataclasses.replace(
+                record, speedup=speed["speedup"], speedup_batch=speed["speedup_batch"], latency_ms=speed["latency_ms"],
+                teacher_latency_ms=speed["teacher_latency_ms"],
+            )  # fmt: skip
+        records.append(record)
+    return records
+
+
+def _speed(model: nn.Module, original: nn.Module, config: CompareConfig, path: Path) -> dict[str, Any]:
+    """An architecture's latency against the original, written to ``path``."""
+    from modify.benchmark import BenchCase, bench
+
+    cases = [BenchCase(batch_size=1, threads=1)]
+    if config.throughput_batch:
+        cases.append(BenchCase(batch_size=config.throughput_batch, threads=0))
+    report = bench(model, original, cases=cases, input_size=config.input_size, rounds=config.bench_rounds,
+                   min_run_time=config.bench_seconds)  # fmt: skip
+    one = report.results[0]
+    speed = {
+        "speedup": one.speedup, "latency_ms": one.model_median * 1e3, "teacher_latency_ms": one.baseline_median * 1e3,
+        "round_speedups": list(one.round_speedups),
+        "speedup_batch": report.results[1].speedup if len(report.results) > 1 else None,
+    }  # fmt: skip
+    _write_json(path, speed)
+    return speed
+
+
+def run_sweep(
+    original: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    *,
+    candidates: Sequence[Candidate],
+    config: CompareConfig,
+    out_dir: str | os.PathLike[str],
+    teacher: nn.Module | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[RunRecord]:
+    """Fine-tunes every (candidate, seed) not yet stored under ``out_dir``, then times every
+    architecture not yet timed.
+
+    Every candidate is built from ``original`` and timed against it; the fine-tune distils from
+    ``teacher`` (default: ``original``). Test accuracy is measured on ``test_set``.
+
+    ``on_event(kind, info)`` is called with ``("start", {...})`` before each run,
+    ``("step", StepInfo fields)`` after each training step, ``("done", record)`` after each run
+    and ``("speed", {...})`` after timing each architecture (for progress bars). Returns every
+    record of these candidates, the earlier ones included.
+    """
+    out = Path(out_dir)
+    for folder in ("runs", "speed", "arch"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    _check_config(out / "config.json", config)
+    emit = on_event or (lambda kind, info: None)
+    original = original.eval()
+    teacher = (teacher if teacher is not None else original).eval()
+    test_loader = DataLoader(test_set, batch_size=config.eval_batch_size)
+    calib = torch.stack([train_set[i][0] for i in range(min(256, len(train_set)))])  # (N, 3, H, W)
+    if teacher_accuracy(out) is None:
+        _write_json(out / "teacher.json", {"accuracy": evaluate(original, test_loader)})
+
+    for seed, candidate in itertools.product(config.seeds, candidates):  # seed-major: one seed of all first
+        path = out / "runs" / f"{candidate.key}-s{seed}.json"
+        if path.is_file():
+            continue
+        emit("start", {"label": candidate.label, "seed": seed})
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True)
+        arch_path = out / "arch" / f"{candidate.arch_key}.json"
+        ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
+        model, details = build_candidate(candidate, original, input_size=config.input_size, calib=calib,
+                                         train_loader=train_loader, pruning_ratio=ratio)  # fmt: skip
+        if candidate.method == "prune" and ratio is None:
+            _write_json(arch_path, {"pruning_ratio": details["pruning_ratio"], "label": candidate.label})
+        before = evaluate(model, test_loader)
+        ft_config = dataclasses.replace(config.finetune, seed=seed)
+        started = time.perf_counter()
+        finetune(model, train_loader, teacher=teacher, config=ft_config, epochs=config.epochs,
+                 on_step=lambda info: emit("step", dataclasses.asdict(info)))  # fmt: skip
+        seconds = time.perf_counter() - started
+        accuracy = evaluate(model, test_loader)
+        from modify.profiling import profile_model
+
+        profile = profile_model(model, input_size=config.input_size)
+        record = RunRecord(
+            key=candidate.key, method=candidate.method, label=candidate.label, seed=seed,
+            accuracy_before=before, accuracy=accuracy, macs=profile.macs, params=profile.params,
+            speedup=None, speedup_batch=None, latency_ms=None, teacher_latency_ms=None, finetune_seconds=seconds,
+            details={**details, "spec": candidate.spec()}, arch_key=candidate.arch_key,
+        )  # fmt: skip
+        _write_json(path, {"format": RUN_FORMAT, "record": record.as_dict()})
+        emit("done", record.as_dict())
+
+    # Timing last, once per architecture, with nothing training beside it.
+    for candidate in {c.arch_key: c for c in candidates}.values():
+        speed_path = out / "speed" / f"{candidate.arch_key}.json"
+        arch_path = out / "arch" / f"{candidate.arch_key}.json"
+        if speed_path.is_file() or (candidate.method == "prune" and not arch_path.is_file()):
+            continue
+        ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
+        model, _ = build_candidate(candidate, original, input_size=config.input_size, pruning_ratio=ratio, weights=False)
+        speed = _speed(model, original, config, speed_path)
+        emit("speed", {"label": candidate.label, **speed})
+    keys = {c.key for c in candidates}
+    return [r for r in load_runs(out) if r.key in keys]
+
+
+def _check_config(path: Path, config: CompareConfig) -> None:
+    """A sweep resumes only with the settings it started with."""
+    if not path.is_file():
+        _write_json(path, config.as_dict())
+        return
+    if json.loads(path.read_text()) != json.loads(json.dumps(config.as_dict())):
+        raise ModifyError(
+            f"{str(path.parent)!r} holds a sweep run with other settings ({path.name}); resume with the same "
+            "settings, or choose another output folder."
+        )
+
+
+def teacher_accuracy(out_dir: str | os.PathLike[str]) -> float | None:
+    """The original model's test accuracy the sweep under ``out_dir`` measured, if any."""
+    path = Path(out_dir) / "teacher.json"
+    return json.loads(path.read_text())["accuracy"] if path.is_file() else None
+

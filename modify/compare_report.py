@@ -1,0 +1,213 @@
+"""The sweep's records as a verdict: a table, a trade-off plot, and what a user should pick.
+
+Seeds are averaged per candidate (mean accuracy, with the half range over seeds as the spread);
+speed is the candidate's measured batch-1 / one-thread speed-up against the teacher. A candidate
+is on its method's Pareto frontier when no candidate of that method is both at least as fast and
+more accurate. MoD is judged against the best deletion or pruning candidate within
+``window`` (0.05x) of its speed-up.
+
+Example:
+    >>> rows = summarize([_demo("mod", "m", 0.90, 1.5), _demo("delete", "d", 0.88, 1.52)])
+    >>> [(r.label, r.frontier) for r in rows.rows], round(rows.matches[0].margin, 3)
+    ([('m', True), ('d', True)], 0.02)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modify.compare import RunRecord
+
+__all__ = ["Row", "Match", "Summary", "summarize", "write_report", "markdown_table", "recommendation"]
+
+SPEED_RANGE = (1.3, 2.0)  # the speed-ups a conversion is for
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One candidate, its seeds averaged."""
+
+    key: str
+    method: str
+    label: str
+    accuracy: float  # mean test accuracy after fine-tuning over seeds (fraction)
+    spread: float  # half the range over seeds (0 for one seed)
+    accuracies: tuple[float, ...]  # per seed
+    accuracy_before: float  # mean before fine-tuning
+    speedup: float  # batch 1, one thread
+    speedup_batch: float | None  # batch 32, every thread
+    macs: int
+    params: int
+    frontier: bool = False  # on its method's Pareto frontier
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A MoD candidate against the best baseline at its speed."""
+
+    mod: str  # label of the MoD candidate
+    speedup: float
+    baseline: str | None  # label of the best deletion / pruning candidate within the window
+    baseline_speedup: float | None
+    margin: float  # MoD accuracy - baseline accuracy (fraction; nan without a baseline)
+    spread: float  # the larger seed spread of the two
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    rows: tuple[Row, ...]
+    matches: tuple[Match, ...]
+    teacher_accuracy: float | None
+    window: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"teacher_accuracy": self.teacher_accuracy, "window": self.window,
+                "rows": [dataclasses.asdict(r) for r in self.rows],
+                "matches": [dataclasses.asdict(m) for m in self.matches]}  # fmt: skip
+
+
+def _demo(method: str, label: str, accuracy: float, speedup: float) -> RunRecord:
+    return RunRecord(label, method, label, 0, accuracy, accuracy, 1, 1, speedup, None, 1.0, speedup, 0.0)
+
+
+def _rows(records: Sequence[RunRecord]) -> list[Row]:
+    by_key: dict[str, list[RunRecord]] = {}
+    for r in records:
+        by_key.setdefault(r.key, []).append(r)
+    rows = []
+    for key, runs in by_key.items():
+        accs = tuple(r.accuracy for r in sorted(runs, key=lambda r: r.seed))
+        first = runs[0]
+        rows.append(Row(key, first.method, first.label, statistics.fmean(accs), (max(accs) - min(accs)) / 2, accs,
+                        statistics.fmean(r.accuracy_before for r in runs), first.speedup, first.speedup_batch,
+                        first.macs, first.params))  # fmt: skip
+    return rows
+
+
+def _mark_frontier(rows: list[Row]) -> list[Row]:
+    out = []
+    for row in rows:
+        same = [r for r in rows if r.method == row.method and r is not row]
+        dominated = any(r.speedup >= row.speedup and r.accuracy > row.accuracy for r in same)
+        out.append(dataclasses.replace(row, frontier=not dominated))
+    return out
+
+
+def summarize(records: Sequence[RunRecord], *, teacher_accuracy: float | None = None, window: float = 0.05) -> Summary:
+    """Averages seeds, marks each method's frontier and matches every MoD candidate against the
+    best baseline within ``window`` of its speed-up. Records not yet timed are left out."""
+    rows = _mark_frontier(_rows([r for r in records if r.speedup is not None]))
+    rows.sort(key=lambda r: (r.method != "mod", r.method, -r.speedup))
+    baselines = [r for r in rows if r.method != "mod"]
+    matches = []
+    for m in (r for r in rows if r.method == "mod"):
+        near = [b for b in baselines if abs(b.speedup - m.speedup) <= window]
+        best = max(near, key=lambda b: b.accuracy, default=None)
+        matches.append(Match(m.label, m.speedup, best.label if best else None, best.speedup if best else None,
+                             m.accuracy - best.accuracy if best else float("nan"),
+                             max(m.spread, best.spread) if best else m.spread))  # fmt: skip
+    return Summary(tuple(rows), tuple(matches), teacher_accuracy, window)
+
+
+def markdown_table(summary: Summary) -> str:
+    """The rows as a Markdown table, fastest first within each method."""
+    teacher = summary.teacher_accuracy
+    lines = [
+        "| method | configuration | test acc. (mean ± half range) | vs teacher | before FT | speed-up b1/1t | b32/all | MACs | params | frontier |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary.rows:
+        delta = f"{100 * (r.accuracy - teacher):+.2f}" if teacher is not None else ""
+        batch = f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else ""
+        lines.append(
+            f"| {r.method} | {r.label} | {100 * r.accuracy:.2f} ± {100 * r.spread:.2f} | {delta} | {100 * r.accuracy_before:.1f} "
+            f"| {r.speedup:.2f}x | {batch} | {r.macs / 1e6:.1f} M | {r.params / 1e6:.2f} M | {'*' if r.frontier else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def recommendation(summary: Summary) -> list[str]:
+    """What a user of this model should pick, in a few sentences, from the measurements."""
+    low, high = SPEED_RANGE
+    inside = [m for m in summary.matches if low <= m.speedup <= high and m.baseline is not None]
+    lines = []
+    wins = [m for m in inside if m.margin > max(m.spread, 0.0)]
+    if wins:
+        best = max(wins, key=lambda m: m.margin)
+        lines.append(f"MoD wins: {best.mod} at {best.speedup:.2f}x is {100 * best.margin:.2f} points above {best.baseline} "
+                     f"({best.baseline_speedup:.2f}x), beyond the seed spread ({100 * best.spread:.2f}).")  # fmt: skip
+    elif inside:
+        best = max(inside, key=lambda m: m.margin)
+        lines.append(f"MoD does not win on this model: its best match, {best.mod} at {best.speedup:.2f}x, is "
+                     f"{100 * best.margin:+.2f} points against {best.baseline} ({best.baseline_speedup:.2f}x).")  # fmt: skip
+    else:
+        lines.append(f"No MoD candidate has a deletion or pruning candidate within {summary.window:.2f}x of its speed-up in "
+                     f"{low:g}-{high:g}x: add baselines at those speeds to judge it.")  # fmt: skip
+    for method in ("delete", "prune", "mod"):
+        front = [r for r in summary.rows if r.method == method and r.frontier and low <= r.speedup <= high]
+        if front:
+            best = max(front, key=lambda r: r.accuracy)
+            lines.append(f"Most accurate {method} candidate in {low:g}-{high:g}x: {best.label}, "
+                         f"{100 * best.accuracy:.2f}% at {best.speedup:.2f}x.")  # fmt: skip
+    everything = [r for r in summary.rows if low <= r.speedup <= high]
+    if everything:
+        pick = max(everything, key=lambda r: (r.accuracy, r.speedup))
+        lines.append(f"Pick: {pick.label} ({pick.method}) for accuracy in that range; for a given speed, read the plot's frontiers.")
+    return lines
+
+
+def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Accuracy against measured speed-up, one series per method, each frontier drawn as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from modify.errors import ModifyError
+
+        raise ModifyError("the comparison plot needs matplotlib: pip install 'modify[compare]'") from None
+    colors = {"mod": "tab:blue", "delete": "tab:orange", "prune": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for method, color in colors.items():
+        rows = [r for r in summary.rows if r.method == method]
+        if not rows:
+            continue
+        ax.errorbar([r.speedup for r in rows], [100 * r.accuracy for r in rows], yerr=[100 * r.spread for r in rows],
+                    fmt="o", color=color, alpha=0.8, capsize=2, label=method)  # fmt: skip
+        front = sorted((r for r in rows if r.frontier), key=lambda r: r.speedup)
+        ax.plot([r.speedup for r in front], [100 * r.accuracy for r in front], "-", color=color, alpha=0.6)
+    if summary.teacher_accuracy is not None:
+        ax.axhline(100 * summary.teacher_accuracy, color="grey", ls="--", lw=1, label="teacher")
+    ax.set_xlabel("measured speed-up vs teacher (batch 1, one thread)")
+    ax.set_ylabel("test accuracy after fine-tuning (%)")
+    ax.set_title(title or "accuracy vs speed-up (lines: Pareto frontier per method)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from modify.checkpoint import atomic_write
+
+    target = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), force=True)
+    plt.close(fig)
+    return target
+
+
+def write_report(summary: Summary, out_dir: str | os.PathLike[str], *, title: str = "") -> dict[str, Path]:
+    """Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``."""
+    from modify.checkpoint import atomic_write
+
+    out = Path(out_dir)
+    data = {**summary.as_dict(), "recommendation": recommendation(summary)}
+    md = markdown_table(summary) + "\n\n" + "\n".join(f"- {line}" for line in data["recommendation"]) + "\n"
+    paths = {
+        "json": atomic_write(out / "compare.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)), force=True),
+        "markdown": atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(md), force=True),
+    }
+    paths["plot"] = plot(summary, out / "compare.png", title=title)
+    return paths

@@ -1,0 +1,114 @@
+"""`modify compare`: the sweep, its report, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import modify
+from modify.compare import Candidate, RunRecord, default_candidates
+from modify.compare_report import markdown_table, recommendation, summarize
+
+
+def _record(method: str, label: str, seed: int, accuracy: float, speedup: float) -> RunRecord:
+    return RunRecord(key=label, method=method, label=label, seed=seed, accuracy_before=0.5, accuracy=accuracy,
+                     macs=100, params=10, speedup=speedup, speedup_batch=None, latency_ms=1.0,
+                     teacher_latency_ms=speedup, finetune_seconds=1.0)  # fmt: skip
+
+
+def test_summary_averages_seeds_marks_frontiers_and_matches_speeds() -> None:
+    records = [
+        _record("mod", "m-fast", 0, 0.880, 1.80), _record("mod", "m-fast", 1, 0.884, 1.80),
+        _record("mod", "m-slow", 0, 0.890, 1.40), _record("mod", "m-slow", 1, 0.890, 1.40),
+        _record("mod", "m-bad", 0, 0.850, 1.35), _record("mod", "m-bad", 1, 0.850, 1.35),
+        _record("delete", "d", 0, 0.870, 1.82), _record("delete", "d", 1, 0.874, 1.82),
+        _record("prune", "p", 0, 0.895, 1.43), _record("prune", "p", 1, 0.891, 1.43),
+    ]  # fmt: skip
+    s = summarize(records, teacher_accuracy=0.9)
+    rows = {r.label: r for r in s.rows}
+    assert rows["m-fast"].accuracy == pytest.approx(0.882) and rows["m-fast"].spread == pytest.approx(0.002)
+    assert rows["m-bad"].frontier is False  # m-slow is faster and more accurate
+    assert rows["m-fast"].frontier and rows["m-slow"].frontier and rows["d"].frontier
+    matches = {m.mod: m for m in s.matches}
+    assert matches["m-fast"].baseline == "d" and matches["m-fast"].margin == pytest.approx(0.01)
+    assert matches["m-slow"].baseline == "p" and matches["m-slow"].margin == pytest.approx(-0.003)
+    text = recommendation(s)
+    assert text[0].startswith("MoD wins: m-fast at 1.80x is 1.00 points above d")
+    assert "| mod | m-fast | 88.20 ± 0.20 | -1.80 |" in markdown_table(s)
+
+
+def test_candidate_keys_ignore_labels_and_the_default_sweep_spans_the_methods() -> None:
+    a = Candidate("mod", "x", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="importance")
+    b = Candidate("mod", "y", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="importance")
+    assert a.key == b.key and a.key != Candidate("mod", "x", init="zero").key
+    cands = default_candidates(blocks=["l1", "l2", "l3", "l4"])
+    assert {c.method for c in cands} == {"mod", "delete", "prune"}
+    assert [c.blocks for c in cands if c.method == "delete"][0] == ("l1", "l2", "l3", "l4")
+    with pytest.raises(modify.ModifyError, match="not one of"):
+        Candidate("magic", "z")
+
+
+def _runs(out: Path) -> list[Path]:
+    return sorted((out / "runs").glob("*.json")) if (out / "runs").is_dir() else []
+
+
+def test_cli_compare_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) -> None:
+    from test_data import write_fashion_mnist
+
+    write_fashion_mnist(tmp_path / "idx", n_train=64, n_test=32)
+    modify.save(modify.get_model("resnet18", num_classes=10), tmp_path / "r18.pt")
+    out = tmp_path / "cmp"
+    args = [sys.executable, "-m", "modify", "compare", str(tmp_path / "r18.pt"), "--data", "fashion-mnist",
+            "--data-dir", str(tmp_path / "idx"), "-o", str(out), "--epochs", "1", "--batch-size", "32",
+            "--seeds", "0", "--max-configs", "6", "--methods", "mod,delete", "--bench-rounds", "1", "--bench-time", "0.01"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while len(_runs(out)) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = _runs(out)
+    assert len(first) >= 1, proc.stderr.read().decode()[-2000:]
+    kept = {p.name: p.read_text() for p in first}
+    assert len(first) < 6, "the sweep finished before it was killed; nothing was resumed"
+
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = _runs(out)
+    assert len(runs) == 6
+    assert all(p.read_text() == kept[p.name] for p in runs if p.name in kept)  # finished runs were not redone
+    report = json.loads((out / "compare.json").read_text())
+    assert {r["method"] for r in report["rows"]} == {"mod", "delete"} and report["recommendation"]
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG" and "| method |" in (out / "compare.md").read_text()
+    again = subprocess.run(args[:-6] + ["--report-only"], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "wrote" in again.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "a,b"], "--seeds 'a,b' is not a comma-separated list"),
+    (["--methods", "mod,magic"], "--methods 'mod,magic': choose from"),
+])  # fmt: skip
+def test_cli_compare_bad_options_are_one_line(extra: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from modify.cli import app
+
+    done = CliRunner().invoke(app, ["compare", "resnet18", "--data", "fashion-mnist", *extra])
+    assert done.exit_code == 1 and message in done.stderr and "Traceback" not in done.output
+
+
+def test_cli_report_only_needs_a_sweep(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from modify.cli import app
+
+    done = CliRunner().invoke(app, ["compare", "resnet18", "--data", "fashion-mnist", "-o", str(tmp_path), "--report-only"])
+    assert done.exit_code == 1 and "holds no sweep" in done.stderr
