@@ -50,3 +50,16 @@ def test_fashion_mnist_example_at_tiny_settings(tmp_path: Path, capsys: pytest.C
     assert json.loads((tmp_path / "out.json").read_text())["checks"].keys() == out["checks"].keys()
     with pytest.raises(SystemExit):
         example.parse(["--finetune-epochs", "2"])  # the issue allows at most one epoch
+
+
+def test_train_fashion_mnist_example_writes_a_checkpoint(tmp_path: Path, _restore_threads: None) -> None:
+    """The teacher `modify compare` starts from: trained, evaluated, saved, reloadable."""
+    import modify
+
+    write_fashion_mnist(tmp_path / "idx", n_train=32, n_test=16)
+    example = _load("train_fashion_mnist")
+    out = example.main(["--data-dir", str(tmp_path / "idx"), "--epochs", "1", "--batch-size", "16", "--threads", "1",
+                        "-o", str(tmp_path / "r18.pt")])  # fmt: skip
+    assert out["model"] == "resnet18" and 0 <= out["test_accuracy"] <= 1 and out["test_images"] == 16
+    assert json.loads((tmp_path / "r18.json").read_text())["test_accuracy"] == out["test_accuracy"]
+    assert modify.load(tmp_path / "r18.pt").fc.out_features == 10
