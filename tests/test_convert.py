@@ -158,6 +158,18 @@ def test_save_refuses_to_overwrite_and_writes_atomically(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask: int) -> None:
+    import os
+
+    previous = os.umask(umask)
+    try:
+        path = modify.save(modify.get_model("resnet18"), tmp_path / "m.pt")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
+
+
 class _Boom:
     def __reduce__(self):
         return (exec, ("open('/tmp/modify_pwned', 'w').write('ran')",))
