@@ -35,10 +35,12 @@ from modify.zoo import build_source, model_source
 __all__ = ["save", "load", "read_checkpoint", "atomic_write", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "modify.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added "baseline"; a checkpoint without one is still written as version 1
 CONVERSION_ATTRIBUTE = "modify_conversion"
-DELETION_ATTRIBUTE = "modify_deletion"  # set by modify.baselines.delete_blocks
-PRUNING_ATTRIBUTE = "modify_pruning"  # set by modify.baselines.prune_channels
+# Set by modify.baselines.delete_blocks / prune_channels (their modules import torch_pruning lazily,
+# so the names are spelled here rather than imported).
+DELETION_ATTRIBUTE = "modify_deletion"
+PRUNING_ATTRIBUTE = "modify_pruning"
 
 
 def _baseline(model: nn.Module) -> dict[str, Any] | None:
@@ -87,6 +89,14 @@ def _unplain(value: Any) -> Any:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc), else by
+    setting and restoring it at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     current = os.umask(0)
     os.umask(current)
     return current
@@ -137,13 +147,14 @@ def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = Fa
             "this model does not say how to rebuild its architecture; build it with modify.get_model(name) "
             "or modify.zoo.from_import_path('package.module:factory') before converting."
         )
+    baseline = _baseline(model)
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if baseline is not None else 1,  # older readers still read plain ones
         "modify_version": __version__,
         "source": {"kind": source["kind"], "name": source["name"], "kwargs": _plain(source.get("kwargs") or {})},
         "conversion": getattr(model, CONVERSION_ATTRIBUTE, None),
-        "baseline": _baseline(model),
+        "baseline": baseline,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)

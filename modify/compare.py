@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from modify.errors import ModifyError
 from modify.finetune import FinetuneConfig, evaluate, finetune
 
-__all__ = ["Candidate", "CompareConfig", "RunRecord", "default_candidates", "run_sweep", "load_runs", "METHODS"]
+__all__ = ["Candidate", "CompareConfig", "RunRecord", "default_candidates", "run_sweep", "load_runs", "load_failures", "fingerprint", "METHODS"]
 
 METHODS = ("mod", "delete", "prune")
 RUN_FORMAT = "modify.compare_run"
@@ -108,8 +108,21 @@ class CompareConfig:
     bench_rounds: int = 7  # interleaved latency rounds per case
     bench_seconds: float = 0.3  # timing per model per round
     throughput_batch: int = 32  # the batch of the all-threads latency case; 0 = skip that case
-    train_limit: int | None = None  # use only the first N training images (quick looks)
-    test_limit: int | None = None
+    train_limit: int | None = None  # recorded only: the first N training images the caller kept (quick looks)
+    test_limit: int | None = None  # likewise for the test images
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, f"epochs={self.epochs} must be positive"),
+            (len(self.seeds) > 0, "seeds is empty; give at least one"),
+            (len(set(self.seeds)) == len(self.seeds), f"seeds {list(self.seeds)} repeat a seed"),
+            (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be at least 1"),
+            (self.bench_rounds >= 1 and self.bench_seconds > 0, "bench_rounds must be >= 1 and bench_seconds > 0"),
+            (self.throughput_batch >= 0, f"throughput_batch={self.throughput_batch} must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ModifyError(f"CompareConfig: {message}.")
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -232,7 +245,7 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
 
         report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps)
         details["block_distill"] = [dataclasses.asdict(b) for b in report.blocks]
-        details["block_distill_seconds"] = report.seconds
+        details["block_distill_seconds"] = report.seconds  # extra training time the table shows beside the fine-tune
     return result.model, details
 
 
@@ -307,16 +320,17 @@ def run_sweep(
     record of these candidates, the earlier ones included.
     """
     out = Path(out_dir)
-    for folder in ("runs", "speed", "arch"):
+    for folder in ("runs", "speed", "arch", "failed"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     _check_config(out / "config.json", config)
     emit = on_event or (lambda kind, info: None)
     original = original.eval()
     teacher = (teacher if teacher is not None else original).eval()
     test_loader = DataLoader(test_set, batch_size=config.eval_batch_size)
-    calib = torch.stack([train_set[i][0] for i in range(min(256, len(train_set)))])  # (N, 3, H, W)
-    if teacher_accuracy(out) is None:
-        _write_json(out / "teacher.json", {"accuracy": evaluate(original, test_loader)})
+    # Importance initialisation is calibrated on a fixed random sample (an image folder is sorted by class).
+    picks = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:256].tolist()
+    calib = torch.stack([train_set[i][0] for i in picks])  # (256, 3, H, W)
+    _check_original(out / "teacher.json", original, test_loader)
 
     for seed, candidate in itertools.product(config.seeds, candidates):  # seed-major: one seed of all first
         path = out / "runs" / f"{candidate.key}-s{seed}.json"
@@ -326,8 +340,15 @@ def run_sweep(
         train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True)
         arch_path = out / "arch" / f"{candidate.arch_key}.json"
         ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
-        model, details = build_candidate(candidate, original, input_size=config.input_size, calib=calib,
-                                         train_loader=train_loader, pruning_ratio=ratio)  # fmt: skip
+        try:
+            model, details = build_candidate(candidate, original, input_size=config.input_size, calib=calib,
+                                             train_loader=train_loader, pruning_ratio=ratio)  # fmt: skip
+        except ModifyError as e:
+            # A candidate this model cannot take (a capacity too large, a block Torch-Pruning cannot
+            # handle) is a row of its own, not the end of the sweep.
+            _write_json(out / "failed" / f"{candidate.key}-s{seed}.json", {"label": candidate.label, "error": str(e)})
+            emit("failed", {"label": candidate.label, "seed": seed, "error": str(e)})
+            continue
         if candidate.method == "prune" and ratio is None:
             _write_json(arch_path, {"pruning_ratio": details["pruning_ratio"], "label": candidate.label})
         before = evaluate(model, test_loader)
@@ -336,6 +357,8 @@ def run_sweep(
         finetune(model, train_loader, teacher=teacher, config=ft_config, epochs=config.epochs,
                  on_step=lambda info: emit("step", dataclasses.asdict(info)))  # fmt: skip
         seconds = time.perf_counter() - started
+        for m in (model, teacher, original):
+            m.cpu()  # fine-tuning may have used a GPU; evaluation, counting and timing here are on the CPU
         accuracy = evaluate(model, test_loader)
         from modify.profiling import profile_model
 
@@ -349,8 +372,9 @@ def run_sweep(
         _write_json(path, {"format": RUN_FORMAT, "record": record.as_dict()})
         emit("done", record.as_dict())
 
-    # Timing last, once per architecture, with nothing training beside it.
-    for candidate in {c.arch_key: c for c in candidates}.values():
+    # Timing last, once per architecture that has a finished run, with nothing training beside it.
+    finished = {r.arch_key for r in load_runs(out)}
+    for candidate in {c.arch_key: c for c in candidates if c.arch_key in finished}.values():
         speed_path = out / "speed" / f"{candidate.arch_key}.json"
         arch_path = out / "arch" / f"{candidate.arch_key}.json"
         if speed_path.is_file() or (candidate.method == "prune" and not arch_path.is_file()):
@@ -363,6 +387,30 @@ def run_sweep(
     return [r for r in load_runs(out) if r.key in keys]
 
 
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights and buffers: which model a sweep folder belongs to."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_original(path: Path, original: nn.Module, test_loader: DataLoader) -> None:
+    """Records the original's fingerprint and accuracy, or refuses to mix another model into the folder."""
+    mark = fingerprint(original)
+    if path.is_file():
+        known = json.loads(path.read_text()).get("fingerprint")
+        if known is not None and known != mark:
+            raise ModifyError(
+                f"{str(path.parent)!r} holds a sweep of another model (weights fingerprint {known}, this one {mark}); "
+                "choose another output folder."
+            )
+        if known is not None:
+            return
+    _write_json(path, {"accuracy": evaluate(original, test_loader), "fingerprint": mark})
+
+
 def _check_config(path: Path, config: CompareConfig) -> None:
     """A sweep resumes only with the settings it started with."""
     if not path.is_file():
@@ -373,6 +421,12 @@ def _check_config(path: Path, config: CompareConfig) -> None:
             f"{str(path.parent)!r} holds a sweep run with other settings ({path.name}); resume with the same "
             "settings, or choose another output folder."
         )
+
+
+def load_failures(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The candidates a sweep could not build, with the reason ({"label", "error"} each)."""
+    folder = Path(out_dir) / "failed"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def teacher_accuracy(out_dir: str | os.PathLike[str]) -> float | None:

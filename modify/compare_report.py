@@ -38,12 +38,14 @@ class Row:
     label: str
     accuracy: float  # mean test accuracy after fine-tuning over seeds (fraction)
     spread: float  # half the range over seeds (0 for one seed)
-    accuracies: tuple[float, ...]  # per seed
+    accuracies: tuple[float, ...]  # per seed, in seed order
+    seeds: tuple[int, ...]
     accuracy_before: float  # mean before fine-tuning
     speedup: float  # batch 1, one thread
     speedup_batch: float | None  # batch 32, every thread
     macs: int
     params: int
+    train_seconds: float = 0.0  # mean fine-tuning time, block-local distillation included
     frontier: bool = False  # on its method's Pareto frontier
 
 
@@ -73,6 +75,7 @@ class Summary:
 
 
 def _demo(method: str, label: str, accuracy: float, speedup: float) -> RunRecord:
+    """A one-seed record for the examples."""
     return RunRecord(label, method, label, 0, accuracy, accuracy, 1, 1, speedup, None, 1.0, speedup, 0.0)
 
 
@@ -80,13 +83,20 @@ def _rows(records: Sequence[RunRecord]) -> list[Row]:
     by_key: dict[str, list[RunRecord]] = {}
     for r in records:
         by_key.setdefault(r.key, []).append(r)
+    # Only the seeds every candidate has finished are averaged: a sweep stopped half-way through
+    # its second seed compares like with like.
+    common = set.intersection(*({r.seed for r in runs} for runs in by_key.values())) if by_key else set()
     rows = []
     for key, runs in by_key.items():
-        accs = tuple(r.accuracy for r in sorted(runs, key=lambda r: r.seed))
+        runs = sorted((r for r in runs if r.seed in common), key=lambda r: r.seed)
+        if not runs:
+            continue
+        accs = tuple(r.accuracy for r in runs)
         first = runs[0]
+        seconds = statistics.fmean(r.finetune_seconds + float(r.details.get("block_distill_seconds", 0.0)) for r in runs)
         rows.append(Row(key, first.method, first.label, statistics.fmean(accs), (max(accs) - min(accs)) / 2, accs,
-                        statistics.fmean(r.accuracy_before for r in runs), first.speedup, first.speedup_batch,
-                        first.macs, first.params))  # fmt: skip
+                        tuple(r.seed for r in runs), statistics.fmean(r.accuracy_before for r in runs), first.speedup,
+                        first.speedup_batch, first.macs, first.params, seconds))  # fmt: skip
     return rows
 
 
@@ -119,15 +129,16 @@ def markdown_table(summary: Summary) -> str:
     """The rows as a Markdown table, fastest first within each method."""
     teacher = summary.teacher_accuracy
     lines = [
-        "| method | configuration | test acc. (mean ± half range) | vs teacher | before FT | speed-up b1/1t | b32/all | MACs | params | frontier |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | configuration | test acc. (mean ± half range) | vs original | before FT | speed-up b1/1t | b32/all | MACs | params | train s | frontier |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.rows:
         delta = f"{100 * (r.accuracy - teacher):+.2f}" if teacher is not None else ""
         batch = f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else ""
         lines.append(
             f"| {r.method} | {r.label} | {100 * r.accuracy:.2f} ± {100 * r.spread:.2f} | {delta} | {100 * r.accuracy_before:.1f} "
-            f"| {r.speedup:.2f}x | {batch} | {r.macs / 1e6:.1f} M | {r.params / 1e6:.2f} M | {'*' if r.frontier else ''} |"
+            f"| {r.speedup:.2f}x | {batch} | {r.macs / 1e6:.1f} M | {r.params / 1e6:.2f} M | {r.train_seconds:.0f} "
+            f"| {'*' if r.frontier else ''} |"
         )
     return "\n".join(lines)
 
@@ -137,11 +148,14 @@ def recommendation(summary: Summary) -> list[str]:
     low, high = SPEED_RANGE
     inside = [m for m in summary.matches if low <= m.speedup <= high and m.baseline is not None]
     lines = []
+    seeds = len(summary.rows[0].seeds) if summary.rows else 0
     wins = [m for m in inside if m.margin > max(m.spread, 0.0)]
     if wins:
         best = max(wins, key=lambda m: m.margin)
+        spread = (f"beyond the seed spread ({100 * best.spread:.2f})" if seeds > 1 else
+                  "with one seed, so no spread to judge it by: run more seeds")  # fmt: skip
         lines.append(f"MoD wins: {best.mod} at {best.speedup:.2f}x is {100 * best.margin:.2f} points above {best.baseline} "
-                     f"({best.baseline_speedup:.2f}x), beyond the seed spread ({100 * best.spread:.2f}).")  # fmt: skip
+                     f"({best.baseline_speedup:.2f}x), {spread}.")  # fmt: skip
     elif inside:
         best = max(inside, key=lambda m: m.margin)
         lines.append(f"MoD does not win on this model: its best match, {best.mod} at {best.speedup:.2f}x, is "
@@ -150,9 +164,9 @@ def recommendation(summary: Summary) -> list[str]:
         lines.append(f"No MoD candidate has a deletion or pruning candidate within {summary.window:.2f}x of its speed-up in "
                      f"{low:g}-{high:g}x: add baselines at those speeds to judge it.")  # fmt: skip
     for method in ("delete", "prune", "mod"):
-        front = [r for r in summary.rows if r.method == method and r.frontier and low <= r.speedup <= high]
-        if front:
-            best = max(front, key=lambda r: r.accuracy)
+        found = [r for r in summary.rows if r.method == method and low <= r.speedup <= high]
+        if found:
+            best = max(found, key=lambda r: r.accuracy)
             lines.append(f"Most accurate {method} candidate in {low:g}-{high:g}x: {best.label}, "
                          f"{100 * best.accuracy:.2f}% at {best.speedup:.2f}x.")  # fmt: skip
     everything = [r for r in summary.rows if low <= r.speedup <= high]
@@ -184,8 +198,8 @@ def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> 
         front = sorted((r for r in rows if r.frontier), key=lambda r: r.speedup)
         ax.plot([r.speedup for r in front], [100 * r.accuracy for r in front], "-", color=color, alpha=0.6)
     if summary.teacher_accuracy is not None:
-        ax.axhline(100 * summary.teacher_accuracy, color="grey", ls="--", lw=1, label="teacher")
-    ax.set_xlabel("measured speed-up vs teacher (batch 1, one thread)")
+        ax.axhline(100 * summary.teacher_accuracy, color="grey", ls="--", lw=1, label="original")
+    ax.set_xlabel("measured speed-up vs the original (batch 1, one thread)")
     ax.set_ylabel("test accuracy after fine-tuning (%)")
     ax.set_title(title or "accuracy vs speed-up (lines: Pareto frontier per method)")
     ax.grid(alpha=0.3)

@@ -36,6 +36,29 @@ class InlineNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ChainNet(nn.Module):
+    """A block with no post-add op on a conv output (may be negative), then a ReLU block: deleting
+    both must keep the second's ReLU, since the first passes a possibly negative input through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.f, self.g = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.f(x)
+        return F.relu(x + self.g(x))
+
+
+def test_delete_keeps_a_relu_after_a_block_that_passes_negative_values() -> None:
+    model = ChainNet().eval()
+    result = delete_blocks(model, recipe={"version": 1, "rules": [{"index": "all"}]}, input_size=8)
+    assert len(result.deleted) == 2
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(result.model(x), F.relu(model.stem(x)))
+
+
 def _sites(model: nn.Module, size: int) -> list[str]:
     return [b.name for b in modify.convert(model, input_size=size).converted]
 
@@ -120,3 +143,19 @@ def test_prune_errors_and_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
     with pytest.raises(ModifyError, match=r"pip install 'modify\[baselines\]'"):
         prune_channels(model, macs_ratio=2.0, input_size=32)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_pruned_depthwise_and_se_models_save_and_load(name: str, tmp_path) -> None:
+    model = modify.get_model(name, num_classes=10)
+    model.train()
+    result = prune_channels(model, macs_ratio=1.5, input_size=64)
+    assert model.training  # the caller's mode is kept
+    path = modify.save(result.model, tmp_path / "p.pt")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(modify.load(path)(x), result.model.eval()(x))
+
+
+def test_prune_names_an_unknown_ignored_layer() -> None:
+    with pytest.raises(ConversionError, match="ignored_layers names 'nope'"):
+        prune_channels(torchvision.models.resnet18(num_classes=10), macs_ratio=2.0, input_size=32, ignored_layers=["nope"])

@@ -67,7 +67,7 @@ def test_cli_compare_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) ->
     out = tmp_path / "cmp"
     args = [sys.executable, "-m", "modify", "compare", str(tmp_path / "r18.pt"), "--data", "fashion-mnist",
             "--data-dir", str(tmp_path / "idx"), "-o", str(out), "--epochs", "1", "--batch-size", "32",
-            "--seeds", "0", "--max-configs", "6", "--methods", "mod,delete", "--bench-rounds", "1", "--bench-time", "0.01"]  # fmt: skip
+            "--seeds", "0", "--max-configs", "3", "--methods", "mod,delete", "--bench-rounds", "1", "--bench-time", "0.01"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 300
@@ -112,3 +112,42 @@ def test_cli_report_only_needs_a_sweep(tmp_path: Path) -> None:
 
     done = CliRunner().invoke(app, ["compare", "resnet18", "--data", "fashion-mnist", "-o", str(tmp_path), "--report-only"])
     assert done.exit_code == 1 and "holds no sweep" in done.stderr
+
+
+def _tiny_sets():
+    import torch
+
+    from modify.data import ImageTensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (48, 1, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (48,), generator=g)
+    make = lambda sl: ImageTensorDataset(images[sl], labels[sl], classes=[str(i) for i in range(10)], mean=0.3, std=0.3)  # noqa: E731
+    return make(slice(0, 32)), make(slice(32, 48))
+
+
+def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    from modify.compare import CompareConfig, load_failures, run_sweep
+
+    train, test = _tiny_sets()
+    original = modify.get_model("resnet18", num_classes=10)
+    too_wide = Candidate("mod", "k=1000", recipe={"version": 1, "defaults": {"k": 1000}, "rules": [{"index": "odd"}]})
+    delete = Candidate("delete", "delete layer4.1", blocks=("layer4.1",))
+    config = CompareConfig(epochs=1, seeds=(0,), batch_size=16, bench_rounds=1, bench_seconds=0.01, throughput_batch=0)
+    records = run_sweep(original, train, test, candidates=[too_wide, delete], config=config, out_dir=tmp_path)
+    assert [r.label for r in records] == ["delete layer4.1"] and records[0].speedup is not None
+    failures = load_failures(tmp_path)
+    assert [f["label"] for f in failures] == ["k=1000"] and "k" in failures[0]["error"]
+    other = modify.get_model("resnet18", num_classes=10)  # other random weights
+    with pytest.raises(modify.ModifyError, match="holds a sweep of another model"):
+        run_sweep(other, train, test, candidates=[delete], config=config, out_dir=tmp_path)
+    with pytest.raises(modify.ModifyError, match="other settings"):
+        run_sweep(original, train, test, candidates=[delete], config=dataclasses_replace(config, epochs=2), out_dir=tmp_path)
+    with pytest.raises(modify.ModifyError, match="epochs=0 must be positive"):
+        CompareConfig(epochs=0)
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)

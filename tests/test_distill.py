@@ -36,3 +36,15 @@ def test_block_errors_drop_and_only_mod_blocks_change() -> None:
     after = result.model.state_dict()
     changed = {k.split(".")[0] + "." + k.split(".")[1] for k in after if not torch.equal(after[k], before[k])}
     assert changed <= {"layer1.1", "layer2.1", "layer3.1", "layer4.1"} and changed
+
+
+def test_a_block_that_fits_worse_is_put_back() -> None:
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    result = modify.convert(net, recipe=OP, input_size=32, init="copy")
+    before = copy.deepcopy(result.model.state_dict())
+    report = distill_blocks(result, net, [torch.randn(8, 3, 32, 32)], steps=5, lr=1e3)  # a step size that wrecks any fit
+    restored = [b for b in report.blocks if not b.kept]
+    assert restored and all(b.loss_after == b.loss_before for b in restored)
+    state = result.model.state_dict()
+    for b in restored:
+        assert all(torch.equal(state[k], before[k]) for k in state if k.startswith(b.module + "."))

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.discover import BlockSite, SiteGraph, find_blocks
+from modify.checkpoint import DELETION_ATTRIBUTE
 from modify.errors import ConversionError, NoBlocksError
-from modify.plan import BlockPlan, plan, resolve_recipe
+from modify.plan import plan, resolve_recipe
 from modify.recipe import Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import cut
@@ -32,7 +33,6 @@ from modify.tracing import LeafSpec, default_input, trace
 
 __all__ = ["DeletionResult", "Shortcut", "delete_blocks", "DELETION_ATTRIBUTE"]
 
-DELETION_ATTRIBUTE = "modify_deletion"  # what `modify.save` stores to replay a deletion
 _RELUS = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_, F.relu6)
 
@@ -94,7 +94,7 @@ def _nonnegative(node: fx.Node, modules: Mapping[str, nn.Module], deleted: set[f
     return _is_relu(node, modules) or node in deleted
 
 
-def _builder(gm: fx.GraphModule, plans: Sequence[BlockPlan]) -> Any:
+def _builder(gm: fx.GraphModule) -> Any:
     modules = dict(gm.named_modules())
     nonneg_outputs: set[fx.Node] = set()
 
@@ -102,10 +102,11 @@ def _builder(gm: fx.GraphModule, plans: Sequence[BlockPlan]) -> Any:
         skip = cut(gm, graph.fork, graph.skip, graph.skip_operand, name="Skip") if graph.skip else None
         post = cut(gm, graph.add, graph.post, graph.post[-1], name="PostAdd") if graph.post else None
         relu_only = len(graph.post) == 1 and _is_relu(graph.post[0], modules)
-        if skip is None and relu_only and _nonnegative(graph.fork, modules, nonneg_outputs):
+        fork_nonneg = _nonnegative(graph.fork, modules, nonneg_outputs)
+        if skip is None and relu_only and fork_nonneg:
             post = None  # relu(x) == x for x >= 0
-        if skip is None and (post is None or relu_only):
-            nonneg_outputs.add(graph.output)
+        if skip is None and (relu_only or (not graph.post and fork_nonneg)):
+            nonneg_outputs.add(graph.output)  # a ReLU's output, or a non-negative input passed through
         return nn.Identity() if skip is None and post is None else Shortcut(skip, post)
 
     return build
@@ -158,7 +159,11 @@ def delete_blocks(
                 f"{sorted(known)} (`modify blocks MODEL` lists them)."
             )
     plans = plan(sites, recipe=resolved)
-    out, deleted, skipped = rewrite(model, gm, plans, config=resolved.mod, build=_builder(gm, plans))
+    out, deleted, skipped = rewrite(model, gm, plans, config=resolved.mod, build=_builder(gm))
+    if not deleted:
+        first = next((s for s in skipped if s.selected), None)
+        why = f"; first selected: {first.name!r}: {first.reason}" if first else ""
+        raise ConversionError(f"delete_blocks: no block was deleted{why}. Run `modify blocks MODEL` to see which blocks can be.")
     deleted = tuple(dataclasses.replace(d, k=0) for d in deleted)
     setattr(out, DELETION_ATTRIBUTE, {
         "blocks": [d.name for d in deleted],

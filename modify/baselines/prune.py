@@ -20,14 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from modify.checkpoint import PRUNING_ATTRIBUTE
 from modify.errors import ConversionError, ModifyError
 
 __all__ = ["PruningResult", "prune_channels", "reshape_like", "PRUNING_ATTRIBUTE", "BASELINES_HINT"]
 
-PRUNING_ATTRIBUTE = "modify_pruning"  # what `modify.save` stores to rebuild a pruned model
 BASELINES_HINT = "pip install 'modify[baselines]'"
 # The layer attributes Torch-Pruning changes, per layer type; enough to rebuild the pruned layers.
-_SHAPE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features", "num_channels")
+_SHAPE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features", "num_channels",
+                     "num_parameters", "normalized_shape", "embed_dim")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +93,24 @@ def _prune_copy(model: nn.Module, x: torch.Tensor, ratio: float, *, importance: 
     tp = _tp()
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
+    unknown = [n for n in ignored or () if n not in names]
+    if unknown:
+        raise ConversionError(f"prune_channels: ignored_layers names {unknown[0]!r}, which the model does not have.")
     skip = [names[n] for n in ignored] if ignored is not None else _classifier(pruned)
     if ratio > 0:
-        pruner = tp.pruner.MetaPruner(
-            pruned, x, importance=_importance(tp, importance), pruning_ratio=ratio, ignored_layers=skip,
-            round_to=round_to, global_pruning=global_pruning,
-        )  # fmt: skip
-        pruner.step()
+        try:
+            pruner = tp.pruner.MetaPruner(
+                pruned, x, importance=_importance(tp, importance), pruning_ratio=ratio, ignored_layers=skip,
+                round_to=round_to, global_pruning=global_pruning,
+            )  # fmt: skip
+            pruner.step()
+        except ModifyError:
+            raise
+        except Exception as e:
+            raise ConversionError(
+                f"Torch-Pruning could not prune {type(model).__name__} at ratio {ratio:.3f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                "Name the layers it cannot handle in ignored_layers=."
+            ) from e
     return pruned
 
 
@@ -134,7 +146,7 @@ def prune_channels(
     """Prunes a copy of ``model`` to ``macs_ratio`` (MACs before / after) or to a measured ``speedup``.
 
     Args:
-        model: a CNN Torch-Pruning can trace; left untouched.
+        model: a CNN Torch-Pruning can trace; left untouched (its mode too).
         macs_ratio: the target MAC ratio, > 1.
         speedup: instead, the target speed-up at batch 1 on one thread, measured here.
         ratio: instead, Torch-Pruning's per-layer pruning ratio itself, in [0, 1) (no search):
@@ -164,7 +176,19 @@ def prune_channels(
 
     x = default_input(model, input_size) if example_inputs is None else (
         example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0])  # fmt: skip
-    model = model.eval()
+    was_training = model.training
+    model.eval()
+    try:
+        return _prune(model, x, macs_ratio, speedup, ratio, importance, round_to, ignored_layers, global_pruning,
+                      bench_rounds, bench_seconds, tolerance)  # fmt: skip
+    finally:
+        model.train(was_training)  # the caller's model keeps its mode
+
+
+def _prune(model: nn.Module, x: torch.Tensor, macs_ratio: float | None, speedup: float | None, ratio: float | None,
+           importance: str, round_to: int | None, ignored_layers: Collection[str] | None, global_pruning: bool,
+           bench_rounds: int, bench_seconds: float, tolerance: float) -> PruningResult:  # fmt: skip
+    goal = macs_ratio if macs_ratio is not None else speedup
     macs_before, params_before = _count(model, x)
 
     def measure_ratio_only(r: float) -> nn.Module:
@@ -225,7 +249,7 @@ def reshape_like(model: nn.Module, record: dict[str, Any]) -> nn.Module:
         if name not in modules:
             raise ModifyError(f"the pruning record names the layer {name!r}, which the base model does not have.")
         for attribute, value in changed.items():
-            setattr(modules[name], attribute, value)
+            setattr(modules[name], attribute, tuple(value) if attribute == "normalized_shape" else value)
     for key, shape in record.get("shapes", {}).items():
         owner, _, leaf = key.rpartition(".")
         module = modules.get(owner)

@@ -45,7 +45,7 @@ def compare(
     methods: Annotated[str, typer.Option("--methods", help="Which methods to sweep: mod, delete, prune.")] = "mod,delete,prune",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N test images.", min=1)] = None,
-    max_configs: Annotated[Optional[int], typer.Option("--max-configs", help="Run only the first N configurations.", min=1)] = None,
+    max_configs: Annotated[Optional[int], typer.Option("--max-configs", help="Run only the first N configurations of each method.", min=1)] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate.", min=0)] = 0.02,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training images per step.", min=1)] = 128,
     bench_rounds: Annotated[int, typer.Option("--bench-rounds", help="Interleaved latency rounds per architecture.", min=1)] = 7,
@@ -59,7 +59,7 @@ def compare(
     seed_list = _seeds(seeds)
     chosen = _methods(methods)
     quiet_torch_logs()
-    from modify.compare import CompareConfig, default_candidates, load_runs, run_sweep, teacher_accuracy
+    from modify.compare import CompareConfig, default_candidates, load_failures, load_runs, run_sweep, teacher_accuracy
     from modify.compare_report import recommendation, summarize, write_report
     from modify.data import load_dataset
     from modify.finetune import FinetuneConfig
@@ -83,7 +83,8 @@ def compare(
         import modify
 
         blocks = [b.name for b in modify.convert(base, input_size=size, recipe="every_other").converted]
-        candidates = [c for c in default_candidates(blocks=blocks) if c.method in chosen][:max_configs]
+        candidates = [c for method in ("mod", "delete", "prune") if method in chosen
+                      for c in [c for c in default_candidates(blocks=blocks) if c.method == method][:max_configs]]  # fmt: skip
         done = {(r.key, r.seed) for r in load_runs(out_dir)} if out_dir.is_dir() else set()
         total = len(candidates) * len(seed_list)
         finished = sum((c.key, s) in done for c in candidates for s in seed_list)
@@ -99,8 +100,8 @@ def compare(
             raise fail(f"{str(out_dir)!r} holds no sweep (no runs/ folder); run modify compare without --report-only first.")
         records = load_runs(out_dir)
         title = str(out_dir)
-    if not records:
-        raise fail(f"{str(out_dir)!r} holds no finished configuration yet.")
+    if not any(r.speedup is not None for r in records):
+        raise fail(f"{str(out_dir)!r} holds no configuration that has been fine-tuned and timed yet; run modify compare to go on.")
     summary = summarize(records, teacher_accuracy=teacher_accuracy(out_dir))
     paths = write_report(summary, out_dir, title=title)
 
@@ -109,5 +110,7 @@ def compare(
     console().print(sweep_table(summary))
     for line in recommendation(summary):
         typer.echo(f"- {line}")
+    for failed in load_failures(out_dir):
+        typer.echo(f"- not built: {failed['label']}: {failed['error']}")
     typer.echo(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
 
