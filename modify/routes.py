@@ -5,8 +5,9 @@ then the MoD block is a statically pruned block that still pays for its selector
 records every selection of every MoD block over a data set and reports, per block:
 
 - ``frequency[c]``: the share of images whose top-k holds channel c (sums to k);
-- ``class_frequency[y][c]``: the same per class, and ``class_divergence``: the mean over classes
-  of the total-variation distance between the class's and the overall selection, in 0..1;
+- ``class_frequency[y][c]``: the same per class, and ``class_divergence``: the mean over classes,
+  weighted by their image counts, of the total-variation distance between the class's and the
+  overall selection, in 0..1 (small classes read high by chance: use a few hundred images);
 - ``entropy``: where the selection sits between static and uniform, in 0..1:
   (H(frequency / k) - log2 k) / (log2 C - log2 k), 0 when every image picks the same k channels;
 - ``never`` / ``always``: channels no image picks, and channels every image picks;
@@ -54,7 +55,7 @@ class BlockRoutes:
     k: int
     frequency: tuple[float, ...]  # (C,) share of images that selected each channel
     class_frequency: dict[int, tuple[float, ...]]  # class -> (C,) the same within the class
-    class_divergence: float  # mean total-variation distance of the classes' selections from the overall one
+    class_divergence: float  # size-weighted mean total-variation distance of the classes' selections from the overall one
     entropy: float  # 0 = the same k channels for every image, 1 = every channel equally often
     never: tuple[int, ...]  # channels no image selected
     always: tuple[int, ...]  # channels every image selected
@@ -80,7 +81,9 @@ def selection_stats(module: str, channels: int, indices: Tensor, labels: Tensor,
     picked.scatter_(1, indices.long(), 1.0)  # (M, C) one-hot of each image's set
     frequency = picked.mean(0)  # (C,)
     per_class = {int(y): picked[labels == y].mean(0) for y in torch.unique(labels)}
-    divergence = sum(0.5 * (f - frequency).abs().sum().item() / k for f in per_class.values()) / max(1, len(per_class))
+    sizes = {int(y): int((labels == y).sum()) for y in per_class}
+    # Weighted by class size: a class of a few images differs from the mean by chance alone.
+    divergence = sum(sizes[y] / m * 0.5 * (f - frequency).abs().sum().item() / k for y, f in per_class.items())
     q = frequency / k
     h = -sum(float(p) * math.log2(float(p)) for p in q if p > 0)
     span = math.log2(channels) - math.log2(k)
