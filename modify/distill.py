@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from modify.errors import ModifyError
 from modify.init import mod_blocks
+from modify.layers import FusionSlot, MoDBlock
 
 __all__ = ["BlockFit", "DistillReport", "distill_blocks"]
 
@@ -105,6 +106,16 @@ def _error(block: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
     return total / y.numel()
 
 
+def _routing_loss(block: MoDBlock, x: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy between the selector's scores and the k channels the original block changes
+    most for each image: with fusion into the selected positions, updating those k loses the least
+    of the block's update (unselected channels keep their input)."""
+    change = (y - x).pow(2).sum((2, 3))  # (B, C) energy of the block's update per channel
+    target = torch.zeros_like(change).scatter_(1, change.topk(block.k, dim=1).indices, 1.0)  # (B, C) 0/1
+    scores = block.selector.scores(x).clamp(1e-6, 1 - 1e-6)  # (B, C) in (0, 1)
+    return F.binary_cross_entropy(scores, target)
+
+
 @torch.no_grad()
 def _recalibrate(block: nn.Module, x: Tensor, batch: int) -> None:
     """Re-estimates the block's BatchNorm statistics on the recorded inputs (a cumulative average):
@@ -132,6 +143,7 @@ def distill_blocks(
     steps: int = 300,
     lr: float = 3e-3,
     batch_size: int = 64,
+    route_weight: float = 0.0,
     seed: int = 0,
 ) -> DistillReport:
     """Trains every MoD block of a converted model, in place, to reproduce its original block.
@@ -146,6 +158,9 @@ def distill_blocks(
         steps: AdamW steps per block on the recorded activations.
         lr: AdamW's learning rate (cosine decay to zero).
         batch_size: images per step.
+        route_weight: for blocks that fuse into the selected channels' own positions
+            (``fusion: original``), the weight of a loss that teaches the selector to pick, per
+            image, the k channels the original block changes most (0: output error alone).
         seed: seeds the sampling of the recorded activations.
 
     Returns:
@@ -169,9 +184,13 @@ def distill_blocks(
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
         block.train()
+        routed = route_weight > 0 and block.fusion.slot is FusionSlot.ORIGINAL
         for _ in range(steps):
             pick = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
-            loss = F.mse_loss(block(x[pick]), y[pick])
+            xb, yb = x[pick], y[pick]  # (B, C, H, W)
+            loss = F.mse_loss(block(xb), yb)
+            if routed:
+                loss = loss + route_weight * _routing_loss(block, xb, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -10,6 +10,7 @@ __all__ = [
     "NoBlocksError",
     "ConversionError",
     "CheckpointError",
+    "ChoiceError",
 ]
 
 
@@ -42,3 +43,7 @@ class ConversionError(ModifyError, ValueError):
 
 class CheckpointError(ModifyError, ValueError):
     """A checkpoint that cannot be read safely or was not written by `modify`."""
+
+
+class ChoiceError(ModifyError, ValueError):
+    """A value outside a closed set of choices (an option's string); the message lists the valid ones."""

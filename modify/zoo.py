@@ -112,7 +112,17 @@ def from_import_path(path: str, **kwargs: Any) -> nn.Module:
         factory = getattr(factory, part, None)
         if factory is None:
             raise ModifyError(f"{module_name!r} has no attribute {attr!r}; expected a factory returning an nn.Module.")
-    model = factory(**kwargs) if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if callable(factory) and not isinstance(factory, nn.Module) and not isinstance(factory, type(importlib)):
+        try:
+            model = factory(**kwargs)
+        except TypeError as e:
+            shown = f" with {kwargs}" if kwargs else " with no arguments"
+            raise ModifyError(
+                f"{path!r} could not be called{shown} ({e}); expected a factory that builds an nn.Module, "
+                "such as 'torchvision.models:resnet18'."
+            ) from None
+    else:
+        model = factory
     if not isinstance(model, nn.Module):
         raise ModifyError(f"{path!r} returned a {type(model).__name__}, not an nn.Module.")
     return _tag(model, {"kind": "import", "name": path, "kwargs": kwargs})

@@ -131,6 +131,11 @@ def test_blocks_is_a_dry_run_with_reasons() -> None:
         (["convert", "resnet18", "--weights", "missing.pt"], "No weights file at 'missing.pt'"),
         (["profile", "missing_model.pt"], "No checkpoint file at 'missing_model.pt'"),
         (["convert", "torchvision.models:nothing_here"], "has no attribute 'nothing_here'"),
+        (["convert", "resnet18", "--init", "bogus"], "Unknown value 'bogus' for InitMode; expected one of 'scratch', 'copy'"),
+        (["convert", "os:system"], "'os:system' could not be called with no arguments"),
+        (["convert", "os:path"], "'os:path' returned a module, not an nn.Module"),
+        (["compare", "resnet18", "--data", "fashion-mnist", "--seeds", ""], "--seeds is empty"),
+        (["routes", "resnet18", "--data", "/nonexistent"], "/nonexistent"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args: list[str], message: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from modify.errors import ChoiceError
+
 __all__ = ["StrChoice", "SelectionOrder", "BlockForm", "FusionSlot", "MoDConfig"]
 
 
@@ -24,7 +26,7 @@ class StrChoice(str, enum.Enum):
             return cls(str(value).lower())
         except ValueError:
             valid = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"Unknown value {value!r} for {cls.__name__}; expected one of {valid}.") from None
+            raise ChoiceError(f"Unknown value {value!r} for {cls.__name__}; expected one of {valid}.") from None
 
     def __str__(self) -> str:
         return self.value
