@@ -16,6 +16,7 @@ import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,6 +111,23 @@ def placement_fusion(model: nn.Module) -> Iterator[int]:
             del fusion._buffers["placement_weight"]
 
 
+ONNX_HINT = "pip install 'modify[onnx]'"
+
+
+def _onnx_packages() -> tuple[Any, Any]:
+    """onnx and onnxruntime, or one line naming the extra that installs them (and onnxscript,
+    which torch's ONNX exporter needs)."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"--format onnx needs {', '.join(missing)}: {ONNX_HINT} (or use --format torch-export).")
+    import onnx
+    import onnxruntime
+
+    return onnx, onnxruntime
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -131,8 +149,7 @@ def export_onnx(
         ExportError: the exporter fails (the message names the operator or module), the checker
             rejects the file, or a difference exceeds ``tolerance``.
     """
-    import onnx
-    import onnxruntime as ort
+    onnx, ort = _onnx_packages()
 
     model = model.eval()
     sizes, example, dynamic = _trace_setup(batch_sizes, dynamic_batch, input_size)

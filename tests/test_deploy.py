@@ -217,3 +217,16 @@ def test_profile_latency_sets_time_beside_macs() -> None:
     assert data["latency_ms"] > 0
     assert set(data["block_ms"]) == {b["name"] for b in data["blocks"]}
     assert all(v >= 0 for v in data["block_ms"].values())
+
+
+def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    from modify.deploy import export_onnx
+    from modify.errors import ModifyError
+
+    with pytest.raises(ModifyError, match=r"needs onnxscript: pip install 'modify\[onnx\]'"):
+        export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", input_size=8)
+    assert not (tmp_path / "m.onnx").exists()
