@@ -62,6 +62,7 @@ class Candidate:
     blocks: tuple[str, ...] | None = None  # delete: the block names (instead of a recipe)
     init: str = "scratch"  # mod: scratch | zero | importance (`modify.init`) or copy (convert's)
     block_distill_steps: int = 0  # mod: block-local distillation steps per block before the fine-tune
+    route_weight: float = 0.0  # mod: block distillation also teaches the selector the most-changed channels
     speedup: float | None = None  # prune: target batch-1 / one-thread speed-up, measured
     macs_ratio: float | None = None  # prune: or a target MAC ratio
 
@@ -73,6 +74,8 @@ class Candidate:
         """What defines the candidate (everything but the label), as plain data."""
         spec = dataclasses.asdict(self)
         spec.pop("label")
+        if not spec["route_weight"]:
+            spec.pop("route_weight")  # added later: absent when unused, so earlier sweeps keep their keys
         spec["blocks"] = list(self.blocks) if self.blocks is not None else None
         return spec
 
@@ -86,8 +89,8 @@ class Candidate:
         """The id of its architecture, which alone decides its speed: initialisation and
         block-local distillation change weights, not shapes."""
         spec = self.spec()
-        for weights_only in ("init", "block_distill_steps"):
-            spec.pop(weights_only)
+        for weights_only in ("init", "block_distill_steps", "route_weight"):
+            spec.pop(weights_only, None)
         return _digest(self.method, spec)
 
 
@@ -180,6 +183,8 @@ def default_candidates(*, blocks: Sequence[str], prune_speedups: Sequence[float]
                   block_distill_steps=300),
         Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=_every_other(0.5, op_importance), init="importance",
                   block_distill_steps=300),
+        Candidate("mod", "MoD-OP k=0.25 importance + routed block KD", recipe=_every_other(0.25, op_importance),
+                  init="importance", block_distill_steps=300, route_weight=1.0),
     ]  # fmt: skip
     # Deleting one block of four is below the speed-ups worth a conversion; the pairs at both ends,
     # every triple and the whole set span the range.
@@ -243,7 +248,8 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
             raise ModifyError(f"{candidate.label}: block-local distillation needs train_loader=.")
         from modify.distill import distill_blocks
 
-        report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps)
+        report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps,
+                                route_weight=candidate.route_weight)  # fmt: skip
         details["block_distill"] = [dataclasses.asdict(b) for b in report.blocks]
         details["block_distill_seconds"] = report.seconds  # extra training time the table shows beside the fine-tune
     return result.model, details
