@@ -63,6 +63,7 @@ class Candidate:
     init: str = "scratch"  # mod: scratch | zero | importance (`modify.init`) or copy (convert's)
     block_distill_steps: int = 0  # mod: block-local distillation steps per block before the fine-tune
     route_weight: float = 0.0  # mod: block distillation also teaches the selector the most-changed channels
+    init_version: int = 2  # importance: 2 = the balanced selector prior (1, before it, collapsed in fine-tuning)
     speedup: float | None = None  # prune: target batch-1 / one-thread speed-up, measured
     macs_ratio: float | None = None  # prune: or a target MAC ratio
 
@@ -74,8 +75,11 @@ class Candidate:
         """What defines the candidate (everything but the label), as plain data."""
         spec = dataclasses.asdict(self)
         spec.pop("label")
+        # Fields added later are left out where they do not apply, so earlier sweeps keep their keys.
         if not spec["route_weight"]:
-            spec.pop("route_weight")  # added later: absent when unused, so earlier sweeps keep their keys
+            spec.pop("route_weight")
+        if self.init != "importance":
+            spec.pop("init_version")
         spec["blocks"] = list(self.blocks) if self.blocks is not None else None
         return spec
 
@@ -89,7 +93,7 @@ class Candidate:
         """The id of its architecture, which alone decides its speed: initialisation and
         block-local distillation change weights, not shapes."""
         spec = self.spec()
-        for weights_only in ("init", "block_distill_steps", "route_weight"):
+        for weights_only in ("init", "block_distill_steps", "route_weight", "init_version"):
             spec.pop(weights_only, None)
         return _digest(self.method, spec)
 

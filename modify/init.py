@@ -44,8 +44,10 @@ MoD block in place; nothing outside the MoD blocks is touched.
       into the fixed slot (the first k channels), as the paper does.
     - The selector is set to rank those channels first, in importance order, for every input.
       fc2 has no bias, so a prior cannot be a constant; instead hidden unit 0 of fc1 becomes
-      the mean of the pooled input (positive after a ReLU), and fc2's column 0 holds the prior
-      logits, so logit_i = mean(x) * v_i ranks channels by v whatever the input's scale. The
+      a multiple of the mean of the pooled input (positive after a ReLU), and fc2's column 0
+      holds the prior logits, so logit_i = mean(x) * v_i ranks channels by v whatever the
+      input's scale. The two factors are balanced (`_set_prior`): with all of the prior in fc2,
+      the first fine-tuning steps killed unit 0 and left every score at 0.5. The
       other hidden units keep their random weights, shrunk by ``selector_noise``, so the
       selector is input-dependent from the start and fine-tuning can make it more so. With
       ``data`` (a batch of images), the mean is measured and the logits scaled so the chosen
@@ -448,10 +450,26 @@ def _prior_selector(mod: MoDBlock, ranking: Tensor, noise: float) -> Tensor:
     c, k = mod.channels, mod.k
     v = torch.full((c,), _LOW)
     v[ranking[:k]] = _HIGH - _SPREAD * torch.arange(k, dtype=torch.float32) / max(1, k)
-    sel.fc1.weight[0].fill_(1.0 / c)  # hidden unit 0 = relu(mean of the pooled input)
+    _set_prior(sel, v, sign=1.0, magnitude=1.0)
     sel.fc2.weight[:, 1:].mul_(noise)
-    sel.fc2.weight[:, 0].copy_(v)  # logit_i = mean(x) * v_i (+ the shrunk random units)
     return v
+
+
+def _set_prior(sel: nn.Module, v: Tensor, *, sign: float, magnitude: float) -> None:
+    """Hidden unit 0 = relu(a * mean of the pooled input), fc2's column 0 = v / (a * magnitude),
+    so logit_i = v_i for an input of mean ``magnitude``.
+
+    The product is what the prior needs; the split between the two factors decides how fast
+    training moves them. With a = 1 / C and the logits in fc2, one step of SGD on a block whose
+    output hurts moves a by far more than a itself, unit 0 dies (its ReLU never fires again) and
+    every score sits at sigmoid(0) = 0.5 from then on: within 1 to 5 steps at lr 0.002-0.02 on a
+    ResNet-18. Balancing the factors (a per channel as large as fc2's entries) makes each step
+    change both by the same small share.
+    """
+    c = v.numel()
+    balance = math.sqrt(float(v.abs().max()) * c / magnitude)  # a = balance / C, fc2 = v / (magnitude * balance)
+    sel.fc1.weight[0].fill_(sign * balance / c)
+    sel.fc2.weight[:, 0].copy_(v / (magnitude * balance))
 
 
 def _scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
@@ -480,6 +498,4 @@ def _scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int,
         magnitude = statistics.median(abs(v) for v in values)
         if not math.isfinite(magnitude) or magnitude <= 0:
             continue
-        sel = b.selector
-        sel.fc1.weight[0].fill_((1.0 if positive else -1.0) / b.channels)
-        sel.fc2.weight[:, 0].copy_(prior / magnitude)
+        _set_prior(b.selector, prior, sign=1.0 if positive else -1.0, magnitude=magnitude)

@@ -277,6 +277,34 @@ def test_importance_init_copies_the_top_channels_and_the_selector_prefers_them()
         initialize(result, "importance")
 
 
+@pytest.mark.parametrize(("lr", "steps", "weight"), [(0.02, 1, 1.0), (0.02, 5, 0.1), (0.002, 3, 1.0)])
+def test_importance_prior_survives_steps_that_push_every_score_down(lr: float, steps: int, weight: float) -> None:
+    """The regression behind the collapsed selectors: SGD steps on a loss that wants every selected
+    score lower (what a block that hurts at first gives) must not kill hidden unit 0, the unit that
+    carries the prior; before the factors were balanced one step at lr 0.02 did, and every score
+    was 0.5 from then on (hidden unit 0 dead for all 16 inputs in each of these cases)."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    result = modify.convert(net, k=0.25, input_size=32)
+    x = torch.randn(16, 3, 32, 32).abs()
+    initialize(result, "importance", original=net, data=x)
+    sel = result.model.layer4[1].selector
+    pooled = {}
+    result.model.layer4[1].register_forward_pre_hook(lambda m, a: pooled.update(p=a[0].mean((2, 3)).detach()))
+    result.model(x)
+    p = pooled["p"]  # (16, 512): the selector's input
+    optimizer = torch.optim.SGD(sel.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        scores, _ = sel(p[:, :, None, None])
+        optimizer.zero_grad()
+        (weight * scores.sum(1).mean()).backward()  # push every selected score down
+        optimizer.step()
+    hidden0 = torch.relu(p @ sel.fc1.weight[0])  # (16,)
+    assert (hidden0 > 0).all(), "the prior's hidden unit died"
+    assert sel(p[:, :, None, None])[0].mean() > 0.85
+
+
 def test_scratch_init_redraws_the_mod_blocks_only() -> None:
     model, result = converted_tiny()
     result2 = modify.convert(model, k=4, input_size=8, init="copy")
