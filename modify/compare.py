@@ -162,14 +162,17 @@ class RunRecord:
         return dataclasses.asdict(self)
 
 
-def default_candidates(*, blocks: Sequence[str], prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9)) -> list[Candidate]:
+def default_candidates(
+    *, blocks: Sequence[str], prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9), prune_macs: Sequence[float] = (2.5, 3.0)
+) -> list[Candidate]:
     """The sweep a user should see for a model whose every_other blocks are ``blocks``.
 
     MoD: the paper's (c = 64, first slot, fresh blocks), the fraction k = C/4 with the original
     block's most important channels, block-local distillation (`modify.distill`) on top, and the
     "branch" form fused into the selected channels' own positions ("OP") with the original
     weights (leading or most important channels) at k = C/4 and C/2. Deletion: all those blocks,
-    every set but one, the first two and the last two. Torch-Pruning at matched speed-ups.
+    every set but one, the first two and the last two. Torch-Pruning at matched speed-ups (a
+    search on measured latency) and at two MAC ratios beyond them.
     Every attempt stays a row, win or lose.
     """
     op_copy = {"form": "branch", "fusion": "original", "order": "index"}  # the original block's leading channels
@@ -199,6 +202,8 @@ def default_candidates(*, blocks: Sequence[str], prune_speedups: Sequence[float]
         subsets += [tuple(names[:2]), tuple(names[-2:])]
     out += [Candidate("delete", f"delete {'+'.join(s)}", blocks=tuple(s)) for s in subsets]
     out += [Candidate("prune", f"prune to {s:g}x", speedup=s) for s in prune_speedups]
+    # The speed search is only as steady as the machine's timings; two MAC targets beyond it are not.
+    out += [Candidate("prune", f"prune MACs {r:g}x", macs_ratio=r) for r in prune_macs]
     return out
 
 
