@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -155,3 +155,65 @@ def bench(
         model.train(modes[0])
         baseline.train(modes[1])
     return BenchReport(model=labels[0], baseline=labels[1], input_size=(h, w), results=tuple(results))
+
+
+def bench_many(
+    models: Mapping[str, nn.Module],
+    baseline: nn.Module,
+    *,
+    cases: Sequence[BenchCase] = DEFAULT_CASES,
+    input_size: int | tuple[int, int] = 224,
+    in_channels: int = 3,
+    rounds: int = 7,
+    min_run_time: float = 0.3,
+) -> dict[str, tuple[BenchResult, ...]]:
+    """Times many models against one baseline in shared rounds: each round times the baseline,
+    every model (in an order that rotates from round to round), then the baseline again, so all
+    of them meet the same machine state. A model's per-round speed-up is its round's baseline
+    time (the mean of the two) over its own; on a machine whose speed drifts, their median is far
+    steadier than timing each pair at another moment.
+
+    Returns, per model name, one `BenchResult` per case; its ``baseline_rounds`` are the round's
+    baseline times, so the median of `BenchResult.round_speedups` is the steady figure (the
+    ratio of medians, `BenchResult.speedup`, mixes rounds).
+
+    Example:
+        >>> r = bench_many({"a": nn.Conv2d(3, 4, 1)}, nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
+        >>> len(r["a"]), r["a"][0].speedup > 0
+        (1, True)
+    """
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    everything = {**models, "__baseline__": baseline}
+    modes = {k: m.training for k, m in everything.items()}
+    previous_threads = torch.get_num_threads()
+    out: dict[str, list[BenchResult]] = {k: [] for k in models}
+    try:
+        for m in everything.values():
+            m.eval()
+        with torch.inference_mode():
+            for case in cases:
+                threads = case.resolved_threads()
+                torch.set_num_threads(threads)
+                x = torch.randn(case.batch_size, in_channels, h, w)
+                for m in everything.values():  # warm-up
+                    m(x)
+                    m(x)
+                timers = {k: _timer(m, x, threads) for k, m in everything.items()}
+                names = list(models)
+                own: dict[str, list[float]] = {k: [] for k in names}
+                base: dict[str, list[float]] = {k: [] for k in names}
+                for r in range(rounds):
+                    first = timers["__baseline__"].blocked_autorange(min_run_time=min_run_time).median
+                    order = names[r % len(names):] + names[: r % len(names)]
+                    measured = {k: timers[k].blocked_autorange(min_run_time=min_run_time).median for k in order}
+                    last = timers["__baseline__"].blocked_autorange(min_run_time=min_run_time).median
+                    for k in names:
+                        own[k].append(measured[k])
+                        base[k].append((first + last) / 2)
+                for k in names:
+                    out[k].append(BenchResult(case, statistics.median(own[k]), statistics.median(base[k]), tuple(own[k]), tuple(base[k])))
+    finally:
+        torch.set_num_threads(previous_threads)
+        for k, m in everything.items():
+            m.train(modes[k])
+    return {k: tuple(v) for k, v in out.items()}

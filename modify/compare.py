@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -293,23 +294,27 @@ def load_runs(out_dir: str | os.PathLike[str]) -> list[RunRecord]:
     return records
 
 
-def _speed(model: nn.Module, original: nn.Module, config: CompareConfig, path: Path) -> dict[str, Any]:
-    """An architecture's latency against the original, written to ``path``."""
-    from modify.benchmark import BenchCase, bench
+def _time_all(models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, out: Path) -> list[dict[str, Any]]:
+    """Every architecture's latency against the original, all in shared rounds, each written to
+    ``out/speed/<arch key>.json``."""
+    from modify.benchmark import BenchCase, bench_many
 
     cases = [BenchCase(batch_size=1, threads=1)]
     if config.throughput_batch:
         cases.append(BenchCase(batch_size=config.throughput_batch, threads=0))
-    report = bench(model, original, cases=cases, input_size=config.input_size, rounds=config.bench_rounds,
-                   min_run_time=config.bench_seconds)  # fmt: skip
-    one = report.results[0]
-    speed = {
-        "speedup": one.speedup, "latency_ms": one.model_median * 1e3, "teacher_latency_ms": one.baseline_median * 1e3,
-        "round_speedups": list(one.round_speedups),
-        "speedup_batch": report.results[1].speedup if len(report.results) > 1 else None,
-    }  # fmt: skip
-    _write_json(path, speed)
-    return speed
+    results = bench_many(models, original, cases=cases, input_size=config.input_size, rounds=config.bench_rounds,
+                         min_run_time=config.bench_seconds)  # fmt: skip
+    written = []
+    for key, (one, *many) in results.items():
+        speed = {
+            "speedup": statistics.median(one.round_speedups), "latency_ms": one.model_median * 1e3,
+            "teacher_latency_ms": one.baseline_median * 1e3, "round_speedups": list(one.round_speedups),
+            "speedup_batch": statistics.median(many[0].round_speedups) if many else None,
+            "timed_with": len(models),  # architectures timed in the same rounds
+        }  # fmt: skip
+        _write_json(out / "speed" / f"{key}.json", speed)
+        written.append({"key": key, **speed})
+    return written
 
 
 def run_sweep(
@@ -387,17 +392,18 @@ def run_sweep(
         _write_json(path, {"format": RUN_FORMAT, "record": record.as_dict()})
         emit("done", record.as_dict())
 
-    # Timing last, once per architecture that has a finished run, with nothing training beside it.
+    # Timing last, once per architecture that has a finished run, all in shared rounds, with
+    # nothing training beside them.
     finished = {r.arch_key for r in load_runs(out)}
-    for candidate in {c.arch_key: c for c in candidates if c.arch_key in finished}.values():
-        speed_path = out / "speed" / f"{candidate.arch_key}.json"
-        arch_path = out / "arch" / f"{candidate.arch_key}.json"
-        if speed_path.is_file() or (candidate.method == "prune" and not arch_path.is_file()):
-            continue
-        ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
-        model, _ = build_candidate(candidate, original, input_size=config.input_size, pruning_ratio=ratio, weights=False)
-        speed = _speed(model, original, config, speed_path)
-        emit("speed", {"label": candidate.label, **speed})
+    todo = {c.arch_key: c for c in candidates if c.arch_key in finished and not (out / "speed" / f"{c.arch_key}.json").is_file()}
+    if todo:
+        models = {}
+        for key, candidate in todo.items():
+            arch_path = out / "arch" / f"{key}.json"
+            ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
+            models[key] = build_candidate(candidate, original, input_size=config.input_size, pruning_ratio=ratio, weights=False)[0]
+        for speed in _time_all(models, original, config, out):
+            emit("speed", {"label": todo[speed["key"]].label, **speed})
     keys = {c.key for c in candidates}
     return [r for r in load_runs(out) if r.key in keys]
 
@@ -424,6 +430,15 @@ def _check_original(path: Path, original: nn.Module, test_loader: DataLoader) ->
         if known is not None:
             return
     _write_json(path, {"accuracy": evaluate(original, test_loader), "fingerprint": mark})
+
+
+def retime(out_dir: str | os.PathLike[str]) -> int:
+    """Forgets every stored speed under ``out_dir`` (the next `run_sweep` times all architectures
+    again, together); returns how many were dropped."""
+    files = list((Path(out_dir) / "speed").glob("*.json"))
+    for f in files:
+        f.unlink()
+    return len(files)
 
 
 def _check_config(path: Path, config: CompareConfig) -> None:

@@ -90,6 +90,12 @@ def test_cli_compare_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) ->
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG" and "| method |" in (out / "compare.md").read_text()
     again = subprocess.run(args[:-6] + ["--report-only"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "wrote" in again.stdout
+    speeds = {p.name: json.loads(p.read_text()) for p in (out / "speed").glob("*.json")}
+    assert len(speeds) == 6 and all(s["timed_with"] == 6 for s in speeds.values())  # all timed in shared rounds
+    retimed = subprocess.run(args + ["--retime"], capture_output=True, text=True, env=env, timeout=600)
+    assert retimed.returncode == 0, retimed.stderr[-2000:]
+    assert all(p.read_text() == kept[p.name] for p in _runs(out) if p.name in kept)  # retiming trains nothing
+    assert {p.name for p in (out / "speed").glob("*.json")} == set(speeds)
 
 
 @pytest.mark.parametrize("extra, message", [

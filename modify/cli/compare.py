@@ -54,17 +54,23 @@ def compare(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a MODEL given by name.", min=1)] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: write the report of what OUT holds.")] = False,
+    retime: Annotated[bool, typer.Option("--retime", help="Time every architecture again, all in shared rounds (runs are kept).")] = False,
 ) -> None:
     """Sweep MoD conversions, block deletion and Torch-Pruning; write a table, a plot and a verdict."""
     seed_list = _seeds(seeds)
     chosen = _methods(methods)
     quiet_torch_logs()
     from modify.compare import CompareConfig, default_candidates, load_failures, load_runs, run_sweep, teacher_accuracy
+    from modify.compare import retime as forget_speeds
     from modify.compare_report import recommendation, summarize, write_report
     from modify.data import load_dataset
     from modify.finetune import FinetuneConfig
 
     out_dir = Path(out)
+    if retime and report_only:
+        raise fail("--retime times the models again; it cannot go with --report-only.")
+    if retime and out_dir.is_dir():
+        forget_speeds(out_dir)
     if not report_only:
         if "prune" in chosen:
             from modify.baselines.prune import _tp
@@ -92,14 +98,14 @@ def compare(
         from modify.cli.render import SweepProgress
 
         with SweepProgress(total, finished) as bar:
-            records = run_sweep(base, train_set, test_set, candidates=candidates, config=config, out_dir=out_dir,
-                                teacher=teacher_model, on_event=bar.event)  # fmt: skip
+            run_sweep(base, train_set, test_set, candidates=candidates, config=config, out_dir=out_dir,
+                      teacher=teacher_model, on_event=bar.event)  # fmt: skip
         title = f"{label}: {len(seed_list)} seed(s), {epochs:g} epoch(s) of distillation each"
     else:
         if not (out_dir / "runs").is_dir():
             raise fail(f"{str(out_dir)!r} holds no sweep (no runs/ folder); run modify compare without --report-only first.")
-        records = load_runs(out_dir)
         title = str(out_dir)
+    records = load_runs(out_dir)  # every attempt the folder holds, earlier candidate lists' too
     if not any(r.speedup is not None for r in records):
         raise fail(f"{str(out_dir)!r} holds no configuration that has been fine-tuned and timed yet; run modify compare to go on.")
     summary = summarize(records, teacher_accuracy=teacher_accuracy(out_dir))
