@@ -113,7 +113,7 @@ def summarize(records: Sequence[RunRecord], *, teacher_accuracy: float | None = 
     """Averages seeds, marks each method's frontier and matches every MoD candidate against the
     best baseline within ``window`` of its speed-up. Records not yet timed are left out."""
     rows = _mark_frontier(_rows([r for r in records if r.speedup is not None]))
-    rows.sort(key=lambda r: (r.method != "mod", r.method, -r.speedup))
+    rows.sort(key=lambda r: (r.method != "mod", r.method, -r.speedup, r.label))
     baselines = [r for r in rows if r.method != "mod"]
     matches = []
     for m in (r for r in rows if r.method == "mod"):
