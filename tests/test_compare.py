@@ -91,7 +91,9 @@ def test_cli_compare_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) ->
     again = subprocess.run(args[:-6] + ["--report-only"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "wrote" in again.stdout
     speeds = {p.name: json.loads(p.read_text()) for p in (out / "speed").glob("*.json")}
-    assert len(speeds) == 6 and all(s["timed_with"] == 6 for s in speeds.values())  # all timed in shared rounds
+    # Six candidates, five architectures (the two k=0.25 importance ones differ only in weights),
+    # all timed in the same rounds.
+    assert len(speeds) == 5 and all(s["timed_with"] == 5 for s in speeds.values())
     retimed = subprocess.run(args + ["--retime"], capture_output=True, text=True, env=env, timeout=600)
     assert retimed.returncode == 0, retimed.stderr[-2000:]
     assert all(p.read_text() == kept[p.name] for p in _runs(out) if p.name in kept)  # retiming trains nothing
