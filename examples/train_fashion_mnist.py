@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|trace)` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.checkpoint import atomic_write  # noqa: E402
+from modify.checkpoint import atomic_write_text  # noqa: E402
 from modify.data import fashion_mnist  # noqa: E402
 from modify.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     modify.save(model, args.output, force=True)
     out = {"model": args.model, "epochs": args.epochs, "test_accuracy": accuracy, "test_images": len(test_set),
            "seconds": run.seconds, "images_per_second": run.images_per_second, "seed": args.seed}
-    atomic_write(Path(args.output).with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(out, indent=1)), force=True)
+    atomic_write_text(Path(args.output).with_suffix(".json"), json.dumps(out, indent=1))
     print(f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} epochs ({run.seconds / 60:.1f} min); wrote {args.output}")
     return out
 

@@ -32,7 +32,7 @@ from modify.layers import MoDConfig
 from modify.weights import safe_load
 from modify.zoo import build_source, model_source
 
-__all__ = ["save", "load", "read_checkpoint", "atomic_write", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_checkpoint", "atomic_write", "atomic_write_text", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "modify.checkpoint"
 FORMAT_VERSION = 2  # 2 added "baseline"; a checkpoint without one is still written as version 1
@@ -123,6 +123,11 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = Fals
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, force: bool = True) -> Path:
+    """`atomic_write` of a text file (reports, records); replaces an existing one by default."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
 
 
 def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = False) -> Path:

@@ -5,14 +5,15 @@ capacities, placements, fusion slots, forms and initialisations; the same blocks
 (`modify.baselines.delete_blocks`); static channel pruning with Torch-Pruning at matched
 speed-ups (`modify.baselines.prune_channels`). Each is fine-tuned identically (same
 `FinetuneConfig`, epochs, teacher, seed, hence the same data order), then measured: test
-accuracy, MACs and parameters (fvcore), and latency against the teacher at batch 1 / one thread
-and batch 32 / every thread, interleaved in one process, medians over rounds.
+accuracy, MACs and parameters (fvcore), and latency against the original at batch 1 / one thread
+and batch 32 / every thread, interleaved in one process, the median of per-round speed-ups.
 
 Each finished (candidate, seed) is written to ``out_dir/runs/`` as JSON the moment it is done,
 so a killed sweep resumes where it stopped: run it again with the same ``out_dir``. Speed is
 measured after every fine-tune has finished, once per architecture (candidates that differ only
-in their weights share it), each against the original in interleaved rounds, and stored in
-``out_dir/speed/``; training no longer competes with the timing then. A pruned candidate's
+in their weights share it), every architecture and the original in the same interleaved rounds
+(`modify.benchmark.bench_many`), and stored in ``out_dir/speed/``; training no longer competes
+with the timing then. A pruned candidate's
 architecture (its Torch-Pruning ratio, found by a measured search) is fixed at its first build and
 stored in ``out_dir/arch/``, so every seed prunes the same channels. `modify.compare_report`
 turns the records into the table, the plot and a recommendation.
@@ -269,9 +270,15 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from modify.checkpoint import atomic_write
+    from modify.checkpoint import atomic_write_text
 
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=str)), force=True)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
+
+
+def _stored_ratio(out: Path, arch_key: str) -> float | None:
+    """The Torch-Pruning ratio a pruned candidate's first build found, if it has been built."""
+    path = out / "arch" / f"{arch_key}.json"
+    return json.loads(path.read_text())["pruning_ratio"] if path.is_file() else None
 
 
 def load_runs(out_dir: str | os.PathLike[str]) -> list[RunRecord]:
@@ -358,8 +365,7 @@ def run_sweep(
             continue
         emit("start", {"label": candidate.label, "seed": seed})
         train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True)
-        arch_path = out / "arch" / f"{candidate.arch_key}.json"
-        ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
+        ratio = _stored_ratio(out, candidate.arch_key)
         try:
             model, details = build_candidate(candidate, original, input_size=config.input_size, calib=calib,
                                              train_loader=train_loader, pruning_ratio=ratio)  # fmt: skip
@@ -370,7 +376,7 @@ def run_sweep(
             emit("failed", {"label": candidate.label, "seed": seed, "error": str(e)})
             continue
         if candidate.method == "prune" and ratio is None:
-            _write_json(arch_path, {"pruning_ratio": details["pruning_ratio"], "label": candidate.label})
+            _write_json(out / "arch" / f"{candidate.arch_key}.json", {"pruning_ratio": details["pruning_ratio"], "label": candidate.label})
         before = evaluate(model, test_loader)
         ft_config = dataclasses.replace(config.finetune, seed=seed)
         started = time.perf_counter()
@@ -399,9 +405,8 @@ def run_sweep(
     if todo:
         models = {}
         for key, candidate in todo.items():
-            arch_path = out / "arch" / f"{key}.json"
-            ratio = json.loads(arch_path.read_text())["pruning_ratio"] if arch_path.is_file() else None
-            models[key] = build_candidate(candidate, original, input_size=config.input_size, pruning_ratio=ratio, weights=False)[0]
+            models[key] = build_candidate(candidate, original, input_size=config.input_size,
+                                          pruning_ratio=_stored_ratio(out, key), weights=False)[0]  # fmt: skip
         for speed in _time_all(models, original, config, out):
             emit("speed", {"label": todo[speed["key"]].label, **speed})
     keys = {c.key for c in candidates}

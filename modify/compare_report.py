@@ -178,15 +178,9 @@ def recommendation(summary: Summary) -> list[str]:
 
 def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Accuracy against measured speed-up, one series per method, each frontier drawn as a line."""
-    try:
-        import matplotlib
+    from modify.plots import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from modify.errors import ModifyError
-
-        raise ModifyError("the comparison plot needs matplotlib: pip install 'modify[compare]'") from None
+    plt = pyplot("the comparison plot")
     colors = {"mod": "tab:blue", "delete": "tab:orange", "prune": "tab:green"}
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for method, color in colors.items():
@@ -205,23 +199,19 @@ def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from modify.checkpoint import atomic_write
-
-    target = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), force=True)
-    plt.close(fig)
-    return target
+    return save_png(fig, path, dpi=120)
 
 
 def write_report(summary: Summary, out_dir: str | os.PathLike[str], *, title: str = "") -> dict[str, Path]:
     """Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``."""
-    from modify.checkpoint import atomic_write
+    from modify.checkpoint import atomic_write_text
 
     out = Path(out_dir)
     data = {**summary.as_dict(), "recommendation": recommendation(summary)}
     md = markdown_table(summary) + "\n\n" + "\n".join(f"- {line}" for line in data["recommendation"]) + "\n"
     paths = {
-        "json": atomic_write(out / "compare.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)), force=True),
-        "markdown": atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(md), force=True),
+        "json": atomic_write_text(out / "compare.json", json.dumps(data, indent=1)),
+        "markdown": atomic_write_text(out / "compare.md", md),
     }
     paths["plot"] = plot(summary, out / "compare.png", title=title)
     return paths

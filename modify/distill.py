@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
+from modify.finetune import recalibrate_bn
 from modify.init import mod_blocks
 from modify.layers import FusionSlot, MoDBlock
 
@@ -116,22 +117,12 @@ def _routing_loss(block: MoDBlock, x: Tensor, y: Tensor) -> Tensor:
     return F.binary_cross_entropy(scores, target)
 
 
-@torch.no_grad()
 def _recalibrate(block: nn.Module, x: Tensor, batch: int) -> None:
-    """Re-estimates the block's BatchNorm statistics on the recorded inputs (a cumulative average):
-    the running averages left by training lag behind the weights they were computed with."""
-    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    block.train()
-    for i in range(0, len(x), batch):
-        block(x[i : i + batch].clone())  # a copy: the block may fuse in place without autograd
-    for m, momentum in saved:
-        m.momentum = momentum
+    """Re-estimates the block's BatchNorm statistics on the recorded inputs: the running averages
+    left by training lag behind the weights they were computed with."""
+    # Copies: without autograd a MoD block set for in-place fusion adds into its input.
+    chunks = [(x[i : i + batch].clone(), None) for i in range(0, len(x), batch)]
+    recalibrate_bn(block, chunks, len(chunks))
 
 
 def distill_blocks(

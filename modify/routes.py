@@ -143,14 +143,10 @@ def routes(model: nn.Module, data: Iterable[Any], *, batches: int | None = None)
 
 def write_routes(report: RoutesReport, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Writes ``routes.json`` and ``routes.png`` (a selection heatmap per block: all images, then each class)."""
-    try:
-        import matplotlib
+    from modify.checkpoint import atomic_write_text
+    from modify.plots import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ModifyError("the routes heatmap needs matplotlib: pip install 'modify[compare]'") from None
-    from modify.checkpoint import atomic_write
+    plt = pyplot("the routes heatmap")
 
     out = Path(out_dir)
     n = len(report.blocks)
@@ -169,9 +165,7 @@ def write_routes(report: RoutesReport, out_dir: str | os.PathLike[str]) -> dict[
         row[1].set_title("selected scores", fontsize=8)
         row[1].set_xlim(0, 1)
     fig.tight_layout()
-    paths = {
-        "json": atomic_write(out / "routes.json", lambda tmp: Path(tmp).write_text(json.dumps(report.as_dict(), indent=1)), force=True),
-        "plot": atomic_write(out / "routes.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"), force=True),
+    return {
+        "json": atomic_write_text(out / "routes.json", json.dumps(report.as_dict(), indent=1)),
+        "plot": save_png(fig, out / "routes.png", dpi=110),
     }
-    plt.close(fig)
-    return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -150,12 +151,7 @@ def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_
     with pytest.raises(modify.ModifyError, match="holds a sweep of another model"):
         run_sweep(other, train, test, candidates=[delete], config=config, out_dir=tmp_path)
     with pytest.raises(modify.ModifyError, match="other settings"):
-        run_sweep(original, train, test, candidates=[delete], config=dataclasses_replace(config, epochs=2), out_dir=tmp_path)
+        run_sweep(original, train, test, candidates=[delete], config=dataclasses.replace(config, epochs=2), out_dir=tmp_path)
     with pytest.raises(modify.ModifyError, match="epochs=0 must be positive"):
         CompareConfig(epochs=0)
 
-
-def dataclasses_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)

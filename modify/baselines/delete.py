@@ -22,14 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.discover import BlockSite, SiteGraph, find_blocks
 from modify.checkpoint import DELETION_ATTRIBUTE
+from modify.discover import BlockSite, SiteGraph, find_blocks
 from modify.errors import ConversionError, NoBlocksError
-from modify.plan import plan, resolve_recipe
+from modify.pipeline import _example
+from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import cut
-from modify.tracing import LeafSpec, default_input, trace
+from modify.tracing import LeafSpec, trace
 
 __all__ = ["DeletionResult", "Shortcut", "delete_blocks", "DELETION_ATTRIBUTE"]
 
@@ -144,8 +145,7 @@ def delete_blocks(
         recipe = {"version": 1, "rules": [{"name": names}]}
     resolved = resolve_recipe(recipe=recipe)
     model = copy.deepcopy(model)
-    inputs = (default_input(model, input_size),) if example_inputs is None else (
-        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs))  # fmt: skip
+    inputs = _example(model, example_inputs, input_size)
     gm = trace(model, inputs, leaf_modules=leaf_modules)
     sites = find_blocks(gm)
     if not sites:

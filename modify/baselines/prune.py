@@ -191,12 +191,12 @@ def _prune(model: nn.Module, x: torch.Tensor, macs_ratio: float | None, speedup:
     goal = macs_ratio if macs_ratio is not None else speedup
     macs_before, params_before = _count(model, x)
 
-    def measure_ratio_only(r: float) -> nn.Module:
+    def pruned_at(r: float) -> nn.Module:
         return _prune_copy(model, x, r, importance=importance, round_to=round_to, ignored=ignored_layers,
                            global_pruning=global_pruning)  # fmt: skip
 
     def measure(r: float) -> tuple[nn.Module, float]:
-        pruned = measure_ratio_only(r)
+        pruned = pruned_at(r)
         if macs_ratio is not None:
             return pruned, macs_before / max(1, _count(pruned, x)[0])
         return pruned, _measured_speedup(pruned, model, x, bench_rounds, bench_seconds)
@@ -204,7 +204,7 @@ def _prune(model: nn.Module, x: torch.Tensor, macs_ratio: float | None, speedup:
     low, high = 0.0, 0.95
     best: tuple[float, nn.Module, float] | None = None
     if ratio is not None:
-        best = (ratio, measure_ratio_only(ratio), float("nan"))
+        best = (ratio, pruned_at(ratio), float("nan"))
     for _ in range(12 if ratio is None else 0):
         mid = (low + high) / 2
         pruned, reached = measure(mid)
