@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from modify.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
@@ -66,6 +66,23 @@ def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[to
     return tuple(example_inputs)
 
 
+def traced_sites(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], leaf_modules: Collection[LeafSpec] = ()
+) -> tuple[fx.GraphModule, list[BlockSite]]:
+    """The traced graph of ``model`` and the residual blocks found in it (the first two stages
+    of every surgery: conversion, identity conversion, deletion).
+
+    Raises:
+        TraceError: torch.fx cannot trace the model.
+        NoBlocksError: it holds no residual Conv-Block.
+    """
+    gm = trace(model, inputs, leaf_modules=leaf_modules)
+    sites = find_blocks(gm)
+    if not sites:
+        raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
+    return gm, sites
+
+
 def convert(
     model: nn.Module,
     *,
@@ -109,10 +126,7 @@ def convert(
     resolved = resolve_recipe(recipe=recipe, k=k, c=c)
     model = copy.deepcopy(model)  # the caller's model stays bit-identical
     inputs = _example(model, example_inputs, input_size)
-    gm = trace(model, inputs, leaf_modules=leaf_modules)
-    sites = find_blocks(gm)
-    if not sites:
-        raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
+    gm, sites = traced_sites(model, inputs, leaf_modules)
     default_reason = None
     if recipe is None and k is None and c is None:
         # No capacity given: the every_other placement with the c of the model's block family.
@@ -186,10 +200,7 @@ def convert_identity(
     """
     model = copy.deepcopy(model)
     inputs = _example(model, example_inputs, input_size)
-    gm = trace(model, inputs, leaf_modules=leaf_modules)
-    sites = find_blocks(gm)
-    if not sites:
-        raise NoBlocksError(f"No residual Conv-Block found in {type(model).__name__}. {NO_BLOCKS_HINT}")
+    gm, sites = traced_sites(model, inputs, leaf_modules)
     plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
              else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip
     converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=InitMode.COPY)

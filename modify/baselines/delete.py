@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.checkpoint import DELETION_ATTRIBUTE
-from modify.discover import BlockSite, SiteGraph, find_blocks
-from modify.errors import ConversionError, NoBlocksError
-from modify.pipeline import _example
+from modify.discover import BlockSite, SiteGraph
+from modify.errors import ConversionError
+from modify.pipeline import _example, traced_sites
 from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import cut
-from modify.tracing import LeafSpec, trace
+from modify.tracing import LeafSpec
 
 __all__ = ["DeletionResult", "Shortcut", "delete_blocks", "DELETION_ATTRIBUTE"]
 
@@ -146,10 +146,7 @@ def delete_blocks(
     resolved = resolve_recipe(recipe=recipe)
     model = copy.deepcopy(model)
     inputs = _example(model, example_inputs, input_size)
-    gm = trace(model, inputs, leaf_modules=leaf_modules)
-    sites = find_blocks(gm)
-    if not sites:
-        raise NoBlocksError(f"No residual block found in {type(model).__name__}: there is nothing to delete.")
+    gm, sites = traced_sites(model, inputs, leaf_modules)
     if blocks is not None:
         known = {s.name for s in sites if s.convertible}
         unknown = [n for n in names if n not in known]
