@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.errors import ModifyError
+from modify.channel_literals import split_sizes
 
 __all__ = ["BlockSite", "SkipKind", "SiteGraph", "find_blocks", "locate"]
 
@@ -82,6 +83,7 @@ class BlockSite:
     reason: str | None = None  # why it cannot be converted; None when it can
     node: str = ""  # name of the residual add node in the traced graph ("" = unknown); `locate` uses it
     alpha: float = 1.0  # scale of the branch operand in torch.add(..., alpha=...); 1 for a plain add
+    min_k: int = 1  # the narrowest width its branch can run at: the most parts a channel split makes
 
     @property
     def convertible(self) -> bool:
@@ -346,6 +348,41 @@ class _Analysis:
                     todo.append(u)
         return seen
 
+    def parameter_only(self, node: fx.Node) -> bool:
+        """A call computed from parameters and constants alone (no input reaches it)."""
+        if node.op not in ("call_function", "call_method") or node in self.data:
+            return False
+        return all(i.op == "get_attr" or self.parameter_only(i) for i in node.all_input_nodes)
+
+    def parameter_chains(self, nodes: Iterable[fx.Node]) -> set[fx.Node]:
+        """The parameter-only calls that ``nodes`` read, directly or through each other."""
+        chains: set[fx.Node] = set()
+        todo = deque(i for n in nodes for i in n.all_input_nodes)
+        while todo:
+            i = todo.popleft()
+            if i not in chains and self.parameter_only(i):
+                chains.add(i)
+                todo.extend(i.all_input_nodes)
+        return chains
+
+    def checks(self, nodes: Iterable[fx.Node], limit: int) -> set[fx.Node]:
+        """The non-tensor calls before ``limit`` that read ``nodes`` and feed only each other
+        (shape assertions): closed clusters that end in calls nothing reads."""
+        cluster: set[fx.Node] = set()
+        todo = deque(u for n in nodes for u in n.users)
+        while todo:
+            u = todo.popleft()
+            if u in cluster or u in self.data or u.op not in ("call_function", "call_method") or self.order[u] > limit:
+                continue
+            cluster.add(u)
+            todo.extend(u.users)
+        closed = {u for u in cluster if all(v in cluster for v in u.users)}
+        while True:  # drop nodes some of whose readers were dropped
+            kept = {u for u in closed if all(v in closed for v in u.users)}
+            if kept == closed:
+                return closed
+            closed = kept
+
     def candidate(self, node: fx.Node) -> tuple[fx.Node, fx.Node, float, bool] | None:
         """(first operand, second operand, alpha, in place) if ``node`` is a two-tensor add."""
         if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
@@ -379,6 +416,10 @@ class _Analysis:
         if not common:
             return None  # two independent inputs: not a skip connection
         fork = max(common, key=self.order.__getitem__)
+        if _shape(fork) is None:
+            # The operands are parts of one split (Res2Net's `sp = sp + spx[i]`): an add inside
+            # a branch, not a block's residual add.
+            return None
         desc = self.descendants(fork, self.order[node])
         by_order = self.order.__getitem__
         path_a = sorted((anc_a & desc) - {fork}, key=by_order)
@@ -398,6 +439,12 @@ class _Analysis:
         reach = self.descendants(fork, self.order[node], data_only=False)
         operand, other = (branch[-1], skip[-1] if skip else fork)
         branch = sorted((self.ancestors(operand, data_only=False) & reach) - {fork}, key=by_order)
+        # Parameters the branch transforms in its forward (ConvNeXt's `self.gamma.reshape(1, -1, 1,
+        # 1)`) are nodes of their own that read no input: they belong to the branch and shrink with it.
+        branch = sorted({*branch, *self.parameter_chains(branch)}, key=by_order)
+        # Checks on the branch's values (`torch._assert(x.ndim == 4)` in timm's norm layers) read
+        # its tensors but feed nothing: they go where the branch goes.
+        branch = sorted({*branch, *self.checks(branch, self.order[node])}, key=by_order)
         if skip:
             skip = sorted((self.ancestors(other, data_only=False) & reach) - {fork} - set(branch), key=by_order)
         post, users = self._post(node, a if inplace else None)
@@ -514,6 +561,13 @@ def _reason(
     real_skip = " + ".join(_describe(gm, n) for n in g.skip if n in data and not _is_noop(gm, n))
     if alpha != 1:
         return f"scaled add (alpha={alpha:g}): the MoD fusion assumes a plain sum"
+    escape = _escaping_value(g, data)
+    if escape is not None:
+        inner, reader = escape
+        return (
+            f"the branch's {inner.name!r} is also read outside the block (by {reader.name!r}): a residual onto "
+            "part of the block's output (ReXNet's x[:, :C_in] + shortcut) cannot shrink to k channels"
+        )
     if kind is SkipKind.PROJECTION:
         return f"projection shortcut ({real_skip}): the first block of a stage keeps its full width"
     if kind is SkipKind.PARAM_FREE and (cin, hin, win) != dims:
@@ -524,6 +578,30 @@ def _reason(
         return f"stride {stride}"
     if kind is SkipKind.PARAM_FREE:
         return f"parameter-free shortcut ({real_skip}) is not an identity: only identity shortcuts are converted"
+    return None
+
+
+def _min_width(g: SiteGraph) -> int:
+    """The most parts any channel split of the branch makes (MixNet's mixed kernels: 2 to 4)."""
+    counts = [len(found[0]) for found in map(split_sizes, g.branch) if found is not None]
+    return max(counts, default=1)
+
+
+def _is_dead(node: fx.Node) -> bool:
+    """An unread item of a tuple (Res2Net's "redundant, for torchscript" ``sp = spx[0]``)."""
+    return not node.users and node.op == "call_function" and node.target is operator.getitem
+
+
+def _escaping_value(g: SiteGraph, data: set[fx.Node]) -> tuple[fx.Node, fx.Node] | None:
+    """(a branch node, a reader of it outside the block), if the branch's values leave the block
+    other than through the add."""
+    inside = {*g.branch, g.add, *g.post, *g.users}
+    for node in g.branch:
+        if node not in data:
+            continue
+        for user in node.users:
+            if user not in inside and user in data and not _is_dead(user):
+                return node, user
     return None
 
 
@@ -567,8 +645,16 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
             continue
         key, path, module_type = stack[-1]
         allowed = item.ancestors | {g.add} | set(g.post)
-        in_scope = (n for n in gm.graph.nodes if n in analysis.data and any(k == key for k, _, _ in _stack(n)))
-        paths.append((path, _class_name(module_type), all(n in allowed for n in in_scope)))
+        in_scope = [
+            n for n in gm.graph.nodes
+            if n in analysis.data and not _is_dead(n) and any(k == key for k, _, _ in _stack(n))
+        ]  # fmt: skip
+        # A module is the block only if it computes nothing else and has one input (DLA calls a
+        # block as `tree1(x, shortcut)`: a module of two inputs is rewritten inline).
+        scope = set(in_scope)
+        reads = {i for n in in_scope for i in n.all_input_nodes if i in analysis.data and i not in scope}
+        only = all(n in allowed for n in in_scope) and len(reads) <= 1
+        paths.append((path, _class_name(module_type), only))
     shared = Counter(path for path, _, _ in paths)
 
     sites: list[BlockSite] = []
@@ -612,6 +698,7 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
                 reason=reason,
                 node=g.add.name,
                 alpha=item.alpha,
+                min_k=_min_width(g),
             )
         )
     return sites

@@ -8,12 +8,12 @@ a recipe nor k nor c, it asks `default_capacity` for the c of the model's block 
 
 | family | block classes | c | why |
 |---|---|---|---|
-| ResNet (ResNeXt, Wide-ResNet, quantizable) | BasicBlock, Bottleneck | 64 | the paper's value for every ResNet; the first stage has 64 channels |
+| ResNet (ResNeXt, Wide-ResNet, quantizable; timm's Res2Net, ResNeSt, SK/SE/NF-ResNet, ResNet-V2, DarkNet, DLA, CSPNet, Xception) | BasicBlock, Bottleneck, ... | 64 | the paper's value for every ResNet; the first stage has 64 channels |
 | RegNet (X and Y) | ResBottleneckBlock | 64 | a ResNet design (Bottleneck with group convs, ReLU after the add); first stages of 24..528 channels |
-| MobileNetV2/V3 (quantizable too) | InvertedResidual | 16 | the paper's value for MobileNetV2; V3 has the same block and 16..160-channel stages |
+| MobileNetV2/V3 (quantizable too; timm's MobileNetV4, GhostNet) | InvertedResidual, UniversalInvertedResidual, GhostBottleneck | 16 | the paper's value for MobileNetV2; V3 has the same block and 16..160-channel stages |
 | MNASNet | _InvertedResidual | 16 | MobileNetV2's inverted residual, stages of 16..192 channels |
-| EfficientNet (V1, V2) | MBConv, FusedMBConv | 16 | MobileNetV2's inverted residual plus SE, stages of 16..640 channels |
-| ConvNeXt | CNBlock | 16 | its channel-last LayerNorm needs k >= 2 (at k = 1 it outputs a constant); c = 16 gives k = C/16 >= 6 |
+| EfficientNet (V1, V2; timm's DepthwiseSeparableConv, EdgeResidual) | MBConv, FusedMBConv | 16 | MobileNetV2's inverted residual plus SE, stages of 16..640 channels |
+| ConvNeXt (timm's V1/V2, InceptionNeXt) | CNBlock, ConvNeXtBlock, MetaNeXtBlock | 16 | its channel-last LayerNorm needs k >= 2 (at k = 1 it outputs a constant); c = 16 gives k = C/16 >= 6 |
 
 This module is pure: block class names in, a number and a sentence out; no torch.
 
@@ -47,27 +47,34 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family(
         "ResNet",
-        ("BasicBlock", "Bottleneck", "QuantizableBasicBlock", "QuantizableBottleneck"),
+        ("BasicBlock", "Bottleneck", "QuantizableBasicBlock", "QuantizableBottleneck",
+         # timm's ResNet relatives: Res2Net, ResNeSt, SK-, SE- and NF-ResNets, pre-activation ResNet-V2,
+         # byobnet's and CSPNet's bottlenecks, DarkNet, DLA, aligned Xception
+         "Bottle2neck", "ResNestBottleneck", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "SEResNetBlock",
+         "SEResNetBottleneck", "SEResNeXtBottleneck", "NormFreeBlock", "PreActBasic", "PreActBottleneck",
+         "BottleneckBlock", "DarkBlock", "DlaBasic", "DlaBottleneck", "XceptionModule"),
         64,
         "the paper's c for every ResNet (Sec. 3.2)",
     ),
     Family("RegNet", ("ResBottleneckBlock",), 64, "RegNet's block is a ResNet Bottleneck; the paper's ResNet c"),
     Family(
         "MobileNet",
-        ("InvertedResidual", "QuantizableInvertedResidual"),
+        ("InvertedResidual", "QuantizableInvertedResidual",
+         # timm's: MobileNetV4's universal block, GhostNet's (stages of 16..160 channels)
+         "UniversalInvertedResidual", "GhostBottleneck"),
         16,
         "the paper's c for MobileNetV2 (Sec. 3.2); c = 64 would give k = 1 to every block narrower than 128",
     ),
     Family("MNASNet", ("_InvertedResidual",), 16, "MobileNetV2's block, so the paper's MobileNetV2 c"),
     Family(
         "EfficientNet",
-        ("MBConv", "FusedMBConv"),
+        ("MBConv", "FusedMBConv", "DepthwiseSeparableConv", "EdgeResidual"),  # torchvision's; timm's
         16,
         "MobileNetV2's block with SE, so the paper's MobileNetV2 c; c = 64 would give k = 1 to every block narrower than 128",
     ),
     Family(
         "ConvNeXt",
-        ("CNBlock",),
+        ("CNBlock", "ConvNeXtBlock", "MetaNeXtBlock"),  # torchvision's; timm's ConvNeXt (V1, V2), InceptionNeXt
         16,
         "its channel-last LayerNorm needs k >= 2, and c = 16 keeps k = C/16 >= 6 (c = 64 gives k = 1 at 96 channels)",
     ),

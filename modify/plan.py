@@ -6,6 +6,8 @@ Pure: no torch, no model; the input is what `modify.discover` found. How a recip
 - ``k=`` or ``c=`` alone: the default placement (the paper's, the ``every_other`` recipe: 0-based odd
   indices in every stage) with that capacity for every selected block. An integer ``k`` is a channel
   count, a float ``k`` in (0, 1) is a fraction of each block's width C; ``c`` gives k = max(1, C // c);
+  a k from c or a fraction is raised to the block's ``min_k`` when its channel splits need more
+  (MixNet's mixed kernels split into 2..4 parts, each at least one channel wide);
 - nothing: the shipped ``every_other`` recipe (c = 64, the paper's value for ResNets).
 
 Recipes are strict: a rule that selects no block at all is an error, and so is a k that is not below
@@ -132,6 +134,19 @@ def _summary(sites: Sequence[BlockSite]) -> str:
     return f"{len(sites)} blocks ({stages}): {shown}"
 
 
+def _one_block_stages_hint(sites: Sequence[BlockSite]) -> str:
+    """The next step when the paper's odd-index placement finds nothing: every stage holds one block."""
+    if any(site.index % 2 == 1 for site in sites):
+        return ""
+    convertible = [site.name for site in sites if site.convertible]
+    head = " Every stage of this model holds a single block (index 0), so the odd-index placement selects none;"
+    if not convertible:
+        reasons = sorted({site.reason for site in sites if site.reason})
+        return f"{head} none of its blocks can be converted either ({reasons[0]}{', ...' if len(reasons) > 1 else ''})."
+    shown = ", ".join(convertible[:4]) + (", ..." if len(convertible) > 4 else "")
+    return f"{head} convert every convertible block with `--recipe all` (a rule {{index: all}}): {shown}."
+
+
 def plan(
     sites: Iterable[BlockSite],
     *,
@@ -183,13 +198,13 @@ def plan(
             if arg is not None:
                 raise ConversionError(
                     f"{arg} applies to the blocks at odd indices of each stage (the paper's placement), and "
-                    f"this model has none: {_summary(sites)}. Pass a recipe that names the blocks to convert; "
-                    "run `modify blocks MODEL` to list them."
+                    f"this model has none: {_summary(sites)}.{_one_block_stages_hint(sites)} Pass a recipe that "
+                    "names the blocks to convert; run `modify blocks MODEL` to list them."
                 )
             raise RecipeError(
                 f"{resolved.where(f'rules[{i}]')} {_flow(rule)} matches no block; a rule that selects nothing "
-                f"is an error, not a silent no-op. The model has {_summary(sites)}. Fix or remove the rule; "
-                "run `modify blocks MODEL` to list every block."
+                f"is an error, not a silent no-op. The model has {_summary(sites)}.{_one_block_stages_hint(sites)} "
+                "Fix or remove the rule; run `modify blocks MODEL` to list every block."
             )
 
     plans = []
@@ -207,6 +222,8 @@ def plan(
         else:
             block_k = capacity.k_for(site.channels)
             assert block_k is not None  # not skip
+            if capacity.k is None and block_k < site.min_k < site.channels:
+                block_k = site.min_k  # a k from c or a fraction, raised to what the block's splits need
             if not 1 <= block_k < site.channels:
                 _raise_bad_k(site, block_k, capacity, resolved, i, arg)
             plans.append(BlockPlan(site, k=block_k, rule=rule_path, reason=None))

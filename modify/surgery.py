@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.discover import SiteGraph
+from modify.tracing import BATCHNORM_META
 from modify.layers.options import StrChoice
+from modify.channel_literals import SplitError, plan_splits, rescale_shape, rescale_slice, rescale_split
 
 __all__ = [
     "InitMode",
@@ -79,14 +81,21 @@ class Widths:
         (4, 1, 16, 1)
     """
 
-    def __init__(self, channels: int, k: int) -> None:
+    def __init__(self, channels: int, k: int, fixed: dict[int, int] | None = None) -> None:
         self.channels = channels
         self.k = k
+        self.fixed = dict(fixed or {})  # counts decided elsewhere (`modify.splits`): d -> reduced d
 
     def __call__(self, d: int) -> int:
+        if d in self.fixed:
+            return self.fixed[d]
         if d == self.channels:
             return self.k
         return max(1, round(d * self.k / self.channels))
+
+    def with_fixed(self, fixed: dict[int, int]) -> Widths:
+        """The same map with some counts decided elsewhere."""
+        return Widths(self.channels, self.k, {**self.fixed, **fixed})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,20 +395,52 @@ def _mode_module(node: fx.Node) -> nn.Module | None:
     return None
 
 
+_BATCHNORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """A BatchNorm module for an ``F.batch_norm`` call of a traced-through BatchNorm subclass
+    (timm's BatchNormAct2d): tracing froze its ``training`` flag and momentum, the module reads
+    ``self.training`` again. Its state is copied from the call's parameters and buffers."""
+    settings = node.meta.get(BATCHNORM_META)
+    args = _bound(F.batch_norm, node) if settings is not None else None
+    shape = _shape(node)
+    if args is None or shape is None or len(shape) not in _BATCHNORMS:
+        return None
+    tensors = {k: args.get(k) for k in ("running_mean", "running_var", "weight", "bias")}
+    if not all(isinstance(t, fx.Node) and t.op == "get_attr" for k, t in tensors.items() if k.startswith("running")):
+        return None
+    if any(isinstance(t, fx.Node) and t.op != "get_attr" for t in tensors.values()):
+        return None  # a computed weight: leave the call as traced
+    values = {k: get_attribute(gm, str(t.target)) for k, t in tensors.items() if isinstance(t, fx.Node)}
+    mean = values["running_mean"]
+    bn = _BATCHNORMS[len(shape)](
+        mean.numel(), eps=float(args.get("eps", 1e-5)), momentum=settings["momentum"],
+        affine=values.get("weight") is not None, track_running_stats=True, device=mean.device, dtype=mean.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        for key, value in values.items():
+            getattr(bn, key).copy_(value)
+    return bn
+
+
 def cut(
     gm: fx.GraphModule, start: fx.Node, nodes: tuple[fx.Node, ...], end: fx.Node, *, name: str = "Branch"
 ) -> fx.GraphModule:
     """The subgraph ``nodes`` as a module of its own, ``start`` becoming its input and ``end``
     its output. Modules and parameters it uses are deep-copied, so the original stays untouched,
     and renamed relative to the block ("layer1.1.conv1" -> "conv1"). Node metadata (shapes) is
-    kept, and functional stochastic depth / dropout become modules that follow the block's mode.
+    kept, and functional stochastic depth / dropout, and the batch norm of a traced-through
+    BatchNorm subclass, become modules that follow the block's mode.
     """
     graph = fx.Graph()
     placeholder = graph.placeholder("x")
     placeholder.meta = dict(start.meta)  # the input's shape, which `shrink` scales
     env: dict[fx.Node, fx.Node] = {start: placeholder}
-    attrs = sorted({n.target for n in nodes if n.op == "call_module"}
-                   | {a.target for n in nodes for a in n.all_input_nodes if a.op == "get_attr"})  # fmt: skip
+    as_modules = {n: m for n in nodes if (m := _mode_module(n) or _batchnorm_module(gm, n)) is not None}
+    copied = [n for n in nodes if n not in as_modules]  # a call rebuilt as a module brings its own state
+    attrs = sorted({n.target for n in copied if n.op == "call_module"}
+                   | {a.target for n in copied for a in n.all_input_nodes if a.op == "get_attr"})  # fmt: skip
     local = _local_names(attrs)
     root = nn.Module()
     for target, local_name in local.items():
@@ -416,7 +457,7 @@ def cut(
 
     used = set(local.values())
     for node in nodes:
-        module = _mode_module(node)
+        module = as_modules.get(node)
         if module is not None:
             mode_name = _fresh(f"{node.name}_mode", used)
             root.add_module(mode_name, module)
@@ -492,10 +533,11 @@ class _Pending:
 class _Pass:
     """Runs a cut block once at width k, rebuilding each layer for its actual input."""
 
-    def __init__(self, sub: fx.GraphModule, widths: Widths, init: InitMode) -> None:
+    def __init__(self, sub: fx.GraphModule, widths: Widths, init: InitMode, conv_outputs: dict[str, int] | None = None) -> None:
         self.sub = sub
         self.widths = widths
         self.init = init
+        self.conv_outputs = conv_outputs or {}  # conv target -> output width (`modify.splits`)
         self.done: set[str] = set()
         self.channel_sizes = {widths.channels}
         for node in sub.graph.nodes:
@@ -626,7 +668,10 @@ class _Pass:
         value = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         seen = LayerInput(_shape(first), tuple(value.shape) if value is not None else None)
         if shrinker is not None:
-            module = shrinker(module, self.widths, self.init, seen)
+            widths = self.widths
+            if target in self.conv_outputs:  # one of several convolutions whose outputs are concatenated
+                widths = widths.with_fixed({module.out_channels: self.conv_outputs[target]})
+            module = shrinker(module, widths, self.init, seen)
             _set(self.sub, target, module)
         else:
             state = _channel_state(module)
@@ -663,6 +708,8 @@ class _Pass:
                 module = self._module(node, tuple(args), kwargs)
                 self.env[node] = _run_eval(module, args, kwargs)
                 continue
+            self._rescale_split(node, args, kwargs)
+            self._rescale_literals(node, args)
             if not self._functional(node, args, kwargs):
                 tensors = [
                     (n, self.env[n]) for n in node.all_input_nodes
@@ -679,6 +726,52 @@ class _Pass:
         for node, value in list(self.env.items()):
             if isinstance(value, _Pending):  # read by nothing that ran: slice it by the widths rule
                 self._resolve(value)
+
+    def _rescale_split(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """A channel split's sizes, rescaled to the width that actually arrives (graph and run)."""
+        x = self._resolve(args[0]) if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return
+        try:
+            sizes = rescale_split(node, int(x.shape[1]))
+        except SplitError as e:
+            raise SurgeryError(f"the block {e}") from e
+        if sizes is None:
+            return
+        if len(node.args) > 1:
+            node.update_arg(1, sizes)
+            args[1] = sizes
+        else:
+            key = "split_size_or_sections" if "split_size_or_sections" in node.kwargs else "split_size"
+            node.update_kwarg(key, sizes)
+            kwargs[key] = sizes
+
+    def _rescale_literals(self, node: fx.Node, args: list[Any]) -> None:
+        """Channel slices and reshape sizes written as numbers, for the width that arrives."""
+        if not args:
+            return
+        x = self._resolve(args[0])
+        if not isinstance(x, torch.Tensor):
+            return
+        if len(args) == 2 and x.dim() >= 3:
+            index = rescale_slice(node, args[1], int(x.shape[1]), self.widths)
+            if index is not None:
+                node.update_arg(1, index)
+                args[1] = index
+                return
+        packed = len(args) == 2 and isinstance(args[1], (list, tuple))
+        sizes = list(args[1]) if packed else args[1:]
+        new = rescale_shape(node, sizes, tuple(x.shape))
+        if new is None:
+            return
+        if packed:
+            node.update_arg(1, type(args[1])(new))
+            args[1] = type(args[1])(new)
+        else:
+            for i, value in enumerate(new, start=1):
+                if isinstance(node.args[i], int):
+                    node.update_arg(i, value)
+                args[i] = value
 
     def _static(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Shrinking without shapes (a graph that never went through shape propagation)."""
@@ -742,12 +835,19 @@ def shrink(sub: fx.GraphModule, widths: Widths, init: InitMode | str = InitMode.
         generator = torch.Generator().manual_seed(0)
         shape = (1, widths(before[1]), *before[2:])
         x = torch.randn(shape, generator=generator, dtype=dtype).to(device)  # (1, k, H, W)
+    plan = plan_splits(sub, widths, widths.channels)
+    widths = widths.with_fixed(plan.totals)
     try:
         with torch.no_grad():
-            _Pass(sub, widths, init).run(x)
+            _Pass(sub, widths, init, plan.conv_outputs).run(x)
     except SurgeryError:
         raise
     except Exception as e:  # a layer that does not fit the reduced widths
+        if "more than 1 value per channel" in str(e):  # NF-ResNet's weight standardisation of a 1-input filter
+            raise SurgeryError(
+                f"at width {widths.k} a normalization in the block would see a single value per channel "
+                f"({_first_line(e)}); give it a larger k"
+            ) from e
         raise SurgeryError(f"the block does not run at width {widths.k}: {_first_line(e)}") from e
     sub.recompile()
     return sub

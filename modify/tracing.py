@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
+import logging
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
@@ -34,7 +37,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 
-__all__ = ["ModifyTracer", "trace", "default_input", "LeafSpec"]
+__all__ = ["ModifyTracer", "trace", "default_input", "LeafSpec", "leaf_record", "leaf_from_record"]
 
 # A leaf is named by module class (matched with isinstance) or by qualified name ("layer1.0").
 LeafSpec = type[nn.Module] | str
@@ -154,8 +157,73 @@ def trace(
         except Exception as e:  # anything raised while running forward on Proxies is a trace failure
             raise _trace_error(tracer, model, e) from e
     gm = fx.GraphModule(model if isinstance(model, fx.GraphModule) else tracer.root, graph, type(model).__name__)
+    if not isinstance(model, fx.GraphModule):
+        _note_batchnorm_modules(gm, model)
     _propagate_shapes(gm, model, example_inputs, input_size)
     return gm
+
+
+BATCHNORM_META = "modify_batchnorm"
+
+
+def _note_batchnorm_modules(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Marks each ``F.batch_norm`` call that a traced-through BatchNorm subclass made (timm's
+    BatchNormAct2d) with that module's settings: tracing froze its ``self.training`` branches
+    (batch statistics or running ones, the momentum), and a cut block rebuilds it as a module
+    that follows its mode again (`modify.surgery.cut`)."""
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not F.batch_norm:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            continue
+        path = next(reversed(stack.values()))[0]
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            node.meta[BATCHNORM_META] = {
+                "momentum": module.momentum, "affine": module.affine, "track_running_stats": module.track_running_stats,
+            }  # fmt: skip
+
+
+def leaf_record(spec: LeafSpec) -> str:
+    """A leaf as a checkpoint stores it: a qualified module name as it is, a class by its import
+    path ``"package.module:Class"`` (`leaf_from_record` reads it back).
+
+    Example:
+        >>> leaf_record(nn.Conv2d), leaf_record("layer1.0")
+        ('torch.nn.modules.conv:Conv2d', 'layer1.0')
+    """
+    if isinstance(spec, str):
+        return spec
+    return f"{spec.__module__}:{spec.__qualname__}"
+
+
+def leaf_from_record(record: str) -> LeafSpec:
+    """The leaf a `leaf_record` string names; a class is imported again.
+
+    Raises:
+        ModifyError: the class cannot be imported (defined inside a function, or its module is gone).
+    """
+    if ":" not in record:
+        return record
+    import importlib
+
+    module_name, _, qualname = record.partition(":")
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as e:
+        raise ModifyError(
+            f"the leaf module class {record!r} cannot be imported ({type(e).__name__}); define it at the top level "
+            "of an importable module (a class made inside a function cannot be found again), or name the leaf by its path."
+        ) from None
+    if not (isinstance(value, type) and issubclass(value, nn.Module)):
+        raise ModifyError(f"the leaf {record!r} is not an nn.Module class.")
+    return value
 
 
 def _check_leaf_names(model: nn.Module, names: frozenset[str]) -> None:
@@ -246,7 +314,7 @@ def _propagate_shapes(
         inputs = (example_inputs,)
     else:
         inputs = tuple(example_inputs)
-    with _untouched(gm):
+    with _untouched(gm), _quiet():
         # Fake tensors carry shapes without computing anything: ResNet50 at 224x224 propagates in
         # ~0.15 s instead of a full forward pass. Ops without a fake implementation fall back
         # to a real run, which also gives the clearer error when the graph cannot run at all.
@@ -262,6 +330,20 @@ def _propagate_shapes(
                 prop.propagate(*inputs)
         except Exception as e:
             raise _shape_error(prop, e) from e
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch's ShapeProp prints a traceback (and the fake-tensor logger a page) before it raises;
+    the error `_shape_error` makes of it is the one line a user needs."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class _ShapeProp(ShapeProp):
