@@ -15,7 +15,8 @@ from modify.errors import ModifyError, UnknownModelError
 from modify.models import list_mod_models, mod_model_builder
 from modify.optimize import enable_inplace_fusion
 
-__all__ = ["get_model", "list_models", "is_known_model", "resolve_model", "from_import_path", "model_source", "build_source"]
+__all__ = ["get_model", "list_models", "is_known_model", "resolve_model", "from_import_path", "model_source", "build_source",
+           "timm_model", "TIMM_PREFIX"]
 
 
 def _torchvision_names() -> list[str]:
@@ -37,8 +38,9 @@ def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Mod
     """Builds a model by name, with random weights unless ``weights`` names torchvision weights.
 
     Args:
-        name: a MoD architecture (``"resnet50_mod"``, see `list_models`) or a torchvision model
-            name (``"resnet50"``).
+        name: a MoD architecture (``"resnet50_mod"``, see `list_models`), a torchvision model
+            name (``"resnet50"``) or a timm model as ``"timm:NAME"`` (``"timm:convnext_atto"``,
+            random weights; timm must be installed).
         weights: torchvision weights for a torchvision model (``"DEFAULT"``,
             ``"IMAGENET1K_V2"``); these are downloaded, so they need the network.
         **kwargs: passed to the builder (``num_classes=10``, ``c=32``, ...).
@@ -50,6 +52,13 @@ def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Mod
         >>> get_model("resnet50_mod").layer1[1].k
         4
     """
+    if name.startswith(TIMM_PREFIX):
+        if weights is not None:
+            raise ModifyError(
+                f"modify does not download timm weights ({name!r}, weights={weights!r}); save them once with "
+                "timm and pass the file: `--weights FILE` (a state_dict, a timm checkpoint or .safetensors)."
+            )
+        return timm_model(name[len(TIMM_PREFIX) :], **kwargs)
     builder = mod_model_builder(name)
     if builder is not None:
         if weights is not None:
@@ -75,6 +84,38 @@ def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Mod
         ) from e
     # Rebuilding it needs only the architecture: a checkpoint holds the weights.
     return _tag(model, {"kind": "name", "name": name, "kwargs": kwargs})
+
+
+TIMM_PREFIX = "timm:"
+TIMM_HINT = "pip install timm (or: pip install 'modify[timm]')"
+
+
+def timm_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **kwargs)``: timm's architecture, random weights
+    (load yours with `modify.weights.load_state_dict_file`); never downloads.
+
+    Raises:
+        UnknownModelError: timm has no model of that name; the message lists close ones.
+        ModifyError: timm is not installed (with the line that installs it).
+
+    Example:
+        >>> timm_model("resnet18", num_classes=10).fc.out_features
+        10
+    """
+    try:
+        import timm
+    except ImportError:
+        raise ModifyError(f"timm:{name} needs timm, which is not installed: {TIMM_HINT}") from None
+    known = timm.list_models()
+    if name not in known and name.partition(".")[0] not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        hint = f" Did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else ""
+        raise UnknownModelError(f"timm has no model {name!r}.{hint} `python -c \"import timm; print(timm.list_models())\"` lists them.")
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise ModifyError(f"timm could not build {name!r} with {kwargs} ({e}).") from None
+    return _tag(model, {"kind": "timm", "name": name, "kwargs": kwargs})
 
 
 SOURCE_ATTRIBUTE = "modify_source"
@@ -133,14 +174,16 @@ def build_source(source: dict[str, Any]) -> nn.Module:
     kwargs = dict(source.get("kwargs") or {})
     if source.get("kind") == "import":
         return from_import_path(source["name"], **kwargs)
+    if source.get("kind") == "timm":
+        return timm_model(source["name"], **kwargs)
     return get_model(source["name"], **kwargs)
 
 
 def resolve_model(spec: str | nn.Module, **kwargs: Any) -> tuple[nn.Module, str]:
     """What the CLI's MODEL argument names -> (module, label).
 
-    Accepts a module as it is, a checkpoint file written by `modify.save`, an import path
-    ``package.module:factory``, or a model name (see `get_model`).
+    Accepts a module as it is, a checkpoint file written by `modify.save`, ``timm:NAME``, an
+    import path ``package.module:factory``, or a model name (see `get_model`).
     """
     import os
 
@@ -150,6 +193,8 @@ def resolve_model(spec: str | nn.Module, **kwargs: Any) -> tuple[nn.Module, str]
         from modify.checkpoint import load
 
         return load(spec), os.path.basename(spec)
+    if spec.startswith(TIMM_PREFIX):
+        return get_model(spec, **kwargs), spec
     if ":" in spec:
         return from_import_path(spec, **kwargs), spec
     if spec.endswith((".pt", ".pth", ".ckpt")):

@@ -15,7 +15,7 @@ app = typer.Typer()
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")]
 KOpt = Annotated[Optional[str], typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
 COpt = Annotated[Optional[int], typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="A state_dict file to load into MODEL first.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict / model / model_state_dict keys, module. prefixes) or .safetensors.")]
 ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head.", min=1)]
 SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
 LeafOpt = Annotated[Optional[list[str]], typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")]
@@ -37,7 +37,7 @@ def run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, 
 @app.command()
 @user_errors
 def convert(
-    model: Annotated[str, typer.Argument(help="A torchvision name, package.module:factory, or a checkpoint.")],
+    model: Annotated[str, typer.Argument(help="A torchvision name, timm:NAME, package.module:factory, or a checkpoint.")],
     recipe: RecipeOpt = None,
     k: KOpt = None,
     c: COpt = None,
@@ -79,7 +79,7 @@ blocks_app = typer.Typer()
 @blocks_app.command()
 @user_errors
 def blocks(
-    model: Annotated[str, typer.Argument(help="A torchvision name, package.module:factory, or a checkpoint.")],
+    model: Annotated[str, typer.Argument(help="A torchvision name, timm:NAME, package.module:factory, or a checkpoint.")],
     recipe: RecipeOpt = None,
     k: KOpt = None,
     c: COpt = None,
