@@ -77,7 +77,8 @@ def convert_backbone(model: nn.Module, *, backbone: str | None = None, **kwargs:
     Returns:
         The `ConversionResult` of the backbone, with ``.model`` the whole model (a copy of
         ``model`` whose backbone is the converted one); block names are relative to the
-        backbone (``layer3.1``), and `modify.save` does not rebuild such a model.
+        backbone (``layer3.1``). `modify.save` / `modify.load` rebuild it when ``model`` came from
+        `modify.get_model` (or an import path), as every model the CLI builds does.
 
     Raises:
         ConversionError: no backbone found; and whatever `modify.convert` raises.
@@ -93,4 +94,6 @@ def convert_backbone(model: nn.Module, *, backbone: str | None = None, **kwargs:
     result = convert(part, **kwargs)  # converts a copy; `part` stays as it is
     # A copy of the whole model in which the backbone is the converted one (and not copied again).
     whole = copy.deepcopy(model, {id(part): result.model})
+    # What `modify.save` needs to rebuild it: the backbone's conversion, and where it lives.
+    whole.modify_conversion = {**result.model.modify_conversion, "module": path}
     return dataclasses.replace(result, model=whole)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from modify._version import __version__
-from modify.errors import CheckpointError
+from modify.errors import CheckpointError, ModifyError
 from modify.layers import MoDConfig
 from modify.weights import safe_load
 from modify.zoo import build_source, model_source
@@ -181,6 +181,28 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _replay_conversion(model: nn.Module, conversion: dict[str, Any], path: str | os.PathLike[str]) -> nn.Module:
+    """The recorded conversion, run again on the rebuilt architecture (its weights come after);
+    a ``module`` entry (`modify.backbones.convert_backbone`) converts that submodule only."""
+    from modify.pipeline import convert
+    from modify.tracing import leaf_from_record
+
+    try:
+        leaves = tuple(leaf_from_record(r) for r in conversion.get("leaf_modules") or ())
+    except ModifyError as e:
+        raise CheckpointError(f"{str(path)!r} cannot be rebuilt: {e}") from None
+    part_name = conversion.get("module")
+    part = model.get_submodule(part_name) if part_name else model
+    converted = convert(
+        part, recipe=conversion["recipe"], example_inputs=torch.zeros(conversion["input_shape"]), leaf_modules=leaves,
+    ).model  # fmt: skip
+    if not part_name:
+        return converted
+    model.set_submodule(part_name, converted)
+    model.modify_conversion = conversion
+    return model
+
+
 def load(path: str | os.PathLike[str]) -> nn.Module:
     """Rebuilds the model a checkpoint describes and loads its weights (eval mode)."""
     data = read_checkpoint(path)
@@ -189,14 +211,7 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     model = build_source(source)
     conversion = data.get("conversion")
     if conversion is not None:
-        from modify.pipeline import convert
-
-        model = convert(
-            model,
-            recipe=conversion["recipe"],
-            example_inputs=torch.zeros(conversion["input_shape"]),
-            leaf_modules=tuple(conversion.get("leaf_modules") or ()),
-        ).model
+        model = _replay_conversion(model, conversion, path)
     if data.get("baseline") is not None:
         model = _replay_baseline(model, data["baseline"])
     try:

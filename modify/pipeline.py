@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -19,12 +20,13 @@ from modify.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
 from modify.families import default_capacity
 from modify.layers import MoDConfig
+from modify.modes import frozen_branches, mode_note
 from modify.optimize import enable_inplace_fusion
 from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Capacity, Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.surgery import InitMode
-from modify.tracing import LeafSpec, default_input, trace
+from modify.tracing import LeafSpec, default_input, leaf_record, trace
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 
@@ -56,6 +58,7 @@ class ConversionResult:
     sites: tuple[BlockSite, ...] = ()  # every residual block found
     plans: tuple[BlockPlan, ...] = ()
     default_reason: str | None = None  # why this c, when none of recipe/k/c was given (`modify.families`)
+    notes: tuple[str, ...] = ()  # what the user should know: blocks whose self.training branch was frozen
 
 
 def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[torch.Tensor, ...]:
@@ -141,7 +144,12 @@ def convert(
     # The recipe read once above (it keeps its source for messages); k or c as given, so that
     # errors about them name the argument.
     plans = plan(sites, recipe=resolved if k is None and c is None else None, k=k, c=c)
+    planned = [p.site.name for p in plans if p.converted]
+    frozen = frozen_branches(model, planned, leaf_modules)  # before the rewrite changes `model`
     converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=init)
+    note = mode_note([c.name for c in converted if c.name in frozen], model.training)
+    if note is not None:
+        warnings.warn(note, stacklevel=2)
     if strict:
         failed = [s for s in skipped if s.selected]
         if failed:
@@ -154,7 +162,7 @@ def convert(
     converted_model.modify_conversion = {
         "recipe": resolved.to_dict(),
         "input_shape": list(inputs[0].shape),
-        "leaf_modules": [m for m in leaf_modules if isinstance(m, str)],
+        "leaf_modules": [leaf_record(m) for m in leaf_modules],  # classes by import path
     }
     source = getattr(model, "modify_source", None)
     if source is not None:
@@ -170,6 +178,7 @@ def convert(
         sites=tuple(sites),
         plans=tuple(plans),
         default_reason=default_reason,
+        notes=(note,) if note is not None else (),
     )
 
 

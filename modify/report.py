@@ -104,5 +104,5 @@ def summarize(original: nn.Module, result: ConversionResult, *, input_size: int 
         macs_before=before.macs,
         macs_after=after.macs,
         rows=tuple(block_report(original, result, input_size=input_size, before=before, after=after)),
-        note=getattr(result, "default_reason", None),
+        note="; ".join(n for n in (getattr(result, "default_reason", None), *getattr(result, "notes", ())) if n) or None,
     )

@@ -190,7 +190,9 @@ class TrainingBlock(nn.Module):
 
 def test_training_paths_and_functional_dropout() -> None:
     model = Net(TrainingBlock(16), TrainingBlock(16), TrainingBlock(16))
-    result = _check(model, k=4)
+    with pytest.warns(UserWarning, match=r"blocks\.1: the block's forward branches on self\.training; it was traced in eval"):
+        result = _check(model, k=4)  # the `if self.training` multiply is frozen out, and the report says so
+    assert len(result.notes) == 1
     mod = _mod(result, "blocks.1")
     # F.dropout(training=self.training) was traced as training=False; in the reduced block it is an
     # nn.Dropout again, so it drops in train mode and not in eval mode.
