@@ -107,10 +107,10 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = Fals
     existing file unless ``force``. The file gets the permissions a plain ``open`` would give it
     (0666 less the umask)."""
     target = Path(path)
-    if target.exists() and not force:
-        raise CheckpointError(f"{str(target)!r} exists; pass --force (force=True) to replace it, or choose another path.")
     if target.is_dir():
         raise CheckpointError(f"{str(target)!r} is a directory; give a file path such as {str(target / 'model.pt')!r}.")
+    if target.exists() and not force:
+        raise CheckpointError(f"{str(target)!r} exists; pass --force (force=True) to replace it, or choose another path.")
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name keeps the suffix: some writers (torch.export.save) check it.
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)

@@ -157,3 +157,14 @@ def test_convert_loads_weights_and_import_paths(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     wrong = runner.invoke(app, ["convert", "resnet18", "--weights", str(weights), "--input-size", "64"])
     assert wrong.exit_code == 1 and "does not fit ResNet" in wrong.stderr and "--num-classes" in wrong.stderr
+
+
+def test_the_block_report_fits_80_columns_and_gives_each_long_reason_once() -> None:
+    result = runner.invoke(app, ["convert", "resnet50", "--input-size", "64"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert result.output.count("keeps its full width") == 1  # below the table, once for the four blocks
+    assert "layer1.0, layer2.0, layer3.0, layer4.0:" in result.output
+    assert result.output.count("(Conv2d") == 1
+    verbose = runner.invoke(app, ["blocks", "resnet50", "--input-size", "64", "--verbose"], env={"COLUMNS": "80"})
+    assert verbose.exit_code == 0 and verbose.output.count("(Conv2d") == 4  # in the table instead, for each block

@@ -204,7 +204,7 @@ def test_stochastic_depth_follows_the_mod_blocks_mode() -> None:
 def test_models_without_blocks_say_what_is_looked_for(name: str, size: int) -> None:
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
-    with pytest.raises(NoBlocksError, match=rf"No residual Conv-Block found in \w+\. modify looks for residual Conv-Blocks: an add"):
+    with pytest.raises(NoBlocksError, match=r"No residual Conv-Block found in \w+\. modify looks for residual Conv-Blocks: an add"):
         convert(model, input_size=size)
 
 

@@ -5,11 +5,20 @@ Importing this package imports typer alone, so `modify --help` answers without l
 
 from __future__ import annotations
 
+import sys
 import warnings
+from typing import Any
 
 import typer
+import typer.core
 
 from modify.cli import bench, compare, convert, export, finetune, models, profile, routes
+from modify.cli._common import fail
+
+try:  # typer 0.2x bundles its own click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import UsageError
 
 __all__ = ["app", "main"]
 
@@ -17,7 +26,27 @@ __all__ = ["app", "main"]
 # to fix, and not the user's concern.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
+class _Group(typer.core.TyperGroup):
+    """The root command: a usage error (missing argument, unknown option, a value of the wrong
+    type) is one line and exit code 1, as every other user error, instead of click's usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "modify"
+            fail(f"{e.format_message()} (see `{where} --help`)")
+            result = 1
+        except typer.Abort:
+            fail("aborted")
+            result = 1
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="modify",
     help="Model surgery that turns CNNs into CNN Mixture-of-Depths networks.",
     no_args_is_help=True,

@@ -20,6 +20,17 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def check_output(path: Any, *, force: bool) -> None:
+    """Refuses, before any work, an output path that is a folder or an existing file (without --force)."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise fail(f"{str(target)!r} is a directory; give a file path for -o, such as {str(target / 'model.pt')!r}.")
+    if target.exists() and not force:
+        raise fail(f"{str(target)!r} exists; pass --force to replace it, or choose another path with -o.")
+
+
 def user_errors(func: F) -> F:
     """Decorates a command: a `ModifyError` (bad input) ends it with one line, no traceback."""
 

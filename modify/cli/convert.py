@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import fail, load_base, parse_k, user_errors
+from modify.cli._common import check_output, fail, load_base, parse_k, user_errors
 
 app = typer.Typer()
 
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")]
 KOpt = Annotated[Optional[str], typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
 COpt = Annotated[Optional[int], typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict / model / model_state_dict keys, module. prefixes) or .safetensors.")]
 ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head.", min=1)]
 SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
@@ -49,13 +50,14 @@ def convert(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the converted model here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Convert MODEL's residual blocks into MoD blocks and report what changed."""
     from modify.checkpoint import save
     from modify.report import summarize
 
-    if output is not None and output.exists() and not force:
-        raise fail(f"{str(output)!r} exists; pass --force to replace it, or choose another path.")
+    if output is not None:
+        check_output(output, force=force)
     original, result, label = run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init)
     summary = summarize(original, result, input_size=input_size)
     written = save(result, output, force=force) if output is not None else None
@@ -67,7 +69,7 @@ def convert(
     from modify.cli.render import console, conversion_tables
 
     out = console()
-    for table in conversion_tables(label, summary):
+    for table in conversion_tables(label, summary, verbose=verbose):
         out.print(table)
     if written is not None:
         out.print(f"wrote {written}")
@@ -88,8 +90,10 @@ def blocks(
     input_size: SizeOpt = 224,
     leaf: LeafOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Dry run: every residual block found, whether the recipe converts it, k, MACs before and after."""
+    """Every residual block found: whether the recipe converts it, with which k, MACs before and after (the
+    conversion runs on a copy in memory; nothing is written)."""
     from modify.report import summarize
 
     original, result, label = run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf)
@@ -97,6 +101,10 @@ def blocks(
     if as_json:
         typer.echo(json.dumps(dict(summary.as_dict(), model=label)))
         return
-    from modify.cli.render import blocks_table, console
+    from modify.cli.render import blocks_table, console, reasons_text
 
-    console().print(blocks_table(label, summary))
+    out = console()
+    out.print(blocks_table(label, summary, verbose=verbose))
+    reasons = None if verbose else reasons_text(summary)
+    if reasons is not None:
+        out.print(reasons)

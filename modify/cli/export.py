@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import fail, load_model, user_errors
+from modify.cli._common import check_output, fail, load_model, user_errors
 
 app = typer.Typer()
 
@@ -31,8 +31,7 @@ def export(
     if fmt not in FORMATS:
         raise fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
     target = output or default_output(checkpoint, fmt)
-    if target.exists() and not force:
-        raise fail(f"{str(target)!r} exists; pass --force to replace it, or choose another path with -o.")
+    check_output(target, force=force)
     model, _ = load_model(checkpoint)
     if fold_bn:
         from modify.optimize import fold_batchnorm

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import fail, load_model, quiet_torch_logs, user_errors
+from modify.cli._common import check_output, fail, load_model, quiet_torch_logs, user_errors
 
 app = typer.Typer()
 
@@ -59,8 +59,7 @@ def finetune(
     if epochs is not None and steps is not None:
         raise fail(f"give --epochs ({epochs:g}) or --steps ({steps}), not both.")
     out = Path(output) if output else _default_output(checkpoint)
-    if out.exists() and not force:
-        raise fail(f"{str(out)!r} exists; pass --force to replace it, or choose another -o.")
+    check_output(out, force=force)
     state_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".state")
     quiet_torch_logs()
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from modify.benchmark import BenchReport
@@ -121,18 +122,30 @@ def _mmac(value: int | None) -> str:
     return f"{value / 1e6:,.1f}M" if value >= 100_000 else f"{value / 1e3:,.1f}K"
 
 
-def blocks_table(label: str, summary) -> Table:
-    """Every residual block: converted with k, or left standard with the reason."""
+def short_reason(reason: str) -> str:
+    """The head of a skip reason, for a table cell: up to its first ':' or ' ('.
+
+    Example:
+        >>> short_reason("projection shortcut (Conv2d + BatchNorm2d): the first block of a stage keeps its full width")
+        'projection shortcut'
+    """
+    return reason.split(":", 1)[0].split(" (", 1)[0].strip()
+
+
+def blocks_table(label: str, summary, *, verbose: bool = False) -> Table:
+    """Every residual block: converted with k, or left standard with the reason (its short form
+    unless ``verbose``; `reasons_text` lists the long forms once)."""
     table = Table(title=f"residual blocks of {label}", caption=summary.note)
     table.add_column("block", no_wrap=True)
-    table.add_column("stage.idx", justify="right", no_wrap=True)
+    table.add_column("stage", justify="right", no_wrap=True)  # stage.index
     table.add_column("C", justify="right", no_wrap=True)
     table.add_column("k", justify="right", no_wrap=True)
     table.add_column("MACs", justify="right", no_wrap=True)
     table.add_column("after", justify="right", no_wrap=True)
     table.add_column("note", ratio=1)
     for r in summary.rows:
-        note = r.block_type if r.converted else (r.reason or "")
+        reason = r.reason or ""
+        note = r.block_type if r.converted else (reason if verbose else short_reason(reason))
         table.add_row(
             r.name, f"{r.stage}.{r.index}", str(r.channels), str(r.k) if r.converted else "-",
             _mmac(r.macs_before), _mmac(r.macs_after) if r.converted else "", note,
@@ -141,8 +154,24 @@ def blocks_table(label: str, summary) -> Table:
     return table
 
 
-def conversion_tables(label: str, summary) -> list[Table]:
-    """The block table and the before/after totals."""
+def reasons_text(summary) -> Text | None:
+    """Each long skip reason once, with the blocks it applies to; None when every reason is short."""
+    by_reason: dict[str, list[str]] = {}
+    for r in summary.rows:
+        if not r.converted and r.reason and short_reason(r.reason) != r.reason:
+            by_reason.setdefault(r.reason, []).append(r.name)
+    if not by_reason:
+        return None
+    text = Text()
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        text.append(f"{shown}: ", style="bold")
+        text.append(f"{reason}\n")
+    return text
+
+
+def conversion_tables(label: str, summary, *, verbose: bool = False) -> list[Table | Text]:
+    """The block table, the long reasons (unless ``verbose`` put them in the table) and the before/after totals."""
     totals = Table(title=f"{label}: before and after")
     totals.add_column("")
     totals.add_column("before", justify="right")
@@ -152,7 +181,8 @@ def conversion_tables(label: str, summary) -> list[Table]:
     totals.add_row("MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after))
     n = sum(r.converted for r in summary.rows)
     totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
-    return [blocks_table(label, summary), totals]
+    reasons = None if verbose else reasons_text(summary)
+    return [blocks_table(label, summary, verbose=verbose), *([reasons] if reasons is not None else []), totals]
 
 
 # -- modify finetune ----------------------------------------------------------------------------
