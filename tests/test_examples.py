@@ -63,3 +63,52 @@ def test_train_fashion_mnist_example_writes_a_checkpoint(tmp_path: Path, _restor
     assert out["model"] == "resnet18" and 0 <= out["test_accuracy"] <= 1 and out["test_images"] == 16
     assert json.loads((tmp_path / "r18.json").read_text())["test_accuracy"] == out["test_accuracy"]
     assert modify.load(tmp_path / "r18.pt").fc.out_features == 10
+
+
+def _image_folder(root: Path, classes: int = 2, per_class: int = 4, size: int = 40) -> Path:
+    """A tiny DATA/{train,val}/CLASS/IMAGE.png folder of random pictures."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root
+
+
+def test_own_weights_and_image_folder_example(tmp_path: Path, capsys: pytest.CaptureFixture[str], _restore_threads: None) -> None:
+    """A user's weights file (DDP-prefixed, inside a training checkpoint) and image folder: load,
+    convert, fine-tune, save; the saved model reloads."""
+    import modify
+
+    data = _image_folder(tmp_path / "images")
+    trained = modify.get_model("resnet18", num_classes=2)
+    torch.save({"epoch": 9, "state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "w.pth")
+    example = _load("own_weights_image_folder")
+    out = example.main(["--model", "resnet18", "--weights", str(tmp_path / "w.pth"), "--data", str(data),
+                        "--image-size", "32", "--epochs", "1", "--batch-size", "4", "-o", str(tmp_path / "r18_mod.pt")])  # fmt: skip
+    accuracy = out["accuracy"]
+    assert set(accuracy) == {"original", "converted", "fine-tuned"} and all(0 <= a <= 1 for a in accuracy.values())
+    assert "converted 4 blocks" in capsys.readouterr().out
+    assert torch.equal(out["original"].conv1.weight, trained.conv1.weight)  # the user's weights, loaded
+    assert type(modify.load(tmp_path / "r18_mod.pt").layer1[1]).__name__ == "MoDBlock"
+
+
+def test_serve_onnxruntime_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra")
+    import modify
+
+    checkpoint = modify.save(modify.convert(modify.get_model("resnet18", num_classes=10), input_size=32), tmp_path / "r18.pt")
+    medians = _load("serve_onnxruntime").main([str(checkpoint), "--input-size", "32", "--requests", "5", "--max-batch", "3"])
+    assert medians and all(ms > 0 for ms in medians.values())
+    assert "answers match PyTorch" in capsys.readouterr().out and (tmp_path / "r18.onnx").is_file()
+
+
+def test_segmentation_backbone_example(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _load("segmentation_backbone").main(["--model", "fcn_resnet50", "--input-size", "64", "--num-classes", "3"])
+    assert out["macs_after"] < out["macs_before"]
+    assert "identical masks" in capsys.readouterr().out
