@@ -35,12 +35,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from modify.errors import SplitError
+
 __all__ = ["SplitPlan", "SplitError", "scale_parts", "plan_splits", "split_sizes", "rescale_split", "rescale_slice",
            "rescale_shape"]
-
-
-class SplitError(Exception):
-    """A split that cannot keep its parts at the reduced width."""
 
 
 def scale_parts(parts: Sequence[int], total: int) -> list[int]:

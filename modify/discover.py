@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.errors import ModifyError
 from modify.channel_literals import split_sizes
+from modify.errors import ModifyError
 
 __all__ = ["BlockSite", "SkipKind", "SiteGraph", "find_blocks", "locate"]
 

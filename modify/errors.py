@@ -11,6 +11,8 @@ __all__ = [
     "ConversionError",
     "CheckpointError",
     "ChoiceError",
+    "SurgeryError",
+    "SplitError",
 ]
 
 
@@ -47,3 +49,15 @@ class CheckpointError(ModifyError, ValueError):
 
 class ChoiceError(ModifyError, ValueError):
     """A value outside a closed set of choices (an option's string); the message lists the valid ones."""
+
+
+# Internal: a block that cannot be rebuilt at width k. Never shown as an error: the conversion
+# skips the block and reports the message as the block's reason.
+
+
+class SurgeryError(Exception):
+    """A block that cannot be shrunk; the message is the reason the block report shows."""
+
+
+class SplitError(SurgeryError):
+    """A channel split whose parts do not fit the reduced width (`modify.channel_literals`)."""

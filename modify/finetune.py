@@ -485,6 +485,11 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise ModifyError(f"cannot read the fine-tuning state {str(path)!r} ({type(e).__name__}); delete it to start afresh.") from e
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ModifyError(f"{str(path)!r} is not a modify fine-tuning state; delete it or choose another checkpoint_dir.")
+    if state.get("version") != STATE_VERSION:
+        raise ModifyError(
+            f"{str(path)!r} is a fine-tuning state of version {state.get('version')!r}, this modify writes and resumes "
+            f"version {STATE_VERSION}; finish the run with the modify that started it, or delete the state to start afresh."
+        )
     return state
 
 

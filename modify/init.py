@@ -3,13 +3,19 @@
     result = modify.convert(model, c=64)
     report = modify.init.initialize(result, "importance", original=model)
 
-Three strategies (`InitStrategy`), each rewriting the selector and the reduced block of every
-MoD block in place; nothing outside the MoD blocks is touched.
+Four strategies (`modify.layers.Init`, the same words as ``modify convert --init`` and ``modify
+finetune --init``), each rewriting the selector and the reduced block of every MoD block in
+place; nothing outside the MoD blocks is touched. `modify.convert` applies them itself
+(``init=...``); `initialize` applies one to a model converted earlier.
 
 ``scratch``
     Fresh weights, the paper's setting and `convert`'s default: convolutions Kaiming-normal
     (fan-out), norms at weight 1 / bias 0 with reset statistics, linear layers at PyTorch's
     default. Applying it to a model converted with ``init="copy"`` re-draws everything.
+
+``copy``
+    The original block's weights, its leading channels (exact when k = C), with a fresh
+    selector: what `modify.convert` cuts with ``init="copy"``.
 
 ``zero``
     ``scratch``, then the last layer with parameters of the reduced block's residual branch (a
@@ -71,18 +77,10 @@ from torch import Tensor, fx, nn
 
 from modify.errors import ModifyError
 from modify.layers import BlockForm, MoDBlock
-from modify.layers.options import StrChoice
+from modify.layers.options import Init, StrChoice
 from modify.surgery import get_attribute
 
-__all__ = ["InitStrategy", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks"]
-
-
-class InitStrategy(StrChoice):
-    """How the MoD blocks of a converted model start."""
-
-    SCRATCH = "scratch"  # fresh weights (the paper; convert's default)
-    ZERO = "zero"  # fresh weights, the reduced branch's last layer at zero
-    IMPORTANCE = "importance"  # the original block's most important channels; selector prefers them
+__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks"]
 
 
 class ImportanceBy(StrChoice):
@@ -110,7 +108,7 @@ class BlockInit:
 class InitReport:
     """The outcome of `initialize`."""
 
-    strategy: InitStrategy
+    strategy: Init
     blocks: tuple[BlockInit, ...]
 
 
@@ -129,7 +127,7 @@ def mod_blocks(result_or_model: Any) -> list[tuple[str, str, MoDBlock]]:
 
 def initialize(
     result_or_model: Any,
-    strategy: InitStrategy | str,
+    strategy: Init | str,
     *,
     original: nn.Module | None = None,
     data: Tensor | None = None,
@@ -140,8 +138,8 @@ def initialize(
 
     Args:
         result_or_model: a `ConversionResult` or its ``.model``.
-        strategy: ``"scratch"``, ``"zero"`` or ``"importance"``.
-        original: the model that was converted (``importance`` reads its blocks' weights).
+        strategy: ``"scratch"``, ``"copy"``, ``"zero"`` or ``"importance"``.
+        original: the model that was converted (``copy`` and ``importance`` read its blocks' weights).
         data: optional images (N, 3, H, W) to scale the ``importance`` selector.
         by: how ``importance`` ranks inner channels, ``"bn"`` or ``"l1"``.
         selector_noise: ``importance`` shrinks the selector's other weights by this factor.
@@ -158,13 +156,13 @@ def initialize(
         >>> len(report.blocks[0].preferred), report.blocks[0].k
         (1, 1)
     """
-    strategy = InitStrategy.from_str(strategy)
+    strategy = Init.from_str(strategy)
     by = ImportanceBy.from_str(by)
     model = getattr(result_or_model, "model", result_or_model)
     blocks = mod_blocks(result_or_model)
-    if strategy is InitStrategy.IMPORTANCE and original is None:
+    if strategy in (Init.IMPORTANCE, Init.COPY) and original is None:
         raise ModifyError(
-            "init='importance' reads the original blocks' weights; pass original=<the model before convert> "
+            f"init='{strategy}' reads the original blocks' weights; pass original=<the model before convert> "
             "(CLI: --teacher MODEL), or use init='zero' / 'scratch'."
         )
     done: list[BlockInit] = []
@@ -172,18 +170,22 @@ def initialize(
     with torch.no_grad():
         for path, name, mod in blocks:
             base = dict(module=path, name=name, channels=mod.channels, k=mod.k, form=mod.form.value)
-            if strategy is InitStrategy.IMPORTANCE:
+            if strategy is Init.IMPORTANCE:
                 assert original is not None
                 preferred, priors[id(mod)] = _importance(mod, original, name, by, selector_noise)
                 done.append(BlockInit(**base, preferred=tuple(preferred)))
+            elif strategy is Init.COPY:
+                assert original is not None
+                _copy_leading(mod, original, name)
+                done.append(BlockInit(**base))
             else:
                 _scratch(mod)
-                if strategy is InitStrategy.ZERO:
+                if strategy is Init.ZERO:
                     zeroed = _zero_branch(_branch(mod))
                     done.append(BlockInit(**base, zeroed=zeroed, exact_zero=mod.form is BlockForm.BRANCH and zeroed is not None))
                 else:
                     done.append(BlockInit(**base))
-        if strategy is InitStrategy.IMPORTANCE and data is not None:
+        if strategy is Init.IMPORTANCE and data is not None:
             _scale_selectors(model, [b for _, _, b in blocks], priors, data)
     return InitReport(strategy=strategy, blocks=tuple(done))
 
@@ -438,6 +440,27 @@ def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy,
     preferred = ranks.sets[mod.channels][: mod.k]
     prior = _prior_selector(mod, ranks.sets[mod.channels], noise)
     return [int(i) for i in preferred], prior
+
+
+def _copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
+    """``copy``: the reduced block takes the original block's leading channels (what `modify.convert`
+    with init="copy" cuts), and the selector starts fresh."""
+    scope = _scope(name)
+    branch = _branch(mod)
+    ranks = _Rankings(ImportanceBy.BN)
+    pairs = _counterparts(branch, original, scope)
+    tensors = [t for m in pairs.values() for t in m.state_dict().values()]
+    if isinstance(branch, fx.GraphModule):
+        tensors += [t for n, _ in branch.named_parameters(recurse=False) if (t := _find_tensor(original, scope, n)) is not None]
+    for t in tensors:
+        for d in t.shape:
+            ranks.sets.setdefault(int(d), torch.arange(int(d)))  # every ranking the identity: leading channels
+    _copy_part(branch, original, scope, ranks)
+    post = getattr(mod.block, "post", None) if mod.form is BlockForm.WHOLE else None
+    if post is not None and any(True for _ in post.parameters()):
+        _copy_part(post, original, scope, ranks)
+    mod.selector.fc1.reset_parameters()
+    mod.selector.fc2.reset_parameters()
 
 
 # Prior logits: the chosen channels at +3 .. +2 (scores 0.95 .. 0.88, in importance order), the rest at -3.

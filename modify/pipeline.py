@@ -20,12 +20,12 @@ from modify.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
 from modify.families import default_capacity
 from modify.layers import MoDConfig
+from modify.layers.options import Init
 from modify.modes import frozen_branches, mode_note
 from modify.optimize import enable_inplace_fusion
 from modify.plan import BlockPlan, plan, resolve_recipe
 from modify.recipe import Capacity, Recipe
 from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.surgery import InitMode
 from modify.tracing import LeafSpec, default_input, leaf_record, trace
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
@@ -53,7 +53,7 @@ class ConversionResult:
     converted: tuple[ConvertedBlock, ...]  # blocks that became MoD blocks
     skipped: tuple[SkippedBlock, ...]  # residual blocks left as they were, with reasons
     recipe: Recipe  # the recipe, resolved (k / c arguments become one), to rebuild the conversion
-    init: InitMode  # how the reduced blocks were initialised
+    init: Init  # how the reduced blocks were initialised
     input_shape: tuple[int, ...]  # the example input's shape used for tracing
     sites: tuple[BlockSite, ...] = ()  # every residual block found
     plans: tuple[BlockPlan, ...] = ()
@@ -94,7 +94,7 @@ def convert(
     recipe: str | os.PathLike[str] | Mapping[str, Any] | Recipe | None = None,
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     input_size: int = 224,
-    init: InitMode | str = InitMode.SCRATCH,
+    init: Init | str = Init.SCRATCH,
     leaf_modules: Collection[LeafSpec] = (),
     strict: bool = False,
 ) -> ConversionResult:
@@ -112,8 +112,10 @@ def convert(
         example_inputs: inputs for tracing and shape propagation; default one random
             (1, 3, input_size, input_size) image.
         input_size: the default example input's size.
-        init: ``"scratch"`` (fresh weights, as the paper) or ``"copy"`` (the original block's
-            weights, its leading channels).
+        init: how the MoD blocks start (`modify.layers.Init`): ``"scratch"`` (fresh weights, as
+            the paper), ``"copy"`` (the original block's weights, its leading channels), ``"zero"``
+            (fresh, the reduced branch's last layer at zero) or ``"importance"`` (the original's most
+            important channels, the selector preferring them); see `modify.init`.
         leaf_modules: module classes or qualified names torch.fx should not trace into.
         strict: make it an error when a block the recipe selected cannot be converted.
 
@@ -125,8 +127,9 @@ def convert(
         NoBlocksError: the model holds no residual Conv-Block.
         RecipeError, ConversionError: a recipe or k/c that does not fit the model.
     """
-    init = InitMode.from_str(init)
+    init = Init.from_str(init)
     resolved = resolve_recipe(recipe=recipe, k=k, c=c)
+    original = model
     model = copy.deepcopy(model)  # the caller's model stays bit-identical
     inputs = _example(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
@@ -146,7 +149,8 @@ def convert(
     plans = plan(sites, recipe=resolved if k is None and c is None else None, k=k, c=c)
     planned = [p.site.name for p in plans if p.converted]
     frozen = frozen_branches(model, planned, leaf_modules)  # before the rewrite changes `model`
-    converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=init)
+    cut_init = Init.COPY if init is Init.COPY else Init.SCRATCH  # zero / importance start from scratch, below
+    converted_model, converted, skipped = rewrite(model, gm, plans, config=resolved.mod, init=cut_init)
     note = mode_note([c.name for c in converted if c.name in frozen], model.training)
     if note is not None:
         warnings.warn(note, stacklevel=2)
@@ -168,7 +172,7 @@ def convert(
     if source is not None:
         converted_model.modify_source = source
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)  # no full-tensor copy at inference
-    return ConversionResult(
+    result = ConversionResult(
         model=converted_model,
         converted=converted,
         skipped=skipped,
@@ -180,6 +184,11 @@ def convert(
         default_reason=default_reason,
         notes=(note,) if note is not None else (),
     )
+    if init in (Init.ZERO, Init.IMPORTANCE):
+        from modify.init import initialize
+
+        initialize(result, init, original=original)
+    return result
 
 
 IDENTITY_CONFIG = MoDConfig(form="branch", fusion="original", order="index", scale=False)
@@ -212,8 +221,8 @@ def convert_identity(
     gm, sites = traced_sites(model, inputs, leaf_modules)
     plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
              else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip
-    converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=InitMode.COPY)
+    converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=Init.COPY)
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)
     recipe = Recipe(mod=IDENTITY_CONFIG)
-    return ConversionResult(converted_model, converted, skipped, recipe, InitMode.COPY, tuple(inputs[0].shape),
+    return ConversionResult(converted_model, converted, skipped, recipe, Init.COPY, tuple(inputs[0].shape),
                             tuple(sites), tuple(plans))  # fmt: skip

@@ -17,8 +17,9 @@ from torch import fx, nn
 
 from modify.discover import BlockSite, SiteGraph, locate
 from modify.layers import BlockForm, MoDBlock, MoDConfig, ReducedBlock
+from modify.layers.options import Init
 from modify.plan import BlockPlan
-from modify.surgery import InitMode, SurgeryError, reduced_parts
+from modify.surgery import SurgeryError, reduced_parts
 
 __all__ = ["ConvertedBlock", "SkippedBlock", "rewrite", "build_mod_block"]
 
@@ -51,7 +52,7 @@ class SkippedBlock:
 
 
 def build_mod_block(
-    gm: fx.GraphModule, plan: BlockPlan, graph: SiteGraph, config: MoDConfig, init: InitMode | str
+    gm: fx.GraphModule, plan: BlockPlan, graph: SiteGraph, config: MoDConfig, init: Init | str
 ) -> MoDBlock:
     """The MoD block replacing one discovered block, its reduced block cut from ``gm``."""
     site = plan.site
@@ -113,7 +114,7 @@ def rewrite(
     plans: list[BlockPlan],
     *,
     config: MoDConfig,
-    init: InitMode | str = InitMode.SCRATCH,
+    init: Init | str = Init.SCRATCH,
     build: Callable[[fx.GraphModule, BlockPlan, SiteGraph], nn.Module] | None = None,
 ) -> tuple[nn.Module, tuple[ConvertedBlock, ...], tuple[SkippedBlock, ...]]:
     """Replaces every planned block of ``model`` (traced as ``gm``) by a MoD block.

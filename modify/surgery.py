@@ -42,13 +42,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from modify.channel_literals import (
+    SplitError,
+    plan_splits,
+    rescale_shape,
+    rescale_slice,
+    rescale_split,
+)
 from modify.discover import SiteGraph
+from modify.errors import SurgeryError
+from modify.layers.options import Init
 from modify.tracing import BATCHNORM_META
-from modify.layers.options import StrChoice
-from modify.channel_literals import SplitError, plan_splits, rescale_shape, rescale_slice, rescale_split
 
 __all__ = [
-    "InitMode",
     "SurgeryError",
     "Widths",
     "LayerInput",
@@ -57,19 +63,7 @@ __all__ = [
     "check_shape",
     "reduced_parts",
     "SHRINKERS",
-    "PARAMETER_FREE",
 ]
-
-
-class InitMode(StrChoice):
-    """How the reduced block's weights start."""
-
-    SCRATCH = "scratch"  # fresh initialisation, as the paper trains its MoD blocks
-    COPY = "copy"  # the original block's weights, its leading channels (exact when k = C)
-
-
-class SurgeryError(Exception):
-    """A block that cannot be shrunk; the message is the reason a report shows."""
 
 
 class Widths:
@@ -117,7 +111,7 @@ class LayerInput:
         return widths(original) if widths is not None else original
 
 
-Shrinker = Callable[[nn.Module, Widths, InitMode, LayerInput], nn.Module]
+Shrinker = Callable[[nn.Module, Widths, Init, LayerInput], nn.Module]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,11 +140,11 @@ def _take(t: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return t[tuple(slice(0, s) for s in sizes)].clone()
 
 
-def _finish(new: nn.Module, old: nn.Module, init: InitMode) -> nn.Module:
+def _finish(new: nn.Module, old: nn.Module, init: Init) -> nn.Module:
     """Mode and trainability as the original: copied weights keep requires_grad (a frozen layer
     stays frozen), fresh ones are trainable."""
     new.train(old.training)
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         frozen = {name for name, p in old.named_parameters() if not p.requires_grad}
         for name, p in new.named_parameters():
             if name in frozen:
@@ -158,7 +152,7 @@ def _finish(new: nn.Module, old: nn.Module, init: InitMode) -> nn.Module:
     return new
 
 
-def _shrink_conv(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_conv(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     assert isinstance(m, nn.modules.conv._ConvNd)
     new_in = seen.channels(m.in_channels, w)
     if m.groups > 1 and m.groups == m.in_channels:
@@ -175,7 +169,7 @@ def _shrink_conv(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> n
         kwargs["output_padding"] = m.output_padding
     new = type(m)(new_in, new_out, m.kernel_size, **kwargs)
     with torch.no_grad():
-        if init is InitMode.COPY:
+        if init is Init.COPY:
             new.weight.copy_(_take(m.weight, tuple(new.weight.shape)))
             if m.bias is not None:
                 new.bias.copy_(m.bias[:new_out])
@@ -193,21 +187,21 @@ def _slice_state(new: nn.Module, old: nn.Module) -> None:
     new.load_state_dict({k: (_take(v, tuple(target[k].shape)) if v.dim() else v.clone()) for k, v in state.items()})
 
 
-def _shrink_norm(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_norm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     """BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm: one channel axis, dim 1."""
     assert isinstance(m, nn.modules.batchnorm._NormBase)
     n = seen.channels(m.num_features, w)
     new = type(m)(n, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats, **_factory(m))
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
 
 
-def _shrink_frozen_bn(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_frozen_bn(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     """torchvision's FrozenBatchNorm2d (detection backbones): statistics and affine as buffers."""
     n = seen.channels(m.weight.shape[0], w)
     new = type(m)(n, eps=m.eps).to(**_factory(m))
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
 
@@ -227,7 +221,7 @@ def _check_not_degenerate(old: tuple[int, ...], new: tuple[int, ...], what: str)
         )
 
 
-def _shrink_layernorm(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_layernorm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     assert isinstance(m, nn.LayerNorm)
     shape = tuple(m.normalized_shape)
     before = seen.before
@@ -245,40 +239,40 @@ def _shrink_layernorm(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput)
     _check_not_degenerate(shape, new_shape, f"the LayerNorm {type(m).__name__}{shape}")
     new = type(m)(new_shape, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=getattr(m, "bias", None) is not None,
                   **_factory(m))  # fmt: skip
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
 
 
-def _shrink_groupnorm(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_groupnorm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     assert isinstance(m, nn.GroupNorm)
     channels = seen.channels(m.num_channels, w)
     groups = max(g for g in range(1, m.num_groups + 1) if channels % g == 0)
     new = nn.GroupNorm(groups, channels, eps=m.eps, affine=m.affine, **_factory(m))
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
 
 
-def _shrink_linear(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_linear(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     assert isinstance(m, nn.Linear)
     new = nn.Linear(seen.channels(m.in_features, w, dim=-1), w(m.out_features), bias=m.bias is not None, **_factory(m))
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
 
 
-def _shrink_prelu(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_prelu(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     assert isinstance(m, nn.PReLU)
     if m.num_parameters == 1:
         return copy.deepcopy(m)
     new = nn.PReLU(seen.channels(m.num_parameters, w), **_factory(m))
-    if init is InitMode.COPY:
+    if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
 
 
-def _shrink_squeeze_excitation(m: nn.Module, w: Widths, init: InitMode, seen: LayerInput) -> nn.Module:
+def _shrink_squeeze_excitation(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     """torchvision's SqueezeExcitation when it is a leaf: C' -> s -> C' with s scaled by k / C."""
     new = copy.deepcopy(m)
     channels = seen.channels(m.fc1.in_channels, w)
@@ -304,18 +298,6 @@ try:  # torchvision is a dependency, but surgery works on any torch model
     SHRINKERS[_SE] = _shrink_squeeze_excitation
 except ImportError:  # pragma: no cover
     pass
-
-# Modules without channel-sized state, copied as they are. Informational: the rule is that a
-# module without a shrinker is copied when none of its parameters and buffers has more than one
-# element, and makes the block unconvertible otherwise.
-PARAMETER_FREE: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
-    nn.Threshold, nn.RReLU, nn.LogSigmoid, nn.GLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d,
-    nn.MaxPool2d, nn.Flatten, nn.Unflatten, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
-    nn.ReplicationPad2d, nn.LocalResponseNorm, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle,
-)  # fmt: skip
 
 
 def _shrinker_for(module: nn.Module) -> Shrinker | None:
@@ -533,7 +515,7 @@ class _Pending:
 class _Pass:
     """Runs a cut block once at width k, rebuilding each layer for its actual input."""
 
-    def __init__(self, sub: fx.GraphModule, widths: Widths, init: InitMode, conv_outputs: dict[str, int] | None = None) -> None:
+    def __init__(self, sub: fx.GraphModule, widths: Widths, init: Init, conv_outputs: dict[str, int] | None = None) -> None:
         self.sub = sub
         self.widths = widths
         self.init = init
@@ -814,7 +796,7 @@ def _device_dtype(sub: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def shrink(sub: fx.GraphModule, widths: Widths, init: InitMode | str = InitMode.SCRATCH) -> fx.GraphModule:
+def shrink(sub: fx.GraphModule, widths: Widths, init: Init | str = Init.SCRATCH) -> fx.GraphModule:
     """Rewrites every layer of ``sub`` (a block cut with `cut`) to the reduced widths, in place.
 
     When the input carries a shape (``tensor_meta``, as `cut` copies it from a traced graph),
@@ -826,7 +808,7 @@ def shrink(sub: fx.GraphModule, widths: Widths, init: InitMode | str = InitMode.
             would degenerate at width k, or a block that does not run at width k; the message
             names the layer.
     """
-    init = InitMode.from_str(init)
+    init = Init.from_str(init)
     placeholder = next(n for n in sub.graph.nodes if n.op == "placeholder")
     before = _shape(placeholder)
     x = None
@@ -896,7 +878,7 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
 
 
 def reduced_parts(
-    gm: fx.GraphModule, graph: SiteGraph, channels: int, k: int, height: int, width: int, init: InitMode | str
+    gm: fx.GraphModule, graph: SiteGraph, channels: int, k: int, height: int, width: int, init: Init | str
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, fx.GraphModule | None]:
     """(branch at width k, post-add ops at width k, post-add ops at full width) of one block.
 

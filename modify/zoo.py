@@ -15,7 +15,7 @@ from modify.errors import ModifyError, UnknownModelError
 from modify.models import list_mod_models, mod_model_builder
 from modify.optimize import enable_inplace_fusion
 
-__all__ = ["get_model", "list_models", "is_known_model", "resolve_model", "from_import_path", "model_source", "build_source",
+__all__ = ["get_model", "list_models", "resolve_model", "from_import_path", "model_source", "build_source",
            "timm_model", "TIMM_PREFIX"]
 
 
@@ -28,10 +28,6 @@ def _torchvision_names() -> list[str]:
 def list_models() -> list[str]:
     """Every name `get_model` accepts: the MoD architectures, then torchvision's models."""
     return list_mod_models() + sorted(_torchvision_names())
-
-
-def is_known_model(name: str) -> bool:
-    return mod_model_builder(name) is not None or name in _torchvision_names()
 
 
 def get_model(name: str, *, weights: str | None = None, **kwargs: Any) -> nn.Module:

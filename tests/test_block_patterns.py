@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_user_models import SIZE, Net, _check, _mod
 from torch import nn
 
 from modify.channel_literals import SplitError, scale_parts
@@ -20,7 +21,6 @@ from modify.discover import find_blocks
 from modify.errors import RecipeError
 from modify.pipeline import convert
 from modify.tracing import trace
-from test_user_models import SIZE, Net, _check, _mod
 
 
 class LayerScaleBlock(nn.Module):

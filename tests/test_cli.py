@@ -131,7 +131,7 @@ def test_blocks_is_a_dry_run_with_reasons() -> None:
         (["convert", "resnet18", "--weights", "missing.pt"], "No weights file at 'missing.pt'"),
         (["profile", "missing_model.pt"], "No checkpoint file at 'missing_model.pt'"),
         (["convert", "torchvision.models:nothing_here"], "has no attribute 'nothing_here'"),
-        (["convert", "resnet18", "--init", "bogus"], "Unknown value 'bogus' for InitMode; expected one of 'scratch', 'copy'"),
+        (["convert", "resnet18", "--init", "bogus"], "--init 'bogus' is not one of scratch, copy, zero, importance"),
         (["convert", "os:system"], "'os:system' could not be called with no arguments"),
         (["convert", "os:path"], "'os:path' returned a module, not an nn.Module"),
         (["compare", "resnet18", "--data", "fashion-mnist", "--seeds", ""], "--seeds is empty"),

@@ -316,6 +316,36 @@ def test_scratch_init_redraws_the_mod_blocks_only() -> None:
     assert [p for p, _, b in mod_blocks(result2) if isinstance(b, MoDBlock)] == ["layer.1"]
 
 
+@pytest.mark.parametrize("model_name", ["resnet18", "timm:convnext_atto"])
+def test_copy_init_after_convert_equals_converting_with_copy(model_name: str) -> None:
+    # One vocabulary: initialize(result, "copy") on a scratch conversion gives the reduced blocks
+    # convert(init="copy") cuts (the selector, fresh in both, aside).
+    pytest.importorskip("timm") if model_name.startswith("timm:") else None
+    model = modify.get_model(model_name, num_classes=10).eval()
+    copied = modify.convert(model, input_size=64, init="copy")
+    later = modify.convert(model, input_size=64, init="scratch")
+    initialize(later, "copy", original=model)
+    for (path, _, a), (_, _, b) in zip(mod_blocks(copied), mod_blocks(later)):
+        torch.testing.assert_close(a.block.state_dict(), b.block.state_dict(), msg=path)
+
+
+@pytest.mark.parametrize("init", ["zero", "importance"])
+def test_convert_applies_every_init_of_the_vocabulary(init: str) -> None:
+    model, _ = converted_tiny()
+    direct = modify.convert(model, k=4, input_size=8, init=init)
+    assert direct.init.value == init
+    torch.manual_seed(0)
+    later = modify.convert(model, k=4, input_size=8)
+    report = initialize(later, init, original=model)
+    if init == "importance":  # the same channels preferred, the same reduced block
+        (block,) = report.blocks
+        assert torch.equal(direct.model.get_submodule(block.module).block.branch.conv1.weight,
+                           later.model.get_submodule(block.module).block.branch.conv1.weight)  # fmt: skip
+    else:
+        (block,) = [b for _, _, b in mod_blocks(direct)]
+        assert all(float(p.abs().sum()) == 0 for p in block.block.branch.bn2.parameters())
+
+
 # -- subprocesses: SIGKILL and resume, torchrun ----------------------------------------------------
 
 WORKER = textwrap.dedent(
@@ -421,10 +451,10 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
 
 
 def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
+    from test_data import write_fashion_mnist
     from typer.testing import CliRunner
 
     from modify.cli.finetune import app
-    from test_data import write_fashion_mnist
 
     write_fashion_mnist(tmp_path / "idx", n_train=24, n_test=16)
     original = modify.zoo.from_import_path("test_finetune:Tiny", classes=10)  # rebuilt by import path on load
@@ -453,3 +483,11 @@ def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
     missing = runner.invoke(app, [str(tmp_path / "mod.pt"), "--data", "fashion-mnist", "--data-dir", str(tmp_path / "none"),
                                   "-o", str(tmp_path / "y.pt")])  # fmt: skip
     assert missing.exit_code == 1 and "apt-get install -y dataset-fashion-mnist" in missing.stderr
+
+
+def test_a_state_of_another_version_is_refused_on_resume(tmp_path) -> None:
+    from modify.finetune import STATE_FILE, _read_state
+
+    torch.save({"format": "modify.finetune_state", "version": 99}, tmp_path / STATE_FILE)
+    with pytest.raises(modify.ModifyError, match="version 99.*delete the state"):
+        _read_state(tmp_path / STATE_FILE)

@@ -12,7 +12,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from test_user_models import Net
 from torch import nn
+from toy_models import PreActBlock
 from typer.testing import CliRunner
 
 import modify
@@ -21,8 +23,6 @@ from modify.cli import app
 from modify.errors import CheckpointError, UnknownModelError
 from modify.pipeline import convert
 from modify.weights import load_state_dict_file
-from test_user_models import Net
-from toy_models import PreActBlock
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 runner = CliRunner()

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
+from toy_models import PreActBlock
 
 from modify.errors import TraceError
 from modify.layers import MoDBlock
 from modify.pipeline import convert, convert_identity
 from modify.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
 from modify.tracing import trace
-from toy_models import PreActBlock
 
 SIZE = 16
 

@@ -12,7 +12,16 @@ from typing import Any
 import typer
 import typer.core
 
-from modify.cli import bench, compare, convert, export, finetune, models, profile, routes
+from modify.cli import (
+    bench,
+    compare,
+    convert,
+    export,
+    finetune,
+    models,
+    profile,
+    routes,
+)
 from modify.cli._common import fail
 
 try:  # typer 0.2x bundles its own click

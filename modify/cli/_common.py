@@ -20,6 +20,19 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, without importing torch
+INIT_HELP = "How the MoD blocks start: scratch (the paper), copy (the original's weights), zero, importance."
+
+
+def parse_init(value: str | None) -> str | None:
+    """``--init`` of either command: one of `INITS` (or None: leave the blocks as they are)."""
+    if value is None:
+        return None
+    if value not in INITS:
+        raise fail(f"--init {value!r} is not one of {', '.join(INITS)}.")
+    return value
+
+
 def check_output(path: Any, *, force: bool) -> None:
     """Refuses, before any work, an output path that is a folder or an existing file (without --force)."""
     from pathlib import Path

@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import check_output, fail, load_base, parse_k, user_errors
+from modify.cli._common import (
+    INIT_HELP,
+    check_output,
+    fail,
+    load_base,
+    parse_init,
+    parse_k,
+    user_errors,
+)
 
 app = typer.Typer()
 
@@ -46,7 +54,7 @@ def convert(
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = 224,
     leaf: LeafOpt = None,
-    init: Annotated[str, typer.Option("--init", help="Reduced blocks start from 'scratch' (the paper) or a 'copy' of the original's weights.")] = "scratch",
+    init: Annotated[str, typer.Option("--init", help=INIT_HELP)] = "scratch",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the converted model here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
@@ -58,6 +66,7 @@ def convert(
 
     if output is not None:
         check_output(output, force=force)
+    parse_init(init)
     original, result, label = run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init)
     summary = summarize(original, result, input_size=input_size)
     written = save(result, output, force=force) if output is not None else None

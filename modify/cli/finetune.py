@@ -8,11 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import check_output, fail, load_model, quiet_torch_logs, user_errors
+from modify.cli._common import (
+    INIT_HELP,
+    check_output,
+    fail,
+    load_model,
+    parse_init,
+    quiet_torch_logs,
+    user_errors,
+)
 
 app = typer.Typer()
 
-INITS = ("keep", "scratch", "zero", "importance")
 
 
 def _default_output(checkpoint: str) -> Path:
@@ -41,7 +48,7 @@ def finetune(
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T.", min=0)] = 4.0,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Write a resumable state every N steps.", min=1)] = None,
     checkpoint_dir: Annotated[Optional[str], typer.Option("--checkpoint-dir", help="Folder of the resumable state [OUTPUT.state].")] = None,
-    init: Annotated[str, typer.Option("--init", help="Re-initialise the MoD blocks first: keep, scratch, zero, importance (needs --teacher).")] = "keep",
+    init: Annotated[Optional[str], typer.Option("--init", help=f"{INIT_HELP} Re-initialises them first (copy and importance need --teacher); default: as they are.")] = None,
     freeze: Annotated[bool, typer.Option("--freeze", help="Train only the MoD blocks; the rest stays bit-identical.")] = False,
     bn_recalibrate: Annotated[int, typer.Option("--bn-recalibrate", help="Re-estimate BatchNorm statistics on N batches after training.", min=0)] = 0,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
@@ -54,8 +61,9 @@ def finetune(
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print one JSON object at the end.")] = False,
 ) -> None:
     """Fine-tune a converted model briefly, distilling from the original; write it atomically."""
-    if init not in INITS:
-        raise fail(f"--init {init!r} is not one of {', '.join(INITS)}.")
+    parse_init(init)
+    if init in ("copy", "importance") and teacher is None:
+        raise fail(f"--init {init} copies from the original model; pass it as --teacher MODEL.")
     if epochs is not None and steps is not None:
         raise fail(f"give --epochs ({epochs:g}) or --steps ({steps}), not both.")
     out = Path(output) if output else _default_output(checkpoint)
@@ -84,7 +92,7 @@ def finetune(
     if eval_data is not None:
         eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
         eval_loader = DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
-    if init != "keep":
+    if init is not None:
         from modify.init import initialize
 
         torch.manual_seed(seed)

@@ -12,6 +12,7 @@ from modify._lazy import lazy_getattr
 from modify.layers.options import (
     BlockForm as BlockForm,
     FusionSlot as FusionSlot,
+    Init as Init,
     MoDConfig as MoDConfig,
     SelectionOrder as SelectionOrder,
 )
@@ -30,6 +31,6 @@ _LAZY = {
     "ChannelSelector": "modify.layers.selector",
 }
 
-__all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "MoDConfig", "SelectionOrder"])
+__all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "Init", "MoDConfig", "SelectionOrder"])
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -12,7 +12,7 @@ import enum
 
 from modify.errors import ChoiceError
 
-__all__ = ["StrChoice", "SelectionOrder", "BlockForm", "FusionSlot", "MoDConfig"]
+__all__ = ["StrChoice", "Init", "SelectionOrder", "BlockForm", "FusionSlot", "MoDConfig"]
 
 
 class StrChoice(str, enum.Enum):
@@ -30,6 +30,17 @@ class StrChoice(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Init(StrChoice):
+    """How a converted model's MoD blocks start: the one vocabulary of `modify.convert`,
+    `modify.init.initialize` and the ``--init`` of ``modify convert`` and ``modify finetune``
+    (`modify.init` describes each)."""
+
+    SCRATCH = "scratch"  # fresh weights, as the paper trains its MoD blocks (the default)
+    COPY = "copy"  # the original block's weights, its leading channels (exact when k = C)
+    ZERO = "zero"  # fresh weights, the reduced branch's last layer at zero
+    IMPORTANCE = "importance"  # the original block's most important channels; the selector prefers them
 
 
 class SelectionOrder(StrChoice):
