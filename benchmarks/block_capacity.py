@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import modify
-from modify.zoo import resolve_model
-from modify.data import load_dataset
-from modify.distill import _record
+from modify.io.names import resolve_model
+from modify.train.data import load_dataset
+from modify.train.distill import _record
 
 
 def main(argv: list[str] | None = None) -> None:

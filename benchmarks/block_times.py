@@ -1,5 +1,5 @@
 """Where ResNet50-MoD's time goes: each block's median time in ResNet50 and in ResNet50-MoD, side by
-side, batch 1, one thread, 224x224, with forward hooks (`modify.latency.block_latency`); then the
+side, batch 1, one thread, 224x224, with forward hooks (`modify.measure.latency.block_latency`); then the
 ceiling measured directly, in eager PyTorch, at batch 1 on one thread and batch 32 on every core.
 
 Run: python benchmarks/block_times.py [--repeats 10] [--rounds 5]
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import modify
-from modify.benchmark import BenchCase, bench
-from modify.latency import block_latency
+from modify.measure.benchmark import BenchCase, bench
+from modify.measure.latency import block_latency
 from modify.layers import MoDBlock
 
 

@@ -23,9 +23,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import modify
-    from modify.discover import find_blocks
-    from modify.plan import plan
-    from modify.tracing import trace
+    from modify.conversion.discover import find_blocks
+    from modify.conversion.plan import plan
+    from modify.conversion.tracing import trace
 
     model = modify.get_model(args.model)
     modify.convert(model, recipe=args.recipe)  # warm-up: imports, first-call caches

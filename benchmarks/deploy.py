@@ -7,9 +7,9 @@ Pairs: the paper's ResNet50-MoD (every_other, c = 64) against ResNet50, and the 
 converted torchvision ResNet-18 against ResNet-18, at 224x224, eval, fp32. "eager" is each model as
 built (MoD blocks fuse in place at inference as they come); "optimized" is eager after
 `optimize_for_inference` applied to both models alike (BatchNorm folded, channels_last); "compile"
-is `torch.compile` (inductor, static shapes); "onnxruntime" runs `modify.deploy.export_onnx`'s file
+is `torch.compile` (inductor, static shapes); "onnxruntime" runs `modify.deploy.export.export_onnx`'s file
 (fixed-slot fusion as a placement convolution) with ONNX Runtime's default optimisations. Each pair
-is timed interleaved in this one process (`modify.benchmark.bench`); the table shows median
+is timed interleaved in this one process (`modify.measure.benchmark.bench`); the table shows median
 milliseconds and baseline / model.
 """
 
@@ -24,9 +24,9 @@ from torch import nn
 
 from pairs import NAMES, pair
 
-from modify.benchmark import BenchCase, bench
-from modify.optimize import optimize_for_inference
-from modify.profiling import profile_model
+from modify.measure.benchmark import BenchCase, bench
+from modify.deploy.optimize import optimize_for_inference
+from modify.measure.profiling import profile_model
 
 
 class OrtModule(nn.Module):
@@ -36,7 +36,7 @@ class OrtModule(nn.Module):
         super().__init__()
         import onnxruntime as ort
 
-        from modify.deploy import export_onnx
+        from modify.deploy.export import export_onnx
 
         export_onnx(model, path, input_size=224, dynamic_batch=True, batch_sizes=(1, 2), force=True)
         options = ort.SessionOptions()

@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import modify
-from modify.profiling import profile_model
+from modify.measure.profiling import profile_model
 
 MODELS = [
     "resnet18", "resnet50", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "regnet_y_1_6gf",

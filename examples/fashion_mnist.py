@@ -5,15 +5,15 @@
         --finetune-epochs 0.25 --bench-rounds 1 --bench-time 0.05 --throughput-steps 1   # seconds
 
 1. Trains a torchvision ResNet-18 (10 classes) on the training images: 28x28 grey padded to 32x32
-   and repeated to 3 channels (`modify.data.fashion_mnist`), SGD, cosine schedule.
+   and repeated to 3 channels (`modify.train.data.fashion_mnist`), SGD, cosine schedule.
 2. Converts it with the paper's ``every_other`` recipe (c = 64) and with the milder
    ``late_stages`` (only layer3.1 and layer4.1), each under the three init strategies of
-   `modify.init`, and measures test accuracy before any fine-tuning, as converted and with the
-   BatchNorm statistics re-estimated (`modify.finetune.recalibrate_bn`, weights unchanged).
+   `modify.conversion.init`, and measures test accuracy before any fine-tuning, as converted and with the
+   BatchNorm statistics re-estimated (`modify.train.finetune.recalibrate_bn`, weights unchanged).
 3. Fine-tunes one init per recipe (``--finetune-init``) for at most one epoch, distilling from the
-   trained original (`modify.finetune.finetune`), and measures test accuracy again.
+   trained original (`modify.train.finetune.finetune`), and measures test accuracy again.
 4. Counts MACs and parameters (`modify.profile_model`), times batch-1 latency against the
-   original in the same process (`modify.benchmark.bench`), and measures training throughput of
+   original in the same process (`modify.measure.benchmark.bench`), and measures training throughput of
    the original (plain training) and of each converted model (distillation fine-tuning, teacher
    forward included) side by side, interleaved, medians over rounds.
 5. Prints one table and the issue's three checks.
@@ -39,10 +39,10 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|trace)` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.benchmark import BenchCase, bench  # noqa: E402
-from modify.data import fashion_mnist  # noqa: E402
-from modify.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
-from modify.init import initialize  # noqa: E402
+from modify.measure.benchmark import BenchCase, bench  # noqa: E402
+from modify.train.data import fashion_mnist  # noqa: E402
+from modify.train.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
+from modify.conversion.init import initialize  # noqa: E402
 
 RECIPES = {
     "every_other": {"recipe": "every_other"},  # the paper's placement, c = 64

@@ -11,11 +11,11 @@ training scripts write: a state_dict, a checkpoint holding one (``state_dict``, 
 ``model_state_dict``), ``module.``-prefixed keys, or ``.safetensors``. Nothing is downloaded.
 
 1. Builds the architecture (``--model``: a torchvision name or ``timm:NAME``) with your class
-   count and loads your weights into it (`modify.weights.load_state_dict_file`).
+   count and loads your weights into it (`modify.io.weights.load_state_dict_file`).
 2. Converts it with the default recipe (the paper's placement, the family's capacity) and the
    reduced blocks initialised from the original's weights (``init="copy"``).
 3. Fine-tunes the converted model on your images, distilling from the original
-   (`modify.finetune.finetune`), and measures top-1 accuracy before and after.
+   (`modify.train.finetune.finetune`), and measures top-1 accuracy before and after.
 4. Writes a checkpoint `modify load`, `modify profile` and `modify export` read.
 """
 
@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.data import load_dataset  # noqa: E402
-from modify.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
-from modify.weights import load_state_dict_file  # noqa: E402
+from modify.train.data import load_dataset  # noqa: E402
+from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
+from modify.io.weights import load_state_dict_file  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,7 +7,7 @@ backbone in, checkpoint round trip.
 1. Builds a torchvision segmentation model (``fcn_resnet50``, ``deeplabv3_resnet50``,
    ``deeplabv3_mobilenet_v3_large``, ``lraspp_mobilenet_v3_large``), random weights unless
    ``--weights`` gives yours (nothing is downloaded).
-2. Converts its backbone with the default recipe (`modify.backbones.convert_backbone`; the
+2. Converts its backbone with the default recipe (`modify.conversion.backbones.convert_backbone`; the
    dilated stages keep their dilation) and runs the whole model on an image batch.
 3. Prints MACs before and after for the whole model and the masks' agreement with the original
    (random weights: only the shapes mean something; with yours, fine-tune before you judge).
@@ -26,8 +26,8 @@ import torch
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.backbones import convert_backbone  # noqa: E402
-from modify.weights import load_state_dict_file  # noqa: E402
+from modify.conversion.backbones import convert_backbone  # noqa: E402
+from modify.io.weights import load_state_dict_file  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

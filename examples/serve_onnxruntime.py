@@ -6,7 +6,7 @@ answers that match PyTorch's.
     pip install 'modify[onnx]'   # onnx, onnxruntime, onnxscript, if they are missing
 
 1. Loads the checkpoint (`modify.load`) and writes ``CHECKPOINT.onnx`` with a dynamic batch
-   dimension (`modify.deploy.export_onnx`, which checks the file against PyTorch itself).
+   dimension (`modify.deploy.export.export_onnx`, which checks the file against PyTorch itself).
 2. Opens an ONNX Runtime session (CPU, all optimisations) as a server would, once.
 3. Answers ``--requests`` requests of random batch sizes, checks every answer against the PyTorch
    model (top-1 class equal, logits within 1e-3) and prints the median latency per batch size.
@@ -25,7 +25,7 @@ import torch
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.deploy import export_onnx  # noqa: E402
+from modify.deploy.export import export_onnx  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,8 +4,8 @@ model" that `modify compare` and the README's comparison start from.
     python examples/train_fashion_mnist.py --model resnet18 --epochs 2 -o resnet18_fmnist.pt
     python examples/train_fashion_mnist.py --model resnet18 --epochs 0.05 --train-limit 256 -o tiny.pt  # seconds
 
-28x28 grey images padded to 32x32 and repeated to 3 channels (`modify.data.fashion_mnist`), SGD with
-momentum, linear warm-up then cosine decay (`modify.finetune.finetune` with no teacher), weights
+28x28 grey images padded to 32x32 and repeated to 3 channels (`modify.train.data.fashion_mnist`), SGD with
+momentum, linear warm-up then cosine decay (`modify.train.finetune.finetune` with no teacher), weights
 built with ``weights=None``: nothing is downloaded. Prints the test accuracy and writes it into a
 JSON file beside the checkpoint.
 """
@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|trace)` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.checkpoint import atomic_write_text  # noqa: E402
-from modify.data import fashion_mnist  # noqa: E402
-from modify.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
+from modify.io.files import atomic_write_text  # noqa: E402
+from modify.train.data import fashion_mnist  # noqa: E402
+from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -26,7 +26,7 @@ from modify.errors import (
 )
 
 if TYPE_CHECKING:
-    from modify.benchmark import bench as bench
+    from modify.measure.benchmark import bench as bench
     from modify.layers import (
         BlockForm as BlockForm,
         ChannelSelector as ChannelSelector,
@@ -36,15 +36,15 @@ if TYPE_CHECKING:
         MoDConfig as MoDConfig,
         SelectionOrder as SelectionOrder,
     )
-    from modify.checkpoint import load as load, save as save
-    from modify.pipeline import ConversionResult as ConversionResult, convert as convert
-    from modify.profiling import profile_model as profile_model
-    from modify.recipe import Recipe as Recipe, load_recipe as load_recipe
-    from modify.zoo import get_model as get_model, list_models as list_models
+    from modify.io.checkpoint import load as load, save as save
+    from modify.conversion.pipeline import ConversionResult as ConversionResult, convert as convert
+    from modify.measure.profiling import profile_model as profile_model
+    from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
+    from modify.io.names import get_model as get_model, list_models as list_models
 
 # name -> module that defines it; resolved on first access (PEP 562).
 _LAZY = {
-    "bench": "modify.benchmark",
+    "bench": "modify.measure.benchmark",
     "BlockForm": "modify.layers",
     "ChannelSelector": "modify.layers",
     "Fusion": "modify.layers",
@@ -52,15 +52,15 @@ _LAZY = {
     "MoDBlock": "modify.layers",
     "MoDConfig": "modify.layers",
     "SelectionOrder": "modify.layers",
-    "profile_model": "modify.profiling",
-    "convert": "modify.pipeline",
-    "ConversionResult": "modify.pipeline",
-    "save": "modify.checkpoint",
-    "load": "modify.checkpoint",
-    "load_recipe": "modify.recipe",
-    "Recipe": "modify.recipe",
-    "get_model": "modify.zoo",
-    "list_models": "modify.zoo",
+    "profile_model": "modify.measure.profiling",
+    "convert": "modify.conversion.pipeline",
+    "ConversionResult": "modify.conversion.pipeline",
+    "save": "modify.io.checkpoint",
+    "load": "modify.io.checkpoint",
+    "load_recipe": "modify.conversion.recipe",
+    "Recipe": "modify.conversion.recipe",
+    "get_model": "modify.io.names",
+    "list_models": "modify.io.names",
 }
 
 __all__ = sorted(

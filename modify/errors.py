@@ -60,4 +60,4 @@ class SurgeryError(Exception):
 
 
 class SplitError(SurgeryError):
-    """A channel split whose parts do not fit the reduced width (`modify.channel_literals`)."""
+    """A channel split whose parts do not fit the reduced width (`modify.conversion.surgery.literals`)."""

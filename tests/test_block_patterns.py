@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from test_user_models import SIZE, Net, _check, _mod
 from torch import nn
 
-from modify.channel_literals import SplitError, scale_parts
-from modify.discover import find_blocks
+from modify.conversion.surgery.literals import SplitError, scale_parts
+from modify.conversion.discover import find_blocks
 from modify.errors import RecipeError
-from modify.pipeline import convert
-from modify.tracing import trace
+from modify.conversion.pipeline import convert
+from modify.conversion.tracing import trace
 
 
 class LayerScaleBlock(nn.Module):

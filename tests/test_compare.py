@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import modify
-from modify.compare import Candidate, RunRecord, default_candidates
-from modify.compare_report import markdown_table, recommendation, summarize
+from modify.measure.compare import Candidate, RunRecord, default_candidates
+from modify.measure.compare_report import markdown_table, recommendation, summarize
 
 
 def _record(method: str, label: str, seed: int, accuracy: float, speedup: float) -> RunRecord:
@@ -126,7 +126,7 @@ def test_cli_report_only_needs_a_sweep(tmp_path: Path) -> None:
 def _tiny_sets():
     import torch
 
-    from modify.data import ImageTensorDataset
+    from modify.train.data import ImageTensorDataset
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (48, 1, 32, 32), dtype=torch.uint8, generator=g)
@@ -136,7 +136,7 @@ def _tiny_sets():
 
 
 def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    from modify.compare import CompareConfig, load_failures, run_sweep
+    from modify.measure.compare import CompareConfig, load_failures, run_sweep
 
     train, test = _tiny_sets()
     original = modify.get_model("resnet18", num_classes=10)

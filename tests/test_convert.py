@@ -13,9 +13,9 @@ from torch import nn
 import modify
 from modify.errors import CheckpointError, ConversionError, RecipeError
 from modify.layers import MoDBlock
-from modify.pipeline import convert_identity
-from modify.profiling import profile_model
-from modify.tracing import trace
+from modify.conversion.pipeline import convert_identity
+from modify.measure.profiling import profile_model
+from modify.conversion.tracing import trace
 
 SIZE = 64
 

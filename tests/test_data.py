@@ -1,4 +1,4 @@
-"""modify.data: IDX files, Fashion-MNIST from a folder the test writes, image folders."""
+"""modify.train.data: IDX files, Fashion-MNIST from a folder the test writes, image folders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modify.data import (
+from modify.train.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_ROOT,
     FASHION_MNIST_STD,

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import modify
 from modify.cli import app
-from modify.deploy import export_onnx, export_program, placement_fusion
+from modify.deploy.export import export_onnx, export_program, placement_fusion
 from modify.layers import MoDBlock
-from modify.optimize import enable_inplace_fusion, fold_batchnorm, optimize_for_inference
+from modify.deploy.optimize import enable_inplace_fusion, fold_batchnorm, optimize_for_inference
 
 SIZE = 64
 
@@ -22,7 +22,7 @@ SIZE = 64
 def _real_images(n: int = 2) -> torch.Tensor:
     """Fashion-MNIST test images where the Debian package is installed, else natural-ish noise."""
     try:
-        from modify.data import fashion_mnist
+        from modify.train.data import fashion_mnist
 
         data = fashion_mnist(split="test", limit=n)
         images = torch.stack([data[i][0] for i in range(n)])  # (n, 3, 32, 32)
@@ -224,7 +224,7 @@ def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.Mo
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
-    from modify.deploy import export_onnx
+    from modify.deploy.export import export_onnx
     from modify.errors import ModifyError
 
     with pytest.raises(ModifyError, match=r"needs onnxscript: pip install 'modify\[onnx\]'"):

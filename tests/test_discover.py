@@ -1,4 +1,4 @@
-"""Tracing (`modify.tracing`) and residual Conv-Block discovery (`modify.discover`).
+"""Tracing (`modify.conversion.tracing`) and residual Conv-Block discovery (`modify.conversion.discover`).
 
 Toy models with answers worked out by hand first, then the torchvision zoo (random weights,
 64x64 inputs: nothing is downloaded).
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 
-from modify.discover import BlockSite, SiteGraph, SkipKind, find_blocks, locate
+from modify.conversion.discover import BlockSite, SiteGraph, SkipKind, find_blocks, locate
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 from modify.models.resnet_mod import resnet_mod
-from modify.tracing import trace
+from modify.conversion.tracing import trace
 from toy_models import PreActBlock
 
 SIZE = 64
@@ -372,7 +372,7 @@ def test_no_conv_branch_and_long_range_adds_are_not_sites() -> None:
 
 
 def test_find_blocks_needs_shapes_and_locate_needs_a_site() -> None:
-    with pytest.raises(ModifyError, match="modify.tracing.trace"):
+    with pytest.raises(ModifyError, match="modify.conversion.tracing.trace"):
         find_blocks(fx.symbolic_trace(InlineNet()))
     gm, sites = _sites(InlineNet())
     with pytest.raises(ModifyError, match="'layer9.9' is not a residual Conv-Block"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 import modify
-from modify.distill import distill_blocks
+from modify.train.distill import distill_blocks
 
 OP = {"version": 1, "defaults": {"fraction": 0.25}, "rules": [{"index": "odd"}],
       "mod": {"form": "branch", "fusion": "original", "order": "index"}}  # fmt: skip

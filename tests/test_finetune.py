@@ -1,4 +1,4 @@
-"""modify.finetune and modify.init: the loop, its pieces, resuming after SIGKILL, torchrun/DDP, the CLI."""
+"""modify.train.finetune and modify.conversion.init: the loop, its pieces, resuming after SIGKILL, torchrun/DDP, the CLI."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modify
-import modify.zoo
+import modify.io.names
 from modify.errors import ModifyError
-from modify.finetune import (
+from modify.train.finetune import (
     FinetuneConfig,
     distillation_loss,
     evaluate,
@@ -29,7 +29,7 @@ from modify.finetune import (
     mixed_loss,
     recalibrate_bn,
 )
-from modify.init import initialize, mod_blocks
+from modify.conversion.init import initialize, mod_blocks
 from modify.layers import MoDBlock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,7 +356,7 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_finetune import Tiny, synthetic
     import modify
-    from modify.finetune import FinetuneConfig, finetune
+    from modify.train.finetune import FinetuneConfig, finetune
 
     opts = json.loads(sys.argv[1])
     torch.set_num_threads(1)
@@ -457,7 +457,7 @@ def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
     from modify.cli.finetune import app
 
     write_fashion_mnist(tmp_path / "idx", n_train=24, n_test=16)
-    original = modify.zoo.from_import_path("test_finetune:Tiny", classes=10)  # rebuilt by import path on load
+    original = modify.io.names.from_import_path("test_finetune:Tiny", classes=10)  # rebuilt by import path on load
     modify.save(original, tmp_path / "orig.pt")
     modify.save(modify.convert(original, k=4, input_size=32), tmp_path / "mod.pt")
     runner = CliRunner()
@@ -486,7 +486,7 @@ def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_state_of_another_version_is_refused_on_resume(tmp_path) -> None:
-    from modify.finetune import STATE_FILE, _read_state
+    from modify.train.finetune import STATE_FILE, _read_state
 
     torch.save({"format": "modify.finetune_state", "version": 99}, tmp_path / STATE_FILE)
     with pytest.raises(modify.ModifyError, match="version 99.*delete the state"):

@@ -18,11 +18,11 @@ from toy_models import PreActBlock
 from typer.testing import CliRunner
 
 import modify
-from modify.backbones import convert_backbone
+from modify.conversion.backbones import convert_backbone
 from modify.cli import app
 from modify.errors import CheckpointError, UnknownModelError
-from modify.pipeline import convert
-from modify.weights import load_state_dict_file
+from modify.conversion.pipeline import convert
+from modify.io.weights import load_state_dict_file
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 runner = CliRunner()
@@ -130,7 +130,7 @@ def gated_net() -> nn.Module:
     """A model that converts only with ``leaf_modules=[Gate]`` (an importable factory for checkpoints)."""
     model = Net(PreActBlock(16, 16), PreActBlock(16, 16))
     model.stem.append(Gate())
-    return modify.zoo._tag(model, {"kind": "import", "name": "test_keeps:gated_net", "kwargs": {}})
+    return modify.io.names._tag(model, {"kind": "import", "name": "test_keeps:gated_net", "kwargs": {}})
 
 
 def test_leaf_classes_survive_a_checkpoint(tmp_path) -> None:

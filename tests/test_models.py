@@ -9,8 +9,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from modify.layers import MoDBlock
-from modify.profiling import profile_model
-from modify.zoo import get_model
+from modify.measure.profiling import profile_model
+from modify.io.names import get_model
 
 # name -> (parameters in M as printed, GMAC as printed or None, the table it comes from)
 PAPER = {

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from modify.discover import BlockSite, SkipKind
+from modify.conversion.discover import BlockSite, SkipKind
 from modify.errors import ConversionError, NoBlocksError, RecipeError
-from modify.plan import NOT_SELECTED, BlockPlan, plan, resolve_recipe
-from modify.recipe import BlockRule, Capacity, Recipe, load_recipe
+from modify.conversion.plan import NOT_SELECTED, BlockPlan, plan, resolve_recipe
+from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe
 
 EVERY_OTHER_R50 = {
     "layer1.1": 4,

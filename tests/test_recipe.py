@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modify.discover import BlockSite, SkipKind
+from modify.conversion.discover import BlockSite, SkipKind
 from modify.errors import RecipeError
 from modify.layers.options import FusionSlot, MoDConfig
-from modify.recipe import BlockRule, Capacity, Recipe, load_recipe, shipped_recipe_path, shipped_recipes
+from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe, shipped_recipe_path, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_RECIPES = ROOT / "modify" / "recipes"
@@ -402,7 +402,7 @@ def test_wrong_source_type() -> None:
 
 @pytest.mark.parametrize("module", ["recipe.py", "plan.py"])
 def test_module_source_imports_no_torch(module: str) -> None:
-    tree = ast.parse((ROOT / "modify" / module).read_text())
+    tree = ast.parse((ROOT / "modify" / "conversion" / module).read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -413,5 +413,5 @@ def test_module_source_imports_no_torch(module: str) -> None:
 
 
 def test_importing_recipe_and_plan_loads_no_torch() -> None:
-    code = "import sys, modify.recipe, modify.plan; sys.exit('torch' in sys.modules)"
+    code = "import sys, modify.conversion.recipe, modify.conversion.plan; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

@@ -12,7 +12,7 @@ from torch import nn
 import modify
 from modify.errors import ModifyError
 from modify.layers import MoDBlock
-from modify.routes import routes, write_routes
+from modify.measure.routes import routes, write_routes
 
 
 def _toy() -> nn.Module:

@@ -19,9 +19,9 @@ from torch import nn
 
 from modify.errors import ModifyError, NoBlocksError, RecipeError
 from modify.layers import MoDBlock
-from modify.pipeline import convert, convert_identity
-from modify.profiling import profile_model
-from modify.tracing import trace
+from modify.conversion.pipeline import convert, convert_identity
+from modify.measure.profiling import profile_model
+from modify.conversion.tracing import trace
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 

@@ -17,9 +17,9 @@ from toy_models import PreActBlock
 
 from modify.errors import TraceError
 from modify.layers import MoDBlock
-from modify.pipeline import convert, convert_identity
-from modify.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
-from modify.tracing import trace
+from modify.conversion.pipeline import convert, convert_identity
+from modify.conversion.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
+from modify.conversion.tracing import trace
 
 SIZE = 16
 

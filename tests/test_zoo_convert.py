@@ -16,12 +16,12 @@ import torchvision
 from torch import nn
 from torchvision.models import quantization
 
-from modify.backbones import convert_backbone, find_backbone
+from modify.conversion.backbones import convert_backbone, find_backbone
 from modify.errors import ConversionError, NoBlocksError
 from modify.layers import MoDBlock
-from modify.pipeline import convert, convert_identity
-from modify.profiling import profile_model
-from modify.tracing import trace
+from modify.conversion.pipeline import convert, convert_identity
+from modify.measure.profiling import profile_model
+from modify.conversion.tracing import trace
 
 SIZE = 32  # every model below accepts it; the last stages are 1x1
 

@@ -6,7 +6,7 @@
   ``[baselines]`` extra), to a MAC ratio or to a measured speed-up.
 
 Both return models that `modify.save` / `modify.load`, `modify.profile_model`, `modify.bench` and
-`modify.finetune.finetune` take like a converted one.
+`modify.train.finetune.finetune` take like a converted one.
 """
 
 from __future__ import annotations

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.checkpoint import DELETION_ATTRIBUTE
-from modify.discover import BlockSite, SiteGraph
+from modify.io.checkpoint import DELETION_ATTRIBUTE
+from modify.conversion.discover import BlockSite, SiteGraph
 from modify.errors import ConversionError
-from modify.pipeline import _example, traced_sites
-from modify.plan import BlockPlan, plan, resolve_recipe
-from modify.recipe import Recipe
-from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.surgery import cut
-from modify.tracing import LeafSpec
+from modify.conversion.pipeline import _example, traced_sites
+from modify.conversion.plan import BlockPlan, plan, resolve_recipe
+from modify.conversion.recipe import Recipe
+from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
+from modify.conversion.surgery import cut
+from modify.conversion.tracing import LeafSpec
 
 __all__ = ["DeletionResult", "Shortcut", "delete_blocks", "DELETION_ATTRIBUTE"]
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modify.checkpoint import PRUNING_ATTRIBUTE
+from modify.io.checkpoint import PRUNING_ATTRIBUTE
 from modify.errors import ConversionError, ModifyError
 
 __all__ = ["PruningResult", "prune_channels", "reshape_like", "PRUNING_ATTRIBUTE", "BASELINES_HINT"]
@@ -120,7 +120,7 @@ def _count(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 
 
 def _measured_speedup(model: nn.Module, original: nn.Module, x: torch.Tensor, rounds: int, seconds: float) -> float:
-    from modify.benchmark import BenchCase, bench
+    from modify.measure.benchmark import BenchCase, bench
 
     report = bench(model, original, cases=[BenchCase(batch_size=1, threads=1)], input_size=x.shape[-1],
                    rounds=rounds, min_run_time=seconds)  # fmt: skip
@@ -172,7 +172,7 @@ def prune_channels(
     if goal is not None and not goal > 1:
         which = "macs_ratio" if macs_ratio is not None else "speedup"
         raise ConversionError(f"prune_channels: {which}={goal} must be above 1 (1 = the unpruned model).")
-    from modify.tracing import default_input
+    from modify.conversion.tracing import default_input
 
     x = default_input(model, input_size) if example_inputs is None else (
         example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0])  # fmt: skip

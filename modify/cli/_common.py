@@ -68,7 +68,7 @@ def quiet_torch_logs() -> None:
 
 def load_model(spec: str, *, num_classes: int | None = None) -> tuple[Any, str]:
     """MODEL argument -> (module, label)."""
-    from modify.zoo import resolve_model
+    from modify.io.names import resolve_model
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return resolve_model(spec, **kwargs)
@@ -92,7 +92,7 @@ def load_base(spec: str, *, weights: str | None, num_classes: int | None) -> tup
     """MODEL (+ --weights FILE) -> (module, label) for conversion."""
     module, label = load_model(spec, num_classes=num_classes)
     if weights is not None:
-        from modify.weights import load_state_dict_file
+        from modify.io.weights import load_state_dict_file
 
         load_state_dict_file(module, weights)
     return module, label

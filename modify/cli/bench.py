@@ -13,7 +13,7 @@ app = typer.Typer()
 
 
 def _parse_cases(specs: list[str]):
-    from modify.benchmark import BenchCase
+    from modify.measure.benchmark import BenchCase
 
     cases = []
     for spec in specs:
@@ -43,8 +43,8 @@ def bench(
 ) -> None:
     """Time MODEL against the baseline (eval, fp32), interleaved; print medians and speed-ups."""
     quiet_torch_logs()
-    from modify.benchmark import DEFAULT_CASES
-    from modify.benchmark import bench as run_bench
+    from modify.measure.benchmark import DEFAULT_CASES
+    from modify.measure.benchmark import bench as run_bench
 
     cases = _parse_cases(case) if case else list(DEFAULT_CASES)
     module, label = load_model(model)

@@ -24,7 +24,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _methods(text: str) -> set[str]:
-    from modify.compare import METHODS
+    from modify.measure.compare import METHODS
 
     methods = {m.strip() for m in text.split(",") if m.strip()}
     unknown = sorted(methods - set(METHODS))
@@ -60,11 +60,11 @@ def compare(
     seed_list = _seeds(seeds)
     chosen = _methods(methods)
     quiet_torch_logs()
-    from modify.compare import CompareConfig, default_candidates, load_failures, load_runs, run_sweep, teacher_accuracy
-    from modify.compare import retime as forget_speeds
-    from modify.compare_report import recommendation, summarize, write_report
-    from modify.data import load_dataset
-    from modify.finetune import FinetuneConfig
+    from modify.measure.compare import CompareConfig, default_candidates, load_failures, load_runs, run_sweep, teacher_accuracy
+    from modify.measure.compare import retime as forget_speeds
+    from modify.measure.compare_report import recommendation, summarize, write_report
+    from modify.train.data import load_dataset
+    from modify.train.finetune import FinetuneConfig
 
     out_dir = Path(out)
     if retime and report_only:

@@ -32,7 +32,7 @@ LeafOpt = Annotated[Optional[list[str]], typer.Option("--leaf", help="A module (
 
 def run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init="scratch"):
     """Shared by `convert` and `blocks`: (original, result, label)."""
-    from modify.pipeline import convert as convert_model
+    from modify.conversion.pipeline import convert as convert_model
 
     if sum(v is not None for v in (recipe, k, c)) > 1:
         raise fail("give at most one of --recipe, -k and -c.")
@@ -61,8 +61,8 @@ def convert(
     verbose: VerboseOpt = False,
 ) -> None:
     """Convert MODEL's residual blocks into MoD blocks and report what changed."""
-    from modify.checkpoint import save
-    from modify.report import summarize
+    from modify.io.checkpoint import save
+    from modify.measure.report import summarize
 
     if output is not None:
         check_output(output, force=force)
@@ -103,7 +103,7 @@ def blocks(
 ) -> None:
     """Every residual block found: whether the recipe converts it, with which k, MACs before and after (the
     conversion runs on a copy in memory; nothing is written)."""
-    from modify.report import summarize
+    from modify.measure.report import summarize
 
     original, result, label = run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf)
     summary = summarize(original, result, input_size=input_size)

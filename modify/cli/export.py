@@ -26,7 +26,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Export for deployment, then run the export and compare it with PyTorch (batch 1 and 2)."""
-    from modify.deploy import FORMATS, default_output, export_onnx, export_program
+    from modify.deploy.export import FORMATS, default_output, export_onnx, export_program
 
     if fmt not in FORMATS:
         raise fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
@@ -34,7 +34,7 @@ def export(
     check_output(target, force=force)
     model, _ = load_model(checkpoint)
     if fold_bn:
-        from modify.optimize import fold_batchnorm
+        from modify.deploy.optimize import fold_batchnorm
 
         fold_batchnorm(model)
     run = export_onnx if fmt == "onnx" else export_program

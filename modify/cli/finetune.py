@@ -74,10 +74,10 @@ def finetune(
     import torch
     from torch.utils.data import DataLoader
 
-    from modify.checkpoint import save
-    from modify.data import load_dataset
-    from modify.finetune import FinetuneConfig
-    from modify.finetune import finetune as run_finetune
+    from modify.io.checkpoint import save
+    from modify.train.data import load_dataset
+    from modify.train.finetune import FinetuneConfig
+    from modify.train.finetune import finetune as run_finetune
 
     # Configuration errors surface before anything heavy is loaded.
     config = FinetuneConfig(
@@ -93,7 +93,7 @@ def finetune(
         eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
         eval_loader = DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
     if init is not None:
-        from modify.init import initialize
+        from modify.conversion.init import initialize
 
         torch.manual_seed(seed)
         calibration = next(iter(DataLoader(train_set, batch_size=min(256, len(train_set)))))[0]

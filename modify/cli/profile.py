@@ -24,7 +24,7 @@ def profile(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Count parameters and MACs (fvcore convention, MoD operators included), per block."""
-    from modify.profiling import profile_model
+    from modify.measure.profiling import profile_model
 
     module, label = load_model(model, num_classes=num_classes)
     report = profile_model(module, input_size=input_size, depth=depth, label=label, latency=latency)

@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from modify.benchmark import BenchReport
-    from modify.profiling import ProfileReport
+    from modify.measure.benchmark import BenchReport
+    from modify.measure.profiling import ProfileReport
 
 __all__ = ["console", "error_console", "profile_tables", "compare_table", "bench_table", "models_table"]
 
@@ -188,11 +188,11 @@ def conversion_tables(label: str, summary, *, verbose: bool = False) -> list[Tab
 # -- modify finetune ----------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from modify.finetune import FinetuneResult, StepInfo
+    from modify.train.finetune import FinetuneResult, StepInfo
 
 
 class FinetuneProgress:
-    """A rich progress bar for `modify.finetune.finetune`: pass ``update`` as ``on_step``."""
+    """A rich progress bar for `modify.train.finetune.finetune`: pass ``update`` as ``on_step``."""
 
     def __init__(self, total_steps: int, description: str = "fine-tuning") -> None:
         from rich.progress import (
@@ -266,7 +266,7 @@ __all__ += ["FinetuneProgress", "finetune_table"]
 
 
 class SweepProgress:
-    """Two rich bars for `modify.compare.run_sweep`: configurations, and the steps of the one
+    """Two rich bars for `modify.measure.compare.run_sweep`: configurations, and the steps of the one
     being fine-tuned. Pass ``event`` as ``on_event``."""
 
     def __init__(self, runs: int, done: int = 0) -> None:

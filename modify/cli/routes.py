@@ -27,9 +27,9 @@ def routes(
     quiet_torch_logs()
     from torch.utils.data import DataLoader
 
-    from modify.data import load_dataset
-    from modify.routes import routes as record_routes
-    from modify.routes import write_routes
+    from modify.train.data import load_dataset
+    from modify.measure.routes import routes as record_routes
+    from modify.measure.routes import write_routes
 
     model, label = load_model(checkpoint)
     dataset = load_dataset(data, split=split, data_dir=data_dir, limit=limit, size=image_size)

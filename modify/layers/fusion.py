@@ -25,7 +25,7 @@ class Fusion(nn.Module):
     """Adds ``y`` (N, k, H, W) into ``x`` (N, C, H, W) at a fixed slot; returns (N, C, H, W).
 
     The result is a new tensor: ``x`` is left untouched, so autograd and any other reader of
-    the block input stay correct. With ``inplace=True`` (set by `modify.optimize.enable_inplace_fusion`
+    the block input stay correct. With ``inplace=True`` (set by `modify.deploy.optimize.enable_inplace_fusion`
     where the block is the input's only reader) and gradients off, the k channels are added into
     ``x`` itself, which saves a copy of the whole tensor.
 
@@ -34,7 +34,7 @@ class Fusion(nn.Module):
     that places channel i of ``y`` at slot channel i (`placement`): the same numbers (each output
     is ``x + 1 * y_i`` or ``x + 0``), but a convolution with a residual input, which such
     compilers fuse, where slicing and concatenating along channels forces layout changes.
-    `modify.deploy.export_onnx` exports this form.
+    `modify.deploy.export.export_onnx` exports this form.
 
     Example:
         >>> fuse = Fusion(channels=4, k=2)

@@ -34,8 +34,8 @@ class StrChoice(str, enum.Enum):
 
 class Init(StrChoice):
     """How a converted model's MoD blocks start: the one vocabulary of `modify.convert`,
-    `modify.init.initialize` and the ``--init`` of ``modify convert`` and ``modify finetune``
-    (`modify.init` describes each)."""
+    `modify.conversion.init.initialize` and the ``--init`` of ``modify convert`` and ``modify finetune``
+    (`modify.conversion.init` describes each)."""
 
     SCRATCH = "scratch"  # fresh weights, as the paper trains its MoD blocks (the default)
     COPY = "copy"  # the original block's weights, its leading channels (exact when k = C)

@@ -16,17 +16,17 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from modify.discover import BlockSite, find_blocks
+from modify.conversion.discover import BlockSite, find_blocks
 from modify.errors import ConversionError, NoBlocksError
-from modify.families import default_capacity
+from modify.conversion.families import default_capacity
 from modify.layers import MoDConfig
 from modify.layers.options import Init
-from modify.modes import frozen_branches, mode_note
-from modify.optimize import enable_inplace_fusion
-from modify.plan import BlockPlan, plan, resolve_recipe
-from modify.recipe import Capacity, Recipe
-from modify.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.tracing import LeafSpec, default_input, leaf_record, trace
+from modify.conversion.modes import frozen_branches, mode_note
+from modify.deploy.optimize import enable_inplace_fusion
+from modify.conversion.plan import BlockPlan, plan, resolve_recipe
+from modify.conversion.recipe import Capacity, Recipe
+from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
+from modify.conversion.tracing import LeafSpec, default_input, leaf_record, trace
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 
@@ -57,7 +57,7 @@ class ConversionResult:
     input_shape: tuple[int, ...]  # the example input's shape used for tracing
     sites: tuple[BlockSite, ...] = ()  # every residual block found
     plans: tuple[BlockPlan, ...] = ()
-    default_reason: str | None = None  # why this c, when none of recipe/k/c was given (`modify.families`)
+    default_reason: str | None = None  # why this c, when none of recipe/k/c was given (`modify.conversion.families`)
     notes: tuple[str, ...] = ()  # what the user should know: blocks whose self.training branch was frozen
 
 
@@ -106,7 +106,7 @@ def convert(
         c: the paper's capacity instead: k = max(1, C // c).
         recipe: a shipped recipe name (``"every_other"``), a YAML path, a dict or a `Recipe`. With
             none of recipe, k and c, ``every_other`` (the paper's placement) with the c of the
-            model's block family (`modify.families`: 64 for ResNets and RegNets, 16 for
+            model's block family (`modify.conversion.families`: 64 for ResNets and RegNets, 16 for
             MobileNets, MNASNet, EfficientNets and ConvNeXt; 64 for blocks of no known family),
             recorded in ``result.default_reason``.
         example_inputs: inputs for tracing and shape propagation; default one random
@@ -115,7 +115,7 @@ def convert(
         init: how the MoD blocks start (`modify.layers.Init`): ``"scratch"`` (fresh weights, as
             the paper), ``"copy"`` (the original block's weights, its leading channels), ``"zero"``
             (fresh, the reduced branch's last layer at zero) or ``"importance"`` (the original's most
-            important channels, the selector preferring them); see `modify.init`.
+            important channels, the selector preferring them); see `modify.conversion.init`.
         leaf_modules: module classes or qualified names torch.fx should not trace into.
         strict: make it an error when a block the recipe selected cannot be converted.
 
@@ -185,7 +185,7 @@ def convert(
         notes=(note,) if note is not None else (),
     )
     if init in (Init.ZERO, Init.IMPORTANCE):
-        from modify.init import initialize
+        from modify.conversion.init import initialize
 
         initialize(result, init, original=original)
     return result

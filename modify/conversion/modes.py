@@ -3,15 +3,15 @@ the model was traced in, and the conversion says so instead of freezing it silen
 
 torch.fx records one path through ``if self.training:``; a reduced block cut from that graph
 runs that path in both modes. The calls whose ``training`` flag tracing freezes most often are
-rebuilt as modules that follow the block's mode again (`modify.surgery.cut`: dropout, stochastic
+rebuilt as modules that follow the block's mode again (`modify.conversion.surgery.cut`: dropout, stochastic
 depth, the batch norm of a traced-through BatchNorm subclass such as timm's BatchNormAct2d), so
 `frozen_branches` traces the model in the other mode too and reports the blocks whose other
 operations differ between the two graphs.
 
 Example:
     >>> import torchvision
-    >>> from modify.tracing import trace
-    >>> from modify.discover import find_blocks
+    >>> from modify.conversion.tracing import trace
+    >>> from modify.conversion.discover import find_blocks
     >>> model = torchvision.models.resnet18(weights=None).eval()
     >>> frozen_branches(model, [s.name for s in find_blocks(trace(model, input_size=64))])
     []
@@ -27,11 +27,11 @@ from collections.abc import Collection, Iterable
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.tracing import LeafSpec, ModifyTracer
+from modify.conversion.tracing import LeafSpec, ModifyTracer
 
 __all__ = ["frozen_branches", "mode_note"]
 
-# Calls `modify.surgery.cut` rebuilds as modules that follow the block's mode.
+# Calls `modify.conversion.surgery.cut` rebuilds as modules that follow the block's mode.
 _FOLLOWS_MODE = frozenset({
     F.batch_norm, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
 })  # fmt: skip

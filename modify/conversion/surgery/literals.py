@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from modify.conversion.graph import _arg, split_sizes
+from modify.conversion.graph import _shape_ints as _shape
 from modify.errors import SplitError
 
 __all__ = ["SplitPlan", "SplitError", "scale_parts", "plan_splits", "split_sizes", "rescale_split", "rescale_slice",
@@ -66,40 +68,7 @@ def scale_parts(parts: Sequence[int], total: int) -> list[int]:
     return sizes
 
 
-_SPLIT_FUNCTIONS = (torch.split, torch.Tensor.split, torch.split_with_sizes, torch.Tensor.split_with_sizes)
-_SPLIT_METHODS = ("split", "split_with_sizes")
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(meta, "shape", None)
-    return tuple(int(d) for d in shape) if shape is not None else None
-
-
-def _arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > position:
-        return node.args[position]
-    return node.kwargs.get(name, default)
-
-
-def split_sizes(node: fx.Node) -> tuple[list[int], int | list[int]] | None:
-    """(the parts, the size argument as written) of a channel split node, else None."""
-    is_split = (node.op == "call_function" and node.target in _SPLIT_FUNCTIONS) or (
-        node.op == "call_method" and node.target in _SPLIT_METHODS
-    )
-    if not is_split:
-        return None
-    source, sizes = node.args[0], _arg(node, 1, "split_size_or_sections", _arg(node, 1, "split_size"))
-    dim, shape = _arg(node, 2, "dim", 0), _shape(source)
-    if shape is None or not isinstance(dim, int) or dim % len(shape) != 1:
-        return None
-    if isinstance(sizes, int):
-        whole, rest = divmod(shape[1], sizes)
-        return [sizes] * whole + ([rest] if rest else []), sizes
-    if isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes):
-        return list(sizes), list(sizes)
-    return None
 
 
 def _cat_of_convs(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:

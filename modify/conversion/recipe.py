@@ -2,7 +2,7 @@
 
 A recipe is a small YAML file (or dict) that is validated up front: every misspelt key, wrong type
 or impossible value is a `RecipeError` naming its YAML path (``rules[1].index``), the value, and
-the form expected. This module imports no torch; `modify.plan` applies a recipe to the `BlockSite`
+the form expected. This module imports no torch; `modify.conversion.plan` applies a recipe to the `BlockSite`
 records of a model.
 
 YAML schema (version 1)::
@@ -70,7 +70,7 @@ from modify.errors import RecipeError
 from modify.layers.options import BlockForm, FusionSlot, MoDConfig, SelectionOrder
 
 if TYPE_CHECKING:
-    from modify.discover import BlockSite
+    from modify.conversion.discover import BlockSite
 
 __all__ = [
     "RECIPE_VERSION",
@@ -86,7 +86,7 @@ __all__ = [
 RECIPE_VERSION = 1  # the one schema version this module reads and writes
 INDEX_KEYWORDS = ("odd", "even", "all")  # the named index selectors
 
-_RECIPES_DIR = Path(__file__).with_name("recipes")  # package data: the canonical shipped recipes
+_RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: the canonical shipped recipes
 _TOP_KEYS = ("version", "defaults", "mod", "rules")
 _CAPACITY_KEYS = ("k", "fraction", "c")
 _SELECTOR_KEYS = ("stage", "index", "name")
@@ -232,7 +232,7 @@ class Capacity:
     def k_for(self, channels: int) -> int | None:
         """k for a block of ``channels`` channels; None when the capacity is ``skip``.
 
-        The result may be >= ``channels`` (``k: 300`` on a 256-channel block); `modify.plan`
+        The result may be >= ``channels`` (``k: 300`` on a 256-channel block); `modify.conversion.plan`
         rejects that with the block's name.
         """
         if self.skip:
@@ -465,12 +465,12 @@ def _check_version(value: object, path: str) -> None:
             path,
             f"{value!r} is not a supported recipe version; expected `version: {RECIPE_VERSION}`, the only "
             "version this modify reads. Upgrade modify, or rewrite the recipe in the version 1 schema "
-            "(see `modify.recipe`).",
+            "(see `modify.conversion.recipe`).",
         )
 
 
 def _recipe_from(raw: object, source: str | None) -> Recipe:
-    raw = _as_mapping(raw, "", "a mapping with version, defaults, mod and rules (see `modify.recipe`)")
+    raw = _as_mapping(raw, "", "a mapping with version, defaults, mod and rules (see `modify.conversion.recipe`)")
     _check_keys(raw, _TOP_KEYS, "", "a recipe")
     if "version" not in raw:
         raise _fail("version", f"missing; expected `version: {RECIPE_VERSION}` at the top of the recipe.")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modify.checkpoint import atomic_write
+from modify.io.files import atomic_write
 from modify.errors import ModifyError
 
 __all__ = ["ExportError", "ExportReport", "export_onnx", "export_program", "placement_fusion", "FORMATS"]

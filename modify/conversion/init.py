@@ -1,7 +1,7 @@
 """How a converted model's MoD blocks start: the strategies applied after `modify.convert`.
 
     result = modify.convert(model, c=64)
-    report = modify.init.initialize(result, "importance", original=model)
+    report = modify.conversion.init.initialize(result, "importance", original=model)
 
 Four strategies (`modify.layers.Init`, the same words as ``modify convert --init`` and ``modify
 finetune --init``), each rewriting the selector and the reduced block of every MoD block in
@@ -78,7 +78,7 @@ from torch import Tensor, fx, nn
 from modify.errors import ModifyError
 from modify.layers import BlockForm, MoDBlock
 from modify.layers.options import Init, StrChoice
-from modify.surgery import get_attribute
+from modify.conversion.surgery import get_attribute
 
 __all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks"]
 

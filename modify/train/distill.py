@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
-from modify.finetune import recalibrate_bn
-from modify.init import mod_blocks
+from modify.train.finetune import recalibrate_bn
+from modify.conversion.init import mod_blocks
 from modify.layers import FusionSlot, MoDBlock
 
 __all__ = ["BlockFit", "DistillReport", "distill_blocks"]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modify.compare import RunRecord
+from modify.measure.compare import RunRecord
 
 __all__ = ["Row", "Match", "Summary", "summarize", "write_report", "markdown_table", "recommendation"]
 
@@ -178,7 +178,7 @@ def recommendation(summary: Summary) -> list[str]:
 
 def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Accuracy against measured speed-up, one series per method, each frontier drawn as a line."""
-    from modify.plots import pyplot, save_png
+    from modify.measure.plots import pyplot, save_png
 
     plt = pyplot("the comparison plot")
     colors = {"mod": "tab:blue", "delete": "tab:orange", "prune": "tab:green"}
@@ -204,7 +204,7 @@ def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> 
 
 def write_report(summary: Summary, out_dir: str | os.PathLike[str], *, title: str = "") -> dict[str, Path]:
     """Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``."""
-    from modify.checkpoint import atomic_write_text
+    from modify.io.files import atomic_write_text
 
     out = Path(out_dir)
     data = {**summary.as_dict(), "recommendation": recommendation(summary)}

@@ -26,7 +26,7 @@ def pyplot(what: str) -> Any:
 
 def save_png(fig: Any, path: str | os.PathLike[str], *, dpi: int) -> Path:
     """Writes ``fig`` to ``path`` as PNG (replacing it, atomically) and closes it."""
-    from modify.checkpoint import atomic_write
+    from modify.io.files import atomic_write
 
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), force=True)

@@ -12,10 +12,10 @@ Each finished (candidate, seed) is written to ``out_dir/runs/`` as JSON the mome
 so a killed sweep resumes where it stopped: run it again with the same ``out_dir``. Speed is
 measured after every fine-tune has finished, once per architecture (candidates that differ only
 in their weights share it), every architecture and the original in the same interleaved rounds
-(`modify.benchmark.bench_many`), and stored in ``out_dir/speed/``; training no longer competes
+(`modify.measure.benchmark.bench_many`), and stored in ``out_dir/speed/``; training no longer competes
 with the timing then. A pruned candidate's
 architecture (its Torch-Pruning ratio, found by a measured search) is fixed at its first build and
-stored in ``out_dir/arch/``, so every seed prunes the same channels. `modify.compare_report`
+stored in ``out_dir/arch/``, so every seed prunes the same channels. `modify.measure.compare_report`
 turns the records into the table, the plot and a recommendation.
 
 Example:
@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from modify.errors import ModifyError
-from modify.finetune import FinetuneConfig, evaluate, finetune
+from modify.train.finetune import FinetuneConfig, evaluate, finetune
 
 __all__ = ["Candidate", "CompareConfig", "RunRecord", "default_candidates", "run_sweep", "load_runs", "load_failures", "fingerprint", "METHODS"]
 
@@ -62,7 +62,7 @@ class Candidate:
     label: str  # shown in the table and the plot (not part of the key)
     recipe: dict[str, Any] | None = None  # mod / delete: a recipe dict (None: every_other)
     blocks: tuple[str, ...] | None = None  # delete: the block names (instead of a recipe)
-    init: str = "scratch"  # mod: scratch | zero | importance (`modify.init`) or copy (convert's)
+    init: str = "scratch"  # mod: scratch | zero | importance (`modify.conversion.init`) or copy (convert's)
     block_distill_steps: int = 0  # mod: block-local distillation steps per block before the fine-tune
     route_weight: float = 0.0  # mod: block distillation also teaches the selector the most-changed channels
     init_version: int = 2  # importance: 2 = the balanced selector prior (1, before it, collapsed in fine-tuning)
@@ -170,7 +170,7 @@ def default_candidates(
     """The sweep a user should see for a model whose every_other blocks are ``blocks``.
 
     MoD: the paper's (c = 64, first slot, fresh blocks), the fraction k = C/4 with the original
-    block's most important channels, block-local distillation (`modify.distill`) on top, and the
+    block's most important channels, block-local distillation (`modify.train.distill`) on top, and the
     "branch" form fused into the selected channels' own positions ("OP") with the original
     weights (leading or most important channels) at k = C/4 and C/2. Deletion: all those blocks,
     every set but one, the first two and the last two. Torch-Pruning at matched speed-ups (a
@@ -244,7 +244,7 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
         return pruned.model, {"pruning_ratio": pruned.pruning_ratio, "search_speedup": pruned.speedup,
                               "macs_ratio_tp": pruned.macs_ratio}  # fmt: skip
     import modify
-    from modify.init import initialize
+    from modify.conversion.init import initialize
 
     if not weights:
         return modify.convert(teacher, recipe=candidate.recipe, input_size=input_size).model, {}
@@ -257,7 +257,7 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
     if candidate.block_distill_steps:
         if train_loader is None:
             raise ModifyError(f"{candidate.label}: block-local distillation needs train_loader=.")
-        from modify.distill import distill_blocks
+        from modify.train.distill import distill_blocks
 
         report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps,
                                 route_weight=candidate.route_weight)  # fmt: skip
@@ -270,7 +270,7 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from modify.checkpoint import atomic_write_text
+    from modify.io.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
@@ -304,7 +304,7 @@ def load_runs(out_dir: str | os.PathLike[str]) -> list[RunRecord]:
 def _time_all(models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, out: Path) -> list[dict[str, Any]]:
     """Every architecture's latency against the original, all in shared rounds, each written to
     ``out/speed/<arch key>.json``."""
-    from modify.benchmark import BenchCase, bench_many
+    from modify.measure.benchmark import BenchCase, bench_many
 
     cases = [BenchCase(batch_size=1, threads=1)]
     if config.throughput_batch:
@@ -386,7 +386,7 @@ def run_sweep(
         for m in (model, teacher, original):
             m.cpu()  # fine-tuning may have used a GPU; evaluation, counting and timing here are on the CPU
         accuracy = evaluate(model, test_loader)
-        from modify.profiling import profile_model
+        from modify.measure.profiling import profile_model
 
         profile = profile_model(model, input_size=config.input_size)
         record = RunRecord(

@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 from torch import fx, nn
 
-from modify.discover import BlockSite, SiteGraph, locate
+from modify.conversion.discover import BlockSite, SiteGraph, locate
 from modify.layers import BlockForm, MoDBlock, MoDConfig, ReducedBlock
 from modify.layers.options import Init
-from modify.plan import BlockPlan
-from modify.surgery import SurgeryError, reduced_parts
+from modify.conversion.plan import BlockPlan
+from modify.conversion.surgery import SurgeryError, reduced_parts
 
 __all__ = ["ConvertedBlock", "SkippedBlock", "rewrite", "build_mod_block"]
 

@@ -19,7 +19,6 @@ folder, renamed over the target, and an existing file is only replaced when aske
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,11 @@ from torch import nn
 from modify._version import __version__
 from modify.errors import CheckpointError, ModifyError
 from modify.layers import MoDConfig
-from modify.weights import safe_load
-from modify.zoo import build_source, model_source
+from modify.io.weights import safe_load
+from modify.io.files import atomic_write
+from modify.io.names import build_source, model_source
 
-__all__ = ["save", "load", "read_checkpoint", "atomic_write", "atomic_write_text", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "modify.checkpoint"
 FORMAT_VERSION = 2  # 2 added "baseline"; a checkpoint without one is still written as version 1
@@ -88,48 +88,6 @@ def _unplain(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux shows it (/proc), else by
-    setting and restoring it at once."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any, *, force: bool = False) -> Path:
-    """Calls ``write(tmp_path)`` then renames the file onto ``path``; refuses to replace an
-    existing file unless ``force``. The file gets the permissions a plain ``open`` would give it
-    (0666 less the umask)."""
-    target = Path(path)
-    if target.is_dir():
-        raise CheckpointError(f"{str(target)!r} is a directory; give a file path such as {str(target / 'model.pt')!r}.")
-    if target.exists() and not force:
-        raise CheckpointError(f"{str(target)!r} exists; pass --force (force=True) to replace it, or choose another path.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: some writers (torch.export.save) check it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the user's group
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, force: bool = True) -> Path:
-    """`atomic_write` of a text file (reports, records); replaces an existing one by default."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
-
-
 def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Writes a converted model (a `ConversionResult` or its ``.model``) as a checkpoint.
 
@@ -150,7 +108,7 @@ def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = Fa
     if source is None:
         raise CheckpointError(
             "this model does not say how to rebuild its architecture; build it with modify.get_model(name) "
-            "or modify.zoo.from_import_path('package.module:factory') before converting."
+            "or modify.io.names.from_import_path('package.module:factory') before converting."
         )
     baseline = _baseline(model)
     payload = {
@@ -183,9 +141,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _replay_conversion(model: nn.Module, conversion: dict[str, Any], path: str | os.PathLike[str]) -> nn.Module:
     """The recorded conversion, run again on the rebuilt architecture (its weights come after);
-    a ``module`` entry (`modify.backbones.convert_backbone`) converts that submodule only."""
-    from modify.pipeline import convert
-    from modify.tracing import leaf_from_record
+    a ``module`` entry (`modify.conversion.backbones.convert_backbone`) converts that submodule only."""
+    from modify.conversion.pipeline import convert
+    from modify.conversion.tracing import leaf_from_record
 
     try:
         leaves = tuple(leaf_from_record(r) for r in conversion.get("leaf_modules") or ())

@@ -30,7 +30,7 @@ from typing import Any
 from torch import nn
 
 from modify.errors import ConversionError
-from modify.pipeline import ConversionResult, convert
+from modify.conversion.pipeline import ConversionResult, convert
 
 __all__ = ["BACKBONE_PATHS", "find_backbone", "convert_backbone"]
 

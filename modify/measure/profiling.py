@@ -189,7 +189,7 @@ def profile_model(
     blocks = _block_rows(model, by_module, depth)
     latency_ms = block_ms = None
     if latency:
-        from modify.latency import block_latency
+        from modify.measure.latency import block_latency
 
         latency_ms, block_ms = block_latency(
             model, [b.name for b in blocks], input_size=h, batch_size=batch_size, threads=threads

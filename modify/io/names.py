@@ -13,7 +13,7 @@ from torch import nn
 
 from modify.errors import ModifyError, UnknownModelError
 from modify.models import list_mod_models, mod_model_builder
-from modify.optimize import enable_inplace_fusion
+from modify.deploy.optimize import enable_inplace_fusion
 
 __all__ = ["get_model", "list_models", "resolve_model", "from_import_path", "model_source", "build_source",
            "timm_model", "TIMM_PREFIX"]
@@ -88,7 +88,7 @@ TIMM_HINT = "pip install timm (or: pip install 'modify[timm]')"
 
 def timm_model(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)``: timm's architecture, random weights
-    (load yours with `modify.weights.load_state_dict_file`); never downloads.
+    (load yours with `modify.io.weights.load_state_dict_file`); never downloads.
 
     Raises:
         UnknownModelError: timm has no model of that name; the message lists close ones.
@@ -186,7 +186,7 @@ def resolve_model(spec: str | nn.Module, **kwargs: Any) -> tuple[nn.Module, str]
     if isinstance(spec, nn.Module):
         return spec, type(spec).__name__
     if os.path.isfile(spec):
-        from modify.checkpoint import load
+        from modify.io.checkpoint import load
 
         return load(spec), os.path.basename(spec)
     if spec.startswith(TIMM_PREFIX):

@@ -170,7 +170,7 @@ def _note_batchnorm_modules(gm: fx.GraphModule, model: nn.Module) -> None:
     """Marks each ``F.batch_norm`` call that a traced-through BatchNorm subclass made (timm's
     BatchNormAct2d) with that module's settings: tracing froze its ``self.training`` branches
     (batch statistics or running ones, the momentum), and a cut block rebuilds it as a module
-    that follows its mode again (`modify.surgery.cut`)."""
+    that follows its mode again (`modify.conversion.surgery.cut`)."""
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target is not F.batch_norm:
             continue

@@ -1,8 +1,8 @@
 """Block sites + a recipe (or k / c) -> one `BlockPlan` per site: what becomes a MoD block, with which k.
 
-Pure: no torch, no model; the input is what `modify.discover` found. How a recipe is chosen:
+Pure: no torch, no model; the input is what `modify.conversion.discover` found. How a recipe is chosen:
 
-- ``recipe=`` a shipped name, a YAML path, a dict or a `Recipe` (see `modify.recipe`);
+- ``recipe=`` a shipped name, a YAML path, a dict or a `Recipe` (see `modify.conversion.recipe`);
 - ``k=`` or ``c=`` alone: the default placement (the paper's, the ``every_other`` recipe: 0-based odd
   indices in every stage) with that capacity for every selected block. An integer ``k`` is a channel
   count, a float ``k`` in (0, 1) is a fraction of each block's width C; ``c`` gives k = max(1, C // c);
@@ -15,7 +15,7 @@ the width of a block it applies to. A selected block that cannot be converted (a
 that downsamples, say) is not an error: its plan is skipped with the site's own reason.
 
 Example:
-    >>> from modify.discover import BlockSite, SkipKind
+    >>> from modify.conversion.discover import BlockSite, SkipKind
     >>> sites = [BlockSite(f"layer1.{i}", 0, i, 256, 56, 56, 1, SkipKind.IDENTITY, (), "Bottleneck",
     ...                    reason="projection shortcut" if i == 0 else None) for i in range(3)]
     >>> [(p.site.name, p.k) for p in plan(sites, c=64)]
@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from modify.errors import ConversionError, NoBlocksError, RecipeError
-from modify.recipe import BlockRule, Capacity, Recipe, load_recipe
+from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe
 
 if TYPE_CHECKING:  # discovery needs torch; planning does not
-    from modify.discover import BlockSite
+    from modify.conversion.discover import BlockSite
 
 __all__ = ["BlockPlan", "plan", "resolve_recipe", "DEFAULT_RECIPE", "NOT_SELECTED"]
 
@@ -52,7 +52,7 @@ class BlockPlan:
     """What happens to one block site: converted with ``k`` channels, or left standard with a reason.
 
     Example:
-        >>> from modify.discover import BlockSite, SkipKind
+        >>> from modify.conversion.discover import BlockSite, SkipKind
         >>> site = BlockSite("layer3.1", 2, 1, 1024, 14, 14, 1, SkipKind.IDENTITY, (), "Bottleneck")
         >>> BlockPlan(site, k=16, rule="rules[0]", reason=None).converted
         True
@@ -162,7 +162,7 @@ def plan(
     recipe"``.
 
     Args:
-        sites: The blocks `modify.discover` found.
+        sites: The blocks `modify.conversion.discover` found.
         recipe: A shipped recipe name, YAML path, dict or `Recipe`.
         k: Instead of a recipe: channels per selected block (int) or a fraction of C (float in (0, 1)),
             applied to the default placement, the 0-based odd indices of every stage.
@@ -179,7 +179,7 @@ def plan(
             block, or no block at an odd index for k/c to apply to.
 
     Example:
-        >>> from modify.discover import BlockSite, SkipKind
+        >>> from modify.conversion.discover import BlockSite, SkipKind
         >>> site = BlockSite("layer4.1", 3, 1, 2048, 7, 7, 1, SkipKind.IDENTITY, (), "Bottleneck")
         >>> plan([site])[0].k, plan([site], k=0.25)[0].k, plan([site], recipe="all")[0].rule
         (32, 512, 'rules[0]')

@@ -14,8 +14,8 @@ import dataclasses
 
 from torch import nn
 
-from modify.pipeline import ConversionResult
-from modify.profiling import ProfileReport, profile_model
+from modify.conversion.pipeline import ConversionResult
+from modify.measure.profiling import ProfileReport, profile_model
 
 __all__ = ["BlockRow", "ConversionSummary", "block_report", "summarize"]
 

@@ -143,8 +143,8 @@ def routes(model: nn.Module, data: Iterable[Any], *, batches: int | None = None)
 
 def write_routes(report: RoutesReport, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Writes ``routes.json`` and ``routes.png`` (a selection heatmap per block: all images, then each class)."""
-    from modify.checkpoint import atomic_write_text
-    from modify.plots import pyplot, save_png
+    from modify.io.files import atomic_write_text
+    from modify.measure.plots import pyplot, save_png
 
     plt = pyplot("the routes heatmap")
 

@@ -24,7 +24,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from modify.layers import MoDBlock
-from modify.tracing import LeafSpec, ModifyTracer
+from modify.conversion.tracing import LeafSpec, ModifyTracer
 
 __all__ = ["optimize_for_inference", "fold_batchnorm", "enable_inplace_fusion"]
 

@@ -634,7 +634,7 @@ def _run(
         nonlocal written
         if state_path is None or not d.main:
             return
-        from modify.checkpoint import atomic_write
+        from modify.io.files import atomic_write
 
         payload = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "config": config.as_dict(), "total_steps": total_steps,

@@ -1,0 +1,281 @@
+"""The per-layer rules of surgery: how each layer type is rebuilt at the reduced width.
+
+`Widths` maps a channel count of the original block to the reduced block's; `LayerInput` says
+what a rule knows of the layer's input; `SHRINKERS` holds one rule per module type (subclasses
+match too); register a rule there for a layer type of your own.
+
+Example:
+    >>> w = Widths(channels=64, k=8)
+    >>> _shrink_conv(nn.Conv2d(64, 16, 3), w, Init.COPY, LayerInput((1, 64, 8, 8), (1, 8, 8, 8))).weight.shape
+    torch.Size([2, 8, 3, 3])
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from modify.errors import SurgeryError
+from modify.layers.options import Init
+
+__all__ = ["Widths", "LayerInput", "Shrinker", "SHRINKERS"]
+
+
+class Widths:
+    """Maps a channel count of the original block to the reduced block's.
+
+    Example:
+        >>> w = Widths(channels=256, k=4)
+        >>> w(256), w(64), w(1024), w(16)
+        (4, 1, 16, 1)
+    """
+
+    def __init__(self, channels: int, k: int, fixed: dict[int, int] | None = None) -> None:
+        self.channels = channels
+        self.k = k
+        self.fixed = dict(fixed or {})  # counts decided elsewhere (`modify.splits`): d -> reduced d
+
+    def __call__(self, d: int) -> int:
+        if d in self.fixed:
+            return self.fixed[d]
+        if d == self.channels:
+            return self.k
+        return max(1, round(d * self.k / self.channels))
+
+    def with_fixed(self, fixed: dict[int, int]) -> Widths:
+        """The same map with some counts decided elsewhere."""
+        return Widths(self.channels, self.k, {**self.fixed, **fixed})
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInput:
+    """What a shrinker knows about the input of the layer it rebuilds.
+
+    Example:
+        >>> LayerInput(before=(1, 64, 8, 8), after=(1, 2, 8, 8)).channels(64)
+        2
+    """
+
+    before: tuple[int, ...] | None  # the input's shape in the original block; None if unknown
+    after: tuple[int, ...] | None  # the reduced input's shape; None if unknown (then widths decide)
+
+    def channels(self, original: int, widths: Widths | None = None, *, dim: int = 1) -> int:
+        """The reduced input's size along ``dim`` (``original`` scaled by ``widths`` when unknown)."""
+        if self.after is not None and -len(self.after) <= dim < len(self.after):
+            return int(self.after[dim])
+        return widths(original) if widths is not None else original
+
+
+Shrinker = Callable[[nn.Module, Widths, Init, LayerInput], nn.Module]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer rules
+
+
+def _factory(m: nn.Module) -> dict[str, Any]:
+    """device / dtype of a module's state, so its reduced copy lives where it did."""
+    t = next(iter(m.parameters()), None)
+    if t is None:
+        t = next(iter(m.buffers()), None)
+    if t is None or not t.is_floating_point():
+        return {"device": t.device} if t is not None else {}
+    return {"device": t.device, "dtype": t.dtype}
+
+
+def _groups(groups: int, new_in: int, new_out: int) -> int:
+    """The largest group count no larger than before that divides both new widths."""
+    return max(g for g in range(1, groups + 1) if new_in % g == 0 and new_out % g == 0)
+
+
+def _take(t: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """The leading slice of ``t`` with the given sizes."""
+    if any(s > d for s, d in zip(sizes, t.shape)):
+        raise SurgeryError(f"a tensor of shape {tuple(t.shape)} cannot be cut to {sizes}: the reduced layer would be wider")
+    return t[tuple(slice(0, s) for s in sizes)].clone()
+
+
+def _finish(new: nn.Module, old: nn.Module, init: Init) -> nn.Module:
+    """Mode and trainability as the original: copied weights keep requires_grad (a frozen layer
+    stays frozen), fresh ones are trainable."""
+    new.train(old.training)
+    if init is Init.COPY:
+        frozen = {name for name, p in old.named_parameters() if not p.requires_grad}
+        for name, p in new.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
+    return new
+
+
+def _shrink_conv(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    assert isinstance(m, nn.modules.conv._ConvNd)
+    new_in = seen.channels(m.in_channels, w)
+    if m.groups > 1 and m.groups == m.in_channels:
+        # depthwise (with its channel multiplier) stays depthwise on whatever width arrives
+        groups, new_out = new_in, new_in * (m.out_channels // m.in_channels)
+    else:
+        new_out = w(m.out_channels)
+        groups = _groups(m.groups, new_in, new_out)
+    kwargs: dict[str, Any] = dict(
+        stride=m.stride, padding=m.padding, dilation=m.dilation, groups=groups, bias=m.bias is not None,
+        padding_mode=m.padding_mode, **_factory(m),
+    )  # fmt: skip
+    if m.transposed:
+        kwargs["output_padding"] = m.output_padding
+    new = type(m)(new_in, new_out, m.kernel_size, **kwargs)
+    with torch.no_grad():
+        if init is Init.COPY:
+            new.weight.copy_(_take(m.weight, tuple(new.weight.shape)))
+            if m.bias is not None:
+                new.bias.copy_(m.bias[:new_out])
+        else:  # torchvision's initialisation of its CNNs
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+            if new.bias is not None:
+                nn.init.zeros_(new.bias)
+    return _finish(new, m, init)
+
+
+def _slice_state(new: nn.Module, old: nn.Module) -> None:
+    """Copies ``old``'s parameters and buffers into ``new``'s (smaller) ones, leading slices."""
+    state = old.state_dict()
+    target = new.state_dict()
+    new.load_state_dict({k: (_take(v, tuple(target[k].shape)) if v.dim() else v.clone()) for k, v in state.items()})
+
+
+def _shrink_norm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    """BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm: one channel axis, dim 1."""
+    assert isinstance(m, nn.modules.batchnorm._NormBase)
+    n = seen.channels(m.num_features, w)
+    new = type(m)(n, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats, **_factory(m))
+    if init is Init.COPY:
+        _slice_state(new, m)
+    return _finish(new, m, init)
+
+
+def _shrink_frozen_bn(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    """torchvision's FrozenBatchNorm2d (detection backbones): statistics and affine as buffers."""
+    n = seen.channels(m.weight.shape[0], w)
+    new = type(m)(n, eps=m.eps).to(**_factory(m))
+    if init is Init.COPY:
+        _slice_state(new, m)
+    return _finish(new, m, init)
+
+
+def _normalized_dims(before: tuple[int, ...] | None, shape: tuple[int, ...], channel_first: bool) -> list[int]:
+    """Positions (negative, from the end) of the input dims a LayerNorm normalizes over."""
+    if channel_first:
+        return [1 - len(before)] if before is not None else [-1]  # LayerNorm2d: dim 1 of (N, C, H, W)
+    return list(range(-len(shape), 0))
+
+
+def _check_not_degenerate(old: tuple[int, ...], new: tuple[int, ...], what: str) -> None:
+    if math.prod(new) == 1 < math.prod(old):
+        raise SurgeryError(
+            f"{what} normalizes over {math.prod(old)} values per position, and over 1 at this k: its output "
+            "would be a constant (no signal, no gradient). Give this block a larger k (k >= 2)."
+        )
+
+
+def _shrink_layernorm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    assert isinstance(m, nn.LayerNorm)
+    shape = tuple(m.normalized_shape)
+    before = seen.before
+    # nn.LayerNorm normalizes the trailing dims; a subclass such as torchvision's LayerNorm2d
+    # permutes a channel-first input and normalizes dim 1.
+    channel_first = (
+        type(m) is not nn.LayerNorm and before is not None and len(shape) == 1
+        and tuple(before[-1:]) != shape and len(before) > 2 and before[1] == shape[0]
+    )  # fmt: skip
+    dims = _normalized_dims(before, shape, channel_first)
+    if seen.after is not None:
+        new_shape = tuple(int(seen.after[d]) for d in dims)
+    else:
+        new_shape = shape[:-1] + (w(shape[-1]),)
+    _check_not_degenerate(shape, new_shape, f"the LayerNorm {type(m).__name__}{shape}")
+    new = type(m)(new_shape, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=getattr(m, "bias", None) is not None,
+                  **_factory(m))  # fmt: skip
+    if init is Init.COPY:
+        _slice_state(new, m)
+    return _finish(new, m, init)
+
+
+def _shrink_groupnorm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    assert isinstance(m, nn.GroupNorm)
+    channels = seen.channels(m.num_channels, w)
+    groups = max(g for g in range(1, m.num_groups + 1) if channels % g == 0)
+    new = nn.GroupNorm(groups, channels, eps=m.eps, affine=m.affine, **_factory(m))
+    if init is Init.COPY:
+        _slice_state(new, m)
+    return _finish(new, m, init)
+
+
+def _shrink_linear(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    assert isinstance(m, nn.Linear)
+    new = nn.Linear(seen.channels(m.in_features, w, dim=-1), w(m.out_features), bias=m.bias is not None, **_factory(m))
+    if init is Init.COPY:
+        _slice_state(new, m)
+    return _finish(new, m, init)
+
+
+def _shrink_prelu(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    assert isinstance(m, nn.PReLU)
+    if m.num_parameters == 1:
+        return copy.deepcopy(m)
+    new = nn.PReLU(seen.channels(m.num_parameters, w), **_factory(m))
+    if init is Init.COPY:
+        _slice_state(new, m)
+    return _finish(new, m, init)
+
+
+def _shrink_squeeze_excitation(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
+    """torchvision's SqueezeExcitation when it is a leaf: C' -> s -> C' with s scaled by k / C."""
+    new = copy.deepcopy(m)
+    channels = seen.channels(m.fc1.in_channels, w)
+    new.fc1 = _shrink_conv(m.fc1, w, init, LayerInput(None, (1, channels, 1, 1)))
+    new.fc2 = _shrink_conv(m.fc2, Widths(m.fc2.out_channels, channels), init, LayerInput(None, (1, new.fc1.out_channels, 1, 1)))
+    return new
+
+
+# Module type -> shrinker. Subclasses match too (BatchNorm1d/2d/3d, Conv1d/2d/3d, transposed).
+SHRINKERS: dict[type[nn.Module], Shrinker] = {
+    nn.modules.conv._ConvNd: _shrink_conv,
+    nn.modules.batchnorm._NormBase: _shrink_norm,
+    nn.Linear: _shrink_linear,
+    nn.LayerNorm: _shrink_layernorm,
+    nn.GroupNorm: _shrink_groupnorm,
+    nn.PReLU: _shrink_prelu,
+}
+try:  # torchvision is a dependency, but surgery works on any torch model
+    from torchvision.ops import SqueezeExcitation as _SE
+    from torchvision.ops.misc import FrozenBatchNorm2d as _FrozenBN
+
+    SHRINKERS[_FrozenBN] = _shrink_frozen_bn
+    SHRINKERS[_SE] = _shrink_squeeze_excitation
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _shrinker_for(module: nn.Module) -> Shrinker | None:
+    # The most specific registered class wins (FrozenBatchNorm2d before anything generic).
+    for kind in type(module).__mro__:
+        if kind in SHRINKERS:
+            return SHRINKERS[kind]
+    return None
+
+
+def _channel_state(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` with more than one element."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return [name for name, t in tensors if t.numel() > 1]
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(int(d) for d in shape) if shape is not None else None

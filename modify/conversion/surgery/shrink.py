@@ -1,0 +1,446 @@
+"""Shrinking a cut block: one pass over the copy at width k, each layer rebuilt for the input it
+actually receives (`shrink`), the check that it maps (N, k, H, W) to itself (`check_shape`), and
+both for one discovered block (`reduced_parts`).
+
+Example:
+    >>> import torchvision
+    >>> from modify.conversion.tracing import trace
+    >>> from modify.conversion.discover import find_blocks, locate
+    >>> gm = trace(torchvision.models.resnet18(weights=None), input_size=32)
+    >>> g = locate(gm, find_blocks(gm)[1])
+    >>> branch, _, _ = reduced_parts(gm, g, 64, 4, 8, 8, "copy")
+    >>> branch.conv1.in_channels, branch.conv2.out_channels
+    (4, 4)
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from modify.errors import SurgeryError
+from modify.layers.options import Init
+from modify.conversion.graph import SiteGraph
+from modify.conversion.surgery.cut import _set, cut, get_attribute
+from modify.conversion.surgery.literals import SplitError, plan_splits, rescale_shape, rescale_slice, rescale_split
+from modify.conversion.surgery.rules import (
+    LayerInput,
+    Widths,
+    _channel_state,
+    _check_not_degenerate,
+    _groups,
+    _shape,
+    _shrinker_for,
+    _take,
+)
+
+__all__ = ["shrink", "check_shape", "reduced_parts"]
+
+
+_BROADCASTING = frozenset(
+    {operator.mul, operator.add, operator.sub, operator.truediv, operator.iadd, operator.imul,
+     torch.mul, torch.add, torch.sub, torch.div, torch.addcmul, torch.where, torch.maximum, torch.minimum}
+)  # fmt: skip
+_BROADCASTING_METHODS = frozenset({"mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul", "expand_as"})
+
+
+class _Pending:
+    """A get_attr tensor not yet sliced: its first consumer decides its reduced shape."""
+
+    def __init__(self, node: fx.Node, tensor: torch.Tensor) -> None:
+        self.node = node
+        self.tensor = tensor
+
+
+class _Pass:
+    """Runs a cut block once at width k, rebuilding each layer for its actual input."""
+
+    def __init__(self, sub: fx.GraphModule, widths: Widths, init: Init, conv_outputs: dict[str, int] | None = None) -> None:
+        self.sub = sub
+        self.widths = widths
+        self.init = init
+        self.conv_outputs = conv_outputs or {}  # conv target -> output width (`modify.splits`)
+        self.done: set[str] = set()
+        self.channel_sizes = {widths.channels}
+        for node in sub.graph.nodes:
+            shape = _shape(node)
+            if shape is not None and len(shape) >= 3:
+                self.channel_sizes.add(shape[1])
+
+    # -- get_attr tensors ------------------------------------------------------------------
+
+    def _store(self, pending: _Pending, value: torch.Tensor) -> torch.Tensor:
+        old = pending.tensor
+        value = nn.Parameter(value, old.requires_grad) if isinstance(old, nn.Parameter) else value
+        _set(self.sub, pending.node.target, value)
+        self.done.add(pending.node.target)
+        self.env[pending.node] = value
+        return value
+
+    def _slice_by_broadcast(self, pending: _Pending, others: list[tuple[fx.Node, torch.Tensor]]) -> torch.Tensor:
+        """``pending`` sliced so it broadcasts against the reduced operand as it did against the original."""
+        t = pending.tensor
+        target = list(t.shape)
+        node, value = max(others, key=lambda item: item[1].dim())
+        before = _shape(node)
+        if before is None:
+            return self._slice_by_widths(pending)
+        for i in range(1, t.dim() + 1):
+            if i <= len(before) and i <= value.dim() and t.shape[-i] == before[-i] and t.shape[-i] > 1:
+                target[-i] = int(value.shape[-i])
+        return self._store(pending, _take(t.data, tuple(target)))
+
+    def _slice_by_widths(self, pending: _Pending) -> torch.Tensor:
+        t = pending.tensor
+        sizes = tuple(self.widths(d) if d > 1 and d in self.channel_sizes else d for d in t.shape)
+        return self._store(pending, _take(t.data, sizes))
+
+    def _resolve(self, value: Any, others: list[tuple[fx.Node, torch.Tensor]] | None = None) -> Any:
+        if isinstance(value, _Pending):
+            if value.node in self.env and not isinstance(self.env[value.node], _Pending):
+                return self.env[value.node]
+            return self._slice_by_broadcast(value, others) if others else self._slice_by_widths(value)
+        return value
+
+    # -- functional layers -----------------------------------------------------------------
+
+    def _functional(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Rewrites constants and parameters of a functional layer for its reduced input."""
+        fn = node.target
+        names = _FUNCTIONAL_ARGS.get(fn)  # type: ignore[arg-type]
+        if names is None:
+            return False
+        values = dict(zip(names, args))
+        values.update(kwargs)
+        x = self._resolve(values[names[0]])
+        if not isinstance(x, torch.Tensor):
+            return False
+
+        def put(name: str, value: Any) -> None:
+            # The run gets the new value; the graph too, unless it is a tensor (its get_attr now
+            # reads the sliced one) or the graph computes it (a node stays a node).
+            position = names.index(name)
+            in_args = position < len(args)
+            original = node.args[position] if in_args else node.kwargs.get(name)
+            if in_args:
+                args[position] = value
+            else:
+                kwargs[name] = value
+            if isinstance(value, torch.Tensor) or isinstance(original, fx.Node):
+                return
+            if in_args:
+                node.update_arg(position, value)
+            else:
+                node.update_kwarg(name, value)
+
+        def param(name: str, sizes: tuple[int, ...]) -> None:
+            value = values.get(name)
+            if isinstance(value, _Pending):
+                put(name, self._store(value, _take(value.tensor.data, sizes)))
+
+        c = int(x.shape[1]) if x.dim() > 1 else int(x.shape[-1])
+        if fn is F.layer_norm:
+            old = tuple(values["normalized_shape"])
+            new = tuple(int(d) for d in x.shape[-len(old):])
+            _check_not_degenerate(old, new, f"the layer_norm over {old}")
+            put("normalized_shape", list(new) if isinstance(values["normalized_shape"], list) else new)
+            param("weight", new)
+            param("bias", new)
+        elif fn is F.group_norm:
+            groups = int(values["num_groups"])
+            put("num_groups", max(g for g in range(1, groups + 1) if c % g == 0))
+            param("weight", (c,))
+            param("bias", (c,))
+        elif fn is F.batch_norm or fn is F.instance_norm:
+            for name in ("running_mean", "running_var", "weight", "bias"):
+                param(name, (c,))
+        elif fn is F.linear:
+            weight = values["weight"]
+            out = self.widths(int(weight.tensor.shape[0])) if isinstance(weight, _Pending) else None
+            if out is not None:
+                param("weight", (out, int(x.shape[-1])))
+                param("bias", (out,))
+        else:  # conv1d/2d/3d
+            weight, groups = values["weight"], int(values.get("groups", 1))
+            if isinstance(weight, _Pending):
+                o, i = int(weight.tensor.shape[0]), int(weight.tensor.shape[1]) * groups
+                if groups > 1 and groups == i:
+                    new_groups, out = c, c * (o // i)
+                else:
+                    out = self.widths(o)
+                    new_groups = _groups(groups, c, out)
+                put("groups", new_groups)
+                param("weight", (out, c // new_groups, *weight.tensor.shape[2:]))
+                param("bias", (out,))
+        for name, value in list(values.items()):
+            if isinstance(value, _Pending):  # any other parameter it reads
+                put(name, self._resolve(value))
+        return True
+
+    # -- the pass --------------------------------------------------------------------------
+
+    def _module(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> nn.Module:
+        target = str(node.target)
+        module = self.sub.get_submodule(target)
+        if target in self.done:
+            return module  # a module called twice (torchvision's ResNets reuse their ReLU)
+        self.done.add(target)
+        shrinker = _shrinker_for(module)
+        first = next((a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)), None)
+        value = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        seen = LayerInput(_shape(first), tuple(value.shape) if value is not None else None)
+        if shrinker is not None:
+            widths = self.widths
+            if target in self.conv_outputs:  # one of several convolutions whose outputs are concatenated
+                widths = widths.with_fixed({module.out_channels: self.conv_outputs[target]})
+            module = shrinker(module, widths, self.init, seen)
+            _set(self.sub, target, module)
+        else:
+            state = _channel_state(module)
+            unchanged = self.widths.k == self.widths.channels and seen.after == seen.before
+            if state and not unchanged:  # at k = C (the identity configuration) a copy is exact
+                raise SurgeryError(
+                    f"no rule shrinks a {type(module).__name__} ({target}), which holds channel-sized "
+                    f"state ({', '.join(state[:3])}); register one in modify.conversion.surgery.SHRINKERS"
+                )
+        return module
+
+    def run(self, x: torch.Tensor | None) -> None:
+        self.env: dict[fx.Node, Any] = {}
+        for node in self.sub.graph.nodes:
+            if node.op == "placeholder":
+                self.env[node] = x
+                continue
+            if node.op == "get_attr":
+                if node.target in self.done:
+                    self.env[node] = get_attribute(self.sub, node.target)
+                else:
+                    self.env[node] = _Pending(node, get_attribute(self.sub, node.target))
+                continue
+            if node.op == "output":
+                return
+            args = list(fx.node.map_arg(node.args, lambda n: self.env[n]))
+            kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: self.env[n]))
+            if x is None:  # no shapes to go by: shrink statically, run nothing
+                self._static(node, args, kwargs)
+                continue
+            if node.op == "call_module":
+                args = [self._resolve(a) for a in args]
+                kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
+                module = self._module(node, tuple(args), kwargs)
+                self.env[node] = _run_eval(module, args, kwargs)
+                continue
+            self._rescale_split(node, args, kwargs)
+            self._rescale_literals(node, args)
+            if not self._functional(node, args, kwargs):
+                tensors = [
+                    (n, self.env[n]) for n in node.all_input_nodes
+                    if isinstance(self.env.get(n), torch.Tensor)
+                ]  # fmt: skip
+                broadcast = node.target in _BROADCASTING or (node.op == "call_method" and node.target in _BROADCASTING_METHODS)
+                args = [self._resolve(a, tensors if broadcast else None) for a in args]
+                kwargs = {k: self._resolve(v, tensors if broadcast else None) for k, v in kwargs.items()}
+            if node.op == "call_function":
+                self.env[node] = node.target(*args, **kwargs)
+            else:  # call_method
+                self_arg, *rest = args
+                self.env[node] = getattr(self_arg, node.target)(*rest, **kwargs)
+        for node, value in list(self.env.items()):
+            if isinstance(value, _Pending):  # read by nothing that ran: slice it by the widths rule
+                self._resolve(value)
+
+    def _rescale_split(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """A channel split's sizes, rescaled to the width that actually arrives (graph and run)."""
+        x = self._resolve(args[0]) if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return
+        try:
+            sizes = rescale_split(node, int(x.shape[1]))
+        except SplitError as e:
+            raise SurgeryError(f"the block {e}") from e
+        if sizes is None:
+            return
+        if len(node.args) > 1:
+            node.update_arg(1, sizes)
+            args[1] = sizes
+        else:
+            key = "split_size_or_sections" if "split_size_or_sections" in node.kwargs else "split_size"
+            node.update_kwarg(key, sizes)
+            kwargs[key] = sizes
+
+    def _rescale_literals(self, node: fx.Node, args: list[Any]) -> None:
+        """Channel slices and reshape sizes written as numbers, for the width that arrives."""
+        if not args:
+            return
+        x = self._resolve(args[0])
+        if not isinstance(x, torch.Tensor):
+            return
+        if len(args) == 2 and x.dim() >= 3:
+            index = rescale_slice(node, args[1], int(x.shape[1]), self.widths)
+            if index is not None:
+                node.update_arg(1, index)
+                args[1] = index
+                return
+        packed = len(args) == 2 and isinstance(args[1], (list, tuple))
+        sizes = list(args[1]) if packed else args[1:]
+        new = rescale_shape(node, sizes, tuple(x.shape))
+        if new is None:
+            return
+        if packed:
+            node.update_arg(1, type(args[1])(new))
+            args[1] = type(args[1])(new)
+        else:
+            for i, value in enumerate(new, start=1):
+                if isinstance(node.args[i], int):
+                    node.update_arg(i, value)
+                args[i] = value
+
+    def _static(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Shrinking without shapes (a graph that never went through shape propagation)."""
+        if node.op == "call_module":
+            self._module(node, (), {})
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, _Pending):
+                self._resolve(value)
+        self.env[node] = None
+
+
+# function -> its argument names, in order, for the functional layers `_Pass` rewrites.
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_FUNCTIONAL_ARGS: dict[Callable[..., Any], tuple[str, ...]] = {
+    F.conv1d: _CONV_ARGS,
+    F.conv2d: _CONV_ARGS,
+    F.conv3d: _CONV_ARGS,
+    F.linear: ("input", "weight", "bias"),
+    F.layer_norm: ("input", "normalized_shape", "weight", "bias", "eps"),
+    F.group_norm: ("input", "num_groups", "weight", "bias", "eps"),
+    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+    F.instance_norm: ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
+}
+
+
+def _run_eval(module: nn.Module, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        return module(*args, **kwargs)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _device_dtype(sub: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for t in (*sub.parameters(), *sub.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def shrink(sub: fx.GraphModule, widths: Widths, init: Init | str = Init.SCRATCH) -> fx.GraphModule:
+    """Rewrites every layer of ``sub`` (a block cut with `cut`) to the reduced widths, in place.
+
+    When the input carries a shape (``tensor_meta``, as `cut` copies it from a traced graph),
+    ``sub`` is run once on a (1, k, H, W) input and each layer is rebuilt for the input it
+    actually receives; otherwise every channel count is scaled by ``widths`` alone.
+
+    Raises:
+        SurgeryError: a layer that holds channel-sized state and has no shrinker, a layer that
+            would degenerate at width k, or a block that does not run at width k; the message
+            names the layer.
+    """
+    init = Init.from_str(init)
+    placeholder = next(n for n in sub.graph.nodes if n.op == "placeholder")
+    before = _shape(placeholder)
+    x = None
+    if before is not None and len(before) >= 2:
+        device, dtype = _device_dtype(sub)
+        generator = torch.Generator().manual_seed(0)
+        shape = (1, widths(before[1]), *before[2:])
+        x = torch.randn(shape, generator=generator, dtype=dtype).to(device)  # (1, k, H, W)
+    plan = plan_splits(sub, widths, widths.channels)
+    widths = widths.with_fixed(plan.totals)
+    try:
+        with torch.no_grad():
+            _Pass(sub, widths, init, plan.conv_outputs).run(x)
+    except SurgeryError:
+        raise
+    except Exception as e:  # a layer that does not fit the reduced widths
+        if "more than 1 value per channel" in str(e):  # NF-ResNet's weight standardisation of a 1-input filter
+            raise SurgeryError(
+                f"at width {widths.k} a normalization in the block would see a single value per channel "
+                f"({_first_line(e)}); give it a larger k"
+            ) from e
+        raise SurgeryError(f"the block does not run at width {widths.k}: {_first_line(e)}") from e
+    sub.recompile()
+    return sub
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
+    """Checks that ``sub`` maps (N, k, H, W) to (N, k, H, W) with finite values, in eval mode
+    (batch 1) and in train mode (batch 2; its buffers, such as running statistics, are restored
+    after): a hard-coded width, a training-only path that does not fit, or a degenerate layer
+    shows up here. Modes, buffers and the global random state are left as they were.
+
+    Raises:
+        SurgeryError: it fails to run, returns another shape, or returns non-finite values.
+    """
+    device, dtype = _device_dtype(sub)
+    expected = (k, height, width)
+    generator = torch.Generator().manual_seed(0)
+    modes = {m: m.training for m in sub.modules()}
+    saved = [(b, b.detach().clone()) for b in sub.buffers()]
+    for training, batch in ((False, 1), (True, 2)):
+        x = torch.randn(batch, k, height, width, generator=generator, dtype=dtype).to(device)  # (N, k, H, W)
+        try:
+            sub.train(training)
+            cuda = [device.index or 0] if device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                out = sub(x)
+        except Exception as e:  # any failure means the block did not shrink cleanly
+            mode = "train" if training else "eval"
+            raise SurgeryError(f"the block does not run at width {k} in {mode} mode: {_first_line(e)}") from e
+        finally:
+            for m, was in modes.items():
+                m.training = was
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, *expected):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SurgeryError(f"the block at width {k} returns shape {shape}, not {(batch, *expected)}")
+        if not torch.isfinite(out).all():
+            raise SurgeryError(f"the block at width {k} returns non-finite values")
+
+
+def reduced_parts(
+    gm: fx.GraphModule, graph: SiteGraph, channels: int, k: int, height: int, width: int, init: Init | str
+) -> tuple[fx.GraphModule, fx.GraphModule | None, fx.GraphModule | None]:
+    """(branch at width k, post-add ops at width k, post-add ops at full width) of one block.
+
+    Raises:
+        SurgeryError: the block cannot be rebuilt at width k; nothing of it is kept.
+    """
+    widths = Widths(channels, k)
+    try:
+        branch = shrink(cut(gm, graph.fork, graph.branch, graph.branch_operand), widths, init)
+        check_shape(branch, k, height, width)
+        post_full = post_k = None
+        if graph.post:
+            post_full = cut(gm, graph.add, graph.post, graph.post[-1], name="PostAdd")
+            post_k = shrink(cut(gm, graph.add, graph.post, graph.post[-1], name="PostAdd"), widths, init)
+            check_shape(post_k, k, height, width)
+    except SurgeryError:
+        raise
+    except Exception as e:  # never let one odd block abort the whole conversion
+        raise SurgeryError(f"the block could not be cut out and shrunk: {_first_line(e)}") from e
+    return branch, post_k, post_full
