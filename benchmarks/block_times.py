@@ -138,7 +138,7 @@ def torch_breakdown(block: MoDBlock, x: torch.Tensor, repeats: int) -> None:
         with record_function("reduced block"):
             y = block.block(picked)
         with record_function("scaling + fusion"):
-            block.fuse(x, y, scores, indices)
+            block.fusion(x, y, indices, scores if block.scale else None)
 
     def whole() -> None:
         with record_function("whole block forward"):
