@@ -1,7 +1,8 @@
 """What MoD blocks cost against deleting them: the original, the converted model and the model with
 the same blocks deleted (each replaced by its shortcut), timed interleaved in one process, in eager
 PyTorch, `optimize_for_inference`, torch.compile and ONNX Runtime; then where one MoD block's time
-goes, per operator, from torch.profiler and from ONNX Runtime's profiler.
+goes, step by step from torch.profiler, and what all MoD blocks add per operator type in ONNX
+Runtime's profiler.
 
 Run: python benchmarks/block_times.py [--models resnet50,resnet18_32,resnet18_224]
          [--engines eager,optimized,compile,onnxruntime] [--cases 1x1,32x0] [--rounds 5]
@@ -162,46 +163,62 @@ def torch_breakdown(block: MoDBlock, x: torch.Tensor, repeats: int) -> None:
         print(f"| {key} | {value:.1f} |")
 
 
-def ort_breakdown(block: MoDBlock, x: torch.Tensor, repeats: int, workdir: str) -> None:
-    """The block alone exported to ONNX (placement fusion, as `modify.deploy.export_onnx` writes
-    it), run in ONNX Runtime on one thread with its profiler; time per operator type."""
+def ort_session(model: nn.Module, size: int, workdir: str, tag: str):  # -> onnxruntime.InferenceSession
+    """One thread, ONNX Runtime's profiler on, on the file `modify.deploy.export_onnx` writes."""
     import onnxruntime as ort
 
-    path = os.path.join(workdir, "block.onnx")
-    with torch.no_grad(), placement_fusion(block):
-        torch.onnx.export(block, (x,), None, dynamo=True, input_names=["input"]).save(path)
+    from modify.deploy import export_onnx
+
+    path = os.path.join(workdir, f"profile_{tag}.onnx")
+    export_onnx(model, path, input_size=size, dynamic_batch=True, batch_sizes=(1, 2), force=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(workdir, "ort_block")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
-    for _ in range(10 + repeats):
-        session.run(None, feed)
-    events = json.load(open(session.end_profiling()))
-    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][10:]
-    start = runs[0]["ts"] if runs else 0
-    per_op = collections.defaultdict(float)
+    options.profile_file_prefix = os.path.join(workdir, f"ort_{tag}")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_times(session, warmup: int) -> tuple[dict[str, float], float]:
+    """Microseconds per run of each operator type after ``warmup`` runs, and the median run."""
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][warmup:]
+    per_op: dict[str, float] = collections.defaultdict(float)
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            per_op[e["args"]["op_name"]] += e["dur"] / repeats
-    run_us = statistics.median(r["dur"] for r in runs) if runs else float("nan")
-    print("| operator (ONNX Runtime) | us |\n|---|---|")
-    for op, us in sorted(per_op.items(), key=lambda kv: -kv[1]):
-        print(f"| {op} | {us:.1f} |")
-    print(f"| whole run (median) | {run_us:.1f} |")
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= runs[0]["ts"]:
+            per_op[e["args"]["op_name"]] += e["dur"] / len(runs)
+    return per_op, statistics.median(r["dur"] for r in runs)
+
+
+def ort_breakdown(converted: nn.Module, deleted: nn.Module, size: int, repeats: int, workdir: str) -> None:
+    """What the MoD blocks add in ONNX Runtime, per operator type: converted minus deleted, the two
+    sessions run alternately at batch 1. (A block cannot be profiled alone: ONNX Runtime's blocked
+    NCHWc layout between blocks, and the layout conversions a MoD block needs, exist only inside
+    the whole graph.)"""
+    sessions = {"converted": ort_session(converted, size, workdir, "converted"),
+                "deleted": ort_session(deleted, size, workdir, "deleted")}
+    feed = torch.randn(1, 3, size, size).numpy()
+    for _ in range(10 + repeats):
+        for session in sessions.values():
+            session.run(None, {session.get_inputs()[0].name: feed})
+    (mod, t_mod), (rest, t_rest) = (ort_times(s, 10) for s in sessions.values())
+    print("| operator (ONNX Runtime) | converted us | deleted us | added by the MoD blocks us |\n|---|---|---|---|")
+    for op in sorted(set(mod) | set(rest), key=lambda o: -(mod.get(o, 0.0) - rest.get(o, 0.0))):
+        print(f"| {op} | {mod.get(op, 0.0):.1f} | {rest.get(op, 0.0):.1f} | {mod.get(op, 0.0) - rest.get(op, 0.0):.1f} |")
+    print(f"| whole run (median) | {t_mod:.1f} | {t_rest:.1f} | {t_mod - t_rest:.1f} |")
 
 
 def breakdowns(args: argparse.Namespace, workdir: str) -> None:
     torch.set_num_threads(1)
     for item in filter(None, args.breakdown.split(",")):
         model_name, block_name = item.split(":")
-        label, size, _, converted, _ = triple(model_name)
+        label, size, _, converted, deleted = triple(model_name)
         block = converted.get_submodule(block_name)
         x = block_input(converted, block_name, size)
         print(f"\n{label} {block_name}: input {tuple(x.shape)}, k = {block.k}, batch 1, one thread")
         torch_breakdown(block, x, args.repeats)
-        ort_breakdown(block, x, args.repeats, workdir)
+        print(f"\n{label}, all MoD blocks in ONNX Runtime, batch 1, one thread")
+        ort_breakdown(converted, deleted, size, args.repeats, workdir)
 
 
 def hook_table(args: argparse.Namespace) -> None:

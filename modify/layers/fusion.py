@@ -69,10 +69,10 @@ class Fusion(nn.Module):
         placement = getattr(self, "placement_weight", None)  # set while exporting to ONNX
         if placement is None and self.inplace and not torch.is_grad_enabled():
             if scores is not None:
-                y = y.mul_(scores[:, :, None, None])  # (N, k, H, W): y is the reduced block's own output
+                y = y.mul_(scores.view(-1, self.k, 1, 1))  # (N, k, H, W): y is the reduced block's own output
             return self._fuse_into(x, y, indices)
         if scores is not None:
-            y = y * scores[:, :, None, None]  # (N, k, H, W): the selector's gradient path
+            y = y * scores.view(-1, self.k, 1, 1)  # (N, k, H, W): the selector's gradient path
         if placement is not None:
             return x + nn.functional.conv2d(y, placement)  # (N, C, H, W)
         k = self.k
