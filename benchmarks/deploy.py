@@ -32,13 +32,14 @@ from modify.measure.profiling import profile_model
 class OrtModule(nn.Module):
     """An ONNX Runtime session behind an nn.Module call, so `bench` times it like a model."""
 
-    def __init__(self, model: nn.Module, path: str, threads: int) -> None:
+    def __init__(self, model: nn.Module, path: str, threads: int, *, input_size: int = 224, export: bool = True) -> None:
         super().__init__()
         import onnxruntime as ort
 
         from modify.deploy.export import export_onnx
 
-        export_onnx(model, path, input_size=224, dynamic_batch=True, batch_sizes=(1, 2), force=True)
+        if export:  # else reuse the file at path
+            export_onnx(model, path, input_size=input_size, dynamic_batch=True, batch_sizes=(1, 2), force=True)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -35,9 +35,9 @@ def gather_channels(x: Tensor, indices: Tensor) -> Tensor:
     n, c, h, w = x.shape
     if not x.is_contiguous():
         return torch.gather(x, 1, expand_index(indices, x))  # (N, k, H, W)
-    offsets = torch.arange(0, n * c, c, device=x.device)  # (N,): the first plane of each sample
-    planes = (indices + offsets[:, None]).flatten()  # (N * k,)
-    return x.reshape(n * c, h, w).index_select(0, planes).view(n, indices.shape[1], h, w)  # (N, k, H, W)
+    offsets = torch.arange(0, n * c, c, device=x.device).unsqueeze(1)  # (N, 1): the first plane of each sample
+    planes = (indices + offsets).view(-1)  # (N * k,)
+    return x.view(n * c, h, w).index_select(0, planes).view(n, -1, h, w)  # (N, k, H, W)
 
 
 # torch.fx records the gather as one call (its layout test needs a real tensor).
@@ -125,11 +125,9 @@ class MoDBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         scores, indices = self.selector(x)  # (N, k), (N, k)
-        picked = gather_channels(x, indices)  # (N, k, H, W)
-        y = self.block(picked)  # (N, k, H, W)
-        if self.scale:
-            y = y * scores[:, :, None, None]  # (N, k, H, W): the selector's gradient path
-        return self.post(self.fusion(x, y, indices))  # (N, C, H, W)
+        y = self.block(gather_channels(x, indices))  # (N, k, H, W)
+        out = self.fusion(x, y, indices, scores if self.scale else None)  # (N, C, H, W): y * scores fused in
+        return self.post(out) if self.form is BlockForm.BRANCH else out  # "whole": nothing follows the fusion
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, k={self.k}, form={self.form.value}, scale={self.scale}"

@@ -36,6 +36,9 @@ class Fusion(nn.Module):
     compilers fuse, where slicing and concatenating along channels forces layout changes.
     `modify.deploy.export.export_onnx` exports this form.
 
+    With ``scores`` (N, k) the block output is first multiplied by them (the paper's scaling); in
+    the in-place case that multiplication is in place on ``y`` too, so fusing costs no new tensor.
+
     Example:
         >>> fuse = Fusion(channels=4, k=2)
         >>> x, y = torch.zeros(1, 4, 1, 1), torch.ones(1, 2, 1, 1)
@@ -61,13 +64,18 @@ class Fusion(nn.Module):
         weight[start : start + self.k, :, 0, 0] = torch.eye(self.k, dtype=dtype, device=device)
         return weight  # (C, k, 1, 1)
 
-    def forward(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
-        k = self.k
+    def forward(self, x: Tensor, y: Tensor, indices: Tensor, scores: Tensor | None = None) -> Tensor:
+        """``x`` with ``y`` (times ``scores`` (N, k), per sample and channel, if given) added at the slot."""
         placement = getattr(self, "placement_weight", None)  # set while exporting to ONNX
+        if placement is None and self.inplace and not torch.is_grad_enabled():
+            if scores is not None:
+                y = y.mul_(scores.view(-1, self.k, 1, 1))  # (N, k, H, W): y is the reduced block's own output
+            return self._fuse_into(x, y, indices)
+        if scores is not None:
+            y = y * scores.view(-1, self.k, 1, 1)  # (N, k, H, W): the selector's gradient path
         if placement is not None:
             return x + nn.functional.conv2d(y, placement)  # (N, C, H, W)
-        if self.inplace and not torch.is_grad_enabled():
-            return self._fuse_into(x, y, indices)
+        k = self.k
         if self.slot is FusionSlot.FIRST:
             return torch.cat([x[:, :k] + y, x[:, k:]], dim=1)  # (N, C, H, W)
         if self.slot is FusionSlot.LAST:
@@ -76,10 +84,11 @@ class Fusion(nn.Module):
         return x.scatter_add(1, expand_index(indices, y), y)  # (N, C, H, W), original positions
 
     def _fuse_into(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
+        # One in-place add on a view of the slot (``x[:, :k] += y`` would also copy the slot onto itself).
         if self.slot is FusionSlot.FIRST:
-            x[:, : self.k] += y  # (N, k, H, W) slice of x, in place
+            x.narrow(1, 0, self.k).add_(y)  # (N, k, H, W) view of x
         elif self.slot is FusionSlot.LAST:
-            x[:, self.channels - self.k :] += y
+            x.narrow(1, self.channels - self.k, self.k).add_(y)
         else:
             x.scatter_add_(1, expand_index(indices, y), y)
         return x
