@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import modify
-from modify.io.names import resolve_model
+from modify.io.resolve import resolve_model
 from modify.train.data import load_dataset
 from modify.train.distill import _record
 

@@ -36,7 +36,6 @@ from deploy import OrtModule
 import modify
 from modify.baselines import delete_blocks
 from modify.measure.benchmark import BenchCase, bench_many
-from modify.deploy.export import placement_fusion
 from modify.measure.latency import block_latency
 from modify.layers import MoDBlock
 from modify.layers.block import gather_channels

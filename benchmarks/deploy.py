@@ -73,7 +73,7 @@ def main() -> None:
     cases = (BenchCase(1, 1), BenchCase(args.batch, 0))
     torch._dynamo.config.recompile_limit = 64
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds")
-    print(f"| pair | engine | setting | model ms | baseline ms | speed-up | MAC ratio |")
+    print("| pair | engine | setting | model ms | baseline ms | speed-up | MAC ratio |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as workdir:
         for label, model, baseline in map(pair, args.pairs.split(",")):

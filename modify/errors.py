@@ -11,6 +11,7 @@ __all__ = [
     "ConversionError",
     "CheckpointError",
     "ChoiceError",
+    "ExportError",
     "SurgeryError",
     "SplitError",
 ]
@@ -49,6 +50,10 @@ class CheckpointError(ModifyError, ValueError):
 
 class ChoiceError(ModifyError, ValueError):
     """A value outside a closed set of choices (an option's string); the message lists the valid ones."""
+
+
+class ExportError(ModifyError, RuntimeError):
+    """The model cannot be exported, or the export does not reproduce PyTorch's output."""
 
 
 # Internal: a block that cannot be rebuilt at width k. Never shown as an error: the conversion

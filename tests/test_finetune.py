@@ -343,7 +343,7 @@ def test_convert_applies_every_init_of_the_vocabulary(init: str) -> None:
                            later.model.get_submodule(block.module).block.branch.conv1.weight)  # fmt: skip
     else:
         (block,) = [b for _, _, b in mod_blocks(direct)]
-        assert all(float(p.abs().sum()) == 0 for p in block.block.branch.bn2.parameters())
+        assert all(float(p.detach().abs().sum()) == 0 for p in block.block.branch.bn2.parameters())
 
 
 # -- subprocesses: SIGKILL and resume, torchrun ----------------------------------------------------
@@ -486,7 +486,7 @@ def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_state_of_another_version_is_refused_on_resume(tmp_path) -> None:
-    from modify.train.finetune import STATE_FILE, _read_state
+    from modify.train.state import STATE_FILE, read_state as _read_state
 
     torch.save({"format": "modify.finetune_state", "version": 99}, tmp_path / STATE_FILE)
     with pytest.raises(modify.ModifyError, match="version 99.*delete the state"):

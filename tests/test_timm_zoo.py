@@ -18,10 +18,8 @@ import torch
 from torch import nn
 
 from modify.errors import ModifyError, NoBlocksError, RecipeError
-from modify.layers import MoDBlock
-from modify.conversion.pipeline import convert, convert_identity
-from modify.measure.profiling import profile_model
-from modify.conversion.tracing import trace
+from modify.conversion.pipeline import convert
+from zoo_checks import check_zoo_model, selected_skips
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 
@@ -55,40 +53,13 @@ def _build(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=10).eval()
 
 
-def _selected_skips(result) -> list[tuple[str, str]]:
-    return [(s.name, s.reason) for s in result.skipped if s.selected]
-
-
 def test_at_least_25_families() -> None:
     assert len(FAMILIES) + len(REFUSED) >= 25 and len(FAMILIES) >= 25
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_converts_with_the_default_recipe(family: str) -> None:
-    model = _build(FAMILIES[family])
-    x = torch.randn(2, 3, SIZE, SIZE)
-    result = convert(model, example_inputs=x[:1])
-    assert result.converted and _selected_skips(result) == []
-    converted = result.model.eval()
-    assert sum(isinstance(m, MoDBlock) for m in converted.modules()) == len(result.converted)
-    with torch.no_grad():
-        expected, out = model(x), converted(x)
-    assert out.shape == expected.shape and torch.isfinite(out).all()
-    trace(converted, x[:1])  # re-traces, MoD blocks as leaves
-
-    identity = convert_identity(model, example_inputs=x[:1])
-    assert identity.converted and _selected_skips(identity) == []
-    with torch.no_grad():
-        torch.testing.assert_close(identity.model.eval()(x), expected, atol=1e-5, rtol=1e-5)
-
-    converted.train()
-    converted(x).square().mean().backward()
-    missing = [n for n, p in converted.named_parameters() if p.requires_grad and p.grad is None]
-    assert missing == []
-    assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
-
-    converted.eval()
-    assert profile_model(converted, input_size=SIZE).macs < profile_model(model, input_size=SIZE).macs
+    check_zoo_model(_build(FAMILIES[family]), SIZE)
 
 
 @pytest.mark.parametrize("family", list(REFUSED))
@@ -113,7 +84,7 @@ def test_nf_resnet_weight_standardisation_shrinks_with_the_convolution() -> None
     # a parameter-only chain with the output width written as a number.
     result = convert(_build("nf_resnet26"), input_size=SIZE)
     assert [b.name for b in result.converted] == ["stages.1.1", "stages.2.1", "stages.3.1"]
-    (skipped,) = _selected_skips(result)
+    (skipped,) = selected_skips(result)
     assert skipped[0] == "stages.0.1" and "single value per channel" in skipped[1]  # k = 4: a 1-input filter
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():

@@ -19,9 +19,8 @@ from torchvision.models import quantization
 from modify.conversion.backbones import convert_backbone, find_backbone
 from modify.errors import ConversionError, NoBlocksError
 from modify.layers import MoDBlock
-from modify.conversion.pipeline import convert, convert_identity
-from modify.measure.profiling import profile_model
-from modify.conversion.tracing import trace
+from modify.conversion.pipeline import convert
+from zoo_checks import assert_identity, check_zoo_model, selected_skips
 
 SIZE = 32  # every model below accepts it; the last stages are 1x1
 
@@ -65,41 +64,10 @@ LARGEST = [
 ]  # fmt: skip
 
 
-def _selected_skips(result) -> list[tuple[str, str]]:
-    return [(s.name, s.reason) for s in result.skipped if s.selected]
-
-
-def _assert_identity(model: nn.Module, x: torch.Tensor) -> None:
-    identity = convert_identity(model, example_inputs=x[:1])
-    assert identity.converted and _selected_skips(identity) == []  # every convertible block
-    with torch.no_grad():
-        torch.testing.assert_close(identity.model.eval()(x), model(x), atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("name", [*FAST, *_slow(*SLOW)])
 def test_model_converts_with_its_family_default(name: str) -> None:
-    model = _build(name)
-    x = torch.randn(2, 3, SIZE, SIZE)
-    result = convert(model, example_inputs=x[:1])
-    assert result.converted and _selected_skips(result) == []
+    result = check_zoo_model(_build(name), SIZE)
     assert result.default_reason is not None and result.default_reason.startswith(f"c={result.recipe.defaults.c},")
-    converted = result.model.eval()
-    assert sum(isinstance(m, MoDBlock) for m in converted.modules()) == len(result.converted)
-    with torch.no_grad():
-        expected, out = model(x), converted(x)
-    assert out.shape == expected.shape and torch.isfinite(out).all()
-    trace(converted, x[:1])  # re-traces, MoD blocks as leaves
-
-    _assert_identity(model, x)
-
-    converted.train()
-    converted(x).square().mean().backward()
-    missing = [n for n, p in converted.named_parameters() if p.requires_grad and p.grad is None]
-    assert missing == []
-    assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
-
-    converted.eval()
-    assert profile_model(converted, input_size=SIZE).macs < profile_model(model, input_size=SIZE).macs
 
 
 @pytest.mark.slow
@@ -108,12 +76,12 @@ def test_largest_variants_convert_and_reproduce_in_the_identity_configuration(na
     model = _build(name)
     x = torch.randn(1, 3, SIZE, SIZE)
     result = convert(model, example_inputs=x)
-    assert result.converted and _selected_skips(result) == []
+    assert result.converted and selected_skips(result) == []
     with torch.no_grad():
         expected, out = model(x), result.model.eval()(x)
     assert out.shape == expected.shape and torch.isfinite(out).all()
     del result, out
-    _assert_identity(model, x)
+    assert_identity(model, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +111,7 @@ def test_explicit_c_and_k(name: str, kwargs: dict) -> None:
     model = _build(name)
     x = torch.randn(2, 3, SIZE, SIZE)
     result = convert(model, example_inputs=x[:1], **kwargs)
-    assert result.converted and _selected_skips(result) == [] and result.default_reason is None
+    assert result.converted and selected_skips(result) == [] and result.default_reason is None
     if "k" in kwargs and isinstance(kwargs["k"], int):
         assert {b.k for b in result.converted} == {kwargs["k"]}
     with torch.no_grad():
@@ -169,7 +137,7 @@ def test_a_layernorm_over_one_channel_is_skipped_with_a_reason() -> None:
     # ConvNeXt at c = 64: k = 96 // 64 = 1 in the first stage, where the channel-last
     # LayerNorm would normalize a single value and output a constant.
     result = convert(_build("convnext_tiny"), c=64, input_size=SIZE)
-    skipped = dict(_selected_skips(result))
+    skipped = dict(selected_skips(result))
     assert list(skipped) == ["features.1.1"]
     assert "LayerNorm" in skipped["features.1.1"] and "k >= 2" in skipped["features.1.1"]
     assert [b.k for b in result.converted] == [3, 6, 6, 6, 6, 12]
@@ -222,7 +190,7 @@ def test_segmentation_backbones_convert_in_place(name: str, family_c: int) -> No
     assert find_backbone(model) == "backbone"
     result = convert_backbone(model, input_size=64)
     assert type(result.model) is type(model) and result.model is not model
-    assert result.recipe.defaults.c == family_c and _selected_skips(result) == []
+    assert result.recipe.defaults.c == family_c and selected_skips(result) == []
     assert not any(isinstance(m, MoDBlock) for m in model.modules())  # the original is untouched
     assert result.model.backbone is not model.backbone
     x = torch.randn(1, 3, 64, 64)
@@ -265,12 +233,12 @@ def test_frozen_batchnorm_backbones_shrink() -> None:
     # Detection backbones built for pretrained weights use FrozenBatchNorm2d (buffers only).
     model = torchvision.models.resnet50(weights=None, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d).eval()
     result = convert(model, input_size=SIZE, init="copy")
-    assert len(result.converted) == 7 and _selected_skips(result) == []
+    assert len(result.converted) == 7 and selected_skips(result) == []
     # FrozenBatchNorm2d is traced through and folded into (1, C, 1, 1) constants, which are sliced
     # to the width they broadcast against: layer1.1 at k = 4 is 4 -> 1 -> 1 -> 4.
     branch = result.model.layer1[1].block.branch
     assert sorted(b.shape[1] for b in branch.buffers()) == [1, 1, 1, 1, 4, 4]
-    _assert_identity(model, torch.randn(1, 3, SIZE, SIZE))
+    assert_identity(model, torch.randn(1, 3, SIZE, SIZE))
 
 
 def test_a_model_without_a_backbone_is_named() -> None:

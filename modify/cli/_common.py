@@ -68,7 +68,7 @@ def quiet_torch_logs() -> None:
 
 def load_model(spec: str, *, num_classes: int | None = None) -> tuple[Any, str]:
     """MODEL argument -> (module, label)."""
-    from modify.io.names import resolve_model
+    from modify.io.resolve import resolve_model
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return resolve_model(spec, **kwargs)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import operator
-import weakref
 from collections import Counter
 from collections.abc import Iterable
 
@@ -56,9 +55,10 @@ from modify.errors import ModifyError
 
 __all__ = ["BlockSite", "SkipKind", "SiteGraph", "find_blocks", "locate"]
 
-# GraphModule -> {add node name: SiteGraph} of its last `find_blocks`, so that `locate` (once per
-# planned block) does not analyse the graph again.
-_FOUND: weakref.WeakKeyDictionary[fx.GraphModule, dict[str, SiteGraph]] = weakref.WeakKeyDictionary()
+# gm.meta key of {add node name: SiteGraph} from the graph's last `find_blocks`, so that `locate`
+# (once per planned block) does not analyse the graph again. Kept on the GraphModule itself, it
+# lives and dies with it (a global cache would keep every traced model alive through its nodes).
+FOUND_BLOCKS = "modify_found_blocks"
 
 
 class SkipKind(str, enum.Enum):
@@ -243,7 +243,7 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
     _require_shapes(gm)
     analysis = _Analysis(gm)
     found = _residual_adds(gm, analysis)
-    _FOUND[gm] = {item.graph.add.name: item.graph for item in found}  # `locate` reads these back
+    gm.meta[FOUND_BLOCKS] = {item.graph.add.name: item.graph for item in found}  # `locate` reads these back
 
     # Names: the block module's path, unless that path is shared (module reuse, several adds in
     # one forward) or the module does more than this block (an inline add).
@@ -349,7 +349,7 @@ def locate(gm: fx.GraphModule, site: BlockSite) -> SiteGraph:
         ['layer1_1_conv1', 'layer1_1_bn1', 'layer1_1_relu', 'layer1_1_conv2', 'layer1_1_bn2']
     """
     _require_shapes(gm)
-    known = _FOUND.get(gm, {}).get(site.node)
+    known = gm.meta.get(FOUND_BLOCKS, {}).get(site.node)
     if known is not None and known.add.graph is gm.graph and not getattr(known.add, "_erased", False):
         return known  # found by find_blocks on this graph, which has not lost the block since
     if site.node:

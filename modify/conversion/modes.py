@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterable
 import torch.nn.functional as F
 from torch import fx, nn
 
+from modify.layers.fresh import kept_modes
 from modify.conversion.tracing import LeafSpec, ModifyTracer
 
 __all__ = ["frozen_branches", "mode_note"]
@@ -60,13 +61,8 @@ def _signature(graph: fx.Graph) -> dict[str, list[tuple[str, str]]]:
 
 
 def _trace(model: nn.Module, training: bool, leaf_modules: Collection[LeafSpec]) -> fx.Graph:
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.train(training)
-        return ModifyTracer(leaf_modules).trace(model)
-    finally:
-        for m, was in modes.items():
-            m.training = was
+    with kept_modes(model):
+        return ModifyTracer(leaf_modules).trace(model.train(training))
 
 
 @functools.lru_cache(maxsize=None)

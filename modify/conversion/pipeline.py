@@ -22,7 +22,7 @@ from modify.conversion.families import default_capacity
 from modify.layers import MoDConfig
 from modify.layers.options import Init
 from modify.conversion.modes import frozen_branches, mode_note
-from modify.deploy.optimize import enable_inplace_fusion
+from modify.conversion.inplace import enable_inplace_fusion
 from modify.conversion.plan import BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import Capacity, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite

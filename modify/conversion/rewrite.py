@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import fx, nn
 
-from modify.conversion.discover import BlockSite, SiteGraph, locate
+from modify.conversion.discover import FOUND_BLOCKS, BlockSite, SiteGraph, locate
 from modify.layers import BlockForm, MoDBlock, MoDConfig, ReducedBlock
 from modify.layers.options import Init
 from modify.conversion.plan import BlockPlan
@@ -102,6 +102,7 @@ def _replace_in_graph(
 
 
 def _finish(gm: fx.GraphModule) -> None:
+    gm.meta.pop(FOUND_BLOCKS, None)  # discovery's records of the graph before these edits
     gm.graph.lint()
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()

@@ -34,10 +34,11 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
+from modify.layers.fresh import kept_modes
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 
-__all__ = ["ModifyTracer", "trace", "default_input", "LeafSpec", "leaf_record", "leaf_from_record"]
+__all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "LeafSpec", "leaf_record", "leaf_from_record"]
 
 # A leaf is named by module class (matched with isinstance) or by qualified name ("layer1.0").
 LeafSpec = type[nn.Module] | str
@@ -68,9 +69,9 @@ class ModifyTracer(fx.Tracer):
         2
     """
 
-    def __init__(self, leaf_modules: Collection[LeafSpec] = ()) -> None:
+    def __init__(self, leaf_modules: Collection[LeafSpec] = (), *, into_mod_blocks: bool = False) -> None:
         super().__init__()
-        types: list[type[nn.Module]] = [MoDBlock]
+        types: list[type[nn.Module]] = [] if into_mod_blocks else [MoDBlock]  # deploy folds inside them
         names: set[str] = set()
         for leaf in leaf_modules:
             if isinstance(leaf, str):
@@ -249,6 +250,23 @@ def _describe_construct(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
+def trace_graph(model: nn.Module, *, leaf_modules: Collection[LeafSpec] = (), into_mod_blocks: bool = False) -> fx.Graph:
+    """The fx graph of ``model`` without shapes (`trace` adds them); a failure is a `TraceError`
+    naming the module. ``into_mod_blocks`` traces the reduced blocks too (BatchNorm folding).
+
+    Example:
+        >>> import modify
+        >>> graph = trace_graph(modify.get_model("resnet18_mod"), into_mod_blocks=True)
+        >>> any(str(n.target).startswith("layer1.1.block") for n in graph.nodes if n.op == "call_module")
+        True
+    """
+    tracer = ModifyTracer(leaf_modules, into_mod_blocks=into_mod_blocks)
+    try:
+        return tracer.trace(model)
+    except Exception as e:
+        raise _trace_error(tracer, model, e) from e
+
+
 def _trace_error(tracer: ModifyTracer, model: nn.Module, e: BaseException) -> TraceError:
     construct = _describe_construct(e)
     where = tracer.innermost_module()
@@ -284,22 +302,19 @@ def default_input(model: nn.Module, input_size: int) -> torch.Tensor:
 @contextlib.contextmanager
 def _untouched(gm: fx.GraphModule) -> Iterator[None]:
     """Runs the body with all modules in eval mode; restores modes, buffers and the RNG after."""
-    modes = {m: m.training for m in gm.modules()}
     # Observers, BatchNorm in frozen train-mode code paths, ...: anything that writes a buffer
     # in forward is undone, so the shared modules stay bit-identical.
     saved = [(b, b.detach().clone()) for b in gm.buffers()]
     tensors = [*gm.parameters(), *gm.buffers()]
     cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        with kept_modes(gm), torch.random.fork_rng(devices=cuda), torch.no_grad():
             gm.eval()
             yield
     finally:
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
-        for module, training in modes.items():
-            module.training = training
 
 
 def _propagate_shapes(

@@ -22,15 +22,11 @@ import torch
 from torch import nn
 
 from modify.io.files import atomic_write
-from modify.errors import ModifyError
+from modify.errors import ExportError
 
 __all__ = ["ExportError", "ExportReport", "export_onnx", "export_program", "placement_fusion", "FORMATS"]
 
 FORMATS = ("onnx", "torch-export")
-
-
-class ExportError(ModifyError, RuntimeError):
-    """The model cannot be exported, or the export does not reproduce PyTorch's output."""
 
 
 @dataclasses.dataclass(frozen=True)

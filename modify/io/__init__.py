@@ -17,13 +17,14 @@ from modify._lazy import lazy_getattr
 if TYPE_CHECKING:
     from modify.io.checkpoint import load as load, save as save
     from modify.io.files import atomic_write as atomic_write
-    from modify.io.names import get_model as get_model, list_models as list_models, resolve_model as resolve_model
+    from modify.io.names import get_model as get_model, list_models as list_models
+    from modify.io.resolve import resolve_model as resolve_model
     from modify.io.weights import load_state_dict_file as load_state_dict_file
 
 _LAZY = {
     "get_model": "modify.io.names",
     "list_models": "modify.io.names",
-    "resolve_model": "modify.io.names",
+    "resolve_model": "modify.io.resolve",
     "save": "modify.io.checkpoint",
     "load": "modify.io.checkpoint",
     "load_state_dict_file": "modify.io.weights",

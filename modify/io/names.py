@@ -13,9 +13,9 @@ from torch import nn
 
 from modify.errors import ModifyError, UnknownModelError
 from modify.models import list_mod_models, mod_model_builder
-from modify.deploy.optimize import enable_inplace_fusion
+from modify.conversion.inplace import enable_inplace_fusion
 
-__all__ = ["get_model", "list_models", "resolve_model", "from_import_path", "model_source", "build_source",
+__all__ = ["get_model", "list_models", "from_import_path", "model_source", "build_source",
            "timm_model", "TIMM_PREFIX"]
 
 
@@ -173,26 +173,3 @@ def build_source(source: dict[str, Any]) -> nn.Module:
     if source.get("kind") == "timm":
         return timm_model(source["name"], **kwargs)
     return get_model(source["name"], **kwargs)
-
-
-def resolve_model(spec: str | nn.Module, **kwargs: Any) -> tuple[nn.Module, str]:
-    """What the CLI's MODEL argument names -> (module, label).
-
-    Accepts a module as it is, a checkpoint file written by `modify.save`, ``timm:NAME``, an
-    import path ``package.module:factory``, or a model name (see `get_model`).
-    """
-    import os
-
-    if isinstance(spec, nn.Module):
-        return spec, type(spec).__name__
-    if os.path.isfile(spec):
-        from modify.io.checkpoint import load
-
-        return load(spec), os.path.basename(spec)
-    if spec.startswith(TIMM_PREFIX):
-        return get_model(spec, **kwargs), spec
-    if ":" in spec:
-        return from_import_path(spec, **kwargs), spec
-    if spec.endswith((".pt", ".pth", ".ckpt")):
-        raise ModifyError(f"No checkpoint file at {spec!r}; check the path (MODEL is a file, a model name or package.module:factory).")
-    return get_model(spec, **kwargs), spec

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
-from modify.train.finetune import recalibrate_bn
+from modify.train.evaluation import recalibrate_bn
 from modify.conversion.init import mod_blocks
 from modify.layers import FusionSlot, MoDBlock
 

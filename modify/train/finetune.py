@@ -25,11 +25,9 @@ shuffled or not) or on nothing (a deterministic generator).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -40,11 +38,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
-from modify.layers.options import StrChoice
+from modify.train.evaluation import _autocast, _batches, evaluate, recalibrate_bn
+from modify.train.config import FinetuneConfig, FinetuneResult, Optimizer, Precision, StepInfo
+from modify.train.distributed import Dist, pick_device, setup_distributed, shard
+from modify.train.state import (
+    STATE_FILE,
+    check_same_run,
+    read_state,
+    rng_state,
+    seed_all,
+    set_rng_state,
+    state_path,
+    write_state,
+)
 
 __all__ = [
-    "Optimizer",
-    "Precision",
     "FinetuneConfig",
     "StepInfo",
     "FinetuneResult",
@@ -57,112 +65,6 @@ __all__ = [
     "freeze_unconverted",
     "STATE_FILE",
 ]
-
-STATE_FILE = "finetune_state.pt"
-STATE_FORMAT = "modify.finetune_state"
-STATE_VERSION = 1
-
-
-class Optimizer(StrChoice):
-    """The optimiser."""
-
-    SGD = "sgd"  # SGD with Nesterov-free momentum
-    ADAMW = "adamw"
-
-
-class Precision(StrChoice):
-    """Mixed precision of the forward passes (the weights and the optimiser stay fp32)."""
-
-    AUTO = "auto"  # bf16 on a CUDA device that supports it, else fp16 with a grad scaler; off on CPU
-    OFF = "off"  # fp32
-    BF16 = "bf16"  # torch.autocast bf16 (CUDA or CPU)
-    FP16 = "fp16"  # torch.autocast fp16 with a grad scaler (CUDA only)
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """How `finetune` trains; every field has a default that suits a brief recovery run.
-
-    Example:
-        >>> FinetuneConfig(lr=0.05, optimizer="adamw").optimizer
-        <Optimizer.ADAMW: 'adamw'>
-    """
-
-    lr: float = 0.01  # peak learning rate, reached at the end of the warm-up
-    min_lr: float = 0.0  # learning rate at the end of the cosine decay
-    warmup: float = 0.05  # warm-up length: a fraction of the steps (< 1) or a step count (>= 1)
-    optimizer: Optimizer = Optimizer.SGD  # "sgd" or "adamw"
-    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
-    weight_decay: float = 1e-4  # decoupled for AdamW, L2 for SGD; not applied to norms and biases
-    alpha: float = 0.5  # weight of the distillation term; 1 - alpha weights cross-entropy
-    temperature: float = 4.0  # T of the softened distributions
-    grad_clip: float | None = None  # max global gradient norm; None = no clipping
-    freeze_unconverted: bool = False  # train only the MoD blocks; the rest stays bit-identical
-    bn_recalibration_batches: int = 0  # after training, re-estimate BatchNorm statistics on N batches
-    precision: Precision = Precision.AUTO  # mixed precision of the forward passes
-    seed: int = 0  # seeds the RNGs at the start of a fresh run; DistributedSampler's seed
-    device: str | None = None  # "cpu", "cuda", "cuda:1"; None = cuda:LOCAL_RANK if available, else cpu
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "optimizer", Optimizer.from_str(self.optimizer))
-            object.__setattr__(self, "precision", Precision.from_str(self.precision))
-        except ValueError as e:
-            raise ModifyError(f"FinetuneConfig: {e}") from None
-        checks = [
-            (self.lr > 0, f"lr={self.lr} must be positive"),
-            (0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr} must lie in 0..lr ({self.lr})"),
-            (self.warmup >= 0, f"warmup={self.warmup} must be >= 0 (a fraction below 1, or a step count)"),
-            (0 <= self.alpha <= 1, f"alpha={self.alpha} must lie in 0..1"),
-            (self.temperature > 0, f"temperature={self.temperature} must be positive"),
-            (self.bn_recalibration_batches >= 0, f"bn_recalibration_batches={self.bn_recalibration_batches} must be >= 0"),
-            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip} must be positive or None"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ModifyError(f"FinetuneConfig: {message}.")
-
-    def warmup_steps(self, total_steps: int) -> int:
-        return int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: (v.value if isinstance(v := getattr(self, f.name), StrChoice) else v) for f in dataclasses.fields(self)}
-
-
-@dataclasses.dataclass(frozen=True)
-class StepInfo:
-    """What `on_step` receives after every optimisation step (rank 0 only)."""
-
-    step: int  # steps done, 1-based
-    total_steps: int
-    epoch: int  # 0-based epoch of this step
-    loss: float  # this step's loss
-    accuracy: float  # this step's training accuracy (fraction of its batch)
-    lr: float  # the learning rate this step used
-    images_per_second: float  # training throughput of this run so far (all processes)
-    seconds: float  # wall time of this run so far
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneResult:
-    """What `finetune` did. Accuracies are fractions in 0..1."""
-
-    steps: int  # optimisation steps done in total (a resumed run counts the earlier ones)
-    total_steps: int  # steps the schedule was laid out for
-    epochs: float  # steps / steps per epoch (nan when the data has no length)
-    losses: tuple[float, ...]  # loss of every step, the earlier run's included on resume
-    lrs: tuple[float, ...]  # learning rate of every step
-    train_accuracy: float  # over every training image this process saw in this run
-    eval_accuracy_before: float | None  # on eval_data before training (None without eval_data)
-    eval_accuracy_after: float | None  # after training (and BN recalibration)
-    images_per_second: float  # training images per second of this run, all processes together
-    seconds: float  # wall time of this call
-    train_seconds: float  # time in training steps (data loading included; eval and checkpoints not)
-    resumed_from: int | None  # the step a resumed run started at; None for a fresh run
-    world_size: int  # processes that trained together
-    precision: str  # "fp32", "bf16" or "fp16"
-    checkpoint: str | None  # the state file last written, if any
-    config: FinetuneConfig
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
@@ -211,64 +113,7 @@ def mixed_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, *,
     return alpha * distillation_loss(logits, teacher_logits, temperature) + (1 - alpha) * ce
 
 
-# -- helpers that are useful on their own --------------------------------------------------------
-
-
-def _batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    for i, batch in enumerate(data):
-        if limit is not None and i >= limit:
-            return
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ModifyError(f"a data batch is a {type(batch).__name__}; expected (images, labels) pairs.")
-        yield batch[0], batch[1]
-
-
-def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, device: torch.device | str | None = None) -> int:
-    """Re-estimates every BatchNorm's running statistics from ``batches`` batches of ``data``.
-
-    The statistics are reset and accumulated as a cumulative average (``momentum=None``) in
-    training mode without gradients; parameters are not touched and each module's mode and
-    momentum are restored. Returns the number of batches used.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or batches <= 0:
-        return 0
-    modes = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in norms}
-    device = torch.device(device) if device is not None else _device_of(model)
-    used = 0
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for images, _ in _batches(data, batches):
-                model(images.to(device, non_blocking=True))
-                used += 1
-    finally:
-        for m in norms:
-            m.momentum = momenta[m]
-        for m, mode in modes.items():
-            m.training = mode
-    return used
-
-
-def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None, precision: str = "fp32") -> float:
-    """Top-1 accuracy (fraction) of ``model`` on ``data``, in eval mode without gradients."""
-    device = torch.device(device) if device is not None else _device_of(model)
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        with torch.no_grad(), _autocast(device, precision):
-            for images, labels in _batches(data):
-                logits = model(images.to(device, non_blocking=True))
-                correct += int((logits.argmax(1) == labels.to(device)).sum())
-                total += len(labels)
-    finally:
-        model.train(was_training)
-    return correct / max(1, total)
+# -- freezing -----------------------------------------------------------------------------------
 
 
 def freeze_unconverted(model: nn.Module) -> list[nn.Module]:
@@ -292,11 +137,6 @@ def freeze_unconverted(model: nn.Module) -> list[nn.Module]:
 # -- the loop ------------------------------------------------------------------------------------
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _precision(config: FinetuneConfig, device: torch.device) -> str:
     p = config.precision
     if p is Precision.AUTO:
@@ -306,129 +146,6 @@ def _precision(config: FinetuneConfig, device: torch.device) -> str:
     if p is Precision.FP16 and device.type != "cuda":
         raise ModifyError(f"precision='fp16' needs a CUDA device, not {device}; use 'bf16' or 'off' on CPU.")
     return {Precision.OFF: "fp32", Precision.BF16: "bf16", Precision.FP16: "fp16"}[p]
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _plain_python_state(random.getstate())}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]
-    except ImportError:
-        pass
-    return state
-
-
-def _plain_python_state(state: tuple[Any, ...]) -> list[Any]:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        try:
-            import numpy as np
-
-            kind, keys, pos, has_gauss, gauss = state["numpy"]
-            np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
-        except ImportError:
-            pass
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-
-
-@dataclasses.dataclass
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owned: bool = False  # this call started the process group (and ends it)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device_hint: str | None) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    owned = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and (device_hint is None or device_hint.startswith("cuda"))
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owned = True
-    return _Dist(world=dist.get_world_size(), rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), owned=owned)
-
-
-def _pick_device(config: FinetuneConfig, d: _Dist) -> torch.device:
-    if config.device is not None:
-        return torch.device(config.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
-
-
-def _shard(train_data: Iterable[Any], d: _Dist, seed: int) -> Iterable[Any]:
-    """This process's share of the data: a DataLoader re-sampled with a DistributedSampler; any
-    other iterable by taking every world-th batch."""
-    if d.world <= 1:
-        return train_data
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-
-    if isinstance(train_data, DataLoader):
-        if isinstance(train_data.sampler, DistributedSampler):
-            return train_data
-        sampler = DistributedSampler(
-            train_data.dataset, num_replicas=d.world, rank=d.rank,
-            shuffle=isinstance(train_data.sampler, RandomSampler), seed=seed, drop_last=train_data.drop_last,
-        )  # fmt: skip
-        return DataLoader(
-            train_data.dataset, batch_size=train_data.batch_size, sampler=sampler, num_workers=train_data.num_workers,
-            collate_fn=train_data.collate_fn, pin_memory=train_data.pin_memory, drop_last=train_data.drop_last,
-            persistent_workers=train_data.persistent_workers if train_data.num_workers > 0 else False,
-        )  # fmt: skip
-    return _EveryNth(train_data, d.world, d.rank)
-
-
-class _EveryNth:
-    def __init__(self, data: Iterable[Any], n: int, offset: int) -> None:
-        self.data, self.n, self.offset = data, n, offset
-
-    def __iter__(self) -> Iterator[Any]:
-        for i, batch in enumerate(self.data):
-            if i % self.n == self.offset:
-                yield batch
-
-    def __len__(self) -> int:
-        total = len(self.data)  # type: ignore[arg-type]
-        return (total - self.offset + self.n - 1) // self.n
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -472,44 +189,6 @@ def _total_steps(data: Iterable[Any], epochs: float | None, steps: int | None) -
     if per_epoch is None:
         raise ModifyError("the training data has no length, so epochs cannot be turned into steps; pass steps= instead.")
     return max(1, int(round(epochs * per_epoch))), per_epoch
-
-
-def _state_path(checkpoint_dir: str | os.PathLike[str]) -> Path:
-    return Path(checkpoint_dir) / STATE_FILE
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModifyError(f"cannot read the fine-tuning state {str(path)!r} ({type(e).__name__}); delete it to start afresh.") from e
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ModifyError(f"{str(path)!r} is not a modify fine-tuning state; delete it or choose another checkpoint_dir.")
-    if state.get("version") != STATE_VERSION:
-        raise ModifyError(
-            f"{str(path)!r} is a fine-tuning state of version {state.get('version')!r}, this modify writes and resumes "
-            f"version {STATE_VERSION}; finish the run with the modify that started it, or delete the state to start afresh."
-        )
-    return state
-
-
-_SCHEDULE_FIELDS = ("lr", "min_lr", "warmup", "optimizer", "momentum", "weight_decay", "alpha", "temperature", "seed")
-
-
-def _check_same_run(state: dict[str, Any], config: FinetuneConfig, total_steps: int, path: Path) -> None:
-    saved = state["config"]
-    for name in _SCHEDULE_FIELDS:
-        now = config.as_dict()[name]
-        if saved.get(name) != now:
-            raise ModifyError(
-                f"the state in {str(path)!r} was written with {name}={saved.get(name)!r}, this run has {name}={now!r}; "
-                "resume with the same settings, or drop resume to start afresh."
-            )
-    if state["total_steps"] != total_steps:
-        raise ModifyError(
-            f"the state in {str(path)!r} plans {state['total_steps']} steps, this run {total_steps}; "
-            "resume with the same epochs/steps and data, or drop resume to start afresh."
-        )
 
 
 def finetune(
@@ -557,9 +236,11 @@ def finetune(
         raise ModifyError(f"checkpoint_every={checkpoint_every} must be at least 1.")
     if resume and checkpoint_dir is None:
         raise ModifyError("resume=True needs checkpoint_dir= (where the state of the earlier run is).")
-    d = _setup_distributed(config.device)
+    request = _Request(model, train_data, teacher, config, epochs, steps, eval_data, on_step, checkpoint_dir,
+                       checkpoint_every, resume, started)  # fmt: skip
+    d = setup_distributed(config.device)
     try:
-        return _run(model, train_data, teacher, config, epochs, steps, eval_data, on_step, checkpoint_dir, checkpoint_every, resume, d, started)
+        return _run(request, d)
     finally:
         if d.owned:
             import torch.distributed as dist
@@ -567,26 +248,76 @@ def finetune(
             dist.destroy_process_group()
 
 
-def _run(
-    model: nn.Module,
-    train_data: Iterable[Any],
-    teacher: nn.Module | None,
-    config: FinetuneConfig,
-    epochs: float | None,
-    steps: int | None,
-    eval_data: Iterable[Any] | None,
-    on_step: Callable[[StepInfo], None] | None,
-    checkpoint_dir: str | os.PathLike[str] | None,
-    checkpoint_every: int | None,
-    resume: bool,
-    d: _Dist,
-    started: float,
-) -> FinetuneResult:
-    device = _pick_device(config, d)
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """The arguments of one `finetune` call."""
+
+    model: nn.Module
+    train_data: Iterable[Any]
+    teacher: nn.Module | None
+    config: FinetuneConfig
+    epochs: float | None
+    steps: int | None
+    eval_data: Iterable[Any] | None
+    on_step: Callable[[StepInfo], None] | None
+    checkpoint_dir: str | os.PathLike[str] | None
+    checkpoint_every: int | None
+    resume: bool
+    started: float  # perf_counter at the call
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where a run is; what the state file saves and a resumed run starts from."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches of the current epoch already used
+    losses: list[float] = dataclasses.field(default_factory=list)
+    lrs: list[float] = dataclasses.field(default_factory=list)
+    epoch_rng: dict[str, Any] | None = None  # RNG state at the start of the current epoch
+    correct: int = 0  # training images classified right by this process in this run
+    seen: int = 0
+    train_seconds: float = 0.0
+    written: str | None = None  # the state file last written
+
+
+@dataclasses.dataclass
+class _Loop:
+    """What every step uses: the model (and its DDP wrapper), the teacher, optimizer and scaler."""
+
+    request: _Request
+    d: Dist
+    data: Iterable[Any]  # this process's share
+    device: torch.device
+    precision: str
+    total_steps: int
+    warmup: int
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    path: Path | None  # the state file
+    eval_before: float | None
+
+    def save(self, progress: _Progress) -> None:
+        if self.path is None or not self.d.main:
+            return
+        model = self.request.model
+        progress.written = write_state(self.path, {
+            "config": self.request.config.as_dict(), "total_steps": self.total_steps, "step": progress.step,
+            "epoch": progress.epoch, "position": progress.position, "epoch_rng": progress.epoch_rng, "rng": rng_state(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "losses": list(progress.losses), "lrs": list(progress.lrs), "eval_before": self.eval_before,
+        })  # fmt: skip
+
+
+def _run(request: _Request, d: Dist) -> FinetuneResult:
+    config, model, teacher = request.config, request.model, request.teacher
+    device = pick_device(config, d)
     precision = _precision(config, device)
-    data = _shard(train_data, d, config.seed)
-    total_steps, per_epoch = _total_steps(data, epochs, steps)
-    warmup = config.warmup_steps(total_steps)
+    data = shard(request.train_data, d, config.seed)
+    total_steps, per_epoch = _total_steps(data, request.epochs, request.steps)
     grad_flags = [(p, p.requires_grad) for m in (model, teacher) if m is not None for p in m.parameters()]
     model.to(device)
     if teacher is not None:
@@ -594,156 +325,173 @@ def _run(
         for p in teacher.parameters():
             p.requires_grad_(False)
     frozen = freeze_unconverted(model) if config.freeze_unconverted else []
-
-    state_path = _state_path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = _read_state(state_path) if resume and state_path is not None and state_path.is_file() else None
+    path = state_path(request.checkpoint_dir) if request.checkpoint_dir is not None else None
+    state = read_state(path) if request.resume and path is not None and path.is_file() else None
     if state is not None:
-        _check_same_run(state, config, total_steps, state_path)  # type: ignore[arg-type]
+        check_same_run(state, config, total_steps, path)  # type: ignore[arg-type]
         model.load_state_dict(state["model"])
-    else:
-        _seed_all(config.seed)  # a fresh run is reproducible whatever the caller's RNG state
-
-    eval_before = evaluate(model, eval_data, device=device, precision=precision) if eval_data is not None and d.main and state is None else None
-    if state is not None:
         eval_before = state.get("eval_before")
-
-    net: nn.Module = model
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = _make_optimizer(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step, epoch, position = 0, 0, 0
-    losses: list[float] = []
-    lrs: list[float] = []
-    epoch_rng: dict[str, Any] | None = None
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        losses, lrs = list(state["losses"]), list(state["lrs"])
-        epoch_rng = state["epoch_rng"]
-    resumed_from = step if state is not None else None
-
-    correct = seen = 0
-    train_seconds = 0.0
-    written: str | None = None
-
-    def save_state() -> None:
-        nonlocal written
-        if state_path is None or not d.main:
-            return
-        from modify.io.files import atomic_write
-
-        payload = {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "config": config.as_dict(), "total_steps": total_steps,
-            "step": step, "epoch": epoch, "position": position, "epoch_rng": epoch_rng, "rng": _rng_state(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "losses": list(losses), "lrs": list(lrs), "eval_before": eval_before,
-        }  # fmt: skip
-        written = str(atomic_write(state_path, lambda tmp: torch.save(payload, tmp), force=True))
-
+    else:
+        seed_all(config.seed)  # a fresh run is reproducible whatever the caller's RNG state
+        eval_before = _evaluate_on_main(request, d, device, precision)
+    loop = _Loop(
+        request, d, data, device, precision, total_steps, config.warmup_steps(total_steps), _wrap(model, d, device),
+        _make_optimizer(model, config), torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path, eval_before,
+    )  # fmt: skip
+    progress = _restore(loop, state)
     model.train()
     for m in frozen:
         m.eval()
-    single_pass = isinstance(train_data, Iterator)  # a generator: one pass, whatever the epochs
-    while step < total_steps:
-        if state is not None and epoch_rng is not None:
-            _set_rng_state(epoch_rng)  # the order of the interrupted epoch
-        else:
-            epoch_rng = _rng_state()
-            position = 0
-        sampler = getattr(data, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        iterator = iter(data)
-        if state is not None:
-            for _ in range(position):  # the batches the interrupted run already used
-                if next(iterator, None) is None:
-                    break
-            _set_rng_state(state["rng"])
-            state = None
-        tick = time.perf_counter()
-        for images, labels in _batches(iterator):
-            images = images.to(device, non_blocking=True)  # (N, 3, H, W)
-            labels = labels.to(device, non_blocking=True)  # (N,)
-            lr = lr_at(step, total_steps=total_steps, base_lr=config.lr, warmup_steps=warmup, min_lr=config.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with _autocast(device, precision):
-                logits = net(images)  # (N, classes)
-                target = None
-                if teacher is not None and config.alpha > 0:  # alpha = 0 is plain training: no teacher pass
-                    with torch.no_grad():
-                        target = teacher(images)  # (N, classes)
-                loss = mixed_loss(logits, labels, target, alpha=config.alpha, temperature=config.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            hits = int((logits.detach().argmax(1) == labels).sum())
-            correct += hits
-            seen += len(labels)
-            step += 1
-            position += 1
-            losses.append(float(loss.detach()))
-            lrs.append(lr)
-            now = time.perf_counter()
-            train_seconds += now - tick
-            if on_step is not None and d.main:
-                on_step(StepInfo(
-                    step=step, total_steps=total_steps, epoch=epoch, loss=losses[-1], accuracy=hits / len(labels), lr=lr,
-                    images_per_second=seen * d.world / max(train_seconds, 1e-9), seconds=now - started,
-                ))  # fmt: skip
-            if checkpoint_every is not None and step % checkpoint_every == 0 and step < total_steps:
-                save_state()
-            if step >= total_steps:
-                break
-            tick = time.perf_counter()
-        if step >= total_steps or position == 0 or single_pass:
-            break  # done, no data at all, or a one-pass iterable used up
-        epoch += 1
-        epoch_rng = None
-    if checkpoint_every is not None:
-        save_state()
-
-    if config.bn_recalibration_batches:
-        recalibrate_bn(model, data, config.bn_recalibration_batches, device=device)
-        if d.world > 1:  # each process saw its own shard; keep rank 0's statistics everywhere
-            import torch.distributed as dist
-
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                    for buffer in m.buffers(recurse=False):
-                        dist.broadcast(buffer, 0)
+    _train(loop, progress, state)
+    if request.checkpoint_every is not None:
+        loop.save(progress)
+    _recalibrate(loop)
     model.eval()
     for p, flag in grad_flags:
         p.requires_grad_(flag)
-    eval_after = evaluate(model, eval_data, device=device, precision=precision) if eval_data is not None and d.main else None
+    return _result(loop, progress, per_epoch, resumed_from=state["step"] if state is not None else None)
+
+
+def _wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+    if d.world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _evaluate_on_main(request: _Request, d: Dist, device: torch.device, precision: str) -> float | None:
+    if request.eval_data is None or not d.main:
+        return None
+    return evaluate(request.model, request.eval_data, device=device, precision=precision)
+
+
+def _restore(loop: _Loop, state: dict[str, Any] | None) -> _Progress:
+    if state is None:
+        return _Progress()
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scaler.load_state_dict(state["scaler"])
+    return _Progress(step=state["step"], epoch=state["epoch"], position=state["position"], losses=list(state["losses"]),
+                     lrs=list(state["lrs"]), epoch_rng=state["epoch_rng"])  # fmt: skip
+
+
+def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> None:
+    """Epochs until the planned steps are done (or a one-pass iterable runs out). A resumed run
+    first replays the interrupted epoch's data order and skips the batches it already used."""
+    single_pass = isinstance(loop.request.train_data, Iterator)  # a generator: one pass, whatever the epochs
+    while progress.step < loop.total_steps:
+        if state is not None and progress.epoch_rng is not None:
+            set_rng_state(progress.epoch_rng)  # the order of the interrupted epoch
+        else:
+            progress.epoch_rng = rng_state()
+            progress.position = 0
+        sampler = getattr(loop.data, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(progress.epoch)
+        iterator = iter(loop.data)
+        if state is not None:
+            for _ in range(progress.position):  # the batches the interrupted run already used
+                if next(iterator, None) is None:
+                    break
+            set_rng_state(state["rng"])
+            state = None
+        _epoch(loop, progress, iterator)
+        if progress.step >= loop.total_steps or progress.position == 0 or single_pass:
+            break  # done, no data at all, or a one-pass iterable used up
+        progress.epoch += 1
+        progress.epoch_rng = None
+
+
+def _epoch(loop: _Loop, progress: _Progress, iterator: Iterator[Any]) -> None:
+    every = loop.request.checkpoint_every
+    tick = time.perf_counter()
+    for images, labels in _batches(iterator):
+        hits, n = _step(loop, progress, images, labels)
+        now = time.perf_counter()
+        progress.train_seconds += now - tick
+        on_step = loop.request.on_step
+        if on_step is not None and loop.d.main:
+            on_step(StepInfo(
+                step=progress.step, total_steps=loop.total_steps, epoch=progress.epoch, loss=progress.losses[-1],
+                accuracy=hits / n, lr=progress.lrs[-1], seconds=now - loop.request.started,
+                images_per_second=progress.seen * loop.d.world / max(progress.train_seconds, 1e-9),
+            ))  # fmt: skip
+        if every is not None and progress.step % every == 0 and progress.step < loop.total_steps:
+            loop.save(progress)
+        if progress.step >= loop.total_steps:
+            return
+        tick = time.perf_counter()
+
+
+def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> tuple[int, int]:
+    """One optimisation step; returns (training hits, batch size)."""
+    config, teacher, optimizer, scaler = loop.request.config, loop.request.teacher, loop.optimizer, loop.scaler
+    images = images.to(loop.device, non_blocking=True)  # (N, 3, H, W)
+    labels = labels.to(loop.device, non_blocking=True)  # (N,)
+    lr = lr_at(progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with _autocast(loop.device, loop.precision):
+        logits = loop.net(images)  # (N, classes)
+        target = None
+        if teacher is not None and config.alpha > 0:  # alpha = 0 is plain training: no teacher pass
+            with torch.no_grad():
+                target = teacher(images)  # (N, classes)
+        loss = mixed_loss(logits, labels, target, alpha=config.alpha, temperature=config.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in loop.request.model.parameters() if p.requires_grad], config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    hits = int((logits.detach().argmax(1) == labels).sum())
+    progress.correct += hits
+    progress.seen += len(labels)
+    progress.step += 1
+    progress.position += 1
+    progress.losses.append(float(loss.detach()))
+    progress.lrs.append(lr)
+    return hits, len(labels)
+
+
+def _recalibrate(loop: _Loop) -> None:
+    batches = loop.request.config.bn_recalibration_batches
+    if not batches:
+        return
+    model = loop.request.model
+    recalibrate_bn(model, loop.data, batches, device=loop.device)
+    if loop.d.world > 1:  # each process saw its own shard; keep rank 0's statistics everywhere
+        import torch.distributed as dist
+
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                for buffer in m.buffers(recurse=False):
+                    dist.broadcast(buffer, 0)
+
+
+def _result(loop: _Loop, progress: _Progress, per_epoch: int | None, *, resumed_from: int | None) -> FinetuneResult:
+    request, d = loop.request, loop.d
+    eval_after = _evaluate_on_main(request, d, loop.device, loop.precision)
     if d.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return FinetuneResult(
-        steps=step,
-        total_steps=total_steps,
-        epochs=step / per_epoch if per_epoch else float("nan"),
-        losses=tuple(losses),
-        lrs=tuple(lrs),
-        train_accuracy=correct / max(1, seen),
-        eval_accuracy_before=eval_before,
+        steps=progress.step,
+        total_steps=loop.total_steps,
+        epochs=progress.step / per_epoch if per_epoch else float("nan"),
+        losses=tuple(progress.losses),
+        lrs=tuple(progress.lrs),
+        train_accuracy=progress.correct / max(1, progress.seen),
+        eval_accuracy_before=loop.eval_before,
         eval_accuracy_after=eval_after,
-        images_per_second=seen * d.world / max(train_seconds, 1e-9),
-        seconds=time.perf_counter() - started,
-        train_seconds=train_seconds,
+        images_per_second=progress.seen * d.world / max(progress.train_seconds, 1e-9),
+        seconds=time.perf_counter() - request.started,
+        train_seconds=progress.train_seconds,
         resumed_from=resumed_from,
         world_size=d.world,
-        precision=precision,
-        checkpoint=written,
-        config=config,
+        precision=loop.precision,
+        checkpoint=progress.written,
+        config=request.config,
     )

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from modify.layers.fresh import fresh_conv_
 from modify.errors import SurgeryError
 from modify.layers.options import Init
 
@@ -134,10 +135,8 @@ def _shrink_conv(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Mo
             new.weight.copy_(_take(m.weight, tuple(new.weight.shape)))
             if m.bias is not None:
                 new.bias.copy_(m.bias[:new_out])
-        else:  # torchvision's initialisation of its CNNs
-            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-            if new.bias is not None:
-                nn.init.zeros_(new.bias)
+        else:
+            fresh_conv_(new)
     return _finish(new, m, init)
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from modify.layers.fresh import kept_modes
 from modify.errors import SurgeryError
 from modify.layers.options import Init
 from modify.conversion.graph import SiteGraph
@@ -325,13 +326,8 @@ _FUNCTIONAL_ARGS: dict[Callable[..., Any], tuple[str, ...]] = {
 
 
 def _run_eval(module: nn.Module, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    modes = {m: m.training for m in module.modules()}
-    try:
-        module.eval()
-        return module(*args, **kwargs)
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with kept_modes(module):
+        return module.eval()(*args, **kwargs)
 
 
 def _device_dtype(sub: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -397,21 +393,17 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
     device, dtype = _device_dtype(sub)
     expected = (k, height, width)
     generator = torch.Generator().manual_seed(0)
-    modes = {m: m.training for m in sub.modules()}
     saved = [(b, b.detach().clone()) for b in sub.buffers()]
     for training, batch in ((False, 1), (True, 2)):
         x = torch.randn(batch, k, height, width, generator=generator, dtype=dtype).to(device)  # (N, k, H, W)
         try:
-            sub.train(training)
             cuda = [device.index or 0] if device.type == "cuda" else []
-            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                out = sub(x)
+            with kept_modes(sub), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                out = sub.train(training)(x)
         except Exception as e:  # any failure means the block did not shrink cleanly
             mode = "train" if training else "eval"
             raise SurgeryError(f"the block does not run at width {k} in {mode} mode: {_first_line(e)}") from e
         finally:
-            for m, was in modes.items():
-                m.training = was
             with torch.no_grad():
                 for buffer, value in saved:
                     buffer.copy_(value)

@@ -1,0 +1,89 @@
+"""Measuring during and after fine-tuning: top-1 accuracy (`evaluate`), BatchNorm statistics
+re-estimated on data (`recalibrate_bn`), and the (images, labels) batches both read.
+
+Example:
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    >>> evaluate(net, [(torch.zeros(3, 4), torch.tensor([0, 0, 0]))]) in (0.0, 1.0)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modify.layers.fresh import kept_modes
+from modify.errors import ModifyError
+
+__all__ = ["evaluate", "recalibrate_bn"]
+
+
+def _batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    for i, batch in enumerate(data):
+        if limit is not None and i >= limit:
+            return
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ModifyError(f"a data batch is a {type(batch).__name__}; expected (images, labels) pairs.")
+        yield batch[0], batch[1]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, device: torch.device | str | None = None) -> int:
+    """Re-estimates every BatchNorm's running statistics from ``batches`` batches of ``data``.
+
+    The statistics are reset and accumulated as a cumulative average (``momentum=None``) in
+    training mode without gradients; parameters are not touched and each module's mode and
+    momentum are restored. Returns the number of batches used.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    momenta = {m: m.momentum for m in norms}
+    device = torch.device(device) if device is not None else _device_of(model)
+    used = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        with kept_modes(model), torch.no_grad():
+            model.train()
+            for images, _ in _batches(data, batches):
+                model(images.to(device, non_blocking=True))
+                used += 1
+    finally:
+        for m in norms:
+            m.momentum = momenta[m]
+    return used
+
+
+def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None, precision: str = "fp32") -> float:
+    """Top-1 accuracy (fraction) of ``model`` on ``data``, in eval mode without gradients."""
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        with torch.no_grad(), _autocast(device, precision):
+            for images, labels in _batches(data):
+                logits = model(images.to(device, non_blocking=True))
+                correct += int((logits.argmax(1) == labels.to(device)).sum())
+                total += len(labels)
+    finally:
+        model.train(was_training)
+    return correct / max(1, total)
