@@ -304,3 +304,58 @@ def test_shape_assertions_go_with_the_branch(block: type[nn.Module]) -> None:
     graph = getattr(converted, "graph", None)
     if graph is not None:  # rewritten inline: nothing of the original branch is left behind
         assert not any(str(n.target).startswith("blocks.1.conv") for n in graph.nodes if n.op == "call_module")
+
+
+class ComputedHalves(nn.Module):
+    """Slices whose bounds the graph computes (``out.shape[1] // 2``): they fit any width already."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 1)
+        self.ca, self.cb = nn.Conv2d(c // 2, c // 2, 3, padding=1), nn.Conv2d(c // 2, c // 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.conv1(x))
+        h = out.shape[1] // 2
+        return x + torch.cat([self.ca(out[:, :h]), self.cb(out[:, h:])], 1)
+
+
+class Shuffled(nn.Module):
+    """A channel shuffle with computed sizes (ShuffleNet's): view, transpose, reshape."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.conv1(x))
+        n, c, h, w = out.shape
+        out = out.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return x + self.conv2(out)
+
+
+class PositionScale(nn.Module):
+    """A parameter broadcast as the first operand (``self.pos * out``), spatial, not per channel."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+        self.pos = nn.Parameter(torch.linspace(0.5, 1.5, SIZE * SIZE).view(1, 1, SIZE, SIZE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.pos * F.relu(self.conv1(x)))
+
+
+def test_computed_slice_bounds_are_left_as_computed() -> None:
+    result = _check(Net(ComputedHalves(32), ComputedHalves(32), c=32), k=8)
+    convs = _convs(_mod(result, "blocks.1").block.branch)
+    assert convs["ca"].in_channels == convs["cb"].in_channels == 4  # out[:, :8 // 2] and out[:, 4:]
+
+
+def test_a_computed_channel_shuffle_converts() -> None:
+    _check(Net(Shuffled(32), Shuffled(32), c=32), k=8)
+
+
+def test_a_parameter_broadcast_first_keeps_its_spatial_shape() -> None:
+    result = _check(Net(PositionScale(16), PositionScale(16)), k=4)
+    assert tuple(_mod(result, "blocks.1").block.branch.pos.shape) == (1, 1, SIZE, SIZE)

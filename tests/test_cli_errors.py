@@ -113,6 +113,7 @@ def test_the_table_is_long_enough() -> None:
 def test_no_command_shows_the_help() -> None:
     result = runner.invoke(app, [])
     assert "Usage" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "error:" not in result.output  # the help, not an error line
 
 
 def test_nothing_the_user_had_is_overwritten(files) -> None:

@@ -25,9 +25,9 @@ from modify.cli import (
 from modify.cli._common import fail
 
 try:  # typer 0.2x bundles its own click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover - older typer on the real click
-    from click.exceptions import UsageError
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 __all__ = ["app", "main"]
 
@@ -42,12 +42,18 @@ class _Group(typer.core.TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:  # `modify` alone: the help, as click shows it
+            e.show()
+            result = 2
         except UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "modify"
             fail(f"{e.format_message()} (see `{where} --help`)")
             result = 1
         except typer.Abort:
             fail("aborted")
+            result = 1
+        except ClickException as e:  # any other error click reports (a file it cannot open, say)
+            fail(e.format_message())
             result = 1
         if not standalone_mode:
             return result

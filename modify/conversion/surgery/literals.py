@@ -40,7 +40,7 @@ from modify.conversion.graph import _shape_ints as _shape
 from modify.errors import SplitError
 
 __all__ = ["SplitPlan", "SplitError", "scale_parts", "plan_splits", "split_sizes", "rescale_split", "rescale_slice",
-           "rescale_shape"]
+           "rescale_shape", "is_reshape"]
 
 
 def scale_parts(parts: Sequence[int], total: int) -> list[int]:
@@ -237,17 +237,27 @@ def rescale_slice(node: fx.Node, index: Any, width: int, widths: Callable[[int],
 _RESHAPES = ("reshape", "view")
 
 
-def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int]) -> list[Any] | None:
-    """The size arguments of ``t.reshape(...)`` / ``t.view(...)`` with each literal count that was
-    a dimension of ``t`` replaced by what that dimension is now (``now``, the reduced shape);
-    None if ``node`` is no such call or nothing changes.
-    """
-    is_reshape = (node.op == "call_method" and node.target in _RESHAPES) or (
+def is_reshape(node: fx.Node) -> bool:
+    """``t.reshape(...)``, ``t.view(...)`` or ``torch.reshape(t, ...)``."""
+    return (node.op == "call_method" and node.target in _RESHAPES) or (
         node.op == "call_function" and node.target is torch.reshape
     )
+
+
+def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, batch_first: bool = True) -> list[Any] | None:
+    """The size arguments of ``t.reshape(...)`` / ``t.view(...)`` as written in the graph
+    (``sizes``: ints, or nodes the graph computes), each int that was a non-batch dimension of
+    ``t`` replaced by what that dimension is now (``now``, the reduced shape); None if ``node``
+    is no such call or nothing changes. A data tensor's dim 0 is the batch and never matched
+    (``batch_first``); a parameter's dim 0 is a channel count.
+
+    Example: NF-ResNet's ``self.weight.reshape(1, self.out_channels, -1)`` on a (64, 32, 3, 3)
+    weight cut to (4, 2, 3, 3) becomes ``reshape(1, 4, -1)``.
+    """
     before = _shape(node.args[0]) if node.args else None
-    if not is_reshape or before is None or len(before) != len(now) or tuple(before) == tuple(now):
+    if not is_reshape(node) or before is None or len(before) != len(now) or tuple(before) == tuple(now):
         return None
-    changed = {b: n for b, n in zip(before, now) if b != n}
+    first = 1 if batch_first else 0
+    changed = {b: n for b, n in zip(before[first:], now[first:]) if b != n}
     new = [changed.get(v, v) if isinstance(v, int) and v > 1 else v for v in sizes]
     return new if new != list(sizes) else None

@@ -28,7 +28,15 @@ from modify.errors import SurgeryError
 from modify.layers.options import Init
 from modify.conversion.graph import SiteGraph
 from modify.conversion.surgery.cut import _set, cut, get_attribute
-from modify.conversion.surgery.literals import SplitError, plan_splits, rescale_shape, rescale_slice, rescale_split
+from modify.conversion.graph import split_sizes
+from modify.conversion.surgery.literals import (
+    SplitError,
+    is_reshape,
+    plan_splits,
+    rescale_shape,
+    rescale_slice,
+    rescale_split,
+)
 from modify.conversion.surgery.rules import (
     LayerInput,
     Widths,
@@ -65,13 +73,19 @@ class _Pass:
         self.sub = sub
         self.widths = widths
         self.init = init
-        self.conv_outputs = conv_outputs or {}  # conv target -> output width (`modify.splits`)
+        self.conv_outputs = conv_outputs or {}  # conv target -> output width (`literals.plan_splits`)
         self.done: set[str] = set()
         self.channel_sizes = {widths.channels}
+        self.parameter_chain: set[str] = set()  # calls computed from parameters alone (their dim 0 is no batch)
         for node in sub.graph.nodes:
             shape = _shape(node)
             if shape is not None and len(shape) >= 3:
                 self.channel_sizes.add(shape[1])
+            inputs = node.all_input_nodes
+            if node.op in ("call_function", "call_method") and inputs and all(
+                i.op == "get_attr" or i.name in self.parameter_chain for i in inputs
+            ):
+                self.parameter_chain.add(node.name)
 
     # -- get_attr tensors ------------------------------------------------------------------
 
@@ -256,8 +270,11 @@ class _Pass:
                 self._resolve(value)
 
     def _rescale_split(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
-        """A channel split's sizes, rescaled to the width that actually arrives (graph and run)."""
-        x = self._resolve(args[0]) if args else None
+        """A channel split's sizes, rescaled to the width that actually arrives (graph and run);
+        only sizes written as numbers in the graph (computed ones already fit)."""
+        if not args or split_sizes(node) is None:
+            return
+        x = self._resolve(args[0])
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             return
         try:
@@ -275,31 +292,37 @@ class _Pass:
             kwargs[key] = sizes
 
     def _rescale_literals(self, node: fx.Node, args: list[Any]) -> None:
-        """Channel slices and reshape sizes written as numbers, for the width that arrives."""
-        if not args:
+        """Channel slices and reshape sizes written as numbers in the graph, for the width that
+        arrives. Values the graph computes (``x.shape[1] // 2``) already fit and stay as they are."""
+        slicing = node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2
+        if not args or not (slicing or is_reshape(node)):
             return
         x = self._resolve(args[0])
         if not isinstance(x, torch.Tensor):
             return
-        if len(args) == 2 and x.dim() >= 3:
-            index = rescale_slice(node, args[1], int(x.shape[1]), self.widths)
+        if slicing:
+            index = rescale_slice(node, node.args[1], int(x.shape[1]), self.widths) if x.dim() >= 3 else None
             if index is not None:
                 node.update_arg(1, index)
                 args[1] = index
-                return
-        packed = len(args) == 2 and isinstance(args[1], (list, tuple))
-        sizes = list(args[1]) if packed else args[1:]
-        new = rescale_shape(node, sizes, tuple(x.shape))
+            return
+        packed = len(node.args) == 2 and isinstance(node.args[1], (list, tuple))
+        written = list(node.args[1]) if packed else list(node.args[1:])  # ints, or nodes the graph computes
+        source = node.args[0]
+        parameter = isinstance(source, fx.Node) and (source.op == "get_attr" or source.name in self.parameter_chain)
+        new = rescale_shape(node, written, tuple(x.shape), batch_first=not parameter)
         if new is None:
             return
+        running = list(args[1]) if packed else args[1:]
+        values = [n if isinstance(w, int) else r for w, n, r in zip(written, new, running)]
         if packed:
-            node.update_arg(1, type(args[1])(new))
-            args[1] = type(args[1])(new)
+            node.update_arg(1, type(node.args[1])(new))
+            args[1] = type(args[1])(values)
         else:
-            for i, value in enumerate(new, start=1):
-                if isinstance(node.args[i], int):
-                    node.update_arg(i, value)
-                args[i] = value
+            for i, (w, n) in enumerate(zip(written, new), start=1):
+                if isinstance(w, int):
+                    node.update_arg(i, n)
+            args[1:] = values
 
     def _static(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Shrinking without shapes (a graph that never went through shape propagation)."""
