@@ -58,8 +58,9 @@ SLOW = [
     "quantized_resnext101_32x8d",
 ]  # fmt: skip
 # The largest variants: shape and identity only (gradients and MACs as for their smaller siblings).
+# regnet_y_128gf (40 s, 644 M parameters) is left to its siblings 16gf and 32gf to keep CI under 20 minutes.
 LARGEST = [
-    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf",
+    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "regnet_y_16gf", "regnet_y_32gf",
     "convnext_large", "resnext101_64x4d",
 ]  # fmt: skip
 
