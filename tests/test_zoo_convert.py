@@ -5,7 +5,8 @@ Random weights (``weights=None``, nothing is downloaded) and small inputs. Each 
 model is checked as timm checks its zoo: output shape, finiteness, re-traceability, gradients on
 every trainable parameter, agreement with the original in the identity configuration (k = C,
 "branch" form, fusion into the original positions: the converted model must reproduce the
-original to 1e-5), and fewer MACs. The largest variants get the shape and identity checks only.
+original to 1e-5), and fewer MACs. The largest variants get the shape and identity checks only,
+and regnet_y_128gf none (its RegNetY siblings stand for it; see LARGEST).
 """
 
 from __future__ import annotations
