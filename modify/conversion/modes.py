@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.layers.fresh import kept_modes
-from modify.conversion.tracing import LeafSpec, ModifyTracer
+from modify.conversion.tracing import LeafSpec, trace_graph
 
 __all__ = ["frozen_branches", "mode_note"]
 
@@ -62,7 +62,7 @@ def _signature(graph: fx.Graph) -> dict[str, list[tuple[str, str]]]:
 
 def _trace(model: nn.Module, training: bool, leaf_modules: Collection[LeafSpec]) -> fx.Graph:
     with kept_modes(model):
-        return ModifyTracer(leaf_modules).trace(model.train(training))
+        return trace_graph(model.train(training), leaf_modules=leaf_modules)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.errors import SurgeryError
-from modify.conversion.surgery.rules import _shape
+from modify.conversion.graph import _shape_ints as _shape
 from modify.conversion.tracing import BATCHNORM_META
 
 __all__ = ["cut", "get_attribute"]

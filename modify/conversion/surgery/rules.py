@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from modify.layers.fresh import fresh_conv_
 from modify.errors import SurgeryError
@@ -272,9 +272,3 @@ def _channel_state(module: nn.Module) -> list[str]:
     """Names of the parameters and buffers of ``module`` with more than one element."""
     tensors = [*module.named_parameters(), *module.named_buffers()]
     return [name for name, t in tensors if t.numel() > 1]
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(meta, "shape", None)
-    return tuple(int(d) for d in shape) if shape is not None else None

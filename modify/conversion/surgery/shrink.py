@@ -28,6 +28,7 @@ from modify.errors import SurgeryError
 from modify.layers.options import Init
 from modify.conversion.graph import SiteGraph
 from modify.conversion.surgery.cut import _set, cut, get_attribute
+from modify.conversion.graph import _shape_ints as _shape
 from modify.conversion.graph import split_sizes
 from modify.conversion.surgery.literals import (
     SplitError,
@@ -43,7 +44,6 @@ from modify.conversion.surgery.rules import (
     _channel_state,
     _check_not_degenerate,
     _groups,
-    _shape,
     _shrinker_for,
     _take,
 )
