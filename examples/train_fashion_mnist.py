@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--input-size", type=int, default=32, help="image side: 32 pads the 28x28 images, larger scales them up")
     p.add_argument("--data-dir", default=None, help="folder with the IDX files (default: the Debian package's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train_set = fashion_mnist(args.data_dir, split="train", limit=args.train_limit)
-    test_set = fashion_mnist(args.data_dir, split="test", limit=args.test_limit)
+    train_set = fashion_mnist(args.data_dir, split="train", limit=args.train_limit, size=args.input_size)
+    test_set = fashion_mnist(args.data_dir, split="test", limit=args.test_limit, size=args.input_size)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
     model = modify.get_model(args.model, num_classes=10)
     config = FinetuneConfig(lr=args.lr, weight_decay=5e-4, alpha=0.0, warmup=0.03, seed=args.seed)
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = evaluate(model, DataLoader(test_set, batch_size=500))
     modify.save(model, args.output, force=True)
     out = {"model": args.model, "epochs": args.epochs, "test_accuracy": accuracy, "test_images": len(test_set),
-           "seconds": run.seconds, "images_per_second": run.images_per_second, "seed": args.seed}
+           "seconds": run.seconds, "images_per_second": run.images_per_second, "seed": args.seed,
+           "input_size": args.input_size, "lr": args.lr, "batch_size": args.batch_size}
     atomic_write_text(Path(args.output).with_suffix(".json"), json.dumps(out, indent=1))
     print(f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} epochs ({run.seconds / 60:.1f} min); wrote {args.output}")
     return out

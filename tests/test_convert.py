@@ -143,7 +143,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path) -> None:
         torch.testing.assert_close(loaded(x), result.model.eval()(x), atol=0, rtol=0)
     data = torch.load(path, weights_only=True)  # plain data only
     assert data["source"] == {"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}}
-    assert data["conversion"]["recipe"]["rules"] == [{"index": "odd"}]
+    assert [step["method"] for step in data["steps"]] == ["convert"]
+    assert data["steps"][0]["recipe"]["rules"] == [{"index": "odd"}]
     assert data["modify_version"] == modify.__version__
 
 

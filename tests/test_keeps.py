@@ -22,6 +22,7 @@ from modify.conversion.backbones import convert_backbone
 from modify.cli import app
 from modify.errors import CheckpointError, UnknownModelError
 from modify.conversion.pipeline import convert
+from modify.io import provenance
 from modify.io.weights import load_state_dict_file
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
@@ -136,7 +137,7 @@ def gated_net() -> nn.Module:
 def test_leaf_classes_survive_a_checkpoint(tmp_path) -> None:
     model = gated_net().eval()
     result = convert(model, k=4, input_size=16, leaf_modules=[Gate, "stem.0"])
-    assert result.model.modify_conversion["leaf_modules"] == ["test_keeps:Gate", "stem.0"]
+    assert provenance.of(result.model).steps[-1].data["leaf_modules"] == ["test_keeps:Gate", "stem.0"]
     loaded = modify.load(modify.save(result, tmp_path / "gated.pt"))
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.io.checkpoint import DELETION_ATTRIBUTE
 from modify.conversion.discover import BlockSite, SiteGraph
 from modify.errors import ConversionError
 from modify.conversion.pipeline import _example, traced_sites
@@ -31,8 +30,9 @@ from modify.conversion.recipe import Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.conversion.surgery import cut
 from modify.conversion.tracing import LeafSpec
+from modify.io import provenance
 
-__all__ = ["DeletionResult", "Shortcut", "delete_blocks", "DELETION_ATTRIBUTE"]
+__all__ = ["DeletionResult", "Shortcut", "delete_blocks", "replay"]
 
 _RELUS = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_, F.relu6)
@@ -162,12 +162,15 @@ def delete_blocks(
         why = f"; first selected: {first.name!r}: {first.reason}" if first else ""
         raise ConversionError(f"delete_blocks: no block was deleted{why}. Run `modify blocks MODEL` to see which blocks can be.")
     deleted = tuple(dataclasses.replace(d, k=0) for d in deleted)
-    setattr(out, DELETION_ATTRIBUTE, {
+    provenance.record(out, "delete", {
         "blocks": [d.name for d in deleted],
         "input_shape": list(inputs[0].shape),
         "leaf_modules": [m for m in leaf_modules if isinstance(m, str)],
-    })  # fmt: skip
-    source = getattr(model, "modify_source", None)
-    if source is not None:
-        out.modify_source = source
+    }, base=model)  # fmt: skip
     return DeletionResult(out, deleted, skipped, resolved, tuple(inputs[0].shape), tuple(sites))
+
+
+def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
+    """A recorded deletion (a `modify.io.provenance` step) run again on the rebuilt model."""
+    return delete_blocks(model, blocks=data["blocks"], example_inputs=torch.zeros(data["input_shape"]),
+                         leaf_modules=tuple(data.get("leaf_modules") or ())).model  # fmt: skip

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from modify.io.checkpoint import PRUNING_ATTRIBUTE
+from modify.io import provenance
 from modify.errors import ConversionError, ModifyError
 
-__all__ = ["PruningResult", "prune_channels", "reshape_like", "PRUNING_ATTRIBUTE", "BASELINES_HINT"]
+__all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "BASELINES_HINT"]
 
 BASELINES_HINT = "pip install 'modify[baselines]'"
 # The layer attributes Torch-Pruning changes, per layer type; enough to rebuild the pruned layers.
@@ -217,9 +217,6 @@ def _prune(model: nn.Module, x: torch.Tensor, macs_ratio: float | None, speedup:
     ratio, pruned, reached = best
     macs, params = _count(pruned, x)
     _record_shapes(pruned, model)
-    source = getattr(model, "modify_source", None)
-    if source is not None:
-        pruned.modify_source = source
     target = (f"macs_ratio={macs_ratio:g}" if macs_ratio is not None else
               f"speedup={speedup:g}" if speedup is not None else f"ratio={ratio:g}")  # fmt: skip
     return PruningResult(pruned, ratio, macs, macs_before, params, params_before, target,
@@ -238,7 +235,7 @@ def _record_shapes(pruned: nn.Module, original: nn.Module) -> None:
             attributes[name] = changed
     base_state = original.state_dict()
     shapes = {k: list(v.shape) for k, v in pruned.state_dict().items() if k in base_state and base_state[k].shape != v.shape}
-    setattr(pruned, PRUNING_ATTRIBUTE, {"attributes": attributes, "shapes": shapes})
+    provenance.record(pruned, "prune", {"attributes": attributes, "shapes": shapes}, base=original)
 
 
 def reshape_like(model: nn.Module, record: dict[str, Any]) -> nn.Module:
@@ -261,5 +258,10 @@ def reshape_like(model: nn.Module, record: dict[str, Any]) -> nn.Module:
             setattr(module, leaf, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
             module.register_buffer(leaf, new)
-    setattr(model, PRUNING_ATTRIBUTE, record)
     return model
+
+
+def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
+    """A recorded pruning (a `modify.io.provenance` step) on the rebuilt model: its shapes, then
+    the history; the weights come afterwards."""
+    return provenance.record(reshape_like(model, data), "prune", data)

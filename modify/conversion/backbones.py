@@ -31,6 +31,7 @@ from torch import nn
 
 from modify.errors import ConversionError
 from modify.conversion.pipeline import ConversionResult, convert
+from modify.io import provenance
 
 __all__ = ["BACKBONE_PATHS", "find_backbone", "convert_backbone"]
 
@@ -95,5 +96,5 @@ def convert_backbone(model: nn.Module, *, backbone: str | None = None, **kwargs:
     # A copy of the whole model in which the backbone is the converted one (and not copied again).
     whole = copy.deepcopy(model, {id(part): result.model})
     # What `modify.save` needs to rebuild it: the backbone's conversion, and where it lives.
-    whole.modify_conversion = {**result.model.modify_conversion, "module": path}
+    provenance.record(whole, "convert", {**provenance.of(result.model).steps[-1].data, "module": path}, base=model)
     return dataclasses.replace(result, model=whole)

@@ -26,9 +26,10 @@ from modify.conversion.inplace import enable_inplace_fusion
 from modify.conversion.plan import BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import Capacity, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.conversion.tracing import LeafSpec, default_input, leaf_record, trace
+from modify.conversion.tracing import LeafSpec, default_input, leaf_from_record, leaf_record, trace
+from modify.io import provenance
 
-__all__ = ["ConversionResult", "convert", "convert_identity", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
+__all__ = ["ConversionResult", "convert", "convert_identity", "replay", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 
 NO_BLOCKS_HINT = (
     "modify looks for residual Conv-Blocks: an add whose one operand is the block input (or a "
@@ -163,14 +164,11 @@ def convert(
                 f"'{first.name}': {first.reason}. Drop strict, or exclude them in the recipe (skip: true)."
             )
     # What `modify.save` needs to replay this conversion (the weights go in the state_dict).
-    converted_model.modify_conversion = {
+    provenance.record(converted_model, "convert", {
         "recipe": resolved.to_dict(),
         "input_shape": list(inputs[0].shape),
         "leaf_modules": [leaf_record(m) for m in leaf_modules],  # classes by import path
-    }
-    source = getattr(model, "modify_source", None)
-    if source is not None:
-        converted_model.modify_source = source
+    }, base=model)  # fmt: skip
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)  # no full-tensor copy at inference
     result = ConversionResult(
         model=converted_model,
@@ -189,6 +187,22 @@ def convert(
 
         initialize(result, init, original=original)
     return result
+
+
+def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
+    """A recorded conversion (a `modify.io.provenance` step) run again on the rebuilt architecture;
+    its weights come afterwards. A ``module`` entry (`modify.conversion.backbones.convert_backbone`)
+    converts that submodule only."""
+    leaves = tuple(leaf_from_record(r) for r in data.get("leaf_modules") or ())
+    part_name = data.get("module")
+    part = model.get_submodule(part_name) if part_name else model
+    converted = convert(
+        part, recipe=data["recipe"], example_inputs=torch.zeros(data["input_shape"]), leaf_modules=leaves
+    ).model
+    if not part_name:
+        return converted
+    model.set_submodule(part_name, converted)
+    return provenance.record(model, "convert", data)
 
 
 IDENTITY_CONFIG = MoDConfig(form="branch", fusion="original", order="index", scale=False)

@@ -2,18 +2,19 @@
 
 A checkpoint is a plain dict, readable with ``torch.load(weights_only=True)``:
 
-    format          "modify.checkpoint", and its version
+    format          "modify.checkpoint", and its version (3)
     modify_version  the version that wrote it
     source          how to rebuild the base architecture: a model name or an import path, with kwargs
-    conversion      the resolved recipe, the initialisation, the example input shape, the leaf
-                    modules; None for a model saved without conversion
-    baseline        for the baselines of `modify.baselines`: the deleted blocks ({"method":
-                    "delete", ...}) or the pruned layer shapes ({"method": "prune", ...}); else None
-    state_dict      every weight and buffer of the converted model
+    steps           every surgery since, in order (`modify.io.provenance.Step`): a conversion or a
+                    plan (its resolved recipe, example input shape, leaf modules), a deletion (the
+                    blocks), a pruning (the changed layer shapes)
+    state_dict      every weight and buffer of the model
 
-Loading rebuilds the base architecture, replays the conversion, and loads the state_dict
-strictly, so nothing in the file is executed. Writes are atomic: a temporary file in the same
-folder, renamed over the target, and an existing file is only replaced when asked.
+Loading rebuilds the base architecture, replays the steps (`modify.io.provenance.replay`), and
+loads the state_dict strictly, so nothing in the file is executed; this module names no method.
+Checkpoints of versions 1 and 2 ("conversion" and "baseline" entries) still load. Writes are
+atomic: a temporary file in the same folder, renamed over the target, and an existing file is only
+replaced when asked.
 """
 
 from __future__ import annotations
@@ -27,42 +28,16 @@ from torch import nn
 
 from modify._version import __version__
 from modify.errors import CheckpointError, ModifyError
-from modify.layers import MoDConfig
-from modify.io.weights import safe_load
+from modify.io import provenance
 from modify.io.files import atomic_write
 from modify.io.names import build_source, model_source
+from modify.io.weights import safe_load
+from modify.layers import MoDConfig
 
-__all__ = ["save", "load", "read_checkpoint", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_checkpoint", "checkpoint_provenance", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "modify.checkpoint"
-FORMAT_VERSION = 2  # 2 added "baseline"; a checkpoint without one is still written as version 1
-CONVERSION_ATTRIBUTE = "modify_conversion"
-# Set by modify.baselines.delete_blocks / prune_channels (their modules import torch_pruning lazily,
-# so the names are spelled here rather than imported).
-DELETION_ATTRIBUTE = "modify_deletion"
-PRUNING_ATTRIBUTE = "modify_pruning"
-
-
-def _baseline(model: nn.Module) -> dict[str, Any] | None:
-    if hasattr(model, DELETION_ATTRIBUTE):
-        return {"method": "delete", **getattr(model, DELETION_ATTRIBUTE)}
-    if hasattr(model, PRUNING_ATTRIBUTE):
-        return {"method": "prune", **getattr(model, PRUNING_ATTRIBUTE)}
-    return None
-
-
-def _replay_baseline(model: nn.Module, baseline: dict[str, Any]) -> nn.Module:
-    method = baseline.get("method")
-    if method == "delete":
-        from modify.baselines.delete import delete_blocks
-
-        return delete_blocks(model, blocks=baseline["blocks"], example_inputs=torch.zeros(baseline["input_shape"]),
-                             leaf_modules=tuple(baseline.get("leaf_modules") or ())).model  # fmt: skip
-    if method == "prune":
-        from modify.baselines.prune import reshape_like
-
-        return reshape_like(model, baseline)
-    raise CheckpointError(f"the checkpoint's baseline method {method!r} is not known to this modify; upgrade modify.")
+FORMAT_VERSION = 3  # 3: "source" + "steps"; 2 had "conversion" + "baseline", 1 "conversion" alone
 
 
 def _plain(value: Any) -> Any:
@@ -110,14 +85,13 @@ def save(result_or_model: Any, path: str | os.PathLike[str], *, force: bool = Fa
             "this model does not say how to rebuild its architecture; build it with modify.get_model(name) "
             "or modify.io.names.from_import_path('package.module:factory') before converting."
         )
-    baseline = _baseline(model)
+    history = provenance.of(model)
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if baseline is not None else 1,  # older readers still read plain ones
+        "format_version": FORMAT_VERSION,
         "modify_version": __version__,
         "source": {"kind": source["kind"], "name": source["name"], "kwargs": _plain(source.get("kwargs") or {})},
-        "conversion": getattr(model, CONVERSION_ATTRIBUTE, None),
-        "baseline": baseline,
+        "steps": [_plain(step.as_dict()) for step in history.steps],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
@@ -139,39 +113,32 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _replay_conversion(model: nn.Module, conversion: dict[str, Any], path: str | os.PathLike[str]) -> nn.Module:
-    """The recorded conversion, run again on the rebuilt architecture (its weights come after);
-    a ``module`` entry (`modify.conversion.backbones.convert_backbone`) converts that submodule only."""
-    from modify.conversion.pipeline import convert
-    from modify.conversion.tracing import leaf_from_record
-
-    try:
-        leaves = tuple(leaf_from_record(r) for r in conversion.get("leaf_modules") or ())
-    except ModifyError as e:
-        raise CheckpointError(f"{str(path)!r} cannot be rebuilt: {e}") from None
-    part_name = conversion.get("module")
-    part = model.get_submodule(part_name) if part_name else model
-    converted = convert(
-        part, recipe=conversion["recipe"], example_inputs=torch.zeros(conversion["input_shape"]), leaf_modules=leaves,
-    ).model  # fmt: skip
-    if not part_name:
-        return converted
-    model.set_submodule(part_name, converted)
-    model.modify_conversion = conversion
-    return model
+def checkpoint_provenance(data: dict[str, Any]) -> provenance.Provenance:
+    """The history a checkpoint's dict describes, whatever its version."""
+    source = dict(data["source"])
+    source["kwargs"] = _unplain(source.get("kwargs") or {})
+    if "steps" in data:
+        steps = tuple(provenance.Step.from_dict(s) for s in data["steps"])
+    else:  # versions 1 and 2: a conversion, then a baseline
+        steps = ()
+        if data.get("conversion") is not None:
+            steps += (provenance.Step("convert", dict(data["conversion"])),)
+        baseline = dict(data.get("baseline") or {})
+        if baseline:
+            steps += (provenance.Step(str(baseline.pop("method", "")), baseline),)
+    return provenance.Provenance(source, steps)
 
 
 def load(path: str | os.PathLike[str]) -> nn.Module:
     """Rebuilds the model a checkpoint describes and loads its weights (eval mode)."""
     data = read_checkpoint(path)
-    source = dict(data["source"])
-    source["kwargs"] = _unplain(source.get("kwargs") or {})
-    model = build_source(source)
-    conversion = data.get("conversion")
-    if conversion is not None:
-        model = _replay_conversion(model, conversion, path)
-    if data.get("baseline") is not None:
-        model = _replay_baseline(model, data["baseline"])
+    history = checkpoint_provenance(data)
+    model = build_source(dict(history.source or {}))
+    for step in history.steps:
+        try:
+            model = provenance.replay(model, step)
+        except ModifyError as e:
+            raise CheckpointError(f"{str(path)!r} cannot be rebuilt ({step.method} step): {e}") from None
     try:
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:

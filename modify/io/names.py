@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from modify.errors import ModifyError, UnknownModelError
+from modify.io import provenance
 from modify.models import list_mod_models, mod_model_builder
 from modify.conversion.inplace import enable_inplace_fusion
 
@@ -114,18 +115,15 @@ def timm_model(name: str, **kwargs: Any) -> nn.Module:
     return _tag(model, {"kind": "timm", "name": name, "kwargs": kwargs})
 
 
-SOURCE_ATTRIBUTE = "modify_source"
-
-
 def _tag(model: nn.Module, source: dict[str, Any]) -> nn.Module:
-    """Records how to rebuild ``model``'s architecture; `modify.save` stores it."""
-    setattr(model, SOURCE_ATTRIBUTE, source)
-    return model
+    """Records how to rebuild ``model``'s architecture (its `Provenance`); `modify.save` stores it."""
+    return provenance.attach(model, provenance.Provenance(source=source))
 
 
 def model_source(model: nn.Module) -> dict[str, Any] | None:
     """How to rebuild ``model``'s architecture, if `get_model` or `from_import_path` built it."""
-    return getattr(model, SOURCE_ATTRIBUTE, None)
+    source = provenance.of(model).source
+    return None if source is None else dict(source)
 
 
 def from_import_path(path: str, **kwargs: Any) -> nn.Module:

@@ -158,7 +158,9 @@ def fashion_mnist(
             default `FASHION_MNIST_ROOT`, where ``apt-get install dataset-fashion-mnist`` puts them.
         split: ``"train"`` or ``"test"``.
         limit: keep only the first ``limit`` images (tiny runs, tests).
-        size: the padded image side (28 -> 32 by default; must be at least 28).
+        size: the image side: up to 32 the 28x28 images are padded to it (32 by default); above
+            32 they are padded to 32 and then scaled up to ``size`` (bilinear, antialiased), so a
+            64x64 test bed sees the same picture at twice the resolution (must be at least 28).
         channels: the grey channel repeated this many times (3 for ImageNet-style CNNs).
 
     Raises:
@@ -189,13 +191,26 @@ def fashion_mnist(
         )
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    pad_top = (size - images.shape[1]) // 2
-    pad_left = (size - images.shape[2]) // 2
-    padded = torch.zeros(len(images), 1, size, size, dtype=torch.uint8)
+    side = min(size, 32)
+    pad_top = (side - images.shape[1]) // 2
+    pad_left = (side - images.shape[2]) // 2
+    padded = torch.zeros(len(images), 1, side, side, dtype=torch.uint8)  # (N, 1, side, side)
     padded[:, 0, pad_top : pad_top + images.shape[1], pad_left : pad_left + images.shape[2]] = images
+    if size > side:
+        padded = _upscale(padded, size)  # (N, 1, size, size)
     return ImageTensorDataset(
         padded, labels.long(), classes=FASHION_MNIST_CLASSES, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, channels=channels
     )
+
+
+def _upscale(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 images (N, 1, s, s) scaled up to (N, 1, size, size), bilinear, in chunks to bound memory."""
+    out = torch.empty(len(images), 1, size, size, dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].float()
+        scaled = torch.nn.functional.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = scaled.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
