@@ -43,6 +43,8 @@ from modify.measure.benchmark import BenchCase, bench  # noqa: E402
 from modify.train.data import fashion_mnist  # noqa: E402
 from modify.train.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
 from modify.conversion.init import initialize  # noqa: E402
+from modify.errors import ModifyError  # noqa: E402
+from modify.io.files import check_output_path  # noqa: E402
 
 RECIPES = {
     "every_other": {"recipe": "every_other"},  # the paper's placement, c = 64
@@ -128,6 +130,12 @@ def train_throughput(runs: dict[str, tuple[torch.nn.Module, torch.nn.Module | No
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    for option, path in (("--save-baseline", args.save_baseline), ("--json", args.json)):
+        try:  # before the training that would be lost to a path that cannot be written
+            if path:
+                check_output_path(path, force=True, option=option)
+        except ModifyError as e:
+            raise SystemExit(f"error: {e}") from None
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -32,6 +32,8 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 import modify  # noqa: E402
 from modify.train.data import load_dataset  # noqa: E402
 from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
+from modify.errors import ModifyError  # noqa: E402
+from modify.io.files import check_output_path  # noqa: E402
 from modify.io.weights import load_state_dict_file  # noqa: E402
 
 
@@ -53,6 +55,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     """Runs the example; returns the accuracies, the original with your weights, and the conversion."""
     args = parse(argv)
+    try:  # before the fine-tune that would be lost to a path that cannot be written
+        check_output_path(args.output, force=True, option="-o")
+    except ModifyError as e:
+        raise SystemExit(f"error: {e}") from None
     train = load_dataset(args.data, split="train", limit=args.limit, size=args.image_size)
     held_out = load_dataset(args.data, split="val", limit=args.limit, size=args.image_size)
     classes = getattr(getattr(train, "dataset", train), "classes", None)

@@ -26,6 +26,8 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 import modify  # noqa: E402
 from modify.deploy.export import export_onnx  # noqa: E402
+from modify.errors import ModifyError  # noqa: E402
+from modify.io.files import check_output_path  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +46,13 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
         import onnxruntime as ort
     except ImportError:
         raise SystemExit("this example needs ONNX Runtime: pip install 'modify[onnx]'") from None
+    onnx_path = args.checkpoint.with_suffix(".onnx")
+    try:  # the export is written beside the checkpoint
+        check_output_path(onnx_path, force=True)
+    except ModifyError as e:
+        raise SystemExit(f"error: {e}") from None
     model = modify.load(args.checkpoint)
-    report = export_onnx(model, args.checkpoint.with_suffix(".onnx"), input_size=args.input_size, dynamic_batch=True, force=True)
+    report = export_onnx(model, onnx_path, input_size=args.input_size, dynamic_batch=True, force=True)
     path = report.path
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads

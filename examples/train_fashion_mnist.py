@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|trace)` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.io.files import atomic_write_text  # noqa: E402
+from modify.errors import ModifyError  # noqa: E402
+from modify.io.files import atomic_write_text, check_output_path  # noqa: E402
 from modify.train.data import fashion_mnist  # noqa: E402
 from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
 
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="the modify checkpoint to write")
     args = p.parse_args(argv)
+    try:  # the checkpoint and the JSON beside it, before the training that would be lost
+        for path in (args.output, Path(args.output).with_suffix(".json")):
+            check_output_path(path, force=True, option="-o")
+    except ModifyError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

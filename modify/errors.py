@@ -10,6 +10,7 @@ __all__ = [
     "NoBlocksError",
     "ConversionError",
     "CheckpointError",
+    "OutputPathError",
     "ChoiceError",
     "ExportError",
     "SurgeryError",
@@ -46,6 +47,11 @@ class ConversionError(ModifyError, ValueError):
 
 class CheckpointError(ModifyError, ValueError):
     """A checkpoint that cannot be read safely or was not written by `modify`."""
+
+
+class OutputPathError(CheckpointError):
+    """An output path that cannot be written: its folder is a file, cannot be made or is read-only,
+    or the file exists. A `CheckpointError`, as `save` raised for an existing file before."""
 
 
 class ChoiceError(ModifyError, ValueError):

@@ -159,6 +159,25 @@ def test_save_refuses_to_overwrite_and_writes_atomically(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
 
 
+def test_a_path_that_cannot_be_written_is_a_one_line_checkpoint_error(tmp_path) -> None:
+    """`atomic_write` (behind save, export and every report) checks like the CLI: one line, not a
+    FileExistsError or NotADirectoryError, before anything is written."""
+    from modify.errors import OutputPathError
+    from modify.io.files import atomic_write
+
+    (tmp_path / "notes.txt").write_text("a file")
+    calls: list[str] = []
+    for path, match in [
+        (tmp_path / "notes.txt" / "m.pt", "notes.txt' is a file, not a folder"),
+        (tmp_path / ("x" * 300) / "m.pt", "cannot be made"),
+        (tmp_path, "is a directory"),
+    ]:
+        with pytest.raises(OutputPathError, match=match) as error:
+            atomic_write(path, calls.append)
+        assert isinstance(error.value, CheckpointError) and "\n" not in str(error.value)
+    assert calls == [] and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
 def test_written_files_follow_the_umask(tmp_path, umask: int) -> None:
     import os

@@ -33,15 +33,16 @@ def parse_init(value: str | None) -> str | None:
     return value
 
 
-def check_output(path: Any, *, force: bool) -> None:
-    """Refuses, before any work, an output path that is a folder or an existing file (without --force)."""
-    from pathlib import Path
+def check_output(path: Any, *, force: bool = False, kind: str = "file", option: str = "-o") -> None:
+    """Refuses, before any work, an output path that cannot be written (`modify.io.files.check_output_path`):
+    one line that names the path and the option to change."""
+    from modify.errors import ModifyError
+    from modify.io.files import check_output_path
 
-    target = Path(path)
-    if target.is_dir():
-        raise fail(f"{str(target)!r} is a directory; give a file path for -o, such as {str(target / 'model.pt')!r}.")
-    if target.exists() and not force:
-        raise fail(f"{str(target)!r} exists; pass --force to replace it, or choose another path with -o.")
+    try:
+        check_output_path(path, force=force, kind=kind, option=option)  # type: ignore[arg-type]
+    except ModifyError as e:
+        raise fail(str(e)) from None
 
 
 def user_errors(func: F) -> F:

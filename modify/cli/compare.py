@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import fail, load_model, quiet_torch_logs, user_errors
+from modify.cli._common import check_output, fail, load_model, quiet_torch_logs, user_errors
 
 app = typer.Typer()
 
@@ -69,6 +69,7 @@ def compare(
     out_dir = Path(out)
     if retime and report_only:
         raise fail("--retime times the models again; it cannot go with --report-only.")
+    check_output(out_dir, kind="folder")  # before --retime forgets anything, and before the sweep
     if retime and out_dir.is_dir():
         forget_speeds(out_dir)
     if not report_only:

@@ -69,6 +69,8 @@ def finetune(
     out = Path(output) if output else _default_output(checkpoint)
     check_output(out, force=force)
     state_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".state")
+    if checkpoint_every or resume:  # the resumable state is written too
+        check_output(state_dir, kind="folder", option="--checkpoint-dir")
     quiet_torch_logs()
 
     import torch

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import load_model, quiet_torch_logs, user_errors
+from modify.cli._common import check_output, load_model, quiet_torch_logs, user_errors
 
 app = typer.Typer()
 
@@ -24,6 +24,7 @@ def routes(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
 ) -> None:
     """Record every MoD block's channel selections over a data set: heatmap, entropy, per-class differences."""
+    check_output(out, kind="folder")
     quiet_torch_logs()
     from torch.utils.data import DataLoader
 

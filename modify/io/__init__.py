@@ -16,7 +16,7 @@ from modify._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from modify.io.checkpoint import load as load, save as save
-    from modify.io.files import atomic_write as atomic_write
+    from modify.io.files import atomic_write as atomic_write, check_output_path as check_output_path
     from modify.io.names import get_model as get_model, list_models as list_models
     from modify.io.resolve import resolve_model as resolve_model
     from modify.io.weights import load_state_dict_file as load_state_dict_file
@@ -29,6 +29,7 @@ _LAZY = {
     "load": "modify.io.checkpoint",
     "load_state_dict_file": "modify.io.weights",
     "atomic_write": "modify.io.files",
+    "check_output_path": "modify.io.files",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

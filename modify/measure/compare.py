@@ -346,7 +346,9 @@ def run_sweep(
     and ``("speed", {...})`` after timing each architecture (for progress bars). Returns every
     record of these candidates, the earlier ones included.
     """
-    out = Path(out_dir)
+    from modify.io.files import check_output_path
+
+    out = check_output_path(out_dir, kind="folder")  # a folder that cannot be written fails here, not after a run
     for folder in ("runs", "speed", "arch", "failed"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     _check_config(out / "config.json", config)
