@@ -14,7 +14,15 @@ import yaml
 from modify.conversion.discover import BlockSite, SkipKind
 from modify.errors import RecipeError
 from modify.layers.options import FusionSlot, MoDConfig
-from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe, shipped_recipe_path, shipped_recipes
+from modify.conversion.recipe import (
+    BlockAction,
+    BlockRule,
+    Capacity,
+    Recipe,
+    load_recipe,
+    shipped_recipe_path,
+    shipped_recipes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_RECIPES = ROOT / "modify" / "recipes"
@@ -227,9 +235,20 @@ def test_select_takes_the_last_matching_rule() -> None:
         (_recipe(defaults={"skip": True}), r"^defaults\.skip: True: defaults cannot skip"),
         # version
         ({"defaults": {"c": 64}, "rules": [{"index": "odd"}]}, r"^version: missing; expected `version: 1`"),
-        (_recipe(version=2), r"^version: 2 is not a supported recipe version; expected `version: 1`"),
+        (_recipe(version=3), r"^version: 3 is not a supported recipe version; expected `version: 1` .* or `version: 2`"),
         (_recipe(version="1"), r"^version: '1' is not a supported recipe version"),
         (_recipe(version=True), r"^version: True is not a supported"),
+        # version 2: per-block actions
+        (_recipe(rules=[{"index": "odd", "action": "delete"}]), r"^rules\[0\]\.action: 'delete': per-block actions .* need `version: 2`"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "prune"}]), r"^rules\[0\]\.action: 'prune' is not an action; expected one of keep, mod, narrow, delete"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "delte"}]), r"^rules\[0\]\.action: 'delte' .*Did you mean 'delete'\?"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "delete", "k": 8}]), r"^rules\[0\]\.k: 8: action delete takes no capacity; remove k"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "keep", "fraction": 0.5}]), r"^rules\[0\]\.fraction: 0\.5: action keep takes no capacity"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "narrow", "c": 64}]), r"^rules\[0\]\.c: 64: action narrow takes a fraction"),
+        (_recipe(version=2, rules=[{"index": "odd", "skip": True}]), r"^rules\[0\]\.skip: True: version 2 says `action: keep`"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "narrow", "fraction": 1.0}]), r"^rules\[0\]\.fraction: 1\.0 is outside \(0, 1\)"),
+        (_recipe(version=2, rules=[{"index": "odd", "action": "mod", "k": 8, "fraction": 0.5}]), r"^rules\[0\]: gives 2 capacities"),
+        (_recipe(version=2, rules=[{"index": "odd", "acton": "mod"}]), r"^rules\[0\]\.acton: unknown key .*Did you mean 'action'\?"),
         # structure
         ({"version": 1, "defaults": {"c": 64}}, r"^rules: missing; expected a non-empty list"),
         (_recipe(rules=[]), r"^rules: \[\] is not a non-empty list"),
@@ -246,8 +265,10 @@ def test_top_level_must_be_a_mapping() -> None:
 
 
 def test_recipe_constructor_validates() -> None:
-    with pytest.raises(RecipeError, match=r"Recipe\.version: 2 is not a supported"):
-        Recipe(version=2)
+    with pytest.raises(RecipeError, match=r"Recipe\.version: 3 is not a supported"):
+        Recipe(version=3)
+    with pytest.raises(RecipeError, match=r"Recipe\.rules\[0\]\.action: 'delete': per-block actions need version=2"):
+        Recipe(rules=(BlockRule(index="odd", action="delete"),))
     with pytest.raises(RecipeError, match=r"Recipe\.defaults: .*skip=True"):
         Recipe(defaults=Capacity(skip=True))
     with pytest.raises(RecipeError, match=r"Recipe\.rules\[0\]: 'odd' is not a BlockRule"):
@@ -400,7 +421,7 @@ def test_wrong_source_type() -> None:
 # --------------------------------------------------------------------------- no torch
 
 
-@pytest.mark.parametrize("module", ["recipe.py", "plan.py"])
+@pytest.mark.parametrize("module", ["recipe.py", "recipe_parts.py", "plan.py"])
 def test_module_source_imports_no_torch(module: str) -> None:
     tree = ast.parse((ROOT / "modify" / "conversion" / module).read_text())
     imported = set()

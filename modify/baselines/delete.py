@@ -19,41 +19,20 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
-from modify.conversion.discover import BlockSite, SiteGraph
-from modify.errors import ConversionError
+from modify.conversion.actions import BlockBuilder
+from modify.conversion.discover import BlockSite
 from modify.conversion.pipeline import _example, traced_sites
-from modify.conversion.plan import BlockPlan, plan, resolve_recipe
-from modify.conversion.recipe import Recipe
+from modify.conversion.plan import plan, resolve_recipe
+from modify.conversion.recipe import BlockAction, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.conversion.surgery import cut
 from modify.conversion.tracing import LeafSpec
+from modify.errors import ConversionError, RecipeError
 from modify.io import provenance
+from modify.layers import Shortcut
 
 __all__ = ["DeletionResult", "Shortcut", "delete_blocks", "replay"]
-
-_RELUS = (nn.ReLU, nn.ReLU6)
-_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_, F.relu6)
-
-
-class Shortcut(nn.Module):
-    """A deleted residual block: ``post(skip(x))``, its shortcut and its post-add ops.
-
-    Example:
-        >>> block = Shortcut(post=nn.ReLU())
-        >>> block(torch.tensor([[-1.0, 2.0]])).tolist()
-        [[0.0, 2.0]]
-    """
-
-    def __init__(self, skip: nn.Module | None = None, post: nn.Module | None = None) -> None:
-        super().__init__()
-        self.skip = skip if skip is not None else nn.Identity()
-        self.post = post if post is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.post(self.skip(x))  # (N, C, H, W)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,40 +56,6 @@ class DeletionResult:
     @property
     def converted(self) -> tuple[ConvertedBlock, ...]:  # the name the rest of modify reads
         return self.deleted
-
-
-def _is_relu(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), _RELUS)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    return False
-
-
-def _nonnegative(node: fx.Node, modules: Mapping[str, nn.Module], deleted: set[fx.Node]) -> bool:
-    """Whether ``node``'s value is known to be >= 0: a ReLU's output, or the output of a block
-    deleted before this one whose own input was."""
-    return _is_relu(node, modules) or node in deleted
-
-
-def _builder(gm: fx.GraphModule) -> Any:
-    modules = dict(gm.named_modules())
-    nonneg_outputs: set[fx.Node] = set()
-
-    def build(gm: fx.GraphModule, plan: BlockPlan, graph: SiteGraph) -> nn.Module:
-        skip = cut(gm, graph.fork, graph.skip, graph.skip_operand, name="Skip") if graph.skip else None
-        post = cut(gm, graph.add, graph.post, graph.post[-1], name="PostAdd") if graph.post else None
-        relu_only = len(graph.post) == 1 and _is_relu(graph.post[0], modules)
-        fork_nonneg = _nonnegative(graph.fork, modules, nonneg_outputs)
-        if skip is None and relu_only and fork_nonneg:
-            post = None  # relu(x) == x for x >= 0
-        if skip is None and (relu_only or (not graph.post and fork_nonneg)):
-            nonneg_outputs.add(graph.output)  # a ReLU's output, or a non-negative input passed through
-        return nn.Identity() if skip is None and post is None else Shortcut(skip, post)
-
-    return build
 
 
 def delete_blocks(
@@ -144,6 +89,13 @@ def delete_blocks(
             raise ConversionError("delete_blocks: blocks= is empty; name at least one block (see `modify blocks MODEL`).")
         recipe = {"version": 1, "rules": [{"name": names}]}
     resolved = resolve_recipe(recipe=recipe)
+    if resolved.version >= 2:
+        where = f"recipe '{resolved.source}'" if resolved.source else "the recipe"
+        raise RecipeError(
+            f"{where} is version {resolved.version} (per-block actions: keep, mod, narrow, delete); delete_blocks "
+            "reads version-1 recipes, which only select blocks. Apply it with `modify convert MODEL --recipe FILE` "
+            "(modify.convert(model, recipe=...)), or pass the blocks to delete as blocks=[...]."
+        )
     model = copy.deepcopy(model)
     inputs = _example(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
@@ -155,13 +107,12 @@ def delete_blocks(
                 f"delete_blocks: {unknown[0]!r} is not a block that can be deleted; choose from "
                 f"{sorted(known)} (`modify blocks MODEL` lists them)."
             )
-    plans = plan(sites, recipe=resolved)
-    out, deleted, skipped = rewrite(model, gm, plans, config=resolved.mod, build=_builder(gm))
+    plans = [dataclasses.replace(p, k=None, action=BlockAction.DELETE) if p.converted else p for p in plan(sites, recipe=resolved)]
+    out, deleted, skipped = rewrite(model, gm, plans, config=resolved.mod, build=BlockBuilder(gm, config=resolved.mod))
     if not deleted:
         first = next((s for s in skipped if s.selected), None)
         why = f"; first selected: {first.name!r}: {first.reason}" if first else ""
         raise ConversionError(f"delete_blocks: no block was deleted{why}. Run `modify blocks MODEL` to see which blocks can be.")
-    deleted = tuple(dataclasses.replace(d, k=0) for d in deleted)
     provenance.record(out, "delete", {
         "blocks": [d.name for d in deleted],
         "input_shape": list(inputs[0].shape),

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 
-__all__ = ["SiteGraph", "split_sizes"]
+__all__ = ["SiteGraph", "split_sizes", "shape_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,11 +437,14 @@ _SPLIT_FUNCTIONS = (torch.split, torch.Tensor.split, torch.split_with_sizes, tor
 _SPLIT_METHODS = ("split", "split_with_sizes")
 
 
-def _shape_ints(node: Any) -> tuple[int, ...] | None:
+def shape_of(node: Any) -> tuple[int, ...] | None:
     """The shape of a node's value as plain ints; None for a non-node or a node without one."""
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
     return tuple(int(d) for d in shape) if shape is not None else None
+
+
+_shape_ints = shape_of  # the name the surgery modules import
 
 
 def _arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from modify.errors import ConversionError, NoBlocksError, RecipeError
-from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe
+from modify.conversion.recipe import BlockAction, BlockRule, Capacity, Recipe, load_recipe
 
 if TYPE_CHECKING:  # discovery needs torch; planning does not
     from modify.conversion.discover import BlockSite
@@ -49,24 +49,35 @@ _BLOCKS_HINT = "Run `modify blocks MODEL` to see each block's width."
 
 @dataclasses.dataclass(frozen=True)
 class BlockPlan:
-    """What happens to one block site: converted with ``k`` channels, or left standard with a reason.
+    """What happens to one block site: a MoD block with ``k`` channels, narrowed to ``fraction``
+    of its inner widths, deleted, or left standard with a reason.
 
     Example:
         >>> from modify.conversion.discover import BlockSite, SkipKind
         >>> site = BlockSite("layer3.1", 2, 1, 1024, 14, 14, 1, SkipKind.IDENTITY, (), "Bottleneck")
-        >>> BlockPlan(site, k=16, rule="rules[0]", reason=None).converted
+        >>> BlockPlan(site, k=16, rule="rules[0]", reason=None).action
+        <BlockAction.MOD: 'mod'>
+        >>> BlockPlan(site, k=None, rule="rules[1]", reason=None, action="delete").converted
         True
     """
 
     site: BlockSite  # the block, as discovery found it
-    k: int | None  # channels its MoD block processes (1 <= k < C); None when it stays standard
+    k: int | None  # channels its MoD block processes (1 <= k < C); None for every other action
     rule: str | None  # YAML path of the rule that decided it ("rules[0]"); None when no rule selected it
-    reason: str | None  # why it stays standard; None when converted
+    reason: str | None  # why it stays standard; None when it changes
+    action: BlockAction | None = None  # what happens to it; None: mod when k is given, else keep
+    fraction: float | None = None  # narrow: the share of every inner width kept, in (0, 1)
+
+    def __post_init__(self) -> None:
+        action = BlockAction.from_str(self.action) if self.action is not None else None
+        if action is None:
+            action = BlockAction.MOD if self.k is not None else BlockAction.KEEP
+        object.__setattr__(self, "action", action)
 
     @property
     def converted(self) -> bool:
-        """Whether the block becomes a MoD block."""
-        return self.k is not None
+        """Whether the block changes (MoD, narrowed or deleted)."""
+        return self.action is not BlockAction.KEEP
 
 
 def _capacity_from_args(k: object, c: object) -> Capacity:
@@ -209,16 +220,22 @@ def plan(
 
     plans = []
     for site in sites:
-        selected = resolved.select(site)
-        if selected is None:
+        decided = resolved.decide(site)
+        if decided is None:
             plans.append(BlockPlan(site, k=None, rule=None, reason=NOT_SELECTED))
             continue
-        i, capacity = selected
+        i, action, capacity = decided
         rule_path = f"rules[{i}]"
-        if capacity.skip:
-            plans.append(BlockPlan(site, k=None, rule=rule_path, reason=f"skipped by {rule_path} (skip: true)"))
+        if action is BlockAction.KEEP:
+            said = "skip: true" if resolved.version == 1 else "action: keep"
+            plans.append(BlockPlan(site, k=None, rule=rule_path, reason=f"skipped by {rule_path} ({said})"))
         elif not site.convertible:
             plans.append(BlockPlan(site, k=None, rule=rule_path, reason=site.reason))
+        elif action is BlockAction.DELETE:
+            plans.append(BlockPlan(site, k=None, rule=rule_path, reason=None, action=action))
+        elif action is BlockAction.NARROW:
+            share = _narrow_share(site, capacity, resolved, i)
+            plans.append(BlockPlan(site, k=None, rule=rule_path, reason=None, action=action, fraction=share))
         else:
             block_k = capacity.k_for(site.channels)
             assert block_k is not None  # not skip
@@ -228,6 +245,19 @@ def plan(
                 _raise_bad_k(site, block_k, capacity, resolved, i, arg)
             plans.append(BlockPlan(site, k=block_k, rule=rule_path, reason=None))
     return plans
+
+
+def _narrow_share(site: BlockSite, capacity: Capacity, recipe: Recipe, i: int) -> float:
+    """The share of the inner widths a narrow rule keeps: its fraction, or k / C."""
+    if capacity.fraction is not None:
+        return capacity.fraction
+    if capacity.k is not None and 1 <= capacity.k < site.channels:
+        return capacity.k / site.channels
+    raise RecipeError(
+        f"block '{site.name}' has {site.channels} channels; narrow with {capacity.describe()} (from "
+        f"{recipe.where(f'rules[{i}]')}) needs a fraction in (0, 1) or k below {site.channels} (the share k / C). "
+        + _BLOCKS_HINT
+    )
 
 
 def _raise_bad_k(site: BlockSite, block_k: int, capacity: Capacity, recipe: Recipe, i: int, arg: str | None) -> None:

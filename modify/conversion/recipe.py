@@ -1,4 +1,4 @@
-"""Recipes: which residual Conv-Blocks become MoD blocks, and with which k.
+"""Recipes: which residual Conv-Blocks change, how (MoD, narrowed, deleted), and with which k.
 
 A recipe is a small YAML file (or dict) that is validated up front: every misspelt key, wrong type
 or impossible value is a `RecipeError` naming its YAML path (``rules[1].index``), the value, and
@@ -38,6 +38,24 @@ cannot skip):
 - ``c``: the paper's capacity, an integer >= 1; k = max(1, C // c) (c = 64 for ResNets).
 - ``skip: true``: the selected blocks stay standard (``skip: false`` is the same as leaving it out).
 
+Version 2 (what `modify plan` writes) gives every rule an ``action``; the rest is as above, but
+``skip`` is spelt ``action: keep``::
+
+    version: 2
+    defaults: {fraction: 0.25} # k of a mod rule that gives none
+    mod: {form: branch, fusion: original}
+    rules:
+      - {name: layer1.1, action: mod, k: 16}          # a MoD block with k = 16 (k, fraction or c)
+      - {name: layer2.1, action: narrow, fraction: 0.25}  # the branch's inner widths cut to a quarter
+      - {name: layer3.1, action: delete}             # replaced by its shortcut
+      - {name: layer4.1, action: keep}               # stays as it is
+
+``narrow`` keeps the block's input and output at C and cuts every width inside its residual
+branch to the share given (``fraction``, or ``k`` for the share k / C), keeping each width's most
+important channels (`modify.conversion.surgery.narrow`). A rule without ``action`` is ``mod``.
+A version-1 recipe cannot name an action, and readers that only select blocks
+(`modify.baselines.delete_blocks`) refuse a version-2 recipe.
+
 Shipped recipes, loadable by name: ``every_other`` (the paper's placement), ``all`` and
 ``late_stages``; see `shipped_recipes`.
 
@@ -56,8 +74,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,29 +81,20 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modify.conversion.validation import (
-    INDEX_KEYWORDS,
-    _fail,
-    _suggest,
-    _check_keys,
-    _is_int,
-    _check_int,
-    _check_fraction,
-    _check_int_list,
-    _check_index,
-    _check_names,
-    _as_mapping,
-)
+from modify.conversion.recipe_parts import BlockAction, BlockRule, Capacity, mod_config_from
+from modify.conversion.validation import INDEX_KEYWORDS, _as_mapping, _check_keys, _fail, _is_int, _suggest
 from modify.errors import RecipeError
-from modify.layers.options import BlockForm, FusionSlot, MoDConfig, SelectionOrder
+from modify.layers.options import MoDConfig
 
 if TYPE_CHECKING:
     from modify.conversion.discover import BlockSite
 
 __all__ = [
     "RECIPE_VERSION",
+    "RECIPE_VERSIONS",
     "INDEX_KEYWORDS",
     "Capacity",
+    "BlockAction",
     "BlockRule",
     "Recipe",
     "load_recipe",
@@ -95,218 +102,21 @@ __all__ = [
     "shipped_recipe_path",
 ]
 
-RECIPE_VERSION = 1  # the one schema version this module reads and writes
+RECIPE_VERSION = 1  # the version of a recipe that only selects MoD blocks (every shipped recipe)
+RECIPE_VERSIONS = (1, 2)  # the versions this modify reads; 2 adds per-block actions
 
 _RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: the canonical shipped recipes
 _TOP_KEYS = ("version", "defaults", "mod", "rules")
-_CAPACITY_KEYS = ("k", "fraction", "c")
-_SELECTOR_KEYS = ("stage", "index", "name")
-_RULE_KEYS = (*_SELECTOR_KEYS, *_CAPACITY_KEYS, "skip")
-_MOD_KEYS = tuple(f.name for f in dataclasses.fields(MoDConfig))
-_MOD_CHOICES = {"form": BlockForm, "fusion": FusionSlot, "order": SelectionOrder}
-_FRACTION_EPS = 1e-9  # so that 0.29 * 100 floors to 29, not 28
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclasses.dataclass(frozen=True)
-class Capacity:
-    """How many channels a selected block processes: exactly one of ``k``, ``fraction``, ``c``, ``skip``.
-
-    Example:
-        >>> Capacity(c=64).k_for(256), Capacity(fraction=0.25).k_for(256), Capacity(k=8).k_for(256)
-        (4, 64, 8)
-        >>> Capacity(skip=True).k_for(256) is None
-        True
-    """
-
-    k: int | None = None  # channels per block, >= 1 (must also be below the block's C)
-    fraction: float | None = None  # share of C in (0, 1): k = max(1, floor(C * fraction))
-    c: int | None = None  # the paper's capacity, >= 1: k = max(1, C // c)
-    skip: bool = False  # the block stays standard
-
-    def __post_init__(self) -> None:
-        self._validate("Capacity")
-
-    def _validate(self, path: str) -> None:
-        given = [key for key in _CAPACITY_KEYS if getattr(self, key) is not None]
-        if not isinstance(self.skip, bool):
-            raise _fail(f"{path}.skip", f"{self.skip!r} is not a boolean; expected true or false.")
-        if self.skip:
-            given.append("skip")
-        if len(given) != 1:
-            shown = ", ".join(f"{key}: {getattr(self, key)!r}" for key in given) or "none"
-            raise _fail(
-                path,
-                f"gives {len(given)} capacities ({shown}); expected exactly one of "
-                "k (channels), fraction (share of C) or c (k = C // c), or skip: true.",
-            )
-        if self.k is not None:
-            _check_int(self.k, f"{path}.k", minimum=1, expected="a channel count k >= 1")
-        if self.fraction is not None:
-            object.__setattr__(self, "fraction", _check_fraction(self.fraction, f"{path}.fraction"))
-        if self.c is not None:
-            _check_int(self.c, f"{path}.c", minimum=1, expected="a capacity c >= 1 (k = C // c; 64 for ResNets)")
-
-    def k_for(self, channels: int) -> int | None:
-        """k for a block of ``channels`` channels; None when the capacity is ``skip``.
-
-        The result may be >= ``channels`` (``k: 300`` on a 256-channel block); `modify.conversion.plan`
-        rejects that with the block's name.
-        """
-        if self.skip:
-            return None
-        if self.k is not None:
-            return self.k
-        if self.fraction is not None:
-            return max(1, math.floor(channels * self.fraction + _FRACTION_EPS))
-        assert self.c is not None  # guaranteed by __post_init__
-        return max(1, channels // self.c)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The one key/value of the YAML form, e.g. ``{"c": 64}`` or ``{"skip": True}``."""
-        if self.skip:
-            return {"skip": True}
-        key = next(key for key in _CAPACITY_KEYS if getattr(self, key) is not None)
-        return {key: getattr(self, key)}
-
-    def describe(self) -> str:
-        """Short text for messages: ``c=64``, ``k=8``, ``fraction=0.25``, ``skip``."""
-        (key, value), = self.to_dict().items()
-        return "skip" if key == "skip" else f"{key}={value}"
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], path: str = "defaults", *, allow_skip: bool = False) -> Capacity:
-        """Validate ``{c: 64}``-style YAML; errors name ``path``."""
-        raw = _as_mapping(raw, path, "a mapping with one of k, fraction or c, such as {c: 64}")
-        valid = (*_CAPACITY_KEYS, "skip") if allow_skip else _CAPACITY_KEYS
-        if not allow_skip and "skip" in raw:
-            raise _fail(f"{path}.skip", f"{raw['skip']!r}: {path} cannot skip; expected one of k, fraction or c.")
-        _check_keys(raw, valid, path, "a capacity")
-        return _capacity_from(raw, path, required=True)  # type: ignore[return-value]
-
-
-def _capacity_from(raw: Mapping[str, Any], path: str, *, required: bool) -> Capacity | None:
-    """The capacity given by the capacity keys of ``raw`` (None if none and not ``required``)."""
-    skip = raw.get("skip", False)
-    if not isinstance(skip, bool):
-        raise _fail(f"{path}.skip", f"{skip!r} is not a boolean; expected true or false.")
-    given = [key for key in _CAPACITY_KEYS if key in raw] + (["skip"] if skip else [])
-    if len(given) > 1:
-        shown = ", ".join(f"{key}: {raw[key]!r}" for key in given)
-        split = " Split it into two rules if you meant both (later rules override earlier ones)."
-        raise _fail(
-            path,
-            f"gives {len(given)} capacities ({shown}); expected at most one of k, fraction, c or skip."
-            + (split if path.startswith("rules") else ""),
-        )
-    if not given:
-        if required:
-            raise _fail(path, "gives no capacity; expected one of k, fraction or c, such as {c: 64}.")
-        return None
-    key = given[0]
-    value = raw.get(key, True)
-    if key == "k":
-        return Capacity(k=_check_int(value, f"{path}.k", minimum=1, expected="a channel count k >= 1"))
-    if key == "fraction":
-        return Capacity(fraction=_check_fraction(value, f"{path}.fraction"))
-    if key == "c":
-        expected = "a capacity c >= 1 (k = C // c; 64 for ResNets)"
-        return Capacity(c=_check_int(value, f"{path}.c", minimum=1, expected=expected))
-    return Capacity(skip=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockRule:
-    """Selectors (AND-ed; None = any) and the capacity the selected blocks get.
-
-    Example:
-        >>> rule = BlockRule(stage=3, index="odd", capacity=Capacity(k=32))
-        >>> rule.stage, rule.to_dict()
-        ((3,), {'stage': 3, 'index': 'odd', 'k': 32})
-    """
-
-    stage: tuple[int, ...] | None = None  # 0-based stages it selects (an int is stored as a 1-tuple)
-    index: str | tuple[int, ...] | None = None  # "odd" | "even" | "all" | 0-based indices in the stage
-    name: tuple[str, ...] | None = None  # fnmatch globs on BlockSite.name, any may match (str -> 1-tuple)
-    capacity: Capacity | None = None  # k / fraction / c / skip for its blocks; None = the recipe's defaults
-
-    def __post_init__(self) -> None:
-        if self.stage is not None:
-            object.__setattr__(self, "stage", _check_int_list(self.stage, "BlockRule.stage", what="stage"))
-        if self.index is not None:
-            object.__setattr__(self, "index", _check_index(self.index, "BlockRule.index"))
-        if self.name is not None:
-            object.__setattr__(self, "name", _check_names(self.name, "BlockRule.name"))
-        if self.capacity is not None and not isinstance(self.capacity, Capacity):
-            raise _fail("BlockRule.capacity", f"{self.capacity!r} is not a Capacity; expected Capacity(...) or None.")
-
-    def matches(self, site: BlockSite) -> bool:
-        """Whether every selector given matches ``site`` (convertible or not)."""
-        if self.stage is not None and site.stage not in self.stage:
-            return False
-        if self.index is not None:
-            if self.index == "odd" and site.index % 2 != 1:
-                return False
-            if self.index == "even" and site.index % 2 != 0:
-                return False
-            if isinstance(self.index, tuple) and site.index not in self.index:
-                return False
-        if self.name is not None and not any(fnmatch.fnmatchcase(site.name, glob) for glob in self.name):
-            return False
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        """The YAML form; one-element stage and name lists are written as scalars."""
-        out: dict[str, Any] = {}
-        if self.stage is not None:
-            out["stage"] = self.stage[0] if len(self.stage) == 1 else list(self.stage)
-        if self.index is not None:
-            out["index"] = self.index if isinstance(self.index, str) else list(self.index)
-        if self.name is not None:
-            out["name"] = self.name[0] if len(self.name) == 1 else list(self.name)
-        if self.capacity is not None:
-            out.update(self.capacity.to_dict())
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], path: str = "rules[0]") -> BlockRule:
-        """Validate one entry of ``rules``; errors name ``path`` (``rules[1].index``)."""
-        raw = _as_mapping(raw, path, "a mapping of selectors (stage, index, name) and at most one capacity")
-        _check_keys(raw, _RULE_KEYS, path, "a rule")
-        return cls(
-            stage=_check_int_list(raw["stage"], f"{path}.stage", what="stage") if "stage" in raw else None,
-            index=_check_index(raw["index"], f"{path}.index") if "index" in raw else None,
-            name=_check_names(raw["name"], f"{path}.name") if "name" in raw else None,
-            capacity=_capacity_from(raw, path, required=False),
-        )
-
-
-def _mod_from(raw: object, path: str = "mod") -> MoDConfig:
-    raw = _as_mapping(raw, path, f"a mapping with some of {', '.join(_MOD_KEYS)}")
-    _check_keys(raw, _MOD_KEYS, path, "the MoD options")
-    for key, choice in _MOD_CHOICES.items():
-        if key in raw:
-            valid = [m.value for m in choice]
-            if not isinstance(raw[key], str) or raw[key] not in valid:
-                raise _fail(
-                    f"{path}.{key}",
-                    f"{raw[key]!r} is not a valid {key}; expected one of {', '.join(valid)}."
-                    + _suggest(raw[key], valid),
-                )
-    if "scale" in raw and not isinstance(raw["scale"], bool):
-        raise _fail(f"{path}.scale", f"{raw['scale']!r} is not a boolean; expected true or false.")
-    if "reduction" in raw:
-        _check_int(raw["reduction"], f"{path}.reduction", minimum=1, expected="the selector's ratio r, an integer >= 1")
-    return MoDConfig(**dict(raw))
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Which blocks become MoD blocks (``rules``), their k (``defaults``), and how they are built (``mod``).
+    """Which blocks change and how (``rules``), the k of MoD blocks whose rule gives none
+    (``defaults``), and how MoD blocks are built (``mod``).
 
     Rules apply in order; a later rule that selects a block overrides the earlier ones for it.
+    Version 1 rules convert (or, with ``skip``, keep) the blocks they select; version 2 rules
+    carry an ``action`` each.
 
     Example:
         >>> r = Recipe(rules=(BlockRule(index="odd"), BlockRule(stage=3, capacity=Capacity(skip=True))))
@@ -314,7 +124,7 @@ class Recipe:
         [{'index': 'odd'}, {'stage': 3, 'skip': True}]
     """
 
-    version: int = RECIPE_VERSION  # schema version; only 1 exists
+    version: int = RECIPE_VERSION  # schema version: 1 (MoD or skip) or 2 (per-block actions)
     defaults: Capacity = Capacity(c=64)  # capacity of a selected block whose rule gives none (not skip)
     rules: tuple[BlockRule, ...] = ()  # applied in order; a later match overrides an earlier one
     mod: MoDConfig = MoDConfig()  # how each MoD block is built (form, fusion, order, scale, reduction)
@@ -331,8 +141,10 @@ class Recipe:
         for i, rule in enumerate(self.rules):
             if not isinstance(rule, BlockRule):
                 raise _fail(f"Recipe.rules[{i}]", f"{rule!r} is not a BlockRule.")
+            if rule.action is not None and self.version < 2:
+                raise _fail(f"Recipe.rules[{i}].action", f"{rule.action.value!r}: per-block actions need version=2.")
         if isinstance(self.mod, Mapping):
-            object.__setattr__(self, "mod", _mod_from(self.mod, "Recipe.mod"))
+            object.__setattr__(self, "mod", mod_config_from(self.mod, "Recipe.mod"))
         elif not isinstance(self.mod, MoDConfig):
             raise _fail("Recipe.mod", f"{self.mod!r} is not a MoDConfig or a mapping of its options.")
 
@@ -342,10 +154,22 @@ class Recipe:
 
     def select(self, site: BlockSite) -> tuple[int, Capacity] | None:
         """The index of the last rule that selects ``site`` and the capacity it gives, or None."""
+        decided = self.decide(site)
+        return None if decided is None else (decided[0], decided[2])
+
+    def decide(self, site: BlockSite) -> tuple[int, BlockAction, Capacity] | None:
+        """The index of the last rule that selects ``site``, its action, and the capacity it
+        gives (the defaults where it gives none), or None when no rule selects it."""
         for i in reversed(range(len(self.rules))):
-            if self.rules[i].matches(site):
-                return i, self.rules[i].capacity or self.defaults
+            rule = self.rules[i]
+            if rule.matches(site):
+                return i, rule.effective_action(), rule.capacity or self.defaults
         return None
+
+    @property
+    def actions(self) -> frozenset[BlockAction]:
+        """Every action some rule takes."""
+        return frozenset(rule.effective_action() for rule in self.rules)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready data; ``Recipe.from_dict(r.to_dict()) == r``."""
@@ -380,12 +204,12 @@ class Recipe:
 
 
 def _check_version(value: object, path: str) -> None:
-    if not _is_int(value) or value != RECIPE_VERSION:
+    if not _is_int(value) or value not in RECIPE_VERSIONS:
         raise _fail(
             path,
-            f"{value!r} is not a supported recipe version; expected `version: {RECIPE_VERSION}`, the only "
-            "version this modify reads. Upgrade modify, or rewrite the recipe in the version 1 schema "
-            "(see `modify.conversion.recipe`).",
+            f"{value!r} is not a supported recipe version; expected `version: 1` (MoD blocks) or `version: 2` "
+            "(per-block actions), the versions this modify reads. Upgrade modify, or rewrite the recipe in one "
+            "of those schemas (see `modify.conversion.recipe`).",
         )
 
 
@@ -393,10 +217,11 @@ def _recipe_from(raw: object, source: str | None) -> Recipe:
     raw = _as_mapping(raw, "", "a mapping with version, defaults, mod and rules (see `modify.conversion.recipe`)")
     _check_keys(raw, _TOP_KEYS, "", "a recipe")
     if "version" not in raw:
-        raise _fail("version", f"missing; expected `version: {RECIPE_VERSION}` at the top of the recipe.")
+        raise _fail("version", "missing; expected `version: 1` (or 2, for per-block actions) at the top of the recipe.")
     _check_version(raw["version"], "version")
+    version = int(raw["version"])
     defaults = Capacity.from_dict(raw["defaults"], "defaults") if "defaults" in raw else Capacity(c=64)
-    mod = _mod_from(raw["mod"], "mod") if "mod" in raw else MoDConfig()
+    mod = mod_config_from(raw["mod"], "mod") if "mod" in raw else MoDConfig()
     if "rules" not in raw:
         raise _fail("rules", "missing; expected a non-empty list of rules such as `rules: [{index: odd}]`.")
     rules_raw = raw["rules"]
@@ -404,8 +229,8 @@ def _recipe_from(raw: object, source: str | None) -> Recipe:
         raise _fail(
             "rules", f"{rules_raw!r} is not a non-empty list; expected a list of rules such as [{{index: odd}}]."
         )
-    rules = tuple(BlockRule.from_dict(entry, f"rules[{i}]") for i, entry in enumerate(rules_raw))
-    return Recipe(version=RECIPE_VERSION, defaults=defaults, rules=rules, mod=mod, source=source)
+    rules = tuple(BlockRule.from_dict(entry, f"rules[{i}]", version=version) for i, entry in enumerate(rules_raw))
+    return Recipe(version=version, defaults=defaults, rules=rules, mod=mod, source=source)
 
 
 # --------------------------------------------------------------------------- loading

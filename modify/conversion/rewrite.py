@@ -15,18 +15,19 @@ from collections.abc import Callable
 
 from torch import fx, nn
 
+from modify.conversion.actions import BlockBuilder, build_mod_block, planned_k
 from modify.conversion.discover import FOUND_BLOCKS, BlockSite, SiteGraph, locate
-from modify.layers import BlockForm, MoDBlock, MoDConfig, ReducedBlock
-from modify.layers.options import Init
 from modify.conversion.plan import BlockPlan
-from modify.conversion.surgery import SurgeryError, reduced_parts
+from modify.conversion.surgery import SurgeryError
+from modify.layers import MoDConfig
+from modify.layers.options import Init
 
 __all__ = ["ConvertedBlock", "SkippedBlock", "rewrite", "build_mod_block"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvertedBlock:
-    """A block that became a MoD block."""
+    """A block the rewrite changed: a MoD block, a narrowed block, or its shortcut."""
 
     name: str  # the block's qualified name (or "<module>:<add node>" for an inline block)
     module: str  # where its MoDBlock now lives in the model
@@ -34,8 +35,10 @@ class ConvertedBlock:
     stage: int  # stage and index in it, as discovered
     index: int
     channels: int  # C
-    k: int  # channels the reduced block processes
+    k: int  # channels the reduced block processes; a narrowed block's inner width at C; 0 when deleted
     rule: str | None  # the recipe rule that chose it
+    action: str = "mod"  # mod | narrow | delete (`modify.conversion.recipe.BlockAction`)
+    fraction: float | None = None  # narrow: the share of every inner width kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,22 +52,6 @@ class SkippedBlock:
     channels: int
     reason: str  # "projection shortcut ...", "not selected by the recipe", a surgery failure
     selected: bool  # a recipe rule chose it (so strict=True treats the skip as an error)
-
-
-def build_mod_block(
-    gm: fx.GraphModule, plan: BlockPlan, graph: SiteGraph, config: MoDConfig, init: Init | str
-) -> MoDBlock:
-    """The MoD block replacing one discovered block, its reduced block cut from ``gm``."""
-    site = plan.site
-    assert plan.k is not None
-    branch, post_k, post_full = reduced_parts(gm, graph, site.channels, plan.k, site.height, site.width, init)
-    if config.form is BlockForm.WHOLE:
-        mod = MoDBlock.from_config(site.channels, plan.k, ReducedBlock(branch, post_k, source=site.block_type), config)
-    else:
-        mod = MoDBlock.from_config(site.channels, plan.k, branch, config, post=post_full)
-    # The selector is new: give it the model's device and dtype, as the reduced block has.
-    reference = next((t for t in branch.parameters()), None)
-    return mod if reference is None else mod.to(device=reference.device, dtype=reference.dtype)
 
 
 def _module_target(site: BlockSite) -> str | None:
@@ -121,8 +108,8 @@ def rewrite(
     """Replaces every planned block of ``model`` (traced as ``gm``) by a MoD block.
 
     ``model`` is changed in place (callers pass a copy); when an inline block is converted the
-    returned model is ``gm``, rewritten, instead. ``build`` makes the replacement of one block
-    instead of a MoD block (`modify.baselines.delete_blocks` passes the block's shortcut).
+    returned model is ``gm``, rewritten, instead. Each planned block is replaced by what its
+    action says (`modify.conversion.actions.BlockBuilder`); ``build`` replaces that builder.
 
     Returns:
         (the converted model, the converted blocks, the blocks left standard).
@@ -130,6 +117,7 @@ def rewrite(
     converted: list[ConvertedBlock] = []
     skipped: list[SkippedBlock] = []
     built: list[tuple[BlockPlan, SiteGraph, nn.Module]] = []
+    build = build if build is not None else BlockBuilder(gm, config=config, init=init)
     for plan in plans:
         site = plan.site
         where = (site.name, site.block_type, site.stage, site.index, site.channels)
@@ -140,7 +128,7 @@ def rewrite(
             continue
         try:
             graph = locate(gm, site)
-            made = build(gm, plan, graph) if build is not None else build_mod_block(gm, plan, graph, config, init)
+            made = build(gm, plan, graph)
             built.append((plan, graph, made))
         except SurgeryError as e:
             skipped.append(SkippedBlock(*where, reason=str(e), selected=True))
@@ -165,5 +153,5 @@ def rewrite(
 
 def _record(plan: BlockPlan, target: str) -> ConvertedBlock:
     s = plan.site
-    assert plan.k is not None
-    return ConvertedBlock(s.name, target, s.block_type, s.stage, s.index, s.channels, plan.k, plan.rule)
+    return ConvertedBlock(s.name, target, s.block_type, s.stage, s.index, s.channels, planned_k(plan), plan.rule,
+                          action=str(plan.action), fraction=plan.fraction)  # fmt: skip

@@ -20,7 +20,7 @@ from modify.layers.options import (
 if TYPE_CHECKING:
     from modify.layers.block import MoDBlock as MoDBlock, capacity_to_k as capacity_to_k
     from modify.layers.fusion import Fusion as Fusion
-    from modify.layers.residual import ReducedBlock as ReducedBlock
+    from modify.layers.residual import ReducedBlock as ReducedBlock, Shortcut as Shortcut
     from modify.layers.selector import ChannelSelector as ChannelSelector
 
 _LAZY = {
@@ -28,6 +28,7 @@ _LAZY = {
     "capacity_to_k": "modify.layers.block",
     "Fusion": "modify.layers.fusion",
     "ReducedBlock": "modify.layers.residual",
+    "Shortcut": "modify.layers.residual",
     "ChannelSelector": "modify.layers.selector",
 }
 

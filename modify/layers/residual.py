@@ -1,15 +1,17 @@
-"""`ReducedBlock`: a residual block rebuilt from its branch, y = post(x + branch(x)).
+"""Residual blocks rebuilt by surgery: `ReducedBlock`, y = post(x + branch(x)), and `Shortcut`,
+y = post(skip(x)), a block without its branch.
 
 Surgery builds a converted block's "whole" form from the original block's own branch and
 post-add operation shrunk to width k, so the reduced block computes what the original block
-computes, only on k channels.
+computes, only on k channels; a narrowed block is the same form at full width with a thinner
+branch. A deleted block keeps its shortcut and what follows its add.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["ReducedBlock"]
+__all__ = ["ReducedBlock", "Shortcut"]
 
 
 class ReducedBlock(nn.Module):
@@ -38,3 +40,22 @@ class ReducedBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"source={self.source}" if self.source else ""
+
+
+class Shortcut(nn.Module):
+    """A deleted residual block: ``post(skip(x))``, its shortcut and its post-add ops.
+
+    Example:
+        >>> import torch
+        >>> block = Shortcut(post=nn.ReLU())
+        >>> block(torch.tensor([[-1.0, 2.0]])).tolist()
+        [[0.0, 2.0]]
+    """
+
+    def __init__(self, skip: nn.Module | None = None, post: nn.Module | None = None) -> None:
+        super().__init__()
+        self.skip = skip if skip is not None else nn.Identity()
+        self.post = post if post is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(self.skip(x))  # (N, C, H, W)

@@ -211,8 +211,9 @@ class _Pass:
         seen = LayerInput(_shape(first), tuple(value.shape) if value is not None else None)
         if shrinker is not None:
             widths = self.widths
-            if target in self.conv_outputs:  # one of several convolutions whose outputs are concatenated
-                widths = widths.with_fixed({module.out_channels: self.conv_outputs[target]})
+            if target in self.conv_outputs:  # a width decided elsewhere: concatenated parts, a narrowed layer
+                produced = getattr(module, "out_channels", None) or getattr(module, "out_features")
+                widths = widths.with_fixed({produced: self.conv_outputs[target]})
             module = shrinker(module, widths, self.init, seen)
             _set(self.sub, target, module)
         else:
@@ -360,12 +361,16 @@ def _device_dtype(sub: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def shrink(sub: fx.GraphModule, widths: Widths, init: Init | str = Init.SCRATCH) -> fx.GraphModule:
+def shrink(
+    sub: fx.GraphModule, widths: Widths, init: Init | str = Init.SCRATCH, *, outputs: dict[str, int] | None = None
+) -> fx.GraphModule:
     """Rewrites every layer of ``sub`` (a block cut with `cut`) to the reduced widths, in place.
 
     When the input carries a shape (``tensor_meta``, as `cut` copies it from a traced graph),
     ``sub`` is run once on a (1, k, H, W) input and each layer is rebuilt for the input it
-    actually receives; otherwise every channel count is scaled by ``widths`` alone.
+    actually receives; otherwise every channel count is scaled by ``widths`` alone. ``outputs``
+    fixes the output width of some layers (module target -> width) whatever ``widths`` says
+    (`modify.conversion.surgery.narrow` cuts a block's inner widths this way).
 
     Raises:
         SurgeryError: a layer that holds channel-sized state and has no shrinker, a layer that
@@ -385,7 +390,7 @@ def shrink(sub: fx.GraphModule, widths: Widths, init: Init | str = Init.SCRATCH)
     widths = widths.with_fixed(plan.totals)
     try:
         with torch.no_grad():
-            _Pass(sub, widths, init, plan.conv_outputs).run(x)
+            _Pass(sub, widths, init, {**plan.conv_outputs, **(outputs or {})}).run(x)
     except SurgeryError:
         raise
     except Exception as e:  # a layer that does not fit the reduced widths
