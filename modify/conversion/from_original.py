@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from modify.errors import ModifyError
-from modify.layers import BlockForm, MoDBlock
+from modify.layers import BlockForm, ChannelSelector, MoDBlock
+from modify.layers.selector import StaticSelector
 from modify.layers.options import StrChoice
 
 __all__ = ["ImportanceBy"]
@@ -241,8 +242,9 @@ def _copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
     post = getattr(mod.block, "post", None) if mod.form is BlockForm.WHOLE else None
     if post is not None and any(True for _ in post.parameters()):
         _copy_part(post, original, scope, ranks)
-    mod.selector.fc1.reset_parameters()
-    mod.selector.fc2.reset_parameters()
+    if isinstance(mod.selector, ChannelSelector):
+        mod.selector.fc1.reset_parameters()
+        mod.selector.fc2.reset_parameters()
 
 
 # Prior logits: the chosen channels at +3 .. +2 (scores 0.95 .. 0.88, in importance order), the rest at -3.
@@ -250,11 +252,15 @@ _HIGH, _LOW, _SPREAD = 3.0, -3.0, 1.0
 
 
 def _prior_selector(mod: MoDBlock, ranking: Tensor, noise: float) -> Tensor:
-    """Sets the selector to rank ``ranking[:k]`` first; returns the prior logits (C,)."""
+    """Sets the selector to rank ``ranking[:k]`` first (a static selector: to take exactly
+    those); returns the prior logits (C,)."""
     sel = mod.selector
     c, k = mod.channels, mod.k
     v = torch.full((c,), _LOW)
     v[ranking[:k]] = _HIGH - _SPREAD * torch.arange(k, dtype=torch.float32) / max(1, k)
+    if isinstance(sel, StaticSelector):
+        sel.set_channels(ranking[:k])
+        return v
     _set_prior(sel, v, sign=1.0, magnitude=1.0)
     sel.fc2.weight[:, 1:].mul_(noise)
     return v
@@ -297,7 +303,7 @@ def _scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int,
     for b in blocks:
         values = means[id(b)]
         prior = priors.get(id(b))
-        if not values or prior is None:
+        if not values or prior is None or not isinstance(b.selector, ChannelSelector):
             continue
         positive = sum(v > 0 for v in values) >= len(values) / 2
         magnitude = statistics.median(abs(v) for v in values)

@@ -75,7 +75,7 @@ from torch import Tensor, fx, nn
 
 from modify.layers.fresh import fresh_conv_
 from modify.errors import ModifyError
-from modify.layers import BlockForm, MoDBlock
+from modify.layers import BlockForm, ChannelSelector, MoDBlock
 from modify.layers.options import Init
 from modify.conversion.from_original import ImportanceBy, _branch, _copy_leading, _importance, _scale_selectors
 from modify.conversion.surgery import get_attribute
@@ -201,8 +201,9 @@ def _reset(module: nn.Module) -> None:
 
 def _scratch(mod: MoDBlock) -> None:
     _reset(mod.block)
-    mod.selector.fc1.reset_parameters()
-    mod.selector.fc2.reset_parameters()
+    if isinstance(mod.selector, ChannelSelector):
+        mod.selector.fc1.reset_parameters()
+        mod.selector.fc2.reset_parameters()
 
 
 def _zero_branch(branch: nn.Module) -> str | None:

@@ -14,6 +14,7 @@ from modify.layers.options import (
     FusionSlot as FusionSlot,
     Init as Init,
     MoDConfig as MoDConfig,
+    Selection as Selection,
     SelectionOrder as SelectionOrder,
 )
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from modify.layers.block import MoDBlock as MoDBlock, capacity_to_k as capacity_to_k
     from modify.layers.fusion import Fusion as Fusion
     from modify.layers.residual import ReducedBlock as ReducedBlock, Shortcut as Shortcut
-    from modify.layers.selector import ChannelSelector as ChannelSelector
+    from modify.layers.selector import ChannelSelector as ChannelSelector, StaticSelector as StaticSelector
 
 _LAZY = {
     "MoDBlock": "modify.layers.block",
@@ -30,8 +31,9 @@ _LAZY = {
     "ReducedBlock": "modify.layers.residual",
     "Shortcut": "modify.layers.residual",
     "ChannelSelector": "modify.layers.selector",
+    "StaticSelector": "modify.layers.selector",
 }
 
-__all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "Init", "MoDConfig", "SelectionOrder"])
+__all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "Init", "MoDConfig", "Selection", "SelectionOrder"])
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

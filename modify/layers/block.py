@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from modify.layers.fusion import Fusion, expand_index
-from modify.layers.options import BlockForm, FusionSlot, MoDConfig, SelectionOrder
-from modify.layers.selector import ChannelSelector
+from modify.layers.options import BlockForm, FusionSlot, MoDConfig, Selection, SelectionOrder
+from modify.layers.selector import ChannelSelector, StaticSelector
 
 __all__ = ["MoDBlock", "capacity_to_k", "gather_channels"]
 
@@ -73,6 +73,8 @@ class MoDBlock(nn.Module):
         scale: multiply the block output by the selected scores (the paper always does; it is
             how the selector gets its gradient). False only for baselines and identity checks.
         reduction: the selector's bottleneck ratio r.
+        selection: ``"dynamic"`` (the Channel Selector, default) or ``"static"`` (the same k
+            channels for every sample, `StaticSelector`).
 
     Example:
         >>> from torchvision.models.resnet import BasicBlock
@@ -93,6 +95,7 @@ class MoDBlock(nn.Module):
         order: SelectionOrder | str = SelectionOrder.SCORE,
         scale: bool = True,
         reduction: int = 16,
+        selection: Selection | str = Selection.DYNAMIC,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -101,7 +104,10 @@ class MoDBlock(nn.Module):
         if self.form is BlockForm.WHOLE and post is not None:
             raise ValueError("post= applies to the 'branch' form only; in the 'whole' form nothing follows the fusion.")
         self.scale = scale
-        self.selector = ChannelSelector(channels, k, reduction=reduction, order=order)
+        if Selection.from_str(selection) is Selection.STATIC:
+            self.selector: nn.Module = StaticSelector(channels, k)
+        else:
+            self.selector = ChannelSelector(channels, k, reduction=reduction, order=order)
         self.block = block
         self.fusion = Fusion(channels, k, fusion)
         self.post = post if post is not None else nn.Identity()
@@ -121,6 +127,7 @@ class MoDBlock(nn.Module):
             order=config.order,
             scale=config.scale,
             reduction=config.reduction,
+            selection=config.selection,
         )
 
     def forward(self, x: Tensor) -> Tensor:

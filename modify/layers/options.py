@@ -12,7 +12,7 @@ import enum
 
 from modify.errors import ChoiceError
 
-__all__ = ["StrChoice", "Init", "SelectionOrder", "BlockForm", "FusionSlot", "MoDConfig"]
+__all__ = ["StrChoice", "Init", "SelectionOrder", "Selection", "BlockForm", "FusionSlot", "MoDConfig"]
 
 
 class StrChoice(str, enum.Enum):
@@ -50,6 +50,13 @@ class SelectionOrder(StrChoice):
     INDEX = "index"  # ascending channel index
 
 
+class Selection(StrChoice):
+    """Whether each sample picks its own k channels."""
+
+    DYNAMIC = "dynamic"  # the Channel Selector scores every channel per sample (the paper)
+    STATIC = "static"  # the same k channels for every sample, score 1 (a control: what is the selector worth?)
+
+
 class BlockForm(StrChoice):
     """What the reduced block is."""
 
@@ -79,12 +86,14 @@ class MoDConfig:
     order: SelectionOrder = SelectionOrder.SCORE  # order of the selected channels
     scale: bool = True  # multiply the block output by the selection scores (the paper: always)
     reduction: int = 16  # the selector's bottleneck ratio r
+    selection: Selection = Selection.DYNAMIC  # per-sample channels, or one fixed set (static MoD)
 
     def __post_init__(self) -> None:
         # Accept the YAML's strings; store the enum members.
         object.__setattr__(self, "form", BlockForm.from_str(self.form))
         object.__setattr__(self, "fusion", FusionSlot.from_str(self.fusion))
         object.__setattr__(self, "order", SelectionOrder.from_str(self.order))
+        object.__setattr__(self, "selection", Selection.from_str(self.selection))
         if not isinstance(self.reduction, int) or self.reduction < 1:
             raise ValueError(f"reduction={self.reduction!r} must be a positive integer.")
 
@@ -96,4 +105,5 @@ class MoDConfig:
             "order": self.order.value,
             "scale": self.scale,
             "reduction": self.reduction,
+            "selection": self.selection.value,
         }

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from modify.layers.options import SelectionOrder
 
-__all__ = ["ChannelSelector"]
+__all__ = ["ChannelSelector", "StaticSelector"]
 
 
 class ChannelSelector(nn.Module):
@@ -85,3 +85,43 @@ class ChannelSelector(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, k={self.k}, order={self.order.value}"
+
+
+class StaticSelector(nn.Module):
+    """The same k channels for every sample, each with score 1: a MoD block without its
+    input-dependent choice ("static MoD"), the control that says what the selector is worth.
+
+    The channels are a buffer (saved with the model); `modify.conversion.init` sets them to the
+    block's most important ones, `set_channels` to any.
+
+    Example:
+        >>> sel = StaticSelector(8, k=2)
+        >>> sel.set_channels(torch.tensor([5, 1]))
+        >>> scores, idx = sel(torch.randn(3, 8, 4, 4))
+        >>> scores.tolist()[0], idx.tolist()[0]
+        ([1.0, 1.0], [1, 5])
+    """
+
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        if not 1 <= k <= channels:
+            raise ValueError(f"k={k} must lie in 1..{channels} (the channel count).")
+        self.channels = channels
+        self.k = k
+        self.register_buffer("indices", torch.arange(k))  # (k,) ascending channel indices
+
+    def set_channels(self, indices: Tensor) -> None:
+        """Selects these k distinct channels (kept in ascending order)."""
+        chosen = torch.as_tensor(indices).flatten().unique()  # sorted, distinct
+        if chosen.numel() != self.k or chosen.min() < 0 or chosen.max() >= self.channels:
+            raise ValueError(f"expected {self.k} distinct channels in 0..{self.channels - 1}, got {indices.tolist()}.")
+        self.indices.copy_(chosen.to(self.indices.device))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores (N, k) of ones and the fixed indices (N, k)."""
+        n = x.shape[0]
+        indices = self.indices.unsqueeze(0).expand(n, -1)  # (N, k)
+        return torch.ones(n, self.k, dtype=x.dtype, device=x.device), indices  # (N, k), (N, k)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, k={self.k}"

@@ -148,20 +148,48 @@ def _precision(config: FinetuneConfig, device: torch.device) -> str:
     return {Precision.OFF: "fp32", Precision.BF16: "bf16", Precision.FP16: "fp16"}[p]
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
+def replaced_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules that replaced a block: MoD blocks, and narrowed blocks outside them."""
+    from modify.layers import MoDBlock, ReducedBlock
+
+    found: list[nn.Module] = []
+    inside: set[int] = set()
+    for m in model.modules():
+        if id(m) in inside:
             continue
-        (no_decay if p.dim() <= 1 else decay).append(p)  # norms, biases and scalars: no decay
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        if isinstance(m, (MoDBlock, ReducedBlock)):
+            found.append(m)
+            inside.update(id(x) for x in m.modules())
+    return found
+
+
+def frozen_block_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorms inside MoD blocks' reduced blocks (kept in eval mode with ``block_norms="frozen"``)."""
+    from modify.layers import MoDBlock
+
+    return [bn for m in model.modules() if isinstance(m, MoDBlock)
+            for bn in m.block.modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+
+
+def _param_groups(model: nn.Module, weight_decay: float, block_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Decay and no-decay groups (norms, biases and scalars get none), each with its ``lr_scale``:
+    ``block_lr_scale`` for the parameters of replaced blocks, 1 for the rest."""
+    in_blocks = {id(p) for b in replaced_blocks(model) for p in b.parameters()} if block_lr_scale != 1.0 else set()
+    parts = [(1.0, [p for p in model.parameters() if id(p) not in in_blocks])]
+    if in_blocks:
+        parts.append((block_lr_scale, [p for p in model.parameters() if id(p) in in_blocks]))
+    groups = []
+    for scale, params in parts:
+        trainable = [p for p in params if p.requires_grad]
+        no_decay = [p for p in trainable if p.dim() <= 1]
+        groups.append({"params": [p for p in trainable if p.dim() > 1], "weight_decay": weight_decay, "lr_scale": scale})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale})
     return groups
 
 
 def _make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, config.weight_decay)
+    groups = _param_groups(model, config.weight_decay, config.block_lr_scale)
     if not any(g["params"] for g in groups):
         raise ModifyError("the model has no trainable parameter; unfreeze some (freeze_unconverted=False) before fine-tuning.")
     if config.optimizer is Optimizer.ADAMW:
@@ -340,7 +368,7 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
     )  # fmt: skip
     progress = _restore(loop, state)
     model.train()
-    for m in frozen:
+    for m in (*frozen, *(frozen_block_norms(model) if config.block_norms == "frozen" else ())):
         m.eval()
     _train(loop, progress, state)
     if request.checkpoint_every is not None:
@@ -430,7 +458,7 @@ def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> t
     labels = labels.to(loop.device, non_blocking=True)  # (N,)
     lr = lr_at(progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with _autocast(loop.device, loop.precision):
         logits = loop.net(images)  # (N, classes)
         target = None
