@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import modify
-from modify.measure.compare import Candidate, RunRecord, default_candidates
-from modify.measure.compare_report import markdown_table, recommendation, summarize
+from modify.study.candidates import Candidate, default_candidates
+from modify.study.store import RunRecord
+from modify.study.report import markdown_table, recommendation, summarize
 
 
 def _record(method: str, label: str, seed: int, accuracy: float, speedup: float) -> RunRecord:
@@ -136,7 +137,8 @@ def _tiny_sets():
 
 
 def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    from modify.measure.compare import CompareConfig, load_failures, run_sweep
+    from modify.study.store import load_failures
+    from modify.study.sweep import CompareConfig, run_sweep
 
     train, test = _tiny_sets()
     original = modify.get_model("resnet18", num_classes=10)

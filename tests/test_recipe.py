@@ -413,6 +413,25 @@ def test_errors_in_a_file_name_the_file_and_the_yaml_path(tmp_path: Path) -> Non
         load_recipe(path)
 
 
+def test_a_version_2_recipe_round_trips_and_each_rule_says_its_action() -> None:
+    raw = {
+        "version": 2, "defaults": {"fraction": 0.25}, "mod": {"form": "branch", "fusion": "original"},
+        "rules": [{"name": "layer1.1", "action": "mod", "k": 16}, {"name": "layer2.1", "action": "narrow", "fraction": 0.25},
+                  {"name": "layer3.1", "action": "delete"}, {"name": "layer4.1", "action": "keep"}, {"name": "layer1.0"}],
+    }  # fmt: skip
+    r = Recipe.from_dict(raw)
+    assert [rule.effective_action().value for rule in r.rules] == ["mod", "narrow", "delete", "keep", "mod"]
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert load_recipe(yaml.safe_load(r.to_yaml())) == r
+    assert r.decide(_site("layer3.1", 2, 1))[:2] == (2, BlockAction.DELETE)
+    assert r.decide(_site("layer1.0", 0, 0)) == (4, BlockAction.MOD, Capacity(fraction=0.25))
+
+
+def test_a_version_1_rule_that_skips_is_a_keep() -> None:
+    r = Recipe.from_dict({"version": 1, "rules": [{"index": "odd"}, {"stage": 3, "skip": True}]})
+    assert [rule.effective_action() for rule in r.rules] == [BlockAction.MOD, BlockAction.KEEP]
+
+
 def test_wrong_source_type() -> None:
     with pytest.raises(RecipeError, match=r"recipe 42 is a int; expected a shipped recipe name"):
         load_recipe(42)  # type: ignore[arg-type]

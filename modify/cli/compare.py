@@ -24,7 +24,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _methods(text: str) -> set[str]:
-    from modify.measure.compare import METHODS
+    from modify.study.candidates import METHODS
 
     methods = {m.strip() for m in text.split(",") if m.strip()}
     unknown = sorted(methods - set(METHODS))
@@ -60,9 +60,11 @@ def compare(
     seed_list = _seeds(seeds)
     chosen = _methods(methods)
     quiet_torch_logs()
-    from modify.measure.compare import CompareConfig, default_candidates, load_failures, load_runs, run_sweep, teacher_accuracy
-    from modify.measure.compare import retime as forget_speeds
-    from modify.measure.compare_report import recommendation, summarize, write_report
+    from modify.study.candidates import default_candidates
+    from modify.study.report import recommendation, summarize, write_report
+    from modify.study.store import load_failures, load_runs, teacher_accuracy
+    from modify.study.store import retime as forget_speeds
+    from modify.study.sweep import CompareConfig, run_sweep
     from modify.train.data import load_dataset
     from modify.train.finetune import FinetuneConfig
 

@@ -266,7 +266,7 @@ __all__ += ["FinetuneProgress", "finetune_table"]
 
 
 class SweepProgress:
-    """Two rich bars for `modify.measure.compare.run_sweep`: configurations, and the steps of the one
+    """Two rich bars for `modify.study.sweep.run_sweep`: configurations, and the steps of the one
     being fine-tuned. Pass ``event`` as ``on_event``."""
 
     def __init__(self, runs: int, done: int = 0) -> None:

@@ -98,12 +98,15 @@ class MoDConfig:
             raise ValueError(f"reduction={self.reduction!r} must be a positive integer.")
 
     def as_dict(self) -> dict[str, object]:
-        """Plain strings and numbers, for YAML and checkpoints."""
-        return {
+        """Plain strings and numbers, for YAML and checkpoints (``selection`` only when static,
+        so recipes written before it existed read the same)."""
+        out: dict[str, object] = {
             "form": self.form.value,
             "fusion": self.fusion.value,
             "order": self.order.value,
             "scale": self.scale,
             "reduction": self.reduction,
-            "selection": self.selection.value,
         }
+        if self.selection is not Selection.DYNAMIC:
+            out["selection"] = self.selection.value
+        return out

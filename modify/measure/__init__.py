@@ -1,7 +1,7 @@
 """Measuring a model: MACs and parameters (`profiling`, the only user of fvcore), latency
 (`latency`: per block; `benchmark`: two models interleaved), the conversion's block report
-(`report`), the comparison with the alternatives (`compare`, `compare_report`), which channels
-the selectors pick (`routes`), and the PNGs (`plots`).
+(`report`), which channels the selectors pick (`routes`), and the PNGs (`plots`). The
+comparison with the alternatives is a study: `modify.study`.
 
 Example:
     >>> from modify.measure import profile_model

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modify.measure.compare import RunRecord
+from modify.study.store import RunRecord
 
 __all__ = ["Row", "Match", "Summary", "summarize", "write_report", "markdown_table", "recommendation"]
 
