@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch import nn
 
-from deploy import OrtModule
+from modify.deploy.engines import OrtModule
 
 import modify
 from modify.baselines import delete_blocks

@@ -24,30 +24,10 @@ from torch import nn
 
 from pairs import NAMES, pair
 
+from modify.deploy.engines import OrtModule
 from modify.measure.benchmark import BenchCase, bench
 from modify.deploy.optimize import optimize_for_inference
 from modify.measure.profiling import profile_model
-
-
-class OrtModule(nn.Module):
-    """An ONNX Runtime session behind an nn.Module call, so `bench` times it like a model."""
-
-    def __init__(self, model: nn.Module, path: str, threads: int, *, input_size: int = 224, export: bool = True) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        from modify.deploy.export import export_onnx
-
-        if export:  # else reuse the file at path
-            export_onnx(model, path, input_size=input_size, dynamic_batch=True, batch_sizes=(1, 2), force=True)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.name: x.numpy()})[0])
 
 
 def engine(name: str, model: nn.Module, case: BenchCase, workdir: str, tag: str) -> nn.Module:

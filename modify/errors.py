@@ -13,6 +13,7 @@ __all__ = [
     "OutputPathError",
     "ChoiceError",
     "ExportError",
+    "PlanError",
     "SurgeryError",
     "SplitError",
 ]
@@ -56,6 +57,11 @@ class OutputPathError(CheckpointError):
 
 class ChoiceError(ModifyError, ValueError):
     """A value outside a closed set of choices (an option's string); the message lists the valid ones."""
+
+
+class PlanError(ModifyError, ValueError):
+    """A speed-up the planner cannot plan for (below 1, or faster than any choice reaches), or data
+    it cannot plan with; the message says what is reachable."""
 
 
 class ExportError(ModifyError, RuntimeError):

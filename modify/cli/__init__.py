@@ -19,6 +19,7 @@ from modify.cli import (
     export,
     finetune,
     models,
+    plan,
     profile,
     routes,
 )
@@ -68,7 +69,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _sub in (convert.app, convert.blocks_app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app, models.app):
+for _sub in (plan.app, convert.app, convert.blocks_app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app,
+             models.app):  # fmt: skip
     app.add_typer(_sub)
 
 

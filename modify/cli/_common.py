@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Options every command that takes a MODEL shares.
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict / model / model_state_dict keys, module. prefixes) or .safetensors.")]  # noqa: E501
+ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)]
 
 
 def fail(message: str) -> typer.Exit:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import fail, load_model, quiet_torch_logs, user_errors
+from modify.cli._common import ClassesOpt, WeightsOpt, fail, load_base, quiet_torch_logs, user_errors
 
 app = typer.Typer()
 
@@ -40,6 +40,8 @@ def bench(
     rounds: Annotated[int, typer.Option("--rounds", help="Alternating rounds per setting.", min=1)] = 7,
     min_run_time: Annotated[float, typer.Option("--min-run-time", help="Seconds per model per round.", min=0.0)] = 0.5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    weights: WeightsOpt = None,
+    num_classes: ClassesOpt = None,
 ) -> None:
     """Time MODEL against the baseline (eval, fp32), interleaved; print medians and speed-ups."""
     quiet_torch_logs()
@@ -47,8 +49,8 @@ def bench(
     from modify.measure.benchmark import bench as run_bench
 
     cases = _parse_cases(case) if case else list(DEFAULT_CASES)
-    module, label = load_model(model)
-    baseline, baseline_label = load_model(vs)
+    module, label = load_base(model, weights=str(weights) if weights else None, num_classes=num_classes)
+    baseline, baseline_label = load_base(vs, weights=None, num_classes=num_classes)
     report = run_bench(
         module, baseline, cases=cases, input_size=input_size, rounds=rounds, min_run_time=min_run_time,
         labels=(label, baseline_label),

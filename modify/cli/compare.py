@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import check_output, fail, load_model, quiet_torch_logs, user_errors
+from modify.cli._common import ClassesOpt, WeightsOpt, check_output, fail, load_base, load_model, quiet_torch_logs, user_errors
 
 app = typer.Typer()
 
@@ -23,13 +23,40 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _methods(text: str) -> set[str]:
-    from modify.study.candidates import METHODS
+def _targets(text: str | None) -> tuple[float, ...]:
+    if text is None:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise fail(f"--plan-speedups {text!r} is not a comma-separated list of speed-ups (such as 1.3,1.5,1.8).") from None
+    if not values or any(v <= 1 for v in values):
+        raise fail(f"--plan-speedups {text!r}: give speed-ups above 1, comma-separated (such as 1.3,1.5,1.8).")
+    return values
 
+
+def _planned(base, train_set, targets: tuple[float, ...], size: int, out_dir: Path) -> list:
+    """The planned candidates (made once, kept in OUT/plans), with progress."""
+    from modify.cli.render import PlanProgress, error_console
+    from modify.study.latency import Setting
+    from modify.study.planned import planned_candidates
+    from modify.study.planner import PlanConfig
+
+    config = PlanConfig(speedup=max(targets), setting=Setting(batch=1, threads=1, input_size=size))
+    with PlanProgress() as bar:
+        candidates, problems = planned_candidates(base, train_set, targets=targets, config=config, out_dir=out_dir,
+                                                  on_event=bar.event)  # fmt: skip
+    for line in problems:
+        error_console().print(f"not planned: {line}", highlight=False)
+    return candidates
+
+
+def _methods(text: str) -> set[str]:
     methods = {m.strip() for m in text.split(",") if m.strip()}
-    unknown = sorted(methods - set(METHODS))
+    sweepable = ("mod", "delete", "prune")
+    unknown = sorted(methods - set(sweepable))
     if unknown or not methods:
-        raise fail(f"--methods {text!r}: choose from {', '.join(METHODS)} (comma-separated).")
+        raise fail(f"--methods {text!r}: choose from {', '.join(sweepable)} (comma-separated; --plan-speedups adds planned rows).")
     return methods
 
 
@@ -52,13 +79,16 @@ def compare(
     bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timing per model per round.", min=0)] = 0.3,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a MODEL given by name.", min=1)] = None,
+    num_classes: ClassesOpt = None,
+    weights: WeightsOpt = None,
+    plan_speedups: Annotated[Optional[str], typer.Option("--plan-speedups", help="Also plan for these speed-ups (1.3,1.5,1.8): each plan, and its deletion-only twin, fine-tuned as every row.")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: write the report of what OUT holds.")] = False,
     retime: Annotated[bool, typer.Option("--retime", help="Time every architecture again, all in shared rounds (runs are kept).")] = False,
 ) -> None:
     """Sweep MoD conversions, block deletion and Torch-Pruning; write a table, a plot and a verdict."""
     seed_list = _seeds(seeds)
     chosen = _methods(methods)
+    targets = _targets(plan_speedups)
     quiet_torch_logs()
     from modify.study.candidates import default_candidates
     from modify.study.report import recommendation, summarize, write_report
@@ -79,7 +109,7 @@ def compare(
             from modify.baselines.prune import _tp
 
             _tp()  # the install hint before minutes of work
-        base, label = load_model(model, num_classes=num_classes)
+        base, label = load_base(model, weights=str(weights) if weights else None, num_classes=num_classes)
         teacher_model = load_model(teacher, num_classes=num_classes)[0] if teacher is not None else None
         train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)
         test_set = load_dataset(data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
@@ -92,8 +122,11 @@ def compare(
         import modify
 
         blocks = [b.name for b in modify.convert(base, input_size=size, recipe="every_other").converted]
+        prune_at = sorted({1.3, 1.5, 1.7, 1.9, *targets})
         candidates = [c for method in ("mod", "delete", "prune") if method in chosen
-                      for c in [c for c in default_candidates(blocks=blocks) if c.method == method][:max_configs]]  # fmt: skip
+                      for c in [c for c in default_candidates(blocks=blocks, prune_speedups=prune_at) if c.method == method][:max_configs]]  # fmt: skip
+        if targets:
+            candidates += _planned(base, train_set, targets, size, out_dir)
         done = {(r.key, r.seed) for r in load_runs(out_dir)} if out_dir.is_dir() else set()
         total = len(candidates) * len(seed_list)
         finished = sum((c.key, s) in done for c in candidates for s in seed_list)

@@ -8,8 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from modify.cli.plan import BatchOpt, EngineOpt, ThreadsOpt
 from modify.cli._common import (
     INIT_HELP,
+    ClassesOpt,
+    WeightsOpt,
     check_output,
     fail,
     load_base,
@@ -24,8 +27,6 @@ RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="A reci
 KOpt = Annotated[Optional[str], typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
 COpt = Annotated[Optional[int], typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict / model / model_state_dict keys, module. prefixes) or .safetensors.")]
-ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head.", min=1)]
 SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
 LeafOpt = Annotated[Optional[list[str]], typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")]
 
@@ -54,19 +55,29 @@ def convert(
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = 224,
     leaf: LeafOpt = None,
-    init: Annotated[str, typer.Option("--init", help=INIT_HELP)] = "scratch",
+    init: Annotated[Optional[str], typer.Option("--init", help=INIT_HELP + " [scratch, or the recipe's]")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the converted model here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     verbose: VerboseOpt = False,
+    speedup: Annotated[Optional[float], typer.Option("--speedup", help="Plan first (modify plan) for this measured speed-up; needs --data.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="With --speedup: the training images to plan and repair with.")] = None,
+    batch: BatchOpt = 1,
+    threads: ThreadsOpt = 1,
+    engine: EngineOpt = "eager",
 ) -> None:
-    """Convert MODEL's residual blocks into MoD blocks and report what changed."""
+    """Convert MODEL's residual blocks into MoD blocks and report what changed; with --speedup, plan
+    per block first (keep, delete, MoD, narrow) and convert by the plan."""
     from modify.io.checkpoint import save
     from modify.measure.report import summarize
 
     if output is not None:
         check_output(output, force=force)
     parse_init(init)
+    if speedup is not None or data is not None:
+        _convert_by_plan(model, speedup, data, output, force=force, weights=weights, num_classes=num_classes,
+                         input_size=input_size, given=(recipe, k, c), batch=batch, threads=threads, engine=engine)  # fmt: skip
+        return
     original, result, label = run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init)
     summary = summarize(original, result, input_size=input_size)
     written = save(result, output, force=force) if output is not None else None
@@ -82,6 +93,47 @@ def convert(
         out.print(table)
     if written is not None:
         out.print(f"wrote {written}")
+
+
+def _convert_by_plan(model: str, speedup: float | None, data: str | None, output: Path | None, *, force: bool,
+                     weights: Path | None, num_classes: int | None, input_size: int, given: tuple, batch: int, threads: int,
+                     engine: str) -> None:  # fmt: skip
+    """`modify convert MODEL --speedup S --data DATA`: `modify plan`, then the planned model built,
+    repaired (block-local distillation, BatchNorm re-estimation) and written with its plan beside it."""
+    from modify.cli.plan import plan_options, run_plan
+
+    if speedup is None or data is None:
+        raise fail("--speedup and --data go together: the plan is measured on this machine and scored on your training images.")
+    if any(v is not None for v in given):
+        raise fail("--speedup plans the blocks itself; drop --recipe, -k and -c (or drop --speedup to convert by them).")
+    if output is None:
+        raise fail("--speedup builds a planned model; give -o FILE for it (its plan is written beside it).")
+    from modify.study.plan_report import paths_beside
+
+    plan_path = output.with_suffix(".plan.yaml")
+    for path in paths_beside(plan_path).values():
+        check_output(path, force=True)
+    options = plan_options(speedup, batch, threads, engine, "0.5,0.25,0.125", "delete,mod,narrow")
+    size = input_size if input_size != 224 else None  # convert's default size means "the data's" here
+    original, result, label, train = run_plan(model, data, options, weights=weights, num_classes=num_classes, input_size=size,
+                                       data_dir=None, limit=None, calib_images=1024, distill_steps=200, rounds=7,
+                                       quiet=False)  # fmt: skip
+    from modify.io.checkpoint import save
+    from modify.study.plan_report import write_plan
+    from modify.study.planner import build_plan
+    from modify.study.sensitivity import calibration_split
+
+    repair_set, _ = calibration_split(train, calib_images=result.config.calib_images, seed=result.config.seed)
+    planned = build_plan(original, result.recipe, result.config, weights=True, repair_set=repair_set)
+    written = save(planned, output, force=force)
+    paths = write_plan(result, plan_path, model=label, force=True)
+    from modify.cli.render import console, plan_summary, plan_table
+
+    out = console()
+    out.print(plan_table(result))
+    for line in plan_summary(result):
+        out.print(line, highlight=False)
+    out.print(f"wrote {written} (planned, repaired; fine-tune it with modify finetune) and its plan {paths['yaml']}", highlight=False)
 
 
 blocks_app = typer.Typer()

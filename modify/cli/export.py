@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import check_output, fail, load_model, user_errors
+from modify.cli._common import ClassesOpt, WeightsOpt, check_output, fail, load_base, user_errors
 
 app = typer.Typer()
 
@@ -24,6 +24,8 @@ def export(
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convolutions first.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    weights: WeightsOpt = None,
+    num_classes: ClassesOpt = None,
 ) -> None:
     """Export for deployment, then run the export and compare it with PyTorch (batch 1 and 2)."""
     from modify.deploy.export import FORMATS, default_output, export_onnx, export_program
@@ -32,7 +34,7 @@ def export(
         raise fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
     target = output or default_output(checkpoint, fmt)
     check_output(target, force=force)
-    model, _ = load_model(checkpoint)
+    model, _ = load_base(checkpoint, weights=str(weights) if weights else None, num_classes=num_classes)
     if fold_bn:
         from modify.deploy.optimize import fold_batchnorm
 

@@ -12,6 +12,7 @@ from modify.cli._common import (
     INIT_HELP,
     check_output,
     fail,
+    load_base,
     load_model,
     parse_init,
     quiet_torch_logs,
@@ -57,6 +58,7 @@ def finetune(
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.", min=0)] = 0,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a --teacher given by name.", min=1)] = None,
+    teacher_weights: Annotated[Optional[Path], typer.Option("--teacher-weights", help="Your weights for --teacher (a state_dict file, as convert's --weights).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of a fresh run (shuffling, initialisation).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print one JSON object at the end.")] = False,
 ) -> None:
@@ -66,6 +68,8 @@ def finetune(
         raise fail(f"--init {init} copies from the original model; pass it as --teacher MODEL.")
     if epochs is not None and steps is not None:
         raise fail(f"give --epochs ({epochs:g}) or --steps ({steps}), not both.")
+    if teacher_weights is not None and teacher is None:
+        raise fail("--teacher-weights loads weights into --teacher; pass --teacher MODEL too.")
     out = Path(output) if output else _default_output(checkpoint)
     check_output(out, force=force)
     state_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".state")
@@ -87,7 +91,8 @@ def finetune(
         bn_recalibration_batches=bn_recalibrate, precision=precision, seed=seed,
     )  # fmt: skip
     model, label = load_model(checkpoint)
-    teacher_model = load_model(teacher, num_classes=num_classes)[0] if teacher is not None else None
+    teacher_model = (load_base(teacher, weights=str(teacher_weights) if teacher_weights else None, num_classes=num_classes)[0]
+                     if teacher is not None else None)  # fmt: skip
     train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size, num_workers=workers)
     eval_loader = None

@@ -325,3 +325,70 @@ def routes_table(label: str, report) -> Table:
         table.add_row(b.module, f"{b.k} / {b.channels}", f"{b.entropy:.2f}", f"{b.class_divergence:.2f}", str(b.distinct_sets),
                       str(len(b.never)), str(len(b.always)))  # fmt: skip
     return table
+
+
+__all__ += ["PlanProgress", "plan_table", "plan_summary"]
+
+
+class PlanProgress:
+    """rich bars for `modify.study.planner.plan`: timing the choices (by block), scoring them,
+    measuring the plan. Pass ``event`` as ``on_event``."""
+
+    _NAMES = {"timing": "timing the choices", "scoring": "scoring the choices"}
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(), console=error_console(), transient=False,
+        )  # fmt: skip
+        self.task: object | None = None
+
+    def __enter__(self) -> PlanProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, kind: str, info: dict) -> None:
+        if kind == "stage" and info["name"] in self._NAMES:
+            note = info.get("setting", "")
+            self.task = self.progress.add_task(self._NAMES[info["name"]], total=info["total"], note=note)
+        elif kind == "timed" and self.task is not None:
+            self.progress.advance(self.task, 1)
+            self.progress.update(self.task, note=f"last: {info['block']}")
+        elif kind == "scored" and self.task is not None:
+            self.progress.advance(self.task, 1)
+            self.progress.update(self.task, note=f"{info['key']}: KL {info['kl']:.4f}")
+        elif kind == "attempt":
+            self.progress.console.print(
+                f"plan measured {info['measured_speedup']:.2f}x (predicted {info['predicted_speedup']:.2f}x)", highlight=False
+            )
+
+
+def plan_table(result) -> Table:
+    """Per block: the chosen action, its saving and KL alone, and the runner-up (80 columns)."""
+    table = Table(title=f"plan for {result.config.speedup:g}x ({result.config.setting.describe()})", title_justify="left")
+    for name, justify in (("block", "left"), ("choice", "left"), ("saves ms", "right"), ("KL", "right"), ("agree", "right"),
+                          ("runner-up (+KL)", "left")):  # fmt: skip
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    runner = {block: (label, extra) for block, label, extra in result.runner_up}
+    for r in result.chosen:
+        label, extra = runner.get(r.block, ("-", None))
+        style = "dim" if r.action == "keep" else ("cyan" if r.action == "mod" else "")
+        table.add_row(r.block, r.label, f"{r.saving_ms:.2f}±{r.spread_ms:.2f}", f"{r.kl:.4f}", f"{100 * r.agreement:.1f}%",
+                      f"{label}" + (f" ({extra:+.4f})" if extra is not None else ""), style=style)  # fmt: skip
+    return table
+
+
+def plan_summary(result) -> list[str]:
+    """The plan's measured speed-up and KL beside what the sums predicted."""
+    met = "" if result.met else " - below the target: nothing faster was found"
+    return [
+        f"speed-up: measured {result.measured_speedup:.2f}x (±{result.measured_spread:.2f}), predicted by the summed "
+        f"savings {result.predicted_speedup:.2f}x; original {result.original_ms:.2f} ms{met}",
+        f"KL to the original: {result.measured_kl:.4f} together, {result.predicted_kl:.4f} summed over the blocks alone; "
+        f"top-1 agreement {100 * result.measured_agreement:.1f}% ({result.config.calib_images} held-out training images)",
+    ]

@@ -75,12 +75,12 @@ from torch import Tensor, fx, nn
 
 from modify.layers.fresh import fresh_conv_
 from modify.errors import ModifyError
-from modify.layers import BlockForm, ChannelSelector, MoDBlock
+from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
 from modify.layers.options import Init
 from modify.conversion.from_original import ImportanceBy, _branch, _copy_leading, _importance, _scale_selectors
 from modify.conversion.surgery import get_attribute
 
-__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks"]
+__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks", "replaced_blocks", "zero_updates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,22 @@ def mod_blocks(result_or_model: Any) -> list[tuple[str, str, MoDBlock]]:
     for c in getattr(result_or_model, "converted", ()) or ():
         names[c.module] = c.name
     return [(path, names.get(path, path), m) for path, m in model.named_modules() if isinstance(m, MoDBlock)]
+
+
+def replaced_blocks(result_or_model: Any) -> list[tuple[str, str, nn.Module]]:
+    """(module path, original block name, module) of every block that has weights of its own
+    after a conversion: MoD blocks and narrowed blocks (`modify.layers.ReducedBlock` outside a MoD
+    block), in model order. Deleted blocks hold nothing to train."""
+    model = getattr(result_or_model, "model", result_or_model)
+    names = {c.module: c.name for c in getattr(result_or_model, "converted", ()) or ()}
+    found: list[tuple[str, str, nn.Module]] = []
+    inside: set[int] = set()
+    for path, m in model.named_modules():
+        if id(m) in inside or not isinstance(m, (MoDBlock, ReducedBlock)):
+            continue
+        inside.update(id(x) for x in m.modules())
+        found.append((path, names.get(path, path), m))
+    return found
 
 
 def initialize(
@@ -181,6 +197,14 @@ def initialize(
         if strategy is Init.IMPORTANCE and data is not None:
             _scale_selectors(model, [b for _, _, b in blocks], priors, data)
     return InitReport(strategy=strategy, blocks=tuple(done))
+
+
+def zero_updates(result_or_model: Any) -> dict[str, str | None]:
+    """Zeroes the last layer with parameters of every MoD block's reduced branch, whatever its
+    weights were (copied, important channels): in the ``branch`` form each block then starts
+    as its deletion, bit for bit, and trains away from it. Returns block -> the layer zeroed."""
+    with torch.no_grad():
+        return {path: _zero_branch(_branch(mod)) for path, _, mod in mod_blocks(result_or_model)}
 
 
 # -- scratch and zero ----------------------------------------------------------------------------

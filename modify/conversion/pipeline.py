@@ -95,9 +95,10 @@ def convert(
     recipe: str | os.PathLike[str] | Mapping[str, Any] | Recipe | None = None,
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     input_size: int = 224,
-    init: Init | str = Init.SCRATCH,
+    init: Init | str | None = None,
     leaf_modules: Collection[LeafSpec] = (),
     strict: bool = False,
+    zero_update: bool | None = None,
 ) -> ConversionResult:
     """Turns the residual Conv-Blocks a recipe selects into MoD blocks; ``model`` is left untouched.
 
@@ -117,6 +118,11 @@ def convert(
             the paper), ``"copy"`` (the original block's weights, its leading channels), ``"zero"``
             (fresh, the reduced branch's last layer at zero) or ``"importance"`` (the original's most
             important channels, the selector preferring them); see `modify.conversion.init`.
+            None: the recipe's ``init`` (a version-2 recipe, such as a plan's), else ``"scratch"``.
+            Narrowed blocks always keep the original's weights, deleted ones have none.
+        zero_update: after the init, every MoD block's branch gets its last layer at zero, so in
+            the ``branch`` form each starts as exactly its deletion
+            (`modify.conversion.init.zero_updates`); None: the recipe's ``zero_update``.
         leaf_modules: module classes or qualified names torch.fx should not trace into.
         strict: make it an error when a block the recipe selected cannot be converted.
 
@@ -128,8 +134,9 @@ def convert(
         NoBlocksError: the model holds no residual Conv-Block.
         RecipeError, ConversionError: a recipe or k/c that does not fit the model.
     """
-    init = Init.from_str(init)
     resolved = resolve_recipe(recipe=recipe, k=k, c=c)
+    init = Init.from_str(init if init is not None else resolved.init or Init.SCRATCH)
+    zero_update = resolved.zero_update if zero_update is None else zero_update
     original = model
     model = copy.deepcopy(model)  # the caller's model stays bit-identical
     inputs = _example(model, example_inputs, input_size)
@@ -186,6 +193,10 @@ def convert(
         from modify.conversion.init import initialize
 
         initialize(result, init, original=original)
+    if zero_update:
+        from modify.conversion.init import zero_updates
+
+        zero_updates(result)
     return result
 
 
@@ -197,8 +208,9 @@ def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
     part_name = data.get("module")
     part = model.get_submodule(part_name) if part_name else model
     converted = convert(
-        part, recipe=data["recipe"], example_inputs=torch.zeros(data["input_shape"]), leaf_modules=leaves
-    ).model
+        part, recipe=data["recipe"], example_inputs=torch.zeros(data["input_shape"]), leaf_modules=leaves,
+        init=Init.SCRATCH, zero_update=False,  # the weights come from the state_dict
+    ).model  # fmt: skip
     if not part_name:
         return converted
     model.set_submodule(part_name, converted)

@@ -44,6 +44,8 @@ Version 2 (what `modify plan` writes) gives every rule an ``action``; the rest i
     version: 2
     defaults: {fraction: 0.25} # k of a mod rule that gives none
     mod: {form: branch, fusion: original}
+    init: importance           # optional: how MoD blocks start when convert is given no init
+    zero_update: true          # optional: ... with a zero update, so each starts as its deletion
     rules:
       - {name: layer1.1, action: mod, k: 16}          # a MoD block with k = 16 (k, fraction or c)
       - {name: layer2.1, action: narrow, fraction: 0.25}  # the branch's inner widths cut to a quarter
@@ -107,6 +109,8 @@ RECIPE_VERSIONS = (1, 2)  # the versions this modify reads; 2 adds per-block act
 
 _RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: the canonical shipped recipes
 _TOP_KEYS = ("version", "defaults", "mod", "rules")
+_TOP_KEYS_V2 = (*_TOP_KEYS, "init", "zero_update")
+_INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, spelt here to stay torch-free
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +132,8 @@ class Recipe:
     defaults: Capacity = Capacity(c=64)  # capacity of a selected block whose rule gives none (not skip)
     rules: tuple[BlockRule, ...] = ()  # applied in order; a later match overrides an earlier one
     mod: MoDConfig = MoDConfig()  # how each MoD block is built (form, fusion, order, scale, reduction)
+    init: str | None = None  # version 2: how its MoD blocks start when convert is given no init (a plan's)
+    zero_update: bool = False  # version 2: ... with their branch's last layer at zero (each starts as its deletion)
     source: str | None = dataclasses.field(default=None, compare=False)  # file or shipped name, for messages
 
     def __post_init__(self) -> None:
@@ -173,12 +179,13 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready data; ``Recipe.from_dict(r.to_dict()) == r``."""
-        return {
-            "version": self.version,
-            "defaults": self.defaults.to_dict(),
-            "mod": self.mod.as_dict(),
-            "rules": [rule.to_dict() for rule in self.rules],
-        }
+        out: dict[str, Any] = {"version": self.version, "defaults": self.defaults.to_dict(), "mod": self.mod.as_dict()}
+        if self.init is not None:
+            out["init"] = self.init
+        if self.zero_update:
+            out["zero_update"] = True
+        out["rules"] = [rule.to_dict() for rule in self.rules]
+        return out
 
     def to_yaml(self) -> str:
         """The recipe as YAML text (flow style for the small mappings), loadable by `load_recipe`."""
@@ -215,11 +222,12 @@ def _check_version(value: object, path: str) -> None:
 
 def _recipe_from(raw: object, source: str | None) -> Recipe:
     raw = _as_mapping(raw, "", "a mapping with version, defaults, mod and rules (see `modify.conversion.recipe`)")
-    _check_keys(raw, _TOP_KEYS, "", "a recipe")
+    _check_keys(raw, _TOP_KEYS_V2, "", "a recipe")
     if "version" not in raw:
         raise _fail("version", "missing; expected `version: 1` (or 2, for per-block actions) at the top of the recipe.")
     _check_version(raw["version"], "version")
     version = int(raw["version"])
+    init, zero_update = _start_from(raw, version)
     defaults = Capacity.from_dict(raw["defaults"], "defaults") if "defaults" in raw else Capacity(c=64)
     mod = mod_config_from(raw["mod"], "mod") if "mod" in raw else MoDConfig()
     if "rules" not in raw:
@@ -230,7 +238,21 @@ def _recipe_from(raw: object, source: str | None) -> Recipe:
             "rules", f"{rules_raw!r} is not a non-empty list; expected a list of rules such as [{{index: odd}}]."
         )
     rules = tuple(BlockRule.from_dict(entry, f"rules[{i}]", version=version) for i, entry in enumerate(rules_raw))
-    return Recipe(version=version, defaults=defaults, rules=rules, mod=mod, source=source)
+    return Recipe(version=version, defaults=defaults, rules=rules, mod=mod, init=init, zero_update=zero_update, source=source)
+
+
+def _start_from(raw: Mapping[str, Any], version: int) -> tuple[str | None, bool]:
+    """A version-2 recipe's ``init`` and ``zero_update`` (how its MoD blocks start)."""
+    for key in ("init", "zero_update"):
+        if key in raw and version < 2:
+            raise _fail(key, f"{raw[key]!r}: how MoD blocks start is part of a version-2 recipe; write `version: 2`.")
+    init = raw.get("init")
+    if init is not None and (not isinstance(init, str) or init not in _INITS):
+        raise _fail("init", f"{init!r} is not an init; expected one of {', '.join(_INITS)}." + _suggest(str(init), _INITS))
+    zero_update = raw.get("zero_update", False)
+    if not isinstance(zero_update, bool):
+        raise _fail("zero_update", f"{zero_update!r} is not a boolean; expected true or false.")
+    return init, zero_update
 
 
 # --------------------------------------------------------------------------- loading

@@ -29,7 +29,7 @@ from modify.errors import ModifyError
 
 __all__ = ["Candidate", "default_candidates", "build_candidate", "METHODS"]
 
-METHODS = ("mod", "delete", "prune", "mixed")
+METHODS = ("mod", "delete", "prune", "mixed", "plan")  # plan: a mixed recipe `modify plan` chose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +41,23 @@ class Candidate:
         True
     """
 
-    method: str  # "mod", "delete" or "prune"
+    method: str  # "mod", "delete", "prune", "mixed" (a version-2 recipe: each block its own action) or "plan" (one `modify plan` chose)
     label: str  # shown in the table and the plot (not part of the key)
-    recipe: dict[str, Any] | None = None  # mod / delete: a recipe dict (None: every_other)
+    recipe: dict[str, Any] | None = None  # mod / delete / mixed: a recipe dict (None: every_other)
     blocks: tuple[str, ...] | None = None  # delete: the block names (instead of a recipe)
     init: str = "scratch"  # mod: scratch | zero | importance (`modify.conversion.init`) or copy (convert's)
-    block_distill_steps: int = 0  # mod: block-local distillation steps per block before the fine-tune
+    block_distill_steps: int = 0  # mod / mixed: block-local distillation steps per MoD or narrowed block
     route_weight: float = 0.0  # mod: block distillation also teaches the selector the most-changed channels
     init_version: int = 2  # importance: 2 = the balanced selector prior (1, before it, collapsed in fine-tuning)
     speedup: float | None = None  # prune: target batch-1 / one-thread speed-up, measured
     macs_ratio: float | None = None  # prune: or a target MAC ratio
+    zero_update: bool = False  # mod / mixed: the MoD blocks' branches start at zero (their last layer), after init
+    finetune: tuple[tuple[str, Any], ...] = ()  # FinetuneConfig fields this candidate fine-tunes with instead
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ModifyError(f"candidate method {self.method!r} is not one of {METHODS}.")
+        object.__setattr__(self, "finetune", tuple(sorted(dict(self.finetune).items())))
 
     def spec(self) -> dict[str, Any]:
         """What defines the candidate (everything but the label), as plain data."""
@@ -65,6 +68,12 @@ class Candidate:
             spec.pop("route_weight")
         if self.init != "importance":
             spec.pop("init_version")
+        if not self.zero_update:
+            spec.pop("zero_update")
+        if self.finetune:
+            spec["finetune"] = dict(self.finetune)
+        else:
+            spec.pop("finetune")
         spec["blocks"] = list(self.blocks) if self.blocks is not None else None
         return spec
 
@@ -78,7 +87,7 @@ class Candidate:
         """The id of its architecture, which alone decides its speed: initialisation and
         block-local distillation change weights, not shapes."""
         spec = self.spec()
-        for weights_only in ("init", "block_distill_steps", "route_weight", "init_version"):
+        for weights_only in ("init", "block_distill_steps", "route_weight", "init_version", "zero_update", "finetune"):
             spec.pop(weights_only, None)
         return _digest(self.method, spec)
 
@@ -164,17 +173,20 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
         return pruned.model, {"pruning_ratio": pruned.pruning_ratio, "search_speedup": pruned.speedup,
                               "macs_ratio_tp": pruned.macs_ratio}  # fmt: skip
     import modify
-    from modify.conversion.init import initialize
+    from modify.conversion.init import initialize, replaced_blocks, zero_updates
 
     if not weights:
         return modify.convert(teacher, recipe=candidate.recipe, input_size=input_size).model, {}
 
     convert_init = "copy" if candidate.init == "copy" else "scratch"
     result = modify.convert(teacher, recipe=candidate.recipe, input_size=input_size, init=convert_init)
-    details: dict[str, Any] = {"converted": [(b.name, b.k) for b in result.converted]}
+    details: dict[str, Any] = {"converted": [(b.name, b.action, b.k) if b.action != "mod" else (b.name, b.k)
+                                             for b in result.converted]}  # fmt: skip
     if candidate.init not in ("copy", "scratch"):
         initialize(result, candidate.init, original=teacher, data=calib)
-    if candidate.block_distill_steps:
+    if candidate.zero_update:
+        details["zeroed"] = zero_updates(result)
+    if candidate.block_distill_steps and replaced_blocks(result):
         if train_loader is None:
             raise ModifyError(f"{candidate.label}: block-local distillation needs train_loader=.")
         from modify.train.distill import distill_blocks

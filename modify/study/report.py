@@ -24,7 +24,7 @@ from typing import Any
 
 from modify.study.store import RunRecord
 
-__all__ = ["Row", "Match", "Summary", "summarize", "write_report", "markdown_table", "recommendation"]
+__all__ = ["Row", "Match", "PlanMatch", "Summary", "summarize", "write_report", "markdown_table", "recommendation"]
 
 SPEED_RANGE = (1.3, 2.0)  # the speed-ups a conversion is for
 
@@ -62,16 +62,32 @@ class Match:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanMatch:
+    """A planned row against the most accurate deletion or pruning row measuring at least its speed."""
+
+    plan: str  # label of the planned row ("plan 1.5x")
+    speedup: float
+    accuracy: float
+    spread: float
+    baseline: str | None  # the most accurate delete / prune row with speed-up >= the plan's
+    baseline_speedup: float | None
+    baseline_accuracy: float | None
+    margin: float  # plan accuracy - baseline accuracy (nan without a baseline)
+
+
+@dataclasses.dataclass(frozen=True)
 class Summary:
     rows: tuple[Row, ...]
     matches: tuple[Match, ...]
     teacher_accuracy: float | None
     window: float
+    plans: tuple[PlanMatch, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"teacher_accuracy": self.teacher_accuracy, "window": self.window,
                 "rows": [dataclasses.asdict(r) for r in self.rows],
-                "matches": [dataclasses.asdict(m) for m in self.matches]}  # fmt: skip
+                "matches": [dataclasses.asdict(m) for m in self.matches],
+                "plans": [dataclasses.asdict(m) for m in self.plans]}  # fmt: skip
 
 
 def _demo(method: str, label: str, accuracy: float, speedup: float) -> RunRecord:
@@ -122,7 +138,19 @@ def summarize(records: Sequence[RunRecord], *, teacher_accuracy: float | None = 
         matches.append(Match(m.label, m.speedup, best.label if best else None, best.speedup if best else None,
                              m.accuracy - best.accuracy if best else float("nan"),
                              max(m.spread, best.spread) if best else m.spread))  # fmt: skip
-    return Summary(tuple(rows), tuple(matches), teacher_accuracy, window)
+    return Summary(tuple(rows), tuple(matches), teacher_accuracy, window, tuple(_plan_matches(rows)))
+
+
+def _plan_matches(rows: Sequence[Row]) -> list[PlanMatch]:
+    """Each planned row against the most accurate deletion or pruning row at least as fast."""
+    out = []
+    for p in (r for r in rows if r.method == "plan"):
+        faster = [b for b in rows if b.method in ("delete", "prune") and b.speedup >= p.speedup]
+        best = max(faster, key=lambda b: (b.accuracy, b.speedup), default=None)
+        out.append(PlanMatch(p.label, p.speedup, p.accuracy, p.spread, best.label if best else None,
+                             best.speedup if best else None, best.accuracy if best else None,
+                             p.accuracy - best.accuracy if best else float("nan")))  # fmt: skip
+    return out
 
 
 def markdown_table(summary: Summary) -> str:
@@ -140,6 +168,14 @@ def markdown_table(summary: Summary) -> str:
             f"| {r.speedup:.2f}x | {batch} | {r.macs / 1e6:.1f} M | {r.params / 1e6:.2f} M | {r.train_seconds:.0f} "
             f"| {'*' if r.frontier else ''} |"
         )
+    if summary.plans:
+        lines += ["", "| plan | speed-up | accuracy | most accurate delete / prune row at least as fast | its speed-up | its accuracy | plan - it |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for m in summary.plans:
+            other = (f"{m.baseline} | {m.baseline_speedup:.2f}x | {100 * m.baseline_accuracy:.2f}" if m.baseline is not None
+                     else "none as fast | | ")  # fmt: skip
+            margin = f"{100 * m.margin:+.2f}" if m.baseline is not None else ""
+            lines.append(f"| {m.plan} | {m.speedup:.2f}x | {100 * m.accuracy:.2f} ± {100 * m.spread:.2f} | {other} | {margin} |")
     return "\n".join(lines)
 
 
@@ -169,6 +205,12 @@ def recommendation(summary: Summary) -> list[str]:
             best = max(found, key=lambda r: r.accuracy)
             lines.append(f"Most accurate {method} candidate in {low:g}-{high:g}x: {best.label}, "
                          f"{100 * best.accuracy:.2f}% at {best.speedup:.2f}x.")  # fmt: skip
+    for m in summary.plans:
+        if m.baseline is None:
+            lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x; no deletion or pruning row is as fast.")
+        else:
+            lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x, {100 * m.margin:+.2f} points against {m.baseline} "
+                         f"({100 * m.baseline_accuracy:.2f}% at {m.baseline_speedup:.2f}x), seed spread {100 * m.spread:.2f}.")  # fmt: skip
     everything = [r for r in summary.rows if low <= r.speedup <= high]
     if everything:
         pick = max(everything, key=lambda r: (r.accuracy, r.speedup))
@@ -181,7 +223,7 @@ def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> 
     from modify.measure.plots import pyplot, save_png
 
     plt = pyplot("the comparison plot")
-    colors = {"mod": "tab:blue", "delete": "tab:orange", "prune": "tab:green"}
+    colors = {"mod": "tab:blue", "delete": "tab:orange", "prune": "tab:green", "mixed": "tab:purple", "plan": "tab:red"}
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for method, color in colors.items():
         rows = [r for r in summary.rows if r.method == method]

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from modify.errors import ModifyError
 from modify.study.candidates import Candidate, build_candidate
 from modify.study.store import RUN_FORMAT, RunRecord, SweepStore, fingerprint
+from modify.train.evaluation import compare_outputs
 from modify.train.finetune import FinetuneConfig, evaluate, finetune
 
 __all__ = ["CompareConfig", "run_sweep"]
@@ -146,14 +147,15 @@ def run_sweep(
         if candidate.method == "prune" and ratio is None:
             store.write(f"arch/{candidate.arch_key}.json", {"pruning_ratio": details["pruning_ratio"], "label": candidate.label})
         before = evaluate(model, test_loader)
-        ft_config = dataclasses.replace(config.finetune, seed=seed)
+        ft_config = dataclasses.replace(config.finetune, seed=seed, **dict(candidate.finetune))
         started = time.perf_counter()
         finetune(model, train_loader, teacher=teacher, config=ft_config, epochs=config.epochs,
                  on_step=lambda info: emit("step", dataclasses.asdict(info)))  # fmt: skip
         seconds = time.perf_counter() - started
         for m in (model, teacher, original):
             m.cpu()  # fine-tuning may have used a GPU; evaluation, counting and timing here are on the CPU
-        accuracy = evaluate(model, test_loader)
+        against = compare_outputs(model, original, test_loader)  # accuracy, and NLL / KL: steadier than accuracy
+        accuracy = against.pop("accuracy")
         from modify.measure.profiling import profile_model
 
         profile = profile_model(model, input_size=config.input_size)
@@ -161,7 +163,7 @@ def run_sweep(
             key=candidate.key, method=candidate.method, label=candidate.label, seed=seed,
             accuracy_before=before, accuracy=accuracy, macs=profile.macs, params=profile.params,
             speedup=None, speedup_batch=None, latency_ms=None, teacher_latency_ms=None, finetune_seconds=seconds,
-            details={**details, "spec": candidate.spec()}, arch_key=candidate.arch_key,
+            details={**details, "spec": candidate.spec(), "test": against}, arch_key=candidate.arch_key,
         )  # fmt: skip
         store.write(f"runs/{path.name}", {"format": RUN_FORMAT, "record": record.as_dict()})
         emit("done", record.as_dict())

@@ -113,27 +113,50 @@ class ImageTensorDataset(Dataset):
         images: (N, 1, H, W) uint8, already padded.
         targets: (N,) int64 labels.
         classes: the class names, by label.
+        augment: 0 for the images as they are; p > 0 for training augmentation: a random crop of
+            the image padded by p pixels (zeros) on each side, and a random horizontal flip.
     """
 
-    def __init__(self, images: Tensor, targets: Tensor, *, classes: Sequence[str], mean: float, std: float, channels: int = 3) -> None:
+    def __init__(
+        self, images: Tensor, targets: Tensor, *, classes: Sequence[str], mean: float, std: float, channels: int = 3, augment: int = 0
+    ) -> None:
         self.images = images  # (N, 1, H, W) uint8
         self.targets = targets  # (N,) int64
         self.classes = tuple(classes)
         self.mean = mean
         self.std = std
         self.channels = channels
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        x = self.images[index].float().div_(255).sub_(self.mean).div_(self.std)  # (1, H, W)
+        image = self.images[index]  # (1, H, W) uint8
+        if self.augment:
+            image = _crop_and_flip(image, self.augment)
+        x = image.float().div_(255).sub_(self.mean).div_(self.std)  # (1, H, W)
         return x.expand(self.channels, -1, -1), self.targets[index]  # (3, H, W), ()
+
+    def augmented(self, pad: int = 4) -> ImageTensorDataset:
+        """The same images with training augmentation (a random crop after padding ``pad``
+        pixels, a random horizontal flip); draws from torch's global random state."""
+        return ImageTensorDataset(self.images, self.targets, classes=self.classes, mean=self.mean, std=self.std,
+                                  channels=self.channels, augment=pad)  # fmt: skip
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """Every image, normalised, as one (N, 3, H, W) float tensor, and the labels."""
         x = self.images.float().div_(255).sub_(self.mean).div_(self.std)
         return x.expand(-1, self.channels, -1, -1).contiguous(), self.targets
+
+
+def _crop_and_flip(image: Tensor, pad: int) -> Tensor:
+    """A random (H, W) crop of ``image`` (C, H, W) padded by ``pad`` zeros, flipped left-right at random."""
+    _, h, w = image.shape
+    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))  # (C, H + 2p, W + 2p)
+    top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+    out = padded[:, top : top + h, left : left + w]
+    return out.flip(-1) if bool(torch.randint(0, 2, ()).item()) else out
 
 
 def _find(root: Path, stem: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""Block-local distillation: each MoD block learns to reproduce the block it replaced.
+"""Block-local distillation: each MoD block (and each narrowed block) learns to reproduce the
+block it replaced.
 
 Before the global fine-tune, every MoD block is trained on its own to map the inputs the
 original block saw to the outputs the original block produced, both recorded from the original
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from modify.errors import ModifyError
 from modify.train.evaluation import recalibrate_bn
-from modify.conversion.init import mod_blocks
+from modify.conversion.init import replaced_blocks
 from modify.layers import FusionSlot, MoDBlock
 
 __all__ = ["BlockFit", "DistillReport", "distill_blocks"]
@@ -137,7 +138,8 @@ def distill_blocks(
     route_weight: float = 0.0,
     seed: int = 0,
 ) -> DistillReport:
-    """Trains every MoD block of a converted model, in place, to reproduce its original block.
+    """Trains every MoD block and narrowed block of a converted model, in place, to reproduce
+    its original block.
 
     Args:
         result_or_model: a `ConversionResult` (or its ``.model`` when the blocks keep their names).
@@ -159,9 +161,9 @@ def distill_blocks(
         error grew is put back as it was (``kept=False``).
     """
     started = time.perf_counter()
-    blocks = mod_blocks(result_or_model)
+    blocks = replaced_blocks(result_or_model)
     if not blocks:
-        raise ModifyError("block-local distillation found no MoD block in the model; convert it first.")
+        raise ModifyError("block-local distillation found no MoD or narrowed block in the model; convert it first.")
     recorded = _record(original, [name for _, name, _ in blocks], data, images)
     generator = torch.Generator().manual_seed(seed)
     fits = []
@@ -175,7 +177,7 @@ def distill_blocks(
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
         block.train()
-        routed = route_weight > 0 and block.fusion.slot is FusionSlot.ORIGINAL
+        routed = route_weight > 0 and isinstance(block, MoDBlock) and block.fusion.slot is FusionSlot.ORIGINAL
         for _ in range(steps):
             pick = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
             xb, yb = x[pick], y[pick]  # (B, C, H, W)

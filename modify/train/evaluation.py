@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from modify.layers.fresh import kept_modes
 from modify.errors import ModifyError
 
-__all__ = ["evaluate", "recalibrate_bn"]
+__all__ = ["evaluate", "recalibrate_bn", "compare_outputs"]
 
 
 def _batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -87,3 +87,34 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | st
     finally:
         model.train(was_training)
     return correct / max(1, total)
+
+
+def compare_outputs(model: nn.Module, reference: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None) -> dict[str, float]:
+    """``model`` against ``reference`` (its teacher, the original) on ``data``, in eval mode:
+    top-1 ``accuracy``, the labels' negative log-likelihood ``nll``, the mean KL divergence
+    ``kl`` from the reference's output distribution to the model's, and top-1 ``agreement``.
+
+    Accuracy moves in steps of one image; NLL and KL move with every probability, so they separate
+    models whose accuracies tie within the seed spread.
+    """
+    device = torch.device(device) if device is not None else _device_of(model)
+    modes = (model.training, reference.training)
+    model.eval()
+    reference.eval()
+    sums = {"accuracy": 0.0, "nll": 0.0, "kl": 0.0, "agreement": 0.0}
+    total = 0
+    try:
+        with torch.no_grad():
+            for images, labels in _batches(data):
+                images, labels = images.to(device, non_blocking=True), labels.to(device)
+                mine = torch.log_softmax(model(images).float(), dim=1)  # (N, classes)
+                theirs = torch.log_softmax(reference(images).float(), dim=1)  # (N, classes)
+                sums["accuracy"] += float((mine.argmax(1) == labels).sum())
+                sums["nll"] += float(torch.nn.functional.nll_loss(mine, labels, reduction="sum"))
+                sums["kl"] += float((theirs.exp() * (theirs - mine)).sum())
+                sums["agreement"] += float((mine.argmax(1) == theirs.argmax(1)).sum())
+                total += len(labels)
+    finally:
+        model.train(modes[0])
+        reference.train(modes[1])
+    return {k: v / max(1, total) for k, v in sums.items()}

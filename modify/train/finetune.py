@@ -148,21 +148,6 @@ def _precision(config: FinetuneConfig, device: torch.device) -> str:
     return {Precision.OFF: "fp32", Precision.BF16: "bf16", Precision.FP16: "fp16"}[p]
 
 
-def replaced_blocks(model: nn.Module) -> list[nn.Module]:
-    """The modules that replaced a block: MoD blocks, and narrowed blocks outside them."""
-    from modify.layers import MoDBlock, ReducedBlock
-
-    found: list[nn.Module] = []
-    inside: set[int] = set()
-    for m in model.modules():
-        if id(m) in inside:
-            continue
-        if isinstance(m, (MoDBlock, ReducedBlock)):
-            found.append(m)
-            inside.update(id(x) for x in m.modules())
-    return found
-
-
 def frozen_block_norms(model: nn.Module) -> list[nn.Module]:
     """The BatchNorms inside MoD blocks' reduced blocks (kept in eval mode with ``block_norms="frozen"``)."""
     from modify.layers import MoDBlock
@@ -174,7 +159,9 @@ def frozen_block_norms(model: nn.Module) -> list[nn.Module]:
 def _param_groups(model: nn.Module, weight_decay: float, block_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Decay and no-decay groups (norms, biases and scalars get none), each with its ``lr_scale``:
     ``block_lr_scale`` for the parameters of replaced blocks, 1 for the rest."""
-    in_blocks = {id(p) for b in replaced_blocks(model) for p in b.parameters()} if block_lr_scale != 1.0 else set()
+    from modify.conversion.init import replaced_blocks
+
+    in_blocks = {id(p) for *_, b in replaced_blocks(model) for p in b.parameters()} if block_lr_scale != 1.0 else set()
     parts = [(1.0, [p for p in model.parameters() if id(p) not in in_blocks])]
     if in_blocks:
         parts.append((block_lr_scale, [p for p in model.parameters() if id(p) in in_blocks]))

@@ -1,0 +1,399 @@
+"""`plan`: the most accurate model for a speed-up on this machine, choosing per block among keep,
+delete, MoD and narrow, and saying why.
+
+1. Choices (`modify.study.choices`): every residual block discovery finds may be kept, deleted,
+   made a MoD block at k = C/2, C/4, C/8, or narrowed to the same shares of its inner widths.
+2. Latency (`modify.study.latency`): each choice's saving, measured in the whole model, in the
+   setting the speed-up is for (batch, threads, input size, engine), interleaved with the original.
+3. Sensitivity (`modify.study.sensitivity`): each choice alone, after its cheap repair
+   (block-local distillation of MoD and narrowed blocks, BatchNorm re-estimation), scored by its
+   KL divergence to the original on calibration images held out from the training data.
+4. Solve (`modify.study.knapsack`): the choices with the least summed KL whose summed savings
+   reach the target, exactly, by dynamic programming.
+5. Measure: the planned model is built and timed against the original; a plan that measures
+   below the target asks the solver for more saving (by what the sums missed) until it meets it
+   or nothing faster is left. Its joint KL, after the same repair, is measured beside the sum.
+
+The plan is a version-2 recipe (`PlanResult.recipe`; `modify.study.plan_file` writes it with every
+block's numbers as comments), which `modify.convert` applies. Seeds fix every draw, so the same
+data, model and machine give the same plan up to timing noise.
+
+Example:
+    >>> config = PlanConfig(speedup=1.5, setting=Setting(input_size=32))
+    >>> config.setting.describe(), config.actions
+    ('batch 1, 1 thread, eager, 32x32', ('delete', 'mod', 'narrow'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from modify.conversion.pipeline import traced_sites
+from modify.errors import ModifyError, NoBlocksError, PlanError
+from modify.layers.options import MoDConfig
+from modify.study.candidates import Candidate, build_candidate
+from modify.study.choices import ACTIONS, FRACTIONS, Choice, block_choices, choice_recipe
+from modify.study.knapsack import Option, max_saving, solve
+from modify.study.latency import Setting, Timing, time_savings
+from modify.study.sensitivity import Score, calibration_batch, calibration_split, reference_outputs, repair, score
+
+__all__ = ["PlanConfig", "ChoiceRow", "Attempt", "PlanResult", "plan", "build_plan", "DEFAULT_MOD"]
+
+DEFAULT_MOD = MoDConfig(form="branch", fusion="original")  # starts at deletion with a zero update; see docs/method.md
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """What to plan for and how hard to measure."""
+
+    speedup: float  # the target: original time / planned time, in `setting`
+    setting: Setting = Setting()  # batch, threads, input size and engine the speed-up is for
+    actions: tuple[str, ...] = ACTIONS  # what a block may become besides kept: delete, mod, narrow
+    fractions: tuple[float, ...] = FRACTIONS  # MoD k = C * f; narrow keeps f of every inner width
+    mod: MoDConfig = DEFAULT_MOD  # how MoD blocks are built
+    init: str = "importance"  # how MoD blocks start (`modify.layers.Init`)
+    zero_update: bool = True  # ... with their branch's last layer at zero: each starts as its deletion
+    distill_steps: int = 200  # block-local distillation steps per MoD or narrowed block (the cheap repair)
+    repair_images: int = 1024  # images whose activations the distillation fits
+    bn_batches: int = 8  # batches of BatchNorm re-estimation after it
+    calib_images: int = 1024  # training images held out to score choices on (never repaired on)
+    batch_size: int = 64  # repair and scoring batch
+    rounds: int = 7  # interleaved timing rounds
+    seconds: float = 0.3  # timing per model per round
+    resolution: int = 1000  # the solver's steps within the saving the target needs
+    tolerance: float = 0.0  # a plan meets the target when it measures >= (1 - tolerance) * speedup
+    max_repairs: int = 4  # re-solves after a plan measures below the target
+    seed: int = 0  # the calibration split, the repair's sampling, fresh weights
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.speedup, (int, float)) or not self.speedup > 1.0:
+            raise PlanError(f"speed-up {self.speedup!r} is not above 1; ask for the speed-up you need, such as 1.5 (1.5 times faster).")
+        unknown = [a for a in self.actions if a not in ACTIONS]
+        if unknown:
+            raise PlanError(f"action {unknown[0]!r} is not one the planner knows; choose from {', '.join(ACTIONS)}.")
+        if any(not 0.0 < f < 1.0 for f in self.fractions):
+            raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceRow:
+    """One (block, choice), measured alone."""
+
+    block: str
+    channels: int
+    action: str  # keep | delete | mod | narrow
+    fraction: float | None
+    label: str  # "MoD k=16", "narrow 1/4", "delete", "keep"
+    saving_ms: float | None = None  # the original's time minus the time with this change alone
+    spread_ms: float | None = None  # half the interquartile range of that saving over rounds
+    kl: float | None = None  # KL(original || with this change, repaired), on the calibration images
+    agreement: float | None = None  # top-1 agreement with the original
+    error: str | None = None  # why it could not be built (then it is not a choice)
+
+    @property
+    def choice(self) -> Choice:
+        return Choice(self.block, self.action, self.fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One solve and the measurement of what it chose."""
+
+    required_ms: float  # the saving asked of the solver
+    chosen: tuple[str, ...]  # choice keys
+    predicted_speedup: float  # from the summed savings
+    measured_speedup: float  # the planned model against the original, interleaved
+    spread: float  # half the interquartile range of the per-round speed-ups
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanResult:
+    """What `plan` found, and the numbers behind it."""
+
+    config: PlanConfig
+    original_ms: float  # the original's time in the setting (median over the timing rounds)
+    rows: tuple[ChoiceRow, ...]  # every (block, choice) measured
+    chosen: tuple[ChoiceRow, ...]  # one per block, in model order
+    runner_up: tuple[tuple[str, str, float | None], ...]  # per block: (block, the runner-up's label, the summed KL it adds)
+    predicted_speedup: float  # original / (original - summed savings)
+    measured_speedup: float  # the planned model, timed against the original
+    measured_spread: float
+    predicted_kl: float  # the chosen choices' KL, summed
+    measured_kl: float  # the planned model's KL after the same repair
+    measured_agreement: float
+    met: bool  # measured_speedup >= (1 - tolerance) * target
+    attempts: tuple[Attempt, ...]
+    recipe: dict[str, Any]  # the version-2 recipe (`modify.convert(model, recipe=...)`)
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["config"] = {**out["config"], "setting": self.config.setting.as_dict(), "mod": self.config.mod.as_dict()}
+        return out
+
+
+def _candidate(recipe: dict[str, Any], config: PlanConfig) -> Candidate:
+    return Candidate("mixed", "plan", recipe=recipe, init=config.init, zero_update=config.zero_update)
+
+
+def build_plan(original: nn.Module, recipe: Mapping[str, Any], config: PlanConfig, *, weights: bool,
+               repair_set: Dataset | None = None, calib: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
+    """A model of ``recipe`` built from ``original``: the architecture alone (``weights=False``),
+    or initialised as the plan says and given its cheap repair on ``repair_set``."""
+    candidate = _candidate(dict(recipe), config)
+    model, _ = build_candidate(candidate, original, input_size=config.setting.input_size, calib=calib, weights=weights)
+    if weights and repair_set is not None:
+        repair(model, original, repair_set, distill_steps=config.distill_steps, images=config.repair_images,
+               bn_batches=config.bn_batches, batch_size=config.batch_size, seed=config.seed)  # fmt: skip
+    return model.eval()
+
+
+def _blocks(original: nn.Module, size: int) -> dict[str, int]:
+    try:
+        _, sites = traced_sites(original, (torch.zeros(1, 3, size, size),))
+    except NoBlocksError as e:
+        raise PlanError(f"nothing to plan: {e}") from None
+    blocks = {s.name: s.channels for s in sites if s.convertible}
+    if not blocks:
+        raise PlanError("nothing to plan: no residual block of this model can be changed (`modify blocks MODEL` says why).")
+    return blocks
+
+
+def _time_choices(original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig,
+                  emit: Event) -> tuple[dict[str, Timing], dict[str, str]]:  # fmt: skip
+    """Each choice's timing (key -> Timing), and the choices that could not be built (key -> why)."""
+    groups: dict[str, dict[str, nn.Module]] = {}
+    failed: dict[str, str] = {}
+    for block, choices in options.items():
+        groups[block] = {}
+        for c in choices[1:]:  # keep is the original
+            try:
+                groups[block][c.key] = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=False)
+            except ModifyError as e:
+                failed[c.key] = str(e)
+    emit("stage", {"name": "timing", "total": len(groups), "setting": config.setting.describe()})
+    timings = time_savings(original, groups, config.setting, rounds=config.rounds, seconds=config.seconds,
+                           on_group=lambda block: emit("timed", {"block": block}))  # fmt: skip
+    return timings, failed
+
+
+def _score_choices(original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig,
+                   failed: dict[str, str], repair_set: Dataset, calib: torch.Tensor, emit: Event) -> dict[str, Score]:  # fmt: skip
+    reference = reference_outputs(original, calib)
+    todo = [c for choices in options.values() for c in choices[1:] if c.key not in failed]
+    emit("stage", {"name": "scoring", "total": len(todo)})
+    scores: dict[str, Score] = {}
+    for c in todo:
+        try:
+            model = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=True,
+                               repair_set=repair_set, calib=calib)  # fmt: skip
+        except ModifyError as e:
+            failed[c.key] = str(e)
+            continue
+        scores[c.key] = score(model, calib, reference)
+        emit("scored", {"key": c.key, "kl": scores[c.key].kl, "agreement": scores[c.key].agreement})
+    return scores
+
+
+def _rows(options: dict[str, list[Choice]], channels: dict[str, int], timings: dict[str, Timing],
+          scores: dict[str, Score], failed: dict[str, str]) -> list[ChoiceRow]:  # fmt: skip
+    rows = []
+    for block, choices in options.items():
+        for c in choices:
+            base = dict(block=block, channels=channels[block], action=c.action, fraction=c.fraction, label=c.label(channels[block]))
+            if c.action == "keep":
+                rows.append(ChoiceRow(**base, saving_ms=0.0, spread_ms=0.0, kl=0.0, agreement=1.0))
+            elif c.key in failed or c.key not in scores:
+                rows.append(ChoiceRow(**base, error=failed.get(c.key, "not measured")))
+            else:
+                t, s = timings[c.key], scores[c.key]
+                rows.append(ChoiceRow(**base, saving_ms=t.saving_ms, spread_ms=t.spread_ms, kl=s.kl, agreement=s.agreement))
+    return rows
+
+
+def _table(rows: Sequence[ChoiceRow]) -> tuple[list[str], list[list[ChoiceRow]], list[list[Option]]]:
+    blocks: list[str] = []
+    by_block: dict[str, list[ChoiceRow]] = {}
+    for r in rows:
+        if r.error is None:
+            by_block.setdefault(r.block, []).append(r)
+            if r.block not in blocks:
+                blocks.append(r.block)
+    grouped = [by_block[b] for b in blocks]
+    options = [[Option(r.label, float(r.saving_ms or 0.0), float(r.kl or 0.0)) for r in group] for group in grouped]
+    return blocks, grouped, options
+
+
+def _measure(original: nn.Module, recipe: dict[str, Any], config: PlanConfig) -> Timing:
+    model = build_plan(original, recipe, config, weights=False)
+    return time_savings(original, {"plan": {"plan": model}}, config.setting, rounds=config.rounds, seconds=config.seconds)["plan"]
+
+
+def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], options: list[list[Option]], channels: dict[str, int],
+                       original_ms: float, config: PlanConfig, emit: Event) -> tuple[list[int], list[Attempt], Timing]:  # fmt: skip
+    """Solves, measures the plan, and asks for more saving while it measures below the target."""
+    target = config.speedup
+    needed = original_ms - original_ms / target
+    required = needed
+    attempts: list[Attempt] = []
+    best: tuple[list[int], Timing] | None = None
+    for _ in range(config.max_repairs + 1):
+        solution = solve(options, required, resolution=config.resolution)
+        if solution is None:
+            break
+        picks = list(solution.choice)
+        recipe = choice_recipe([grouped[i][j].choice for i, j in enumerate(picks)], channels, config.mod)
+        timing = _measure(original, recipe, config)
+        predicted = original_ms / (original_ms - solution.saving)
+        attempts.append(Attempt(required, tuple(grouped[i][j].choice.key for i, j in enumerate(picks)), predicted,
+                                timing.speedup, _speedup_spread(timing)))  # fmt: skip
+        emit("attempt", dataclasses.asdict(attempts[-1]))
+        if best is None or timing.speedup > best[1].speedup:
+            best = (picks, timing)
+        if timing.speedup >= (1 - config.tolerance) * target:
+            return picks, attempts, timing
+        # The sums promised more than the model delivers: ask for what they missed, and at least one step more.
+        measured_saving = original_ms - original_ms / timing.speedup
+        required = max(required + (needed - measured_saving), solution.saving + needed / config.resolution)
+    if best is None:
+        reachable = max_saving(options)
+        fastest = original_ms / max(1e-9, original_ms - reachable)
+        raise PlanError(
+            f"speed-up {target:g}x is out of reach in {config.setting.describe()}: the fastest choices together predict "
+            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions or smaller fractions."
+        )
+    return best[0], attempts, best[1]
+
+
+def _speedup_spread(timing: Timing) -> float:
+    from modify.study.latency import spread
+
+    return spread(list(timing.round_speedups))
+
+
+def _runner_ups(grouped: list[list[ChoiceRow]], options: list[list[Option]], picks: list[int], required: float,
+                config: PlanConfig) -> list[tuple[str, str, float | None]]:  # fmt: skip
+    """Per block: what it would be if its chosen option were not allowed, and the KL that adds."""
+    base = sum(options[i][j].cost for i, j in enumerate(picks))
+    out = []
+    for b, j in enumerate(picks):
+        without = [[o for k, o in enumerate(opts) if not (i == b and k == j)] for i, opts in enumerate(options)]
+        kept = [[k for k in range(len(opts)) if not (i == b and k == j)] for i, opts in enumerate(options)]
+        if not without[b]:
+            out.append((grouped[b][j].block, "-", None))
+            continue
+        solution = solve(without, required, resolution=config.resolution)
+        if solution is None:
+            out.append((grouped[b][j].block, "none reaches the target", None))
+            continue
+        label = grouped[b][kept[b][solution.choice[b]]].label
+        out.append((grouped[b][j].block, label, solution.cost - base))
+    return out
+
+
+def plan(
+    model: nn.Module,
+    *,
+    speedup: float,
+    data: Dataset,
+    config: PlanConfig | None = None,
+    on_event: Event | None = None,
+    **options: Any,
+) -> PlanResult:
+    """Plans per block which choice makes ``model`` ``speedup`` times faster at the least measured
+    loss (see the module docstring); ``model`` is left untouched.
+
+    Args:
+        model: a trained CNN that `modify.convert` takes (its residual blocks are the choices).
+        speedup: the target, original time / planned time in the setting (`PlanConfig.setting`).
+        data: training images (a dataset of (image, label); labels are not used). Calibration
+            images are held out of it; pass no test images: the plan must not see them.
+        config: every setting at once; or give `PlanConfig` fields as keyword ``options``
+            (``setting=Setting(batch=32, threads=0)``, ``fractions=(0.25,)``, ...).
+        on_event: called with ("stage" | "timed" | "scored" | "attempt", info) as it goes.
+
+    Returns:
+        A `PlanResult`: the version-2 recipe, every block's measured choices, the predicted and
+        measured speed-ups and KL.
+
+    Raises:
+        PlanError: a speed-up not above 1 or out of reach (the message says the fastest
+            reachable), data too small to hold out the calibration images, or no block to plan.
+
+    Example:
+        >>> import torchvision, torch
+        >>> from torch.utils.data import TensorDataset
+        >>> net = torchvision.models.resnet18(num_classes=10).eval()
+        >>> data = TensorDataset(torch.randn(96, 3, 32, 32), torch.zeros(96, dtype=torch.long))
+        >>> result = plan(net, speedup=1.2, data=data, setting=Setting(input_size=32), calib_images=32, repair_images=32,
+        ...               distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,))
+        >>> len(result.chosen), result.recipe["version"]
+        (5, 2)
+    """
+    started = time.perf_counter()
+    config = config or PlanConfig(speedup=speedup, **options)
+    if config.speedup != speedup:
+        config = dataclasses.replace(config, speedup=speedup)
+    emit: Event = on_event or (lambda kind, info: None)
+    original = model.eval()
+    repair_set, calib_set = calibration_split(data, calib_images=config.calib_images, seed=config.seed)
+    calib = calibration_batch(calib_set)  # (N, 3, H, W)
+    if calib.shape[-1] != config.setting.input_size:
+        raise PlanError(
+            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} and the plan is for {config.setting.input_size}x"
+            f"{config.setting.input_size}; pass --input-size {calib.shape[-1]} (or data of the size you deploy at)."
+        )
+    channels = _blocks(original, config.setting.input_size)
+    choices = block_choices(channels, actions=config.actions, fractions=config.fractions)
+    timings, failed = _time_choices(original, choices, channels, config, emit)
+    original_ms = _original_ms(timings)
+    _check_reachable(choices, timings, failed, original_ms, config)
+    scores = _score_choices(original, choices, channels, config, failed, repair_set, calib, emit)
+    rows = _rows(choices, channels, timings, scores, failed)
+    blocks, grouped, opts = _table(rows)
+    picks, attempts, timing = _solve_and_measure(original, grouped, opts, channels, original_ms, config, emit)
+    chosen = [grouped[i][j] for i, j in enumerate(picks)]
+    recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
+    planned = build_plan(original, recipe, config, weights=True, repair_set=repair_set, calib=calib)
+    joint = score(planned, calib, reference_outputs(original, calib))
+    emit("stage", {"name": "done"})
+    return PlanResult(
+        config=config, original_ms=original_ms, rows=tuple(rows), chosen=tuple(chosen),
+        runner_up=tuple(_runner_ups(grouped, opts, picks, attempts[-1].required_ms, config)),
+        predicted_speedup=attempts[-1].predicted_speedup, measured_speedup=timing.speedup,
+        measured_spread=_speedup_spread(timing), predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
+        measured_kl=joint.kl, measured_agreement=joint.agreement,
+        met=timing.speedup >= (1 - config.tolerance) * config.speedup, attempts=tuple(attempts), recipe=recipe,
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _original_ms(timings: Mapping[str, Timing]) -> float:
+    import statistics
+
+    if not timings:
+        raise PlanError("no choice could be built for any block, so there is nothing to plan (`modify blocks MODEL` says why).")
+    return statistics.median(t.original_ms for t in timings.values())
+
+
+def _check_reachable(choices: dict[str, list[Choice]], timings: dict[str, Timing], failed: dict[str, str],
+                     original_ms: float, config: PlanConfig) -> None:  # fmt: skip
+    """Refuses, before the sensitivity work, a target the fastest choices cannot reach."""
+    reachable = sum(max([0.0] + [timings[c.key].saving_ms for c in cs if c.key in timings and c.key not in failed])
+                    for cs in choices.values())  # fmt: skip
+    fastest = original_ms / max(1e-9, original_ms - reachable)
+    if fastest < config.speedup * (1 - config.tolerance):
+        raise PlanError(
+            f"speed-up {config.speedup:g}x is out of reach in {config.setting.describe()}: every block at its fastest choice "
+            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions "
+            "(--actions) or smaller fractions (--fractions)."
+        )
+
