@@ -43,7 +43,16 @@ def files(tmp_path_factory) -> dict[str, str]:
     empty.mkdir()
     existing = root / "exists.pt"
     existing.write_bytes(b"keep me")
-    return {"weights": str(weights), "text": str(text), "recipe": str(recipe), "empty": str(empty), "exists": str(existing)}
+    plans = {
+        "plan_wrong": "version: 2\nrules:\n  - {name: layer9.1, action: delete}\n",
+        "plan_v1_action": "version: 1\nrules:\n  - {name: layer4.1, action: delete}\n",
+        "plan_bad_action": "version: 2\nrules:\n  - {name: layer4.1, action: prune}\n",
+        "plan_narrow_c": "version: 2\nrules:\n  - {name: layer4.1, action: narrow, c: 64}\n",
+    }
+    for name, text_ in plans.items():
+        (root / f"{name}.yaml").write_text(text_)
+    return {"weights": str(weights), "text": str(text), "recipe": str(recipe), "empty": str(empty), "exists": str(existing),
+            "fresh": str(root / "fresh.pt"), **{name: str(root / f"{name}.yaml") for name in plans}}  # fmt: skip
 
 
 BAD = [
@@ -101,6 +110,42 @@ BAD = [
     ("routes resnet18_mod --data /nonexistent", "does not exist"),
     ("routes resnet18_mod --data fashion-mnist --split val", "val"),
     ("models --bogus", "No such option"),
+    # modify plan, and convert's one-step form of it
+    ("plan resnet18 --data fashion-mnist --speedup 0.8", "--speedup 0.8 is not above 1"),
+    ("plan resnet18 --data fashion-mnist --speedup 1", "--speedup 1 is not above 1"),
+    ("plan resnet18 --data fashion-mnist --speedup abc", "--speedup"),
+    ("plan resnet18 --speedup 1.5", "Missing option '--data'"),
+    ("plan resnet18 --data fashion-mnist", "Missing option '--speedup'"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --engine tensorrt", "--engine 'tensorrt'"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --fractions 0.5,1.5", "--fractions '0.5,1.5'"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --fractions half", "--fractions 'half'"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --actions delete,prune", "--actions 'delete,prune'"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --batch 0", "--batch"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --threads -1", "--threads"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 500", "500 calibration images"),
+    ("plan resnet05 --data fashion-mnist --speedup 1.5", "Unknown model 'resnet05'"),
+    ("plan resnet18 --data /nonexistent --speedup 1.5", "does not exist"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --weights /nonexistent/w.pt", "/nonexistent/w.pt"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --weights {weights} --num-classes 10", "'fc.weight' has shape"),
+    ("plan vgg16 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 10", "nothing to plan"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 -o {exists}", "exists"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 -o {empty}", "directory"),
+    ("convert resnet18 --speedup 1.5", "--speedup and --data go together"),
+    ("convert resnet18 --data fashion-mnist", "--speedup and --data go together"),
+    ("convert resnet18 --speedup 1.5 --data fashion-mnist -k 4 -o {fresh}", "drop --recipe, -k and -c"),
+    ("convert resnet18 --speedup 1.5 --data fashion-mnist", "give -o FILE"),
+    ("convert resnet18 --speedup 0.5 --data fashion-mnist -o {fresh}", "--speedup 0.5 is not above 1"),
+    ("convert resnet18 --recipe {plan_wrong}", "{name: layer9.1, action: delete} matches no block"),
+    ("convert resnet18 --recipe {plan_v1_action}", "need `version: 2`"),
+    ("convert resnet18 --recipe {plan_bad_action}", "'prune' is not an action"),
+    ("convert resnet18 --recipe {plan_narrow_c}", "action narrow takes a fraction"),
+    ("blocks resnet18 --recipe {plan_wrong}", "matches no block"),
+    ("compare resnet18 --data fashion-mnist --plan-speedups 0.9", "--plan-speedups '0.9'"),
+    ("compare resnet18 --data fashion-mnist --plan-speedups a,b", "--plan-speedups 'a,b'"),
+    ("finetune resnet18_mod --data fashion-mnist --teacher-weights {weights}", "pass --teacher MODEL too"),
+    ("profile resnet18 --weights /nonexistent/w.pt", "/nonexistent/w.pt"),
+    ("bench resnet18 --vs resnet18 --weights {text}", "notes.txt"),
+    ("export resnet18_mod --weights /nonexistent/w.pt", "/nonexistent/w.pt"),
     ("nonsense", "No such command 'nonsense'"),
 ]
 
@@ -119,6 +164,7 @@ def test_a_bad_command_line_is_one_line_and_exit_code_1(files, line: str, phrase
 
 def test_the_table_is_long_enough() -> None:
     assert len([b for b in BAD if b[0]]) >= 40
+    assert len([b for b in BAD if b[0].startswith("plan ") or "--speedup" in b[0] or "plan_" in b[0]]) >= 20
 
 
 def test_no_command_shows_the_help() -> None:
@@ -147,6 +193,8 @@ WRITERS = {
     "finetune resume": ("finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --resume --checkpoint-dir {out}", "folder"),
     "compare": ("compare resnet18 --data fashion-mnist --methods mod -o {out}", "folder"),
     "routes": ("routes resnet18_mod --data fashion-mnist -o {out}", "folder"),
+    "plan": ("plan resnet18 --speedup 1.5 --data fashion-mnist -o {out}", "file"),
+    "convert by plan": ("convert resnet18 --speedup 1.5 --data fashion-mnist -o {out}", "file"),
 }
 LONG = "x" * 300  # longer than any file system allows a name to be (255 bytes)
 CASES = {
@@ -268,7 +316,7 @@ def test_a_good_output_reaches_the_work_and_leaves_nothing_behind(tmp_path: Path
 def test_every_command_that_writes_meets_every_case() -> None:
     """The table above: each writer x each case that applies to what it writes (a file or a folder)."""
     writers = {w.split(" ")[0] for w in WRITERS}
-    assert writers == {"convert", "export", "finetune", "compare", "routes"}
+    assert writers == {"convert", "export", "finetune", "compare", "routes", "plan"}
     for writer, (_, kind) in WRITERS.items():
         cases = {case for case, (f, d, _) in CASES.items() if (f if kind == "file" else d) is not None}
         assert cases == {i.split(" / ")[1] for i, _, _ in OUTPUTS if i.split(" / ")[0] == writer}

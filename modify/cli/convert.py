@@ -18,6 +18,7 @@ from modify.cli._common import (
     load_base,
     parse_init,
     parse_k,
+    quiet_torch_logs,
     user_errors,
 )
 
@@ -108,6 +109,7 @@ def _convert_by_plan(model: str, speedup: float | None, data: str | None, output
         raise fail("--speedup plans the blocks itself; drop --recipe, -k and -c (or drop --speedup to convert by them).")
     if output is None:
         raise fail("--speedup builds a planned model; give -o FILE for it (its plan is written beside it).")
+    quiet_torch_logs()
     from modify.study.plan_report import paths_beside
 
     plan_path = output.with_suffix(".plan.yaml")

@@ -98,6 +98,7 @@ def plan_command(
 ) -> None:
     """Plan per block (keep, delete, MoD, narrow) for a speed-up measured on this machine; write the plan."""
     options = plan_options(speedup, batch, threads, engine, fractions, actions)
+    quiet_torch_logs()
     from modify.study.plan_report import paths_beside
 
     for kind, path in paths_beside(output).items():

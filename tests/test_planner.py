@@ -1,0 +1,167 @@
+"""`modify plan`: a toy whose savings and sensitivities are known, planned to the expected choice;
+the repair loop when the sums promise too much; a target out of reach; and the command end to end
+on data whose test split raises when touched (the plan must never see a test image)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+from typer.testing import CliRunner
+
+import modify
+import modify.train.data
+from modify.cli import app
+from modify.errors import PlanError
+from modify.study import planner
+from modify.study.latency import Setting, Timing
+from modify.study.planner import PlanConfig, plan
+
+from test_data import write_fashion_mnist
+
+SIZE = 16
+QUICK = dict(calib_images=32, repair_images=32, distill_steps=2, bn_batches=1, rounds=3, seconds=0.05, batch_size=16)
+
+
+class Block(nn.Module):
+    """x + scale * bn(conv2(relu(conv1(x)))): a residual block whose importance is ``scale``'s."""
+
+    def __init__(self, width: int, inner: int, gamma: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, inner, 3, padding=1, bias=False)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(inner, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        with torch.no_grad():
+            self.bn.weight.fill_(gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bn(self.conv2(self.relu(self.conv1(x))))
+
+
+class TwoBlocks(nn.Module):
+    """Two blocks of the same cost: ``idle`` adds almost nothing, ``busy`` changes the output a lot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.idle = Block(32, 128, gamma=1e-3)
+        self.busy = Block(32, 128, gamma=2.0)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.busy(self.idle(self.stem(x))))
+
+
+def _data(n: int = 96) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def _toy() -> nn.Module:
+    """The toy with BatchNorm statistics of the data, as a trained model has them."""
+    from modify.train.evaluation import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = TwoBlocks()
+    recalibrate_bn(model, torch.utils.data.DataLoader(_data(), batch_size=32), 3)
+    return model.eval()
+
+
+def test_the_toy_deletes_the_block_that_adds_nothing_and_keeps_the_other() -> None:
+    # Each block is about half the time; 1.3x needs one of them gone: the idle one costs no accuracy.
+    result = plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=SIZE), actions=("delete",), **QUICK)
+    chosen = {r.block: r.action for r in result.chosen}
+    assert chosen == {"idle": "delete", "busy": "keep"}
+    rows = {(r.block, r.action): r for r in result.rows}
+    assert rows["idle", "delete"].kl < rows["busy", "delete"].kl / 5  # the sensitivities the toy was built with
+    assert rows["idle", "delete"].saving_ms > 0 and rows["busy", "delete"].saving_ms > 0
+    assert result.met and result.measured_speedup >= 1.3
+    assert result.recipe == {"version": 2, "mod": planner.DEFAULT_MOD.as_dict(), "rules": [{"name": "idle", "action": "delete"}]}
+    assert dict((b, label) for b, label, _ in result.runner_up)["idle"] in ("keep", "none reaches the target")
+
+
+def test_every_choice_is_measured_and_the_plan_applies_with_convert() -> None:
+    model = _toy()
+    result = plan(model, speedup=1.2, data=_data(), setting=Setting(input_size=SIZE), fractions=(0.25,), **QUICK)
+    assert {(r.block, r.label) for r in result.rows} == {
+        (b, label) for b in ("idle", "busy") for label in ("keep", "delete", "MoD k=8", "narrow 1/4")
+    }
+    assert all(r.error is None and r.kl is not None and r.kl >= 0 for r in result.rows)
+    converted = modify.convert(model, recipe=result.recipe, input_size=SIZE)
+    assert {c.name: c.action for c in converted.converted} == {r.block: r.action for r in result.chosen if r.action != "keep"}
+
+
+def test_a_plan_that_measures_below_the_target_asks_for_more(monkeypatch) -> None:
+    """The sums promise 1.3x; the first planned model measures less: the solver is asked again for
+    what the sums missed, and the next plan is measured."""
+    calls: list[dict] = []
+    real = planner._measure
+
+    def short_first(original, recipe, config):
+        timing = real(original, recipe, config)
+        calls.append(recipe)
+        if len(calls) == 1:
+            return dataclasses.replace(timing, round_speedups=tuple(1.05 for _ in timing.round_speedups))
+        return timing
+
+    monkeypatch.setattr(planner, "_measure", short_first)
+    result = plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=SIZE), actions=("delete",), **QUICK)
+    assert len(result.attempts) >= 2
+    assert result.attempts[1].required_ms > result.attempts[0].required_ms
+    assert result.attempts[0].measured_speedup == pytest.approx(1.05)
+
+
+def test_a_target_out_of_reach_says_the_fastest_reachable() -> None:
+    with pytest.raises(PlanError, match=r"speed-up 40x is out of reach .* about \d+\.\d\dx .*Ask for at most"):
+        plan(_toy(), speedup=40.0, data=_data(), setting=Setting(input_size=SIZE), actions=("delete",), **QUICK)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"speedup": 1.0}, "not above 1"),
+    ({"speedup": 1.5, "actions": ("prune",)}, "'prune' is not one the planner knows"),
+    ({"speedup": 1.5, "fractions": (0.5, 1.0)}, r"must each lie in \(0, 1\)"),
+])  # fmt: skip
+def test_bad_plan_settings_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        PlanConfig(**kwargs)
+
+
+def test_too_few_images_to_hold_out_is_refused() -> None:
+    with pytest.raises(modify.ModifyError, match="holds 20 images; scoring needs 32 calibration images"):
+        plan(_toy(), speedup=1.3, data=_data(20), setting=Setting(input_size=SIZE), **QUICK)
+
+
+def test_images_of_another_size_are_refused() -> None:
+    with pytest.raises(PlanError, match="images are 16x16 and the plan is for 32x32; pass --input-size 16"):
+        plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=32), **QUICK)
+
+
+def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_convert_applies(tmp_path, monkeypatch) -> None:
+    write_fashion_mnist(tmp_path / "idx", n_train=96, n_test=16)
+    real = modify.train.data.fashion_mnist
+
+    def no_test_split(root=None, split="train", *args, **kwargs):
+        if split != "train":
+            raise AssertionError(f"the planner read the {split} split")
+        return real(root, split, *args, **kwargs)
+
+    monkeypatch.setattr(modify.train.data, "fashion_mnist", no_test_split)
+    checkpoint = modify.save(modify.get_model("resnet18", num_classes=10), tmp_path / "r18.pt")
+    out = tmp_path / "plans" / "plan.yaml"
+    runner = CliRunner()
+    args = ["plan", str(checkpoint), "--speedup", "1.2", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "idx"),
+            "-o", str(out), "--calib-images", "32", "--distill-steps", "2", "--rounds", "2", "--fractions", "0.25"]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "runner-up" in result.stdout and "measured" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80 or "wrote" in result.stdout.splitlines()[-1]
+    assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".png").is_file()
+    recipe = yaml.safe_load(out.read_text())
+    assert recipe["version"] == 2 and {r["name"] for r in recipe["rules"]} == {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"}
+    applied = runner.invoke(app, ["convert", str(checkpoint), "--recipe", str(out), "--input-size", "32", "--json"])
+    assert applied.exit_code == 0, applied.output
