@@ -18,7 +18,7 @@ import modify.train.data
 from modify.cli import app
 from modify.errors import PlanError
 from modify.study import planner
-from modify.study.latency import Setting, Timing
+from modify.study.latency import Setting
 from modify.study.planner import PlanConfig, plan
 
 from test_data import write_fashion_mnist
