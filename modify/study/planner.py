@@ -46,7 +46,7 @@ from modify.study.sensitivity import Score, calibration_batch, calibration_split
 
 __all__ = ["PlanConfig", "ChoiceRow", "Attempt", "PlanResult", "plan", "build_plan", "DEFAULT_MOD"]
 
-DEFAULT_MOD = MoDConfig(form="branch", fusion="original")  # starts at deletion with a zero update; see docs/method.md
+DEFAULT_MOD = MoDConfig(form="branch", fusion="original")  # with a zero update, each MoD block starts as its deletion (issue 21)
 Event = Callable[[str, dict[str, Any]], None]
 
 

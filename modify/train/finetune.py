@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from modify.errors import ModifyError
 from modify.train.evaluation import _autocast, _batches, evaluate, recalibrate_bn
-from modify.train.config import FinetuneConfig, FinetuneResult, Optimizer, Precision, StepInfo
+from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
+from modify.train.config import FinetuneConfig, FinetuneResult, Precision, StepInfo
 from modify.train.distributed import Dist, pick_device, setup_distributed, shard
 from modify.train.state import (
     STATE_FILE,
@@ -113,27 +114,6 @@ def mixed_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, *,
     return alpha * distillation_loss(logits, teacher_logits, temperature) + (1 - alpha) * ce
 
 
-# -- freezing -----------------------------------------------------------------------------------
-
-
-def freeze_unconverted(model: nn.Module) -> list[nn.Module]:
-    """Leaves only the MoD blocks trainable; returns the modules that stay frozen (kept in eval
-    mode while training, so their BatchNorm statistics do not move either)."""
-    from modify.layers import MoDBlock
-
-    inside: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, MoDBlock):
-            inside.update(id(x) for x in m.modules())
-    if not inside:
-        raise ModifyError("freeze_unconverted=True but the model has no MoD block; convert it first or drop the freezing.")
-    frozen = [m for m in model.modules() if id(m) not in inside]
-    for m in frozen:
-        for p in m.parameters(recurse=False):
-            p.requires_grad_(False)
-    return frozen
-
-
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -146,42 +126,6 @@ def _precision(config: FinetuneConfig, device: torch.device) -> str:
     if p is Precision.FP16 and device.type != "cuda":
         raise ModifyError(f"precision='fp16' needs a CUDA device, not {device}; use 'bf16' or 'off' on CPU.")
     return {Precision.OFF: "fp32", Precision.BF16: "bf16", Precision.FP16: "fp16"}[p]
-
-
-def frozen_block_norms(model: nn.Module) -> list[nn.Module]:
-    """The BatchNorms inside MoD blocks' reduced blocks (kept in eval mode with ``block_norms="frozen"``)."""
-    from modify.layers import MoDBlock
-
-    return [bn for m in model.modules() if isinstance(m, MoDBlock)
-            for bn in m.block.modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
-
-
-def _param_groups(model: nn.Module, weight_decay: float, block_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """Decay and no-decay groups (norms, biases and scalars get none), each with its ``lr_scale``:
-    ``block_lr_scale`` for the parameters of replaced blocks, 1 for the rest."""
-    from modify.conversion.init import replaced_blocks
-
-    in_blocks = {id(p) for *_, b in replaced_blocks(model) for p in b.parameters()} if block_lr_scale != 1.0 else set()
-    parts = [(1.0, [p for p in model.parameters() if id(p) not in in_blocks])]
-    if in_blocks:
-        parts.append((block_lr_scale, [p for p in model.parameters() if id(p) in in_blocks]))
-    groups = []
-    for scale, params in parts:
-        trainable = [p for p in params if p.requires_grad]
-        no_decay = [p for p in trainable if p.dim() <= 1]
-        groups.append({"params": [p for p in trainable if p.dim() > 1], "weight_decay": weight_decay, "lr_scale": scale})
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale})
-    return groups
-
-
-def _make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, config.weight_decay, config.block_lr_scale)
-    if not any(g["params"] for g in groups):
-        raise ModifyError("the model has no trainable parameter; unfreeze some (freeze_unconverted=False) before fine-tuning.")
-    if config.optimizer is Optimizer.ADAMW:
-        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
 def _total_steps(data: Iterable[Any], epochs: float | None, steps: int | None) -> tuple[int, int | None]:
@@ -351,7 +295,7 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
         eval_before = _evaluate_on_main(request, d, device, precision)
     loop = _Loop(
         request, d, data, device, precision, total_steps, config.warmup_steps(total_steps), _wrap(model, d, device),
-        _make_optimizer(model, config), torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path, eval_before,
+        make_optimizer(model, config), torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path, eval_before,
     )  # fmt: skip
     progress = _restore(loop, state)
     model.train()

@@ -1,0 +1,150 @@
+"""Per block of a trained model: MoD, static MoD and narrow at k = C/8, C/4, C/2, deletion and keep,
+each alone, after the same brief fine-tune; the table that says whether a MoD block is a real
+middle between keeping its block and deleting it, and whether per-image selection beats a fixed
+channel set at the same cost (issue 21).
+
+    python benchmarks/block_table.py resnet18_fmnist.pt -o benchmarks/results/block_table_r18
+    python benchmarks/block_table.py mobilenet_v2_fmnist64.pt --input-size 64 --fractions 0.25 \\
+        --blocks features.3,features.6,features.10,features.13 -o benchmarks/results/block_table_mbv2
+
+Every arm changes one block (the rest of the model as trained), is built as `modify plan` builds its
+choices (MoD: the branch form fused into the selected channels' own positions, the original's most
+important channels, a zero update so it starts as the deletion, block-local distillation; static
+MoD: the same with one fixed set of the k most important channels and no selector; narrow: the
+branch's inner widths cut to the share, its most important channels, block-local distillation),
+fine-tuned exactly as `modify compare` fine-tunes (0.5 epoch of distillation from the original, lr
+0.02, seeds 0 and 1), through the same resumable sweep (`modify.study.sweep.run_sweep`; the folder
+keeps every record). Printed and written beside the records: accuracy (mean ± half the seed range),
+the test KL to the original (steadier than accuracy), batch-1 speed-ups, and MoD - static MoD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import modify
+from modify.conversion.pipeline import traced_sites
+from modify.study.candidates import Candidate
+from modify.study.planner import PlanConfig
+from modify.study.store import RunRecord
+from modify.study.sweep import CompareConfig, run_sweep
+from modify.train.data import load_dataset
+from modify.train.finetune import FinetuneConfig
+
+PLAN = PlanConfig(speedup=1.5)  # the planner's MoD: how its blocks are built and repaired
+KD = 300  # block-local distillation steps, as `modify compare`'s candidates
+
+
+def arms(blocks: dict[str, int], fractions: list[float]) -> list[Candidate]:
+    """keep, then per block: delete, and per fraction MoD, static MoD and narrow."""
+    mod = PLAN.mod.as_dict()
+    out = [Candidate("mixed", "keep", recipe={"version": 2, "rules": [{"name": next(iter(blocks)), "action": "keep"}]})]
+    for name, channels in blocks.items():
+        out.append(Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]}))
+        for f in fractions:
+            k = max(1, int(channels * f))
+            start = dict(init=PLAN.init, zero_update=PLAN.zero_update, block_distill_steps=KD)
+            rule = {"name": name, "action": "mod", "k": k}
+            out.append(Candidate("mixed", f"{name} MoD k={k}", recipe={"version": 2, "mod": mod, "rules": [rule]}, **start))
+            out.append(Candidate("mixed", f"{name} static k={k}", recipe={"version": 2, "mod": {**mod, "selection": "static"},
+                                                                          "rules": [rule]}, **start))  # fmt: skip
+            narrow = {"name": name, "action": "narrow", "fraction": f}
+            out.append(Candidate("mixed", f"{name} narrow k={k}", recipe={"version": 2, "rules": [narrow]}, block_distill_steps=KD))
+    return out
+
+
+def _mean(records: list[RunRecord], value: Any) -> tuple[float, float]:
+    values = [value(r) for r in records]
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def table(records: list[RunRecord], blocks: dict[str, int], fractions: list[float]) -> tuple[str, dict[str, Any]]:
+    by_label: dict[str, list[RunRecord]] = {}
+    for r in records:
+        by_label.setdefault(r.label, []).append(r)
+
+    def cell(label: str) -> dict[str, Any] | None:
+        runs = by_label.get(label)
+        if not runs:
+            return None
+        acc, acc_spread = _mean(runs, lambda r: 100 * r.accuracy)
+        kl, _ = _mean(runs, lambda r: r.details.get("test", {}).get("kl", float("nan")))
+        return {"accuracy": acc, "spread": acc_spread, "kl": kl, "speedup": runs[0].speedup, "seeds": len(runs)}
+
+    data: dict[str, Any] = {"keep": cell("keep"), "blocks": {}}
+    head = "| block | C | delete |" + "".join(f" MoD k={f:g}C | static | MoD - static | narrow |" for f in fractions)
+    lines = [head, "|" + "---|" * (3 + 4 * len(fractions))]
+    for name, channels in blocks.items():
+        row = {"delete": cell(f"{name} delete")}
+        text = f"| {name} | {channels} | {_fmt(row['delete'])} |"
+        for f in fractions:
+            k = max(1, int(channels * f))
+            m, s, n = (cell(f"{name} {kind} k={k}") for kind in ("MoD", "static", "narrow"))
+            row[f"k={k}"] = {"mod": m, "static": s, "narrow": n}
+            diff = f"{m['accuracy'] - s['accuracy']:+.2f}" if m and s else ""
+            text += f" {_fmt(m)} | {_fmt(s)} | {diff} | {_fmt(n)} |"
+        data["blocks"][name] = row
+        lines.append(text)
+    keep = data["keep"]
+    lines.append("")
+    lines.append(f"keep (the original, fine-tuned alike): {_fmt(keep)}" if keep else "keep: not run")
+    return "\n".join(lines), data
+
+
+def _fmt(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "-"
+    speed = f", {c['speedup']:.2f}x" if c.get("speedup") else ""
+    return f"{c['accuracy']:.2f} ± {c['spread']:.2f} (KL {c['kl']:.4f}{speed})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a trained checkpoint (examples/train_fashion_mnist.py)")
+    p.add_argument("-o", "--out", required=True, help="the sweep folder (resumable)")
+    p.add_argument("--epochs", type=float, default=0.5)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--fractions", default="0.125,0.25,0.5")
+    p.add_argument("--blocks", default=None, help="comma-separated block names (default: every convertible block)")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="training and test images (quick looks)")
+    args = p.parse_args(argv)
+    original = modify.load(args.model)
+    import torch
+
+    _, sites = traced_sites(original, (torch.zeros(1, 3, args.input_size, args.input_size),))
+    blocks = {s.name: s.channels for s in sites if s.convertible}
+    if args.blocks:
+        blocks = {b: blocks[b] for b in args.blocks.split(",")}
+    fractions = [float(f) for f in args.fractions.split(",")]
+    train = load_dataset("fashion-mnist", split="train", limit=args.limit, size=args.input_size)
+    test = load_dataset("fashion-mnist", split="test", limit=args.limit, size=args.input_size)
+    config = CompareConfig(
+        epochs=args.epochs, seeds=tuple(int(s) for s in args.seeds.split(",")),
+        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03), input_size=args.input_size,
+        throughput_batch=0, train_limit=args.limit, test_limit=args.limit,
+    )  # fmt: skip
+
+    def progress(kind: str, info: dict[str, Any]) -> None:
+        if kind == "done":
+            print(f"{info['label']} seed {info['seed']}: {100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
+        elif kind == "failed":
+            print(f"failed: {info['label']}: {info['error']}", flush=True)
+
+    records = run_sweep(original, train, test, candidates=arms(blocks, fractions), config=config, out_dir=args.out,
+                        on_event=progress)  # fmt: skip
+    text, data = table(records, blocks, fractions)
+    print(text)
+    Path(args.out, "block_table.md").write_text(text + "\n")
+    Path(args.out, "block_table.json").write_text(json.dumps({"blocks": blocks, "fractions": fractions, **data,
+                                                               "config": dataclasses.asdict(config)}, indent=1, default=str))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
