@@ -157,3 +157,18 @@ def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_
     with pytest.raises(modify.ModifyError, match="epochs=0 must be positive"):
         CompareConfig(epochs=0)
 
+
+
+def test_the_comparison_and_plan_tables_read_whole_at_80_columns() -> None:
+    from rich.console import Console
+
+    from modify.cli.render import sweep_table
+    from modify.study.report import _demo
+
+    rows = [_demo("mod", "MoD-OP k=0.25 importance + routed block KD", 0.889, 1.33),
+            _demo("delete", "delete layer1.1+layer2.1+layer3.1+layer4.1", 0.8886, 2.07), _demo("plan", "plan 1.5x", 0.91, 1.52)]  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(sweep_table(summarize(rows)))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "routed block KD" in text and "+layer4.1" in text

@@ -165,3 +165,21 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     assert recipe["version"] == 2 and {r["name"] for r in recipe["rules"]} == {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"}
     applied = runner.invoke(app, ["convert", str(checkpoint), "--recipe", str(out), "--input-size", "32", "--json"])
     assert applied.exit_code == 0, applied.output
+
+
+def test_compare_plans_once_and_reuses_the_stored_plans_on_resume(tmp_path, monkeypatch) -> None:
+    from modify.study import planned
+
+    config = PlanConfig(speedup=1.3, setting=Setting(input_size=SIZE), actions=("delete", "narrow"), fractions=(0.25,), **QUICK)
+    first, problems = planned.planned_candidates(_toy(), _data(), targets=(1.3,), config=config, out_dir=tmp_path)
+    assert not problems
+    assert [c.label for c in first] == list(planned.plan_labels(1.3))
+    assert first[0].method == "plan" and first[0].recipe["version"] == 2 and first[1].method == "delete"
+    assert (tmp_path / "plans" / "all-1.3x.yaml").is_file() and (tmp_path / "plans" / "delete-1.3x.json").is_file()
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned again instead of reading the stored plan")
+
+    monkeypatch.setattr(planner, "plan", no_planning)
+    again, _ = planned.planned_candidates(_toy(), _data(), targets=(1.3,), config=config, out_dir=tmp_path)
+    assert [c.key for c in again] == [c.key for c in first]
