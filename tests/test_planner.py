@@ -151,11 +151,11 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
         return real(root, split, *args, **kwargs)
 
     monkeypatch.setattr(modify.train.data, "fashion_mnist", no_test_split)
-    checkpoint = modify.save(modify.get_model("resnet18", num_classes=10), tmp_path / "r18.pt")
+    toy = "test_planner:TwoBlocks"  # an import path: the toy, built by the command
     out = tmp_path / "plans" / "plan.yaml"
     runner = CliRunner()
-    args = ["plan", str(checkpoint), "--speedup", "1.2", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "idx"),
-            "-o", str(out), "--calib-images", "32", "--distill-steps", "2", "--rounds", "2", "--fractions", "0.25"]  # fmt: skip
+    args = ["plan", toy, "--speedup", "1.2", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "-o", str(out),
+            "--calib-images", "32", "--distill-steps", "2", "--rounds", "2", "--fractions", "0.25", "--actions", "delete,narrow"]  # fmt: skip
     result = runner.invoke(app, args, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert "runner-up" in result.stdout and "measured" in result.stdout
@@ -163,8 +163,8 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     assert table and max(len(line) for line in table) <= 80 and "…" not in result.stdout  # whole at 80 columns
     assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".png").is_file()
     recipe = yaml.safe_load(out.read_text())
-    assert recipe["version"] == 2 and {r["name"] for r in recipe["rules"]} == {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"}
-    applied = runner.invoke(app, ["convert", str(checkpoint), "--recipe", str(out), "--input-size", "32", "--json"])
+    assert recipe["version"] == 2 and {r["name"] for r in recipe["rules"]} == {"idle", "busy"}
+    applied = runner.invoke(app, ["convert", toy, "--recipe", str(out), "--input-size", "32", "--json"])
     assert applied.exit_code == 0, applied.output
 
 
