@@ -145,13 +145,24 @@ def blocks_table(label: str, summary, *, verbose: bool = False) -> Table:
     table.add_column("note", ratio=1)
     for r in summary.rows:
         reason = r.reason or ""
-        note = r.block_type if r.converted else (reason if verbose else short_reason(reason))
+        note = _change_note(r) if r.converted else (reason if verbose else short_reason(reason))
         table.add_row(
             r.name, f"{r.stage}.{r.index}", str(r.channels), str(r.k) if r.converted else "-",
             _mmac(r.macs_before), _mmac(r.macs_after) if r.converted else "", note,
             style="cyan" if r.converted else "dim",
         )  # fmt: skip
     return table
+
+
+def _change_note(row) -> str:
+    """What the conversion did to a block: its class for a MoD block, else narrowed or deleted."""
+    if row.action == "narrow":
+        from fractions import Fraction
+
+        return f"narrowed to {Fraction(row.fraction).limit_denominator(64)}" if row.fraction else "narrowed"
+    if row.action == "delete":
+        return "deleted (its shortcut)"
+    return row.block_type
 
 
 def reasons_text(summary) -> Text | None:
@@ -180,7 +191,12 @@ def conversion_tables(label: str, summary, *, verbose: bool = False) -> list[Tab
     totals.add_row("parameters", _m(summary.params_before), _m(summary.params_after), _ratio(summary.params_before, summary.params_after))
     totals.add_row("MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after))
     n = sum(r.converted for r in summary.rows)
-    totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
+    kinds = {a: sum(r.action == a for r in summary.rows) for a in ("mod", "narrow", "delete")}
+    if kinds["narrow"] or kinds["delete"]:
+        parts = ", ".join(f"{v} {name}" for name, v in (("MoD", kinds["mod"]), ("narrowed", kinds["narrow"]), ("deleted", kinds["delete"])) if v)
+        totals.caption = f"{n} of {len(summary.rows)} residual blocks changed: {parts}"
+    else:
+        totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
     reasons = None if verbose else reasons_text(summary)
     return [blocks_table(label, summary, verbose=verbose), *([reasons] if reasons is not None else []), totals]
 

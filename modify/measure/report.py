@@ -29,14 +29,17 @@ class BlockRow:
     stage: int
     index: int
     channels: int  # C
-    k: int | None  # channels processed after conversion; None if it stays standard
+    k: int | None  # channels processed after conversion (a narrowed block's inner width at C, 0 deleted); None if kept
     reason: str | None  # why it stays standard
     macs_before: int | None  # the block's MACs in the original (None for inline blocks)
     macs_after: int | None  # its MACs in the converted model
+    action: str = "keep"  # mod | narrow | delete | keep
+    fraction: float | None = None  # narrow: the share of every inner width kept
 
     @property
     def converted(self) -> bool:
-        return self.k is not None
+        """Whether the conversion changed the block (MoD, narrowed or deleted)."""
+        return self.action != "keep"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +70,14 @@ def block_report(
     """A row per discovered block, in model order."""
     before = before or profile_model(original, input_size=input_size)
     after = after or profile_model(result.model, input_size=input_size)
+    changed = {c.name: c for c in result.converted}
     modules = {c.name: c.module for c in result.converted}
     rows = []
     for plan in result.plans:
         site = plan.site
         skipped = next((s for s in result.skipped if s.name == site.name), None)
-        k = plan.k if skipped is None else None
+        done = changed.get(site.name)
+        k = done.k if done is not None else None
         reason = skipped.reason if skipped is not None else None
         if k is None and not site.convertible:
             reason = site.reason  # why it could not be converted says more than "not selected"
@@ -88,8 +93,11 @@ def block_report(
                 k=k,
                 reason=reason,
                 macs_before=None if inline else before.macs_by_module.get(site.name),
-                macs_after=after.macs_by_module.get(target) if (k is not None or not inline) else None,
-            )
+                macs_after=(after.macs_by_module.get(target, 0) if done is not None else
+                            None if inline else after.macs_by_module.get(target)),
+                action=done.action if done is not None else "keep",
+                fraction=done.fraction if done is not None else None,
+            )  # fmt: skip
         )
     return rows
 
