@@ -7,6 +7,10 @@ Example:
     >>> model = modify.get_model("resnet50_mod")
     >>> modify.profile_model(model).params
     18105949
+
+The front door for a trained model: ``modify.plan(model, speedup=1.5, data=train_set)`` chooses per
+block among keep, delete, MoD and narrow for a speed-up measured on this machine, and returns a
+version-2 recipe that ``modify.convert(model, recipe=result.recipe)`` applies.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from modify.errors import (
     ConversionError as ConversionError,
     ModifyError as ModifyError,
     NoBlocksError as NoBlocksError,
+    PlanError as PlanError,
     RecipeError as RecipeError,
     TraceError as TraceError,
     UnknownModelError as UnknownModelError,
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
     from modify.measure.profiling import profile_model as profile_model
     from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
     from modify.io.names import get_model as get_model, list_models as list_models
+    from modify.study.latency import Setting as Setting
+    from modify.study.planner import PlanConfig as PlanConfig, PlanResult as PlanResult, plan as plan
 
 # name -> module that defines it; resolved on first access (PEP 562).
 _LAZY = {
@@ -61,11 +68,15 @@ _LAZY = {
     "Recipe": "modify.conversion.recipe",
     "get_model": "modify.io.names",
     "list_models": "modify.io.names",
+    "plan": "modify.study.planner",
+    "PlanConfig": "modify.study.planner",
+    "PlanResult": "modify.study.planner",
+    "Setting": "modify.study.latency",
 }
 
 __all__ = sorted(
     [*_LAZY, "__version__", "CheckpointError", "ConversionError", "ModifyError", "NoBlocksError",
-     "RecipeError", "TraceError", "UnknownModelError"]
+     "PlanError", "RecipeError", "TraceError", "UnknownModelError"]
 )  # fmt: skip
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())
