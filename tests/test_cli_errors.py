@@ -130,6 +130,7 @@ BAD = [
     ("plan vgg16 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 10", "nothing to plan"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 -o {exists}", "exists"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 -o {empty}", "directory"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 10 --table {text}", "holds no measured choices"),
     ("convert resnet18 --speedup 1.5", "--speedup and --data go together"),
     ("convert resnet18 --data fashion-mnist", "--speedup and --data go together"),
     ("convert resnet18 --speedup 1.5 --data fashion-mnist -k 4 -o {fresh}", "drop --recipe, -k and -c"),

@@ -167,6 +167,16 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     applied = runner.invoke(app, ["convert", toy, "--recipe", str(out), "--input-size", "32", "--json"])
     assert applied.exit_code == 0, applied.output
 
+    def measured_again(*args, **kwargs):
+        raise AssertionError("--table should have spared timing and scoring the choices again")
+
+    monkeypatch.setattr(planner, "measure_choices", measured_again)
+    second = [*args[:3], "1.1", *args[4:]]
+    second[second.index(str(out))] = str(out.with_name("plan_1.1.yaml"))
+    reused = runner.invoke(app, [*second, "--table", str(out.with_suffix(".json"))])
+    assert reused.exit_code == 0, reused.output
+    assert yaml.safe_load(out.with_name("plan_1.1.yaml").read_text())["version"] == 2
+
 
 def test_compare_plans_once_and_reuses_the_stored_plans_on_resume(tmp_path, monkeypatch) -> None:
     from modify.study import planned
@@ -177,6 +187,7 @@ def test_compare_plans_once_and_reuses_the_stored_plans_on_resume(tmp_path, monk
     assert [c.label for c in first] == list(planned.plan_labels(1.3))
     assert first[0].method == "plan" and first[0].recipe["version"] == 2 and first[1].method == "delete"
     assert (tmp_path / "plans" / "all-1.3x.yaml").is_file() and (tmp_path / "plans" / "delete-1.3x.json").is_file()
+    assert (tmp_path / "plans" / "table.json").is_file()  # every choice measured once for both plans
 
     def no_planning(*args, **kwargs):
         raise AssertionError("planned again instead of reading the stored plan")

@@ -50,7 +50,7 @@ def plan_options(speedup: float, batch: int, threads: int, engine: str, fraction
 
 def run_plan(model: str, data: str, options: dict[str, Any], *, weights: Path | None, num_classes: int | None,
              input_size: int | None, data_dir: str | None, limit: int | None, calib_images: int, distill_steps: int,
-             rounds: int, quiet: bool) -> tuple[Any, Any, str, Any]:  # fmt: skip
+             rounds: int, quiet: bool, table: Path | None = None) -> tuple[Any, Any, str, Any]:  # fmt: skip
     """Loads MODEL and the training data, plans with progress; returns (the original, the
     PlanResult, MODEL's label, the training data)."""
     quiet_torch_logs()
@@ -64,13 +64,32 @@ def run_plan(model: str, data: str, options: dict[str, Any], *, weights: Path | 
     setting = Setting(batch=options["batch"], threads=options["threads"], input_size=size, engine=options["engine"])
     config = PlanConfig(speedup=options["speedup"], setting=setting, actions=options["actions"], fractions=options["fractions"],
                         calib_images=calib_images, distill_steps=distill_steps, rounds=rounds)  # fmt: skip
+    measured = _read_table(table, config) if table is not None else None
     if quiet:
-        return original, plan(original.eval(), speedup=config.speedup, data=train, config=config), label, train
+        return original, plan(original.eval(), speedup=config.speedup, data=train, config=config, table=measured), label, train
     from modify.cli.render import PlanProgress
 
     with PlanProgress() as bar:
-        result = plan(original.eval(), speedup=config.speedup, data=train, config=config, on_event=bar.event)
+        result = plan(original.eval(), speedup=config.speedup, data=train, config=config, table=measured, on_event=bar.event)
     return original, result, label, train
+
+
+def _read_table(path: Path, config: Any) -> Any:
+    """The choices an earlier plan measured (its .json), if they were measured in this plan's setting."""
+    from modify.errors import PlanError
+    from modify.study.planner import ChoiceTable
+
+    try:
+        raw = json.loads(Path(path).read_text())
+        table = ChoiceTable.from_dict(raw.get("table") or raw)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlanError(f"--table {str(path)!r} holds no measured choices ({type(e).__name__}); give the .json an earlier plan wrote.") from None
+    if table.setting != config.setting or table.calib_images != config.calib_images:
+        raise PlanError(
+            f"--table {str(path)!r} was measured at {table.setting.describe()} on {table.calib_images} calibration images, "
+            f"not at {config.setting.describe()} on {config.calib_images}; plan again without --table."
+        )
+    return table
 
 
 @app.command("plan")
@@ -95,6 +114,7 @@ def plan_command(
     distill_steps: Annotated[int, typer.Option("--distill-steps", help="Block-local distillation steps per MoD or narrowed block.", min=0)] = 200,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds.", min=1)] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object instead of the table.")] = False,
+    table: Annotated[Optional[Path], typer.Option("--table", help="Solve from the choices an earlier plan measured (its .json), without timing and scoring them again.")] = None,
 ) -> None:
     """Plan per block (keep, delete, MoD, narrow) for a speed-up measured on this machine; write the plan."""
     options = plan_options(speedup, batch, threads, engine, fractions, actions)
@@ -105,7 +125,7 @@ def plan_command(
         check_output(path, force=force or kind != "yaml")  # before anything is timed or trained
     _, result, label, _ = run_plan(model, data, options, weights=weights, num_classes=num_classes, input_size=input_size,
                                 data_dir=data_dir, limit=limit, calib_images=calib_images, distill_steps=distill_steps,
-                                rounds=rounds, quiet=as_json)  # fmt: skip
+                                rounds=rounds, quiet=as_json, table=table)  # fmt: skip
     from modify.study.plan_report import write_plan
 
     paths = write_plan(result, output, model=label, force=force)

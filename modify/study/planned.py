@@ -2,9 +2,11 @@
 action allowed) and the plan restricted to deleting blocks (the best deletion subset the same
 measurements find), as candidates fine-tuned exactly as every other row.
 
-Plans are made once and kept in the sweep's folder (``plans/``, YAML with the numbers and JSON), so
-a resumed sweep fine-tunes the same plans: planning again would time again, and timing noise could
-pick another plan. Torch-Pruning rows at the same targets come from `modify.study.candidates`.
+Every choice of every block is timed and scored once (`modify.study.planner.measure_choices`, kept in
+``plans/table.json``); each target's two plans are solved from that table and measured. Plans are
+kept in the sweep's folder (``plans/``, YAML with the numbers and JSON), so a resumed sweep fine-tunes
+the same plans: planning again would time again, and timing noise could pick another plan.
+Torch-Pruning rows at the same targets come from `modify.study.candidates`.
 
 Example:
     >>> plan_labels(1.5)
@@ -58,14 +60,15 @@ def planned_candidates(
     are set per plan).
     """
     from modify.io.files import atomic_write_text
+    from modify.study import planner
     from modify.study.plan_file import plan_yaml
-    from modify.study.planner import plan
 
     store = SweepStore(out_dir)
     (store.root / "plans").mkdir(parents=True, exist_ok=True)
     emit = on_event or (lambda kind, info: None)
     candidates: list[Candidate] = []
     problems: list[str] = []
+    table: planner.ChoiceTable | None = None
     for target in targets:
         for kind, actions in (("all", config.actions), ("delete", ("delete",))):
             stem = f"plans/{kind}-{target:g}x"
@@ -76,7 +79,8 @@ def planned_candidates(
                 emit("plan", {"target": target, "kind": kind})
                 this = dataclasses.replace(config, speedup=target, actions=tuple(actions))
                 try:
-                    result = plan(original, speedup=target, data=data, config=this, on_event=on_event)
+                    table = table or _table(original, data, dataclasses.replace(config, speedup=max(targets)), store, on_event)
+                    result = planner.plan(original, speedup=target, data=data, config=this, table=table, on_event=on_event)
                 except PlanError as e:
                     problems.append(f"{plan_labels(target)[kind == 'delete']}: {e}")
                     continue
@@ -87,3 +91,15 @@ def planned_candidates(
                 atomic_write_text(store.root / f"{stem}.yaml", plan_yaml(result, model="the compared model"))
             candidates.append(_candidate(kind, target, stored["recipe"], config))
     return candidates, problems
+
+
+def _table(original: nn.Module, data: Dataset, config: Any, store: SweepStore, on_event: Any) -> Any:
+    """Every choice timed and scored once, or read back from ``plans/table.json``."""
+    from modify.study.planner import ChoiceTable, measure_choices
+
+    path = store.root / "plans" / "table.json"
+    if path.is_file():
+        return ChoiceTable.from_dict(json.loads(path.read_text()))
+    table = measure_choices(original, data, config, on_event=on_event)
+    store.write("plans/table.json", table.as_dict())
+    return table

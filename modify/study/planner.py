@@ -44,7 +44,7 @@ from modify.study.knapsack import Option, max_saving, solve
 from modify.study.latency import Setting, Timing, time_savings
 from modify.study.sensitivity import Score, calibration_batch, calibration_split, reference_outputs, repair, score
 
-__all__ = ["PlanConfig", "ChoiceRow", "Attempt", "PlanResult", "plan", "build_plan", "DEFAULT_MOD"]
+__all__ = ["PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult", "plan", "measure_choices", "build_plan", "DEFAULT_MOD"]
 
 DEFAULT_MOD = MoDConfig(form="branch", fusion="original")  # with a zero update, each MoD block starts as its deletion (issue 21)
 Event = Callable[[str, dict[str, Any]], None]
@@ -115,6 +115,31 @@ class Attempt:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChoiceTable:
+    """Every (block, choice) measured once: what any number of plans (targets, allowed actions)
+    are solved from. Plain data: `as_dict` / `from_dict` keep it in a file between runs."""
+
+    setting: Setting  # where the savings were timed
+    original_ms: float  # the original's time there
+    rows: tuple[ChoiceRow, ...]  # every (block, choice): saving, spread, KL, agreement (or why it failed)
+    calib_images: int  # the held-out images the KLs are measured on
+    seed: int  # of the calibration split and the repairs
+
+    def allowed(self, actions: Sequence[str], fractions: Sequence[float]) -> list[ChoiceRow]:
+        """The rows a plan of ``actions`` at ``fractions`` may choose from (keep always)."""
+        return [r for r in self.rows if r.action == "keep" or (r.action in actions and (r.fraction is None or r.fraction in fractions))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting.as_dict(), "original_ms": self.original_ms, "calib_images": self.calib_images,
+                "seed": self.seed, "rows": [dataclasses.asdict(r) for r in self.rows]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ChoiceTable:
+        return cls(Setting(**raw["setting"]), raw["original_ms"], tuple(ChoiceRow(**r) for r in raw["rows"]),
+                   raw["calib_images"], raw["seed"])  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class PlanResult:
     """What `plan` found, and the numbers behind it."""
 
@@ -133,10 +158,12 @@ class PlanResult:
     attempts: tuple[Attempt, ...]
     recipe: dict[str, Any]  # the version-2 recipe (`modify.convert(model, recipe=...)`)
     seconds: float
+    table: ChoiceTable | None = None  # every choice measured (the plan's rows are those its actions allow)
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["config"] = {**out["config"], "setting": self.config.setting.as_dict(), "mod": self.config.mod.as_dict()}
+        out["table"] = self.table.as_dict() if self.table is not None else None
         return out
 
 
@@ -299,12 +326,40 @@ def _runner_ups(grouped: list[list[ChoiceRow]], options: list[list[Option]], pic
     return out
 
 
+def measure_choices(model: nn.Module, data: Dataset, config: PlanConfig, *, on_event: Event | None = None) -> ChoiceTable:
+    """Steps 1-3 of the module docstring: every (block, choice) of ``config`` timed and scored
+    (the speed-up of ``config`` only decides whether the fastest choices can reach it at all)."""
+    emit: Event = on_event or (lambda kind, info: None)
+    original = model.eval()
+    repair_set, calib_set, calib = _split(data, config)
+    channels = _blocks(original, config.setting.input_size)
+    choices = block_choices(channels, actions=config.actions, fractions=config.fractions)
+    timings, failed = _time_choices(original, choices, channels, config, emit)
+    original_ms = _original_ms(timings)
+    _check_reachable(choices, timings, failed, original_ms, config)
+    scores = _score_choices(original, choices, channels, config, failed, repair_set, calib, emit)
+    rows = _rows(choices, channels, timings, scores, failed)
+    return ChoiceTable(config.setting, original_ms, tuple(rows), config.calib_images, config.seed)
+
+
+def _split(data: Dataset, config: PlanConfig) -> tuple[Dataset, Dataset, torch.Tensor]:
+    repair_set, calib_set = calibration_split(data, calib_images=config.calib_images, seed=config.seed)
+    calib = calibration_batch(calib_set)  # (N, 3, H, W)
+    if calib.shape[-1] != config.setting.input_size:
+        raise PlanError(
+            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} and the plan is for {config.setting.input_size}x"
+            f"{config.setting.input_size}; pass --input-size {calib.shape[-1]} (or data of the size you deploy at)."
+        )
+    return repair_set, calib_set, calib
+
+
 def plan(
     model: nn.Module,
     *,
     speedup: float,
     data: Dataset,
     config: PlanConfig | None = None,
+    table: ChoiceTable | None = None,
     on_event: Event | None = None,
     **options: Any,
 ) -> PlanResult:
@@ -318,6 +373,9 @@ def plan(
             images are held out of it; pass no test images: the plan must not see them.
         config: every setting at once; or give `PlanConfig` fields as keyword ``options``
             (``setting=Setting(batch=32, threads=0)``, ``fractions=(0.25,)``, ...).
+        table: the choices measured before (`measure_choices`, for the same model, data and
+            setting): plans for other targets or other allowed actions are solved from it
+            without timing and scoring every choice again.
         on_event: called with ("stage" | "timed" | "scored" | "attempt", info) as it goes.
 
     Returns:
@@ -344,35 +402,25 @@ def plan(
         config = dataclasses.replace(config, speedup=speedup)
     emit: Event = on_event or (lambda kind, info: None)
     original = model.eval()
-    repair_set, calib_set = calibration_split(data, calib_images=config.calib_images, seed=config.seed)
-    calib = calibration_batch(calib_set)  # (N, 3, H, W)
-    if calib.shape[-1] != config.setting.input_size:
-        raise PlanError(
-            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} and the plan is for {config.setting.input_size}x"
-            f"{config.setting.input_size}; pass --input-size {calib.shape[-1]} (or data of the size you deploy at)."
-        )
-    channels = _blocks(original, config.setting.input_size)
-    choices = block_choices(channels, actions=config.actions, fractions=config.fractions)
-    timings, failed = _time_choices(original, choices, channels, config, emit)
-    original_ms = _original_ms(timings)
-    _check_reachable(choices, timings, failed, original_ms, config)
-    scores = _score_choices(original, choices, channels, config, failed, repair_set, calib, emit)
-    rows = _rows(choices, channels, timings, scores, failed)
-    blocks, grouped, opts = _table(rows)
-    picks, attempts, timing = _solve_and_measure(original, grouped, opts, channels, original_ms, config, emit)
+    repair_set, _, calib = _split(data, config)
+    table = table or measure_choices(original, data, config, on_event=emit)
+    rows = table.allowed(config.actions, config.fractions)
+    channels = {r.block: r.channels for r in table.rows}
+    _, grouped, opts = _table(rows)
+    picks, attempts, timing = _solve_and_measure(original, grouped, opts, channels, table.original_ms, config, emit)
     chosen = [grouped[i][j] for i, j in enumerate(picks)]
     recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
     planned = build_plan(original, recipe, config, weights=True, repair_set=repair_set, calib=calib)
     joint = score(planned, calib, reference_outputs(original, calib))
     emit("stage", {"name": "done"})
     return PlanResult(
-        config=config, original_ms=original_ms, rows=tuple(rows), chosen=tuple(chosen),
+        config=config, original_ms=table.original_ms, rows=tuple(rows), chosen=tuple(chosen),
         runner_up=tuple(_runner_ups(grouped, opts, picks, attempts[-1].required_ms, config)),
         predicted_speedup=attempts[-1].predicted_speedup, measured_speedup=timing.speedup,
         measured_spread=_speedup_spread(timing), predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
         measured_kl=joint.kl, measured_agreement=joint.agreement,
         met=timing.speedup >= (1 - config.tolerance) * config.speedup, attempts=tuple(attempts), recipe=recipe,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, table=table,
     )  # fmt: skip
 
 
