@@ -104,6 +104,36 @@ def _fmt(c: dict[str, Any] | None) -> str:
     return f"{c['accuracy']:.2f} ± {c['spread']:.2f} (KL {c['kl']:.4f}{speed})"
 
 
+def plot(data: dict[str, Any], fractions: list[float], path: Path, *, metric: str = "accuracy") -> None:
+    """One panel per block: MoD, static MoD and narrow against k, deletion and keep as lines."""
+    from modify.measure.plots import pyplot, save_png
+
+    plt = pyplot("the block table's plot")
+    names = list(data["blocks"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False, sharey=True)
+    styles = {"mod": ("MoD", "tab:blue", "o-"), "static": ("static MoD", "tab:purple", "s--"), "narrow": ("narrow", "tab:green", "^-")}
+    for ax, name in zip(axes[0], names):
+        row = data["blocks"][name]
+        ks = [key for key in row if key.startswith("k=")]
+        for kind, (label, color, style) in styles.items():
+            points = [(f, row[key][kind]) for f, key in zip(fractions, ks) if row[key][kind]]
+            if points:
+                ax.errorbar([f for f, _ in points], [c[metric] for _, c in points], yerr=[c.get("spread", 0) if metric == "accuracy" else 0
+                            for _, c in points], fmt=style, color=color, label=label, capsize=2)  # fmt: skip
+        if row["delete"]:
+            ax.axhline(row["delete"][metric], color="tab:orange", ls=":", label="delete")
+        if data.get("keep"):
+            ax.axhline(data["keep"][metric], color="grey", ls="-", lw=1, label="keep")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(fractions, [f"C/{round(1 / f)}" for f in fractions])
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy after fine-tuning (%)" if metric == "accuracy" else "test KL to the original")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="a trained checkpoint (examples/train_fashion_mnist.py)")
@@ -142,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     text, data = table(records, blocks, fractions)
     print(text)
     Path(args.out, "block_table.md").write_text(text + "\n")
-    Path(args.out, "block_table.json").write_text(json.dumps({"blocks": blocks, "fractions": fractions, **data,
+    Path(args.out, "block_table.json").write_text(json.dumps({"channels": blocks, "fractions": fractions, **data,
                                                                "config": dataclasses.asdict(config)}, indent=1, default=str))  # fmt: skip
+    plot(data, fractions, Path(args.out, "block_table.png"))
 
 
 if __name__ == "__main__":
