@@ -230,3 +230,63 @@ def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.Mo
     with pytest.raises(ModifyError, match=r"needs onnxscript: pip install 'modify\[onnx\]'"):
         export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", input_size=8)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- ONNX: the forms of the fusion into a fixed slot -----------------------------------------------
+
+
+def _resnet18_32() -> torch.nn.Module:
+    """torchvision's ResNet-18 (10 classes) converted with the default recipe for 32x32 inputs."""
+    import torchvision
+
+    return _with_statistics(modify.convert(torchvision.models.resnet18(weights=None, num_classes=10), input_size=32).model)
+
+
+# The operators each form is written with, and those it has none of (beside what every MoD block
+# has: TopK, Gather, ...).
+_FIXED = {"Concat", "Slice", "ScatterND", "ScatterElements", "Pad"}
+FORM_OPERATORS = {
+    "placement": (set(), _FIXED),
+    "concat": ({"Slice", "Concat"}, _FIXED - {"Slice", "Concat"}),
+    "slice-scatter": ({"Slice", "ScatterND"}, _FIXED - {"Slice", "ScatterND"}),
+    "scatter-add": ({"ScatterElements"}, _FIXED - {"ScatterElements", "Concat"}),  # a Concat builds its index shape
+    "pad": ({"Pad"}, _FIXED - {"Pad"}),
+    "folded": (set(), _FIXED),
+}
+
+
+@pytest.mark.parametrize("form", list(FORM_OPERATORS))
+def test_each_onnx_fusion_form_exports_exactly(form: str, tmp_path) -> None:
+    import onnx
+
+    from modify.deploy.export import ONNX_FUSION_FORMS
+    from modify.layers import Fusion
+
+    assert set(FORM_OPERATORS) == set(ONNX_FUSION_FORMS)
+    model = _resnet18_32()
+    report = export_onnx(model, tmp_path / f"{form}.onnx", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
+                         tolerance=1e-5, fusion=form)  # fmt: skip
+    assert report.max_abs_diff <= 1e-5 and report.fusion == form and report.batch_sizes == (1, 2)
+    required, absent = FORM_OPERATORS[form]
+    assert required <= set(report.operators) and not absent & set(report.operators), report.operators
+    graph = onnx.load(str(tmp_path / f"{form}.onnx")).graph
+    placements = [i.name for i in graph.initializer if i.name.endswith("fusion.placement_weight")]
+    convs = sum(n.op_type == "Conv" for n in graph.node)
+    if form == "placement":
+        assert len(placements) == 4 and convs == 20 + 4  # ResNet-18's 20, a placement per MoD block
+    elif form == "folded":
+        # layer1.1-layer3.1 feed only the next stage's conv1 and projection: each folded into a thin
+        # convolution of the k channels per reader; layer4.1 feeds the average pool and keeps its placement.
+        assert placements == ["layer4.1.fusion.placement_weight"] and convs == 20 + 1 + 3 * 2
+    else:
+        assert not placements and convs == 20
+    assert all(f.export_form is None for f in model.modules() if isinstance(f, Fusion))  # the model is as before
+    assert not any("placement_weight" in name for name, _ in model.named_buffers())
+
+
+def test_an_unknown_fusion_form_names_the_forms(tmp_path) -> None:
+    from modify.errors import ExportError
+
+    with pytest.raises(ExportError, match="fusion form 'split' is not one of placement, concat, slice-scatter"):
+        export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", input_size=8, fusion="split")
+    assert not (tmp_path / "m.onnx").exists()
