@@ -97,6 +97,9 @@ BAD = [
     ("export /nonexistent.pt", "/nonexistent.pt"),
     ("export {weights}", "not a modify checkpoint"),
     ("export resnet18_mod --format tflite", "tflite"),
+    ("export resnet18_mod --format aoti --device tpu", "--device 'tpu' is not one of cpu, cuda"),
+    ("export resnet18_mod --format onnx --device cuda", "--device cuda applies to --format aoti only"),
+    ("" if torch.cuda.is_available() else "export resnet18_mod --format aoti --device cuda", "needs a CUDA device"),
     ("finetune resnet18_mod", "Missing option '--data'"),
     ("finetune resnet18_mod --data /nonexistent", "does not exist"),
     ("finetune resnet18_mod --data {empty}", "empty"),
@@ -188,6 +191,7 @@ WRITERS = {
     # name: (command line, what {out} is: a file or a folder)
     "convert": ("convert resnet18 -o {out}", "file"),
     "export": ("export resnet18_mod -o {out}", "file"),
+    "export aoti": ("export resnet18_mod --format aoti -o {out}", "file"),
     "finetune": ("finetune resnet18_mod --data fashion-mnist -o {out}", "file"),
     "finetune state": ("finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --checkpoint-every 5 --checkpoint-dir {out}", "folder"),
     "finetune resume": ("finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --resume --checkpoint-dir {out}", "folder"),

@@ -290,3 +290,86 @@ def test_an_unknown_fusion_form_names_the_forms(tmp_path) -> None:
     with pytest.raises(ExportError, match="fusion form 'split' is not one of placement, concat, slice-scatter"):
         export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", input_size=8, fusion="split")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- AOTInductor ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_aoti_cli_round_trip_resnet18_mod(tmp_path) -> None:
+    """The paper's ResNet18-MoD, compiled for any batch at 32x32 (about a minute of compiling)."""
+    from modify.deploy.aoti import AotiModule
+
+    out = tmp_path / "r18.aoti.pt2"
+    result = CliRunner().invoke(app, ["export", "resnet18_mod", "--format", "aoti", "--input-size", "32",
+                                      "--dynamic-batch", "-o", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["format"] == "aoti" and data["batch_sizes"] == [1, 2] and data["max_abs_diff"] <= 1e-4
+    assert data["dynamic_batch"] and out.is_file()
+    with torch.no_grad():  # a batch size it was not checked at (the command compared 1 and 2 with PyTorch)
+        out3 = AotiModule(out)(torch.randn(3, 3, 32, 32))
+    assert out3.shape == (3, 1000) and torch.isfinite(out3).all()
+
+
+@pytest.mark.slow
+def test_aoti_round_trip_mobilenet_v2_mod(tmp_path) -> None:
+    from modify.deploy.aoti import export_aoti
+
+    model = _with_statistics(modify.get_model("mobilenet_v2_mod", num_classes=10))
+    images = torch.nn.functional.interpolate(_real_images(), size=(32, 32), mode="bilinear")
+    report = export_aoti(model, tmp_path / "mbv2.pt2", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
+                         real_inputs=images)  # fmt: skip
+    assert report.format == "aoti" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 2)
+
+
+def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-c++-compiler"))
+    monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
+
+
+def test_aoti_without_a_compiler_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from modify.deploy.aoti import export_aoti
+    from modify.deploy.engines import prepare
+    from modify.errors import ExportError
+
+    _no_compiler(monkeypatch)
+    hint = r"AOTInductor needs a C\+\+ compiler: apt-get install g\+\+ \(or set CXX to a C\+\+ compiler\)"
+    with pytest.raises(ExportError, match=hint + r" \(looked for no-such-c\+\+-compiler\)\."):
+        export_aoti(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.pt2", input_size=8)
+    assert not list(tmp_path.iterdir())
+    for engine in ("compile", "aoti"):
+        with pytest.raises(ExportError, match=hint):
+            prepare(torch.nn.Conv2d(3, 3, 1), engine, input_size=8)
+    result = CliRunner().invoke(app, ["export", "resnet18_mod", "--format", "aoti", "-o", str(tmp_path / "r.pt2")])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: AOTInductor needs a C++ compiler: apt-get install g++"), result.stderr
+
+
+def test_aoti_compiler_failure_inside_inductor_is_the_same_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import torch._inductor
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from modify.deploy.aoti import export_aoti
+    from modify.errors import ExportError
+
+    def fails(*args, **kwargs):
+        try:
+            raise InvalidCxxCompiler()
+        except InvalidCxxCompiler as e:
+            raise RuntimeError("backend compiler failed") from e  # as inductor's callers wrap it
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fails)
+    with pytest.raises(ExportError, match=r"^AOTInductor needs a C\+\+ compiler: apt-get install g\+\+"):
+        export_aoti(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.pt2", input_size=8)
+    assert not list(tmp_path.iterdir())  # the temporary file is gone too
+
+
+def test_cli_engine_names_are_the_library_engines() -> None:
+    from modify.cli._common import ENGINES
+    from modify.deploy.engines import Engine
+
+    assert ENGINES == tuple(e.value for e in Engine)

@@ -1,5 +1,6 @@
 """Exporting converted models where users deploy them: ONNX (checked, then run in ONNX Runtime
-and compared with PyTorch) and torch.export (saved, reloaded and compared).
+and compared with PyTorch) and torch.export (saved, reloaded and compared); AOTInductor packages
+(`modify.deploy.aoti`) build on the torch.export path.
 
 A MoD block exports as plain operators (TopK, Gather, Mul, Add, Conv), since its shapes never
 depend on the data: no custom kernels, no data-dependent guards. For ONNX the fusion into a fixed
@@ -31,7 +32,7 @@ __all__ = [
     "ONNX_FUSION_FORMS",
 ]  # fmt: skip
 
-FORMATS = ("onnx", "torch-export")
+FORMATS = ("onnx", "torch-export", "aoti")  # aoti: modify.deploy.aoti.export_aoti
 # How `export_onnx` writes a fusion into a fixed slot: `modify.layers.fusion.FIXED_SLOT_FORMS`, and
 # "folded" (`modify.deploy.onnx_fusion.fold_placements`). "placement" is the default.
 ONNX_FUSION_FORMS = ("placement", "concat", "slice-scatter", "scatter-add", "pad", "folded")
@@ -42,7 +43,7 @@ class ExportReport:
     """What was written and how closely it reproduces PyTorch."""
 
     path: str  # the file written
-    format: str  # "onnx" or "torch-export"
+    format: str  # "onnx", "torch-export" or "aoti"
     batch_sizes: tuple[int, ...]  # batch sizes compared
     max_abs_diff: float  # the largest |exported - PyTorch| over every comparison
     operators: tuple[str, ...] = ()  # ONNX operator types in the graph
@@ -245,7 +246,9 @@ def export_program(
 
 
 def suffix_for(fmt: str) -> str:
-    return ".onnx" if fmt == "onnx" else ".pt2"
+    """The file ending of ``fmt``: AOTInductor packages are .pt2 files too, named apart from
+    torch.export's so that both can sit beside the checkpoint."""
+    return {"onnx": ".onnx", "aoti": ".aoti.pt2"}.get(fmt, ".pt2")
 
 
 def default_output(checkpoint: str, fmt: str) -> Path:
