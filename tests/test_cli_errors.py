@@ -94,6 +94,7 @@ BAD = [
     ("bench resnet18", "Missing option '--vs'"),
     ("bench resnet18 --vs resnet05", "Unknown model"),
     ("bench resnet18 --vs resnet18 --case 1y1", "1y1"),
+    ("bench resnet18 --vs resnet18 --engine tensorrt", "--engine 'tensorrt' is not one of eager, compile, onnxruntime, aoti"),
     ("export /nonexistent.pt", "/nonexistent.pt"),
     ("export {weights}", "not a modify checkpoint"),
     ("export resnet18_mod --format tflite", "tflite"),

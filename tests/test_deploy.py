@@ -323,6 +323,19 @@ def test_aoti_round_trip_mobilenet_v2_mod(tmp_path) -> None:
     assert report.format == "aoti" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 2)
 
 
+@pytest.mark.slow
+def test_aoti_engine_compiles_before_the_timing(tmp_path) -> None:
+    from modify.layers import MoDBlock
+    from modify.measure.benchmark import BenchCase, bench
+
+    block = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1), reduction=1)  # no score ties (see test_timing)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), block)
+    baseline = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1))
+    report = bench(model, baseline, cases=[BenchCase(2, 1)], input_size=8, rounds=2, min_run_time=0.01, engine="aoti")
+    (result,) = report.results
+    assert report.engine == "aoti" and all(s > 0 for s in result.prepare_seconds) and result.speedup > 0
+
+
 def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._inductor import config
 
