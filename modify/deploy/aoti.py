@@ -18,10 +18,11 @@ Example (compiling takes a while, so it is not run as a doctest):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -88,6 +89,21 @@ def _is_missing_compiler(e: BaseException) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _fp32(device: str) -> Iterator[None]:
+    """On a GPU, TF32 off while compiling and comparing: the check is against the CPU's fp32, and
+    TF32 convolutions and matrix products differ from it by about 1e-3."""
+    if device == "cpu":
+        yield
+        return
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 class AotiModule(nn.Module):
     """A compiled package behind an nn.Module call, so a benchmark times it like a model.
 
@@ -125,7 +141,8 @@ def export_aoti(
     (and, if given, real) inputs, as `modify.deploy.export.export_onnx` does.
 
     Without ``dynamic_batch`` the package takes one batch size, the first of ``batch_sizes``.
-    ``device`` is "cpu" or "cuda" (the package runs where it was compiled for).
+    ``device`` is "cpu" or "cuda" (the package runs where it was compiled for; on "cuda" it is
+    compiled and checked with TF32 off, so that it matches the CPU's fp32).
 
     Raises:
         ExportError: no C++ compiler (the message names what to install), no CUDA device for
@@ -152,9 +169,10 @@ def export_aoti(
                 raise _missing_compiler([]) from e
             raise ExportError(f"AOTInductor could not compile {type(model).__name__}: {_failing_part(e)}.") from e
 
-    target = atomic_write(path, write, force=force)
-    compiled = AotiModule(target, device)
-    worst = _max_difference(model, compiled, sizes, input_size, real_inputs)
+    with _fp32(device):
+        target = atomic_write(path, write, force=force)
+        compiled = AotiModule(target, device)
+        worst = _max_difference(model, compiled, sizes, input_size, real_inputs)
     if worst > tolerance:
         raise ExportError(f"the AOTInductor package differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
     return ExportReport(str(target), "aoti", sizes, worst, (), dynamic_batch)
