@@ -1,11 +1,11 @@
 """What MoD blocks cost against deleting them: the original, the converted model and the model with
 the same blocks deleted (each replaced by its shortcut), timed interleaved in one process, in eager
-PyTorch, `optimize_for_inference`, torch.compile and ONNX Runtime; then where one MoD block's time
+PyTorch, `optimize_for_inference`, torch.compile, ONNX Runtime and AOTInductor; then where one MoD block's time
 goes, step by step from torch.profiler, and what all MoD blocks add per operator type in ONNX
 Runtime's profiler.
 
 Run: python benchmarks/block_times.py [--models resnet50,resnet18_32,resnet18_224]
-         [--engines eager,optimized,compile,onnxruntime] [--cases 1x1,32x0] [--rounds 5]
+         [--engines eager,optimized,compile,onnxruntime,aoti] [--cases 1x1,32x0] [--rounds 5]
          [--min-run-time 0.3] [--breakdown resnet50:layer3.1,resnet18_32:layer1.1] [--hooks]
 
 The share is (converted - deleted) / (original - deleted): what the MoD blocks still cost as a
@@ -14,7 +14,10 @@ conversion (everything else runs in both); the MAC ratio is printed beside it. M
 ResNet50-MoD (every_other, c = 64) against torchvision's ResNet50 at 224x224, and torchvision's
 ResNet-18 (10 classes) converted with the default recipe at 32x32 and at 224x224; random weights.
 Each (model, engine, case) times the three models in shared rounds (`modify.measure.benchmark.bench_many`);
-ms are medians, speed-ups are medians of per-round ratios. ``--hooks`` adds the old per-block hook
+ms are medians, speed-ups are medians of per-round ratios, ± half the interquartile range of those
+ratios; a row the machine was too busy for is followed by the warning of
+`modify.measure.benchmark.busy_warning`. Engines are `modify.deploy.engines.Engine`'s (compiled
+before the timing; the seconds are printed), plus "optimized". ``--hooks`` adds the old per-block hook
 table of ResNet50 and ResNet50-MoD (`modify.measure.latency.block_latency`).
 """
 
@@ -26,16 +29,17 @@ import json
 import os
 import statistics
 import tempfile
+import time
 
 import torch
 import torchvision
 from torch import nn
 
-from modify.deploy.engines import OrtModule
+from modify.deploy.engines import Engine, OrtModule, prepare
 
 import modify
 from modify.baselines import delete_blocks
-from modify.measure.benchmark import BenchCase, bench_many
+from modify.measure.benchmark import BenchCase, bench_many, spread
 from modify.measure.latency import block_latency
 from modify.layers import MoDBlock
 from modify.layers.block import gather_channels
@@ -43,7 +47,7 @@ from modify.deploy.optimize import optimize_for_inference
 from modify.measure.profiling import profile_model
 
 MODELS = ("resnet50", "resnet18_32", "resnet18_224")
-ENGINES = ("eager", "optimized", "compile", "onnxruntime")
+ENGINES = (*(e.value for e in Engine), "optimized")  # the library's engines, and this benchmark's extra
 
 
 def triple(name: str) -> tuple[str, int, nn.Module, nn.Module, nn.Module]:
@@ -63,16 +67,16 @@ def triple(name: str) -> tuple[str, int, nn.Module, nn.Module, nn.Module]:
 
 
 def engine(name: str, model: nn.Module, case: BenchCase, size: int, workdir: str, tag: str) -> nn.Module:
-    if name == "eager":
-        return model
+    """``model`` in the engine ``name``: `modify.deploy.engines.Engine`'s, or this benchmark's
+    "optimized" (eager after `optimize_for_inference`, channels_last)."""
     if name == "optimized":
         return optimize_for_inference(model, channels_last=True)
-    if name == "compile":
-        return torch.compile(model, dynamic=False)
     if name == "onnxruntime":
         path = os.path.join(workdir, f"{tag}.onnx")  # exported once per model, a session per case
         return OrtModule(model, path, case.resolved_threads(), input_size=size, export=not os.path.exists(path))
-    raise SystemExit(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
+    if name not in ENGINES:
+        raise SystemExit(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
+    return prepare(model, name, input_size=size, batch=case.batch_size, threads=case.threads, workdir=workdir, tag=tag)
 
 
 def parse_case(text: str) -> BenchCase:
@@ -83,9 +87,10 @@ def parse_case(text: str) -> BenchCase:
 def share_table(args: argparse.Namespace, workdir: str) -> None:
     cases = [parse_case(c) for c in args.cases.split(",")]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds\n")
-    print("| model | engine | setting | original ms | converted ms | deleted ms | speed-up | deleted speed-up "
+    print("| model | engine | setting | original ms | converted ms | deleted ms | speed-up | ± | deleted speed-up "
           "(ceiling) | MAC ratio | share |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    warnings, prepared = [], []
     for name in args.models.split(","):
         label, size, original, converted, deleted = triple(name)
         for stale in ("original", "converted", "deleted"):
@@ -96,8 +101,13 @@ def share_table(args: argparse.Namespace, workdir: str) -> None:
             for case in cases:
                 if engine_name == "compile":
                     torch.compiler.reset()  # the three share torchvision's forward: compile each case afresh
-                models = {tag: engine(engine_name, m, case, size, workdir, tag)
-                          for tag, m in (("original", original), ("converted", converted), ("deleted", deleted))}
+                models = {}
+                for tag, m in (("original", original), ("converted", converted), ("deleted", deleted)):
+                    started = time.perf_counter()
+                    models[tag] = engine(engine_name, m, case, size, workdir, tag)
+                    if engine_name in ("compile", "aoti", "onnxruntime"):
+                        prepared.append(f"{label}, {engine_name}, {case.label()}: {tag} prepared in "
+                                        f"{time.perf_counter() - started:.1f} s")
                 base = models.pop("original")
                 r = bench_many(models, base, cases=[case], input_size=size, rounds=args.rounds,
                                min_run_time=args.min_run_time)
@@ -106,8 +116,16 @@ def share_table(args: argparse.Namespace, workdir: str) -> None:
                 shares = [(c - d) / (b - d) for c, d, b in zip(conv.model_rounds, dele.model_rounds, conv.baseline_rounds)]
                 print(f"| {label} | {engine_name} | {case.label()} | {conv.baseline_median * 1e3:.2f} | "
                       f"{conv.model_median * 1e3:.2f} | {dele.model_median * 1e3:.2f} | "
-                      f"{statistics.median(conv.round_speedups):.2f}x | {statistics.median(dele.round_speedups):.2f}x | "
-                      f"{macs:.2f}x | {100 * statistics.median(shares):.0f}% |", flush=True)
+                      f"{statistics.median(conv.round_speedups):.2f}x | {spread(conv.round_speedups):.2f} | "
+                      f"{statistics.median(dele.round_speedups):.2f}x | {macs:.2f}x | {100 * statistics.median(shares):.0f}% |",
+                      flush=True)
+                if conv.warning:
+                    warnings.append(f"{label}, {engine_name}, {case.label()}: {conv.warning}")
+                    print(f"\nwarning: {warnings[-1]}\n", flush=True)
+    for line in prepared:
+        print(f"\n{line}" if line is prepared[0] else line)
+    if warnings:
+        print(f"\n{len(warnings)} of the rows above were timed on a busy machine (see the warnings).")
 
 
 def block_input(model: nn.Module, name: str, size: int) -> torch.Tensor:

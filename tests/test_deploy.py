@@ -230,3 +230,159 @@ def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.Mo
     with pytest.raises(ModifyError, match=r"needs onnxscript: pip install 'modify\[onnx\]'"):
         export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", input_size=8)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- ONNX: the forms of the fusion into a fixed slot -----------------------------------------------
+
+
+def _resnet18_32() -> torch.nn.Module:
+    """torchvision's ResNet-18 (10 classes) converted with the default recipe for 32x32 inputs."""
+    import torchvision
+
+    return _with_statistics(modify.convert(torchvision.models.resnet18(weights=None, num_classes=10), input_size=32).model)
+
+
+# The operators each form is written with, and those it has none of (beside what every MoD block
+# has: TopK, Gather, ...).
+_FIXED = {"Concat", "Slice", "ScatterND", "ScatterElements", "Pad"}
+FORM_OPERATORS = {
+    "placement": (set(), _FIXED),
+    "concat": ({"Slice", "Concat"}, _FIXED - {"Slice", "Concat"}),
+    "slice-scatter": ({"Slice", "ScatterND"}, _FIXED - {"Slice", "ScatterND"}),
+    "scatter-add": ({"ScatterElements"}, _FIXED - {"ScatterElements", "Concat"}),  # a Concat builds its index shape
+    "pad": ({"Pad"}, _FIXED - {"Pad"}),
+    "folded": (set(), _FIXED),
+}
+
+
+@pytest.mark.parametrize("form", list(FORM_OPERATORS))
+def test_each_onnx_fusion_form_exports_exactly(form: str, tmp_path) -> None:
+    import onnx
+
+    from modify.deploy.export import ONNX_FUSION_FORMS
+    from modify.layers import Fusion
+
+    assert set(FORM_OPERATORS) == set(ONNX_FUSION_FORMS)
+    model = _resnet18_32()
+    report = export_onnx(model, tmp_path / f"{form}.onnx", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
+                         tolerance=1e-5, fusion=form)  # fmt: skip
+    assert report.max_abs_diff <= 1e-5 and report.fusion == form and report.batch_sizes == (1, 2)
+    required, absent = FORM_OPERATORS[form]
+    assert required <= set(report.operators) and not absent & set(report.operators), report.operators
+    graph = onnx.load(str(tmp_path / f"{form}.onnx")).graph
+    placements = [i.name for i in graph.initializer if i.name.endswith("fusion.placement_weight")]
+    convs = sum(n.op_type == "Conv" for n in graph.node)
+    if form == "placement":
+        assert len(placements) == 4 and convs == 20 + 4  # ResNet-18's 20, a placement per MoD block
+    elif form == "folded":
+        # layer1.1-layer3.1 feed only the next stage's conv1 and projection: each folded into a thin
+        # convolution of the k channels per reader; layer4.1 feeds the average pool and keeps its placement.
+        assert placements == ["layer4.1.fusion.placement_weight"] and convs == 20 + 1 + 3 * 2
+    else:
+        assert not placements and convs == 20
+    assert all(f.export_form is None for f in model.modules() if isinstance(f, Fusion))  # the model is as before
+    assert not any("placement_weight" in name for name, _ in model.named_buffers())
+
+
+def test_an_unknown_fusion_form_names_the_forms(tmp_path) -> None:
+    from modify.errors import ExportError
+
+    with pytest.raises(ExportError, match="fusion form 'split' is not one of placement, concat, slice-scatter"):
+        export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", input_size=8, fusion="split")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# -- AOTInductor ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_aoti_cli_round_trip_resnet18_mod(tmp_path) -> None:
+    """The paper's ResNet18-MoD, compiled for any batch at 32x32 (about a minute of compiling)."""
+    from modify.deploy.aoti import AotiModule
+
+    out = tmp_path / "r18.aoti.pt2"
+    result = CliRunner().invoke(app, ["export", "resnet18_mod", "--format", "aoti", "--input-size", "32",
+                                      "--dynamic-batch", "-o", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["format"] == "aoti" and data["batch_sizes"] == [1, 2] and data["max_abs_diff"] <= 1e-4
+    assert data["dynamic_batch"] and out.is_file()
+    with torch.no_grad():  # a batch size it was not checked at (the command compared 1 and 2 with PyTorch)
+        out3 = AotiModule(out)(torch.randn(3, 3, 32, 32))
+    assert out3.shape == (3, 1000) and torch.isfinite(out3).all()
+
+
+@pytest.mark.slow
+def test_aoti_round_trip_mobilenet_v2_mod(tmp_path) -> None:
+    from modify.deploy.aoti import export_aoti
+
+    model = _with_statistics(modify.get_model("mobilenet_v2_mod", num_classes=10))
+    images = torch.nn.functional.interpolate(_real_images(), size=(32, 32), mode="bilinear")
+    report = export_aoti(model, tmp_path / "mbv2.pt2", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
+                         real_inputs=images)  # fmt: skip
+    assert report.format == "aoti" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 2)
+
+
+@pytest.mark.slow
+def test_aoti_engine_compiles_before_the_timing(tmp_path) -> None:
+    from modify.layers import MoDBlock
+    from modify.measure.benchmark import BenchCase, bench
+
+    block = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1), reduction=1)  # no score ties (see test_timing)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), block)
+    baseline = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1))
+    report = bench(model, baseline, cases=[BenchCase(2, 1)], input_size=8, rounds=2, min_run_time=0.01, engine="aoti")
+    (result,) = report.results
+    assert report.engine == "aoti" and all(s > 0 for s in result.prepare_seconds) and result.speedup > 0
+
+
+def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-c++-compiler"))
+    monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
+
+
+def test_aoti_without_a_compiler_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from modify.deploy.aoti import export_aoti
+    from modify.deploy.engines import prepare
+    from modify.errors import ExportError
+
+    _no_compiler(monkeypatch)
+    hint = r"AOTInductor needs a C\+\+ compiler: apt-get install g\+\+ \(or set CXX to a C\+\+ compiler\)"
+    with pytest.raises(ExportError, match=hint + r" \(looked for no-such-c\+\+-compiler\)\."):
+        export_aoti(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.pt2", input_size=8)
+    assert not list(tmp_path.iterdir())
+    for engine in ("compile", "aoti"):
+        with pytest.raises(ExportError, match=hint):
+            prepare(torch.nn.Conv2d(3, 3, 1), engine, input_size=8)
+    result = CliRunner().invoke(app, ["export", "resnet18_mod", "--format", "aoti", "-o", str(tmp_path / "r.pt2")])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: AOTInductor needs a C++ compiler: apt-get install g++"), result.stderr
+
+
+def test_aoti_compiler_failure_inside_inductor_is_the_same_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import torch._inductor
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from modify.deploy.aoti import export_aoti
+    from modify.errors import ExportError
+
+    def fails(*args, **kwargs):
+        try:
+            raise InvalidCxxCompiler()
+        except InvalidCxxCompiler as e:
+            raise RuntimeError("backend compiler failed") from e  # as inductor's callers wrap it
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fails)
+    with pytest.raises(ExportError, match=r"^AOTInductor needs a C\+\+ compiler: apt-get install g\+\+"):
+        export_aoti(torch.nn.Conv2d(3, 3, 1), tmp_path / "m.pt2", input_size=8)
+    assert not list(tmp_path.iterdir())  # the temporary file is gone too
+
+
+def test_cli_engine_names_are_the_library_engines() -> None:
+    from modify.cli._common import ENGINES
+    from modify.deploy.engines import Engine
+
+    assert ENGINES == tuple(e.value for e in Engine)

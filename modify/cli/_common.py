@@ -26,6 +26,10 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+# modify.deploy.engines.Engine, without importing torch (a test keeps the two equal)
+ENGINES = ("eager", "compile", "onnxruntime", "aoti")
+ENGINE_HELP = "Where the model runs: eager, compile (torch.compile), onnxruntime or aoti (an AOTInductor package)."
+
 INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, without importing torch
 INIT_HELP = "How the MoD blocks start: scratch (the paper), copy (the original's weights), zero, importance."
 

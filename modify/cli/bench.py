@@ -1,4 +1,5 @@
-"""`modify bench MODEL --vs OTHER`: both models timed interleaved in one process."""
+"""`modify bench MODEL --vs OTHER [--engine ENGINE]`: both models timed interleaved in one process,
+in the engine they will be deployed with; the table says how far its figures can be trusted."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from modify.cli._common import ClassesOpt, WeightsOpt, fail, load_base, quiet_torch_logs, user_errors
+from modify.cli._common import ENGINE_HELP, ENGINES, ClassesOpt, WeightsOpt, fail, load_base, quiet_torch_logs, user_errors
 
 app = typer.Typer()
 
@@ -39,11 +40,14 @@ def bench(
     ] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="Alternating rounds per setting.", min=1)] = 7,
     min_run_time: Annotated[float, typer.Option("--min-run-time", help="Seconds per model per round.", min=0.0)] = 0.5,
+    engine: Annotated[str, typer.Option("--engine", help=f"{ENGINE_HELP} Compiling is done before the timing.")] = "eager",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     weights: WeightsOpt = None,
     num_classes: ClassesOpt = None,
 ) -> None:
-    """Time MODEL against the baseline (eval, fp32), interleaved; print medians and speed-ups."""
+    """Time MODEL against the baseline (eval, fp32), interleaved; print medians, speed-ups and their spread."""
+    if engine not in ENGINES:
+        raise fail(f"--engine {engine!r} is not one of {', '.join(ENGINES)}.")
     quiet_torch_logs()
     from modify.measure.benchmark import DEFAULT_CASES
     from modify.measure.benchmark import bench as run_bench
@@ -53,11 +57,13 @@ def bench(
     baseline, baseline_label = load_base(vs, weights=None, num_classes=num_classes)
     report = run_bench(
         module, baseline, cases=cases, input_size=input_size, rounds=rounds, min_run_time=min_run_time,
-        labels=(label, baseline_label),
+        labels=(label, baseline_label), engine=engine,
     )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
         return
-    from modify.cli.render import bench_table, console
+    from modify.cli.render import bench_lines, bench_table, console
 
     console().print(bench_table(report))
+    for line in bench_lines(report):
+        console().print(line, highlight=False, soft_wrap=True)

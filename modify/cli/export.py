@@ -1,4 +1,4 @@
-"""`modify export CHECKPOINT --format onnx|torch-export`: a deployable file, checked against PyTorch."""
+"""`modify export CHECKPOINT --format onnx|torch-export|aoti`: a deployable file, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ app = typer.Typer()
 @user_errors
 def export(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint from `modify convert -o`, or a model name.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torch-export.")] = "onnx",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, torch-export or aoti (an AOTInductor package; needs a C++ compiler).")] = "onnx",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2 / .aoti.pt2.")] = None,
     input_size: Annotated[int, typer.Option("--input-size", help="Input height and width.", min=8)] = 224,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Allow any batch size.")] = False,
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convolutions first.")] = False,
+    device: Annotated[str, typer.Option("--device", help="aoti only: compile for cpu or cuda.")] = "cpu",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     weights: WeightsOpt = None,
@@ -32,15 +33,28 @@ def export(
 
     if fmt not in FORMATS:
         raise fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    if device not in ("cpu", "cuda"):
+        raise fail(f"--device {device!r} is not one of cpu, cuda.")
+    if device != "cpu" and fmt != "aoti":
+        raise fail(f"--device {device} applies to --format aoti only; {fmt} files are checked on the cpu.")
     target = output or default_output(checkpoint, fmt)
     check_output(target, force=force)
+    if fmt == "aoti":
+        from modify.deploy.aoti import check_toolchain
+
+        check_toolchain(device)  # no C++ compiler or no GPU: say so before loading anything
     model, _ = load_base(checkpoint, weights=str(weights) if weights else None, num_classes=num_classes)
     if fold_bn:
         from modify.deploy.optimize import fold_batchnorm
 
         fold_batchnorm(model)
-    run = export_onnx if fmt == "onnx" else export_program
-    report = run(model, target, input_size=input_size, dynamic_batch=dynamic_batch, force=force)
+    if fmt == "aoti":
+        from modify.deploy.aoti import export_aoti
+
+        report = export_aoti(model, target, input_size=input_size, dynamic_batch=dynamic_batch, device=device, force=force)
+    else:
+        run = export_onnx if fmt == "onnx" else export_program
+        report = run(model, target, input_size=input_size, dynamic_batch=dynamic_batch, force=force)
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
         return

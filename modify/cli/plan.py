@@ -9,17 +9,26 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from modify.cli._common import ClassesOpt, WeightsOpt, check_output, fail, load_base, quiet_torch_logs, user_errors
+from modify.cli._common import (
+    ENGINE_HELP,
+    ENGINES,
+    ClassesOpt,
+    WeightsOpt,
+    check_output,
+    fail,
+    load_base,
+    quiet_torch_logs,
+    user_errors,
+)
 
 app = typer.Typer()
 
-ENGINES = ("eager", "compile", "onnxruntime")  # modify.deploy.engines.Engine, without importing torch
 SpeedupOpt = Annotated[float, typer.Option("--speedup", help="The speed-up to reach, measured in the setting below (1.5 = 1.5 times faster).")]
 DataOpt = Annotated[str, typer.Option("--data", help="Training images: 'fashion-mnist' or an image folder (ROOT/CLASS/IMG, or ROOT/train/...). Never the test split.")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Images per forward pass in the setting the speed is for.", min=1)]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Threads in that setting (0 = every core).", min=0)]
 SizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Image side in that setting (default: the data's).", min=8)]
-EngineOpt = Annotated[str, typer.Option("--engine", help="Where the model runs: eager, compile (torch.compile) or onnxruntime.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:

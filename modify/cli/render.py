@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from modify.measure.benchmark import BenchReport
     from modify.measure.profiling import ProfileReport
 
-__all__ = ["console", "error_console", "profile_tables", "compare_table", "bench_table", "models_table"]
+__all__ = ["console", "error_console", "profile_tables", "compare_table", "bench_table", "bench_lines", "models_table"]
 
 
 @cache
@@ -94,17 +94,34 @@ def compare_table(report: ProfileReport, other: ProfileReport) -> Table:
 
 
 def bench_table(report: BenchReport) -> Table:
-    """Median latencies and speed-ups, one row per case."""
-    table = Table(title=f"{report.model} vs {report.baseline} @ {report.input_size[0]}x{report.input_size[1]}, eval, fp32")
+    """Median latencies and speed-ups, one row per case; ± is half the interquartile range of the
+    per-round speed-ups."""
+    engine = "" if report.engine == "eager" else f", {report.engine}"
+    table = Table(title=f"{report.model} vs {report.baseline} @ {report.input_size[0]}x{report.input_size[1]}, eval, fp32{engine}")
     table.add_column("setting")
     table.add_column(f"{report.model} ms", justify="right")
     table.add_column(f"{report.baseline} ms", justify="right")
     table.add_column("speed-up", justify="right")
+    table.add_column("±", justify="right")
     table.add_column("per-round speed-ups", justify="right")
     for r in report.results:
         rounds = " ".join(f"{s:.2f}" for s in r.round_speedups)
-        table.add_row(r.case.label(), f"{r.model_median * 1e3:.2f}", f"{r.baseline_median * 1e3:.2f}", f"{r.speedup:.2f}x", rounds)
+        spread = f"{r.spread:.2f}" if len(r.round_speedups) > 1 else "-"
+        style = "yellow" if r.warning else None
+        table.add_row(r.case.label(), f"{r.model_median * 1e3:.2f}", f"{r.baseline_median * 1e3:.2f}", f"{r.speedup:.2f}x",
+                      spread, rounds, style=style)  # fmt: skip
     return table
+
+
+def bench_lines(report: BenchReport) -> list[str]:
+    """What to print under the table: compile times (compiled engines), one line per busy case."""
+    lines = []
+    if report.engine != "eager":
+        for r in report.results:
+            lines.append(f"{report.engine}, {r.case.label()}: prepared {report.model} in {r.prepare_seconds[0]:.1f} s, "
+                         f"{report.baseline} in {r.prepare_seconds[1]:.1f} s (not timed)")  # fmt: skip
+    lines += [f"[bold yellow]warning:[/] {w}" for w in report.warnings]
+    return lines
 
 
 def models_table(names: list[str], baselines: dict[str, str]) -> Table:
@@ -300,6 +317,7 @@ class SweepProgress:
         )  # fmt: skip
         self.sweep = self.progress.add_task("configurations", total=runs, completed=done, note="")
         self.steps = self.progress.add_task("fine-tuning", total=1, note="")
+        self.warned: set[str] = set()
 
     def __enter__(self) -> SweepProgress:
         self.progress.start()
@@ -317,7 +335,11 @@ class SweepProgress:
             self.progress.advance(self.sweep)
             self.progress.update(self.sweep, note=f"last: {info['label']} {100 * info['accuracy']:.2f}%")
         elif kind == "speed":
-            self.progress.update(self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x")
+            self.progress.update(self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x ± {info.get('spread', 0.0):.2f}")
+            warning = info.get("warning")
+            if warning and warning not in self.warned:  # the architectures timed together share one
+                self.warned.add(warning)
+                self.progress.console.print(f"[bold yellow]warning:[/] timing: {warning}", highlight=False)
 
 
 def sweep_table(summary) -> Table:

@@ -5,7 +5,12 @@ interleaved timing (`modify.measure.benchmark.bench_many`) measures every one of
 - ``compile``: `torch.compile` (inductor's generated C++/OpenMP kernels on a CPU), static shapes,
   compiled for the timing's input before any timing starts;
 - ``onnxruntime``: the file `modify.deploy.export.export_onnx` writes, run by ONNX Runtime's CPU
-  provider with the timing's thread count (needs the ``[onnx]`` extra).
+  provider with the timing's thread count (needs the ``[onnx]`` extra);
+- ``aoti``: an AOTInductor package (`modify.deploy.aoti.export_aoti`) compiled into a temporary
+  folder for the timing's batch (static shapes, as ``compile``) and thread count, then loaded.
+
+``compile`` and ``aoti`` need a C++ compiler on a CPU; without one `prepare` says what to
+install in one line.
 
 Example:
     >>> import torch
@@ -37,6 +42,7 @@ class Engine(StrChoice):
     EAGER = "eager"  # PyTorch eager mode
     COMPILE = "compile"  # torch.compile (inductor)
     ONNXRUNTIME = "onnxruntime"  # ONNX Runtime, CPU provider
+    AOTI = "aoti"  # an AOTInductor package (torch.export + inductor, compiled ahead of time)
 
 
 class OrtModule(nn.Module):
@@ -80,23 +86,31 @@ def prepare(
     once on a (batch, 3, input_size, input_size) input here, so compiling stays out of the timing.
 
     Raises:
-        ModifyError: a missing extra (ONNX Runtime), with the line that installs it.
+        ModifyError: a missing extra (ONNX Runtime) or C++ compiler (compile, aoti), with the
+            line that installs it.
     """
     engine = Engine.from_str(engine)
     model = model.eval()
     if engine is Engine.EAGER:
         return model
-    x = torch.randn(batch, 3, input_size, input_size)
-    if engine is Engine.COMPILE:
-        compiled = torch.compile(model, dynamic=False)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads or os.cpu_count() or 1)
-        try:
+    threads = threads or os.cpu_count() or 1
+    if engine is Engine.ONNXRUNTIME:
+        folder = workdir or tempfile.mkdtemp(prefix="modify-ort-")
+        return OrtModule(model, os.path.join(folder, f"{tag}-{time.monotonic_ns()}.onnx"), threads, input_size=input_size)
+    from modify.deploy.aoti import AotiModule, cxx_compiler, export_aoti
+
+    cxx_compiler()  # inductor's CPU kernels are C++: say what to install rather than fail deep inside
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # both bake the thread count into their kernels
+    try:
+        if engine is Engine.COMPILE:
+            compiled = torch.compile(model, dynamic=False)
             with torch.inference_mode():
-                compiled(x)  # compiles for this shape and thread count
-        finally:
-            torch.set_num_threads(previous)
-        return compiled
-    folder = workdir or tempfile.mkdtemp(prefix="modify-ort-")
-    path = os.path.join(folder, f"{tag}-{time.monotonic_ns()}.onnx")
-    return OrtModule(model, path, threads or os.cpu_count() or 1, input_size=input_size)
+                compiled(torch.randn(batch, 3, input_size, input_size))  # compiles for this shape
+            return compiled
+        folder = workdir or tempfile.mkdtemp(prefix="modify-aoti-")
+        path = os.path.join(folder, f"{tag}-{time.monotonic_ns()}.pt2")
+        export_aoti(model, path, input_size=input_size, batch_sizes=(batch,), force=True)  # checked against eager
+        return AotiModule(path)
+    finally:
+        torch.set_num_threads(previous)

@@ -1,11 +1,14 @@
 """Exporting converted models where users deploy them: ONNX (checked, then run in ONNX Runtime
-and compared with PyTorch) and torch.export (saved, reloaded and compared).
+and compared with PyTorch) and torch.export (saved, reloaded and compared); AOTInductor packages
+(`modify.deploy.aoti`) build on the torch.export path.
 
 A MoD block exports as plain operators (TopK, Gather, Mul, Add, Conv), since its shapes never
 depend on the data: no custom kernels, no data-dependent guards. For ONNX the fusion into a fixed
-slot is written as a 1x1 convolution with a residual input (`Fusion.placement`), which ONNX
-Runtime runs in its blocked NCHWc layout; slicing and concatenating channels would force two
-layout conversions of the whole activation per block.
+slot is written by default as a 1x1 convolution with a residual input (`Fusion.placement`), which
+ONNX Runtime runs in its blocked NCHWc layout; slicing and concatenating channels would force two
+layout conversions of the whole activation per block. ``export_onnx(..., fusion=FORM)`` writes one
+of the other forms of `ONNX_FUSION_FORMS` instead (the same numbers), so that
+``benchmarks/ort_fusion_forms.py`` can time them against it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,15 @@ from torch import nn
 from modify.io.files import atomic_write
 from modify.errors import ExportError
 
-__all__ = ["ExportError", "ExportReport", "export_onnx", "export_program", "placement_fusion", "FORMATS"]
+__all__ = [
+    "ExportError", "ExportReport", "export_onnx", "export_program", "fusion_form", "placement_fusion", "FORMATS",
+    "ONNX_FUSION_FORMS",
+]  # fmt: skip
 
-FORMATS = ("onnx", "torch-export")
+FORMATS = ("onnx", "torch-export", "aoti")  # aoti: modify.deploy.aoti.export_aoti
+# How `export_onnx` writes a fusion into a fixed slot: `modify.layers.fusion.FIXED_SLOT_FORMS`, and
+# "folded" (`modify.deploy.onnx_fusion.fold_placements`). "placement" is the default.
+ONNX_FUSION_FORMS = ("placement", "concat", "slice-scatter", "scatter-add", "pad", "folded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +43,12 @@ class ExportReport:
     """What was written and how closely it reproduces PyTorch."""
 
     path: str  # the file written
-    format: str  # "onnx" or "torch-export"
+    format: str  # "onnx", "torch-export" or "aoti"
     batch_sizes: tuple[int, ...]  # batch sizes compared
     max_abs_diff: float  # the largest |exported - PyTorch| over every comparison
     operators: tuple[str, ...] = ()  # ONNX operator types in the graph
     dynamic_batch: bool = False
+    fusion: str | None = None  # ONNX: how fixed-slot fusions were written (ONNX_FUSION_FORMS)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,26 +95,38 @@ def _failing_part(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def placement_fusion(model: nn.Module) -> Iterator[int]:
-    """Within the block, every MoD fusion into a fixed slot is computed as ``x + conv1x1(y, P)``.
+def fusion_form(model: nn.Module, form: str = "placement") -> Iterator[int]:
+    """Within the block, every MoD fusion into a fixed slot is computed as ``form`` (one of
+    `modify.layers.fusion.FIXED_SLOT_FORMS`; "placement": ``x + conv1x1(y, P)``).
 
     The placement weights are temporary non-persistent buffers (constants in an exported graph);
     the model is as before on exit. Yields how many fusions were switched.
     """
     from modify.layers import Fusion
+    from modify.layers.fusion import FIXED_SLOT_FORMS
     from modify.layers.options import FusionSlot
 
+    if form not in FIXED_SLOT_FORMS:
+        raise ExportError(f"fusion form {form!r} is not one of {', '.join(FIXED_SLOT_FORMS)}.")
     fusions = [m for m in model.modules() if isinstance(m, Fusion) and m.slot is not FusionSlot.ORIGINAL]
     reference = next(model.parameters(), None)
     dtype = reference.dtype if reference is not None else torch.float32
     device = reference.device if reference is not None else None
     for fusion in fusions:
-        fusion.register_buffer("placement_weight", fusion.placement(dtype, device), persistent=False)
+        if form == "placement":
+            fusion.register_buffer("placement_weight", fusion.placement(dtype, device), persistent=False)
+        fusion.export_form = form
     try:
         yield len(fusions)
     finally:
         for fusion in fusions:
-            del fusion._buffers["placement_weight"]
+            fusion.export_form = None
+            fusion._buffers.pop("placement_weight", None)
+
+
+def placement_fusion(model: nn.Module) -> contextlib.AbstractContextManager[int]:
+    """`fusion_form` with the placement convolution: ``x + conv1x1(y, P)``."""
+    return fusion_form(model, "placement")
 
 
 ONNX_HINT = "pip install 'modify[onnx]'"
@@ -134,17 +156,24 @@ def export_onnx(
     real_inputs: torch.Tensor | None = None,
     tolerance: float = 1e-4,
     force: bool = False,
+    fusion: str = "placement",
 ) -> ExportReport:
     """Exports to ONNX, checks the file with ``onnx.checker``, runs it in ONNX Runtime on the CPU
     and compares with PyTorch on random (and, if given, real) inputs.
 
     Without ``dynamic_batch`` the file has a fixed batch size, the first of ``batch_sizes``, and
-    only that size is compared.
+    only that size is compared. ``fusion`` (one of `ONNX_FUSION_FORMS`) chooses the operators a
+    MoD fusion into a fixed slot is written with: "placement" (``x + Conv1x1(y, P)``), "concat"
+    (Slice, Add, Concat), "slice-scatter" (ScatterND), "scatter-add" (ScatterElements), "pad"
+    (Pad, Add) or "folded" (the placement folded into the convolutions reading the block's
+    output where only convolutions do, `modify.deploy.onnx_fusion`); the numbers are the same.
 
     Raises:
         ExportError: the exporter fails (the message names the operator or module), the checker
             rejects the file, or a difference exceeds ``tolerance``.
     """
+    if fusion not in ONNX_FUSION_FORMS:
+        raise ExportError(f"fusion form {fusion!r} is not one of {', '.join(ONNX_FUSION_FORMS)}.")
     onnx, ort = _onnx_packages()
 
     model = model.eval()
@@ -155,7 +184,8 @@ def export_onnx(
 
     def write(tmp: str) -> None:
         try:
-            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), placement_fusion(model):
+            traced = "placement" if fusion == "folded" else fusion
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), fusion_form(model, traced):
                 program = torch.onnx.export(model, (example,), None, **kwargs)
             program.save(tmp)
         except Exception as e:
@@ -164,7 +194,15 @@ def export_onnx(
                 "Try --format torch-export, or report the operator."
             ) from e
 
-    target = atomic_write(path, write, force=force)
+    def write_folded(tmp: str) -> None:
+        from modify.deploy.onnx_fusion import fold_placements
+
+        write(tmp)
+        proto = onnx.load(tmp)
+        fold_placements(proto)
+        onnx.save(proto, tmp)
+
+    target = atomic_write(path, write_folded if fusion == "folded" else write, force=force)
     try:
         onnx.checker.check_model(str(target))
     except Exception as e:
@@ -176,7 +214,8 @@ def export_onnx(
                             sizes, input_size, real_inputs)  # fmt: skip
     if worst > tolerance:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
-    return ExportReport(str(target), "onnx", sizes, worst, tuple(sorted({n.op_type for n in proto.graph.node})), dynamic_batch)
+    ops = tuple(sorted({n.op_type for n in proto.graph.node}))
+    return ExportReport(str(target), "onnx", sizes, worst, ops, dynamic_batch, fusion)
 
 
 def export_program(
@@ -207,7 +246,9 @@ def export_program(
 
 
 def suffix_for(fmt: str) -> str:
-    return ".onnx" if fmt == "onnx" else ".pt2"
+    """The file ending of ``fmt``: AOTInductor packages are .pt2 files too, named apart from
+    torch.export's so that both can sit beside the checkpoint."""
+    return {"onnx": ".onnx", "aoti": ".aoti.pt2"}.get(fmt, ".pt2")
 
 
 def default_output(checkpoint: str, fmt: str) -> Path:

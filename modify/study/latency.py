@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from modify.deploy.engines import Engine, prepare
-from modify.measure.benchmark import BenchCase, bench_many
+from modify.measure.benchmark import BenchCase, bench_many, spread  # spread: re-exported, it lived here
 
 __all__ = ["Setting", "Timing", "time_savings", "spread"]
 
@@ -36,7 +36,7 @@ class Setting:
     batch: int = 1  # images per forward pass
     threads: int = 1  # torch (or ONNX Runtime) intra-op threads; 0 = every core
     input_size: int = 224  # H = W of the images
-    engine: Engine = Engine.EAGER  # eager | compile | onnxruntime
+    engine: Engine = Engine.EAGER  # eager | compile | onnxruntime | aoti
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine.from_str(self.engine))
@@ -68,19 +68,6 @@ class Timing:
     def speedup(self) -> float:
         """The median of the per-round speed-ups (steadier than a ratio of medians)."""
         return statistics.median(self.round_speedups)
-
-
-def spread(values: list[float]) -> float:
-    """Half the interquartile range (0 for fewer than two values).
-
-    Example:
-        >>> spread([1.0, 2.0, 3.0, 4.0, 100.0])  # the outlier does not count
-        1.0
-    """
-    if len(values) < 2:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return (q3 - q1) / 2
 
 
 def time_savings(

@@ -301,7 +301,7 @@ def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], opti
 
 
 def _speedup_spread(timing: Timing) -> float:
-    from modify.study.latency import spread
+    from modify.measure.benchmark import spread
 
     return spread(list(timing.round_speedups))
 

@@ -73,7 +73,7 @@ class CompareConfig:
 def _time_all(models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, store: SweepStore) -> list[dict[str, Any]]:
     """Every architecture's latency against the original, all in shared rounds, each written to
     ``speed/<arch key>.json``."""
-    from modify.measure.benchmark import BenchCase, bench_many
+    from modify.measure.benchmark import BenchCase, bench_many, spread
 
     cases = [BenchCase(batch_size=1, threads=1)]
     if config.throughput_batch:
@@ -87,6 +87,10 @@ def _time_all(models: dict[str, nn.Module], original: nn.Module, config: Compare
             "teacher_latency_ms": one.baseline_median * 1e3, "round_speedups": list(one.round_speedups),
             "speedup_batch": statistics.median(many[0].round_speedups) if many else None,
             "timed_with": len(models),  # architectures timed in the same rounds
+            # How far to trust them: half the interquartile range of the per-round speed-ups, and
+            # why the machine was too busy for these figures (None when it was not).
+            "spread": spread(one.round_speedups), "spread_batch": spread(many[0].round_speedups) if many else None,
+            "warning": "; ".join(f"{r.case.label()}: {r.warning}" for r in (one, *many) if r.warning) or None,
         }  # fmt: skip
         store.write(f"speed/{key}.json", speed)
         written.append({"key": key, **speed})
