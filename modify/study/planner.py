@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from modify.conversion.pipeline import traced_sites
 from modify.errors import ModifyError, NoBlocksError, PlanError
@@ -172,11 +172,15 @@ def _candidate(recipe: dict[str, Any], config: PlanConfig) -> Candidate:
 
 
 def build_plan(original: nn.Module, recipe: Mapping[str, Any], config: PlanConfig, *, weights: bool,
-               repair_set: Dataset | None = None, calib: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
+               repair_set: Dataset | None = None) -> nn.Module:  # fmt: skip
     """A model of ``recipe`` built from ``original``: the architecture alone (``weights=False``),
-    or initialised as the plan says and given its cheap repair on ``repair_set``."""
+    or initialised as the plan says and given its cheap repair on ``repair_set`` (whose first
+    images also scale the MoD selectors' prior; the calibration images are only ever scored on)."""
     candidate = _candidate(dict(recipe), config)
-    model, _ = build_candidate(candidate, original, input_size=config.setting.input_size, calib=calib, weights=weights)
+    prior = None
+    if weights and repair_set is not None:
+        prior = calibration_batch(Subset(repair_set, range(min(256, len(repair_set)))))  # type: ignore[arg-type]
+    model, _ = build_candidate(candidate, original, input_size=config.setting.input_size, calib=prior, weights=weights)
     if weights and repair_set is not None:
         repair(model, original, repair_set, distill_steps=config.distill_steps, images=config.repair_images,
                bn_batches=config.bn_batches, batch_size=config.batch_size, seed=config.seed)  # fmt: skip
@@ -221,7 +225,7 @@ def _score_choices(original: nn.Module, options: dict[str, list[Choice]], channe
     for c in todo:
         try:
             model = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=True,
-                               repair_set=repair_set, calib=calib)  # fmt: skip
+                               repair_set=repair_set)  # fmt: skip
         except ModifyError as e:
             failed[c.key] = str(e)
             continue
@@ -416,7 +420,7 @@ def plan(
     picks, attempts, timing = _solve_and_measure(original, grouped, opts, channels, table.original_ms, config, emit)
     chosen = [grouped[i][j] for i, j in enumerate(picks)]
     recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
-    planned = build_plan(original, recipe, config, weights=True, repair_set=repair_set, calib=calib)
+    planned = build_plan(original, recipe, config, weights=True, repair_set=repair_set)
     joint = score(planned, calib, reference_outputs(original, calib))
     emit("stage", {"name": "done"})
     return PlanResult(
