@@ -147,6 +147,7 @@ BAD = [
     ("blocks resnet18 --recipe {plan_wrong}", "matches no block"),
     ("compare resnet18 --data fashion-mnist --plan-speedups 0.9", "--plan-speedups '0.9'"),
     ("compare resnet18 --data fashion-mnist --plan-speedups a,b", "--plan-speedups 'a,b'"),
+    ("compare resnet18 --data fashion-mnist --prune-speedups 1.5,0.5", "--prune-speedups '1.5,0.5'"),
     ("finetune resnet18_mod --data fashion-mnist --teacher-weights {weights}", "pass --teacher MODEL too"),
     ("profile resnet18 --weights /nonexistent/w.pt", "/nonexistent/w.pt"),
     ("bench resnet18 --vs resnet18 --weights {text}", "notes.txt"),

@@ -23,15 +23,15 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _targets(text: str | None) -> tuple[float, ...]:
+def _targets(text: str | None, *, option: str = "--plan-speedups") -> tuple[float, ...]:
     if text is None:
         return ()
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise fail(f"--plan-speedups {text!r} is not a comma-separated list of speed-ups (such as 1.3,1.5,1.8).") from None
+        raise fail(f"{option} {text!r} is not a comma-separated list of speed-ups (such as 1.3,1.5,1.8).") from None
     if not values or any(v <= 1 for v in values):
-        raise fail(f"--plan-speedups {text!r}: give speed-ups above 1, comma-separated (such as 1.3,1.5,1.8).")
+        raise fail(f"{option} {text!r}: give speed-ups above 1, comma-separated (such as 1.3,1.5,1.8).")
     return values
 
 
@@ -81,6 +81,7 @@ def compare(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
     num_classes: ClassesOpt = None,
     weights: WeightsOpt = None,
+    prune_speedups: Annotated[Optional[str], typer.Option("--prune-speedups", help="Torch-Pruning's measured speed-up targets [1.3,1.5,1.7,1.9 and the plans'].")] = None,
     plan_speedups: Annotated[Optional[str], typer.Option("--plan-speedups", help="Also plan for these speed-ups (1.3,1.5,1.8): each plan, and its deletion-only twin, fine-tuned as every row.")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: write the report of what OUT holds.")] = False,
     retime: Annotated[bool, typer.Option("--retime", help="Time every architecture again, all in shared rounds (runs are kept).")] = False,
@@ -89,6 +90,7 @@ def compare(
     seed_list = _seeds(seeds)
     chosen = _methods(methods)
     targets = _targets(plan_speedups)
+    prune_targets = _targets(prune_speedups, option="--prune-speedups")
     quiet_torch_logs()
     from modify.study.candidates import default_candidates
     from modify.study.report import recommendation, summarize, write_report
@@ -122,7 +124,7 @@ def compare(
         import modify
 
         blocks = [b.name for b in modify.convert(base, input_size=size, recipe="every_other").converted]
-        prune_at = sorted({1.3, 1.5, 1.7, 1.9, *targets})
+        prune_at = sorted(set(prune_targets)) if prune_targets else sorted({1.3, 1.5, 1.7, 1.9, *targets})
         candidates = [c for method in ("mod", "delete", "prune") if method in chosen
                       for c in [c for c in default_candidates(blocks=blocks, prune_speedups=prune_at) if c.method == method][:max_configs]]  # fmt: skip
         if targets:
