@@ -8,10 +8,11 @@ channel set at the same cost (issue 21).
         --blocks features.3,features.6,features.10,features.13 -o benchmarks/results/block_table_mbv2
 
 Every arm changes one block (the rest of the model as trained), is built as `modify plan` builds its
-choices (MoD: the branch form fused into the selected channels' own positions, the original's most
-important channels, a zero update so it starts as the deletion, block-local distillation; static
-MoD: the same with one fixed set of the k most important channels and no selector; narrow: the
-branch's inner widths cut to the share, its most important channels, block-local distillation),
+choices (MoD: the branch form fused into the selected channels' own positions, the original
+block's weights, block-local distillation that never leaves it below its deletion; static MoD: the
+same reduced block and fusion fed one fixed set, the k channels the block reads most, no selector;
+narrow: the branch's inner widths cut to the share, its most important channels, block-local
+distillation),
 fine-tuned exactly as `modify compare` fine-tunes (0.5 epoch of distillation from the original, lr
 0.02, seeds 0 and 1), through the same resumable sweep (`modify.study.sweep.run_sweep`; the folder
 keeps every record). Printed and written beside the records: accuracy (mean ± half the seed range),
@@ -52,8 +53,11 @@ def arms(blocks: dict[str, int], fractions: list[float]) -> list[Candidate]:
             start = dict(init=PLAN.init, zero_update=PLAN.zero_update, block_distill_steps=KD)
             rule = {"name": name, "action": "mod", "k": k}
             out.append(Candidate("mixed", f"{name} MoD k={k}", recipe={"version": 2, "mod": mod, "rules": [rule]}, **start))
-            out.append(Candidate("mixed", f"{name} static k={k}", recipe={"version": 2, "mod": {**mod, "selection": "static"},
-                                                                          "rules": [rule]}, **start))  # fmt: skip
+            # The same reduced block and fusion fed one fixed set: the k channels the block reads most
+            # (init "importance" picks them and copies their weights), then the same distillation.
+            static = {**mod, "selection": "static"}
+            out.append(Candidate("mixed", f"{name} static k={k}", recipe={"version": 2, "mod": static, "rules": [rule]},
+                                 init="importance", block_distill_steps=KD))  # fmt: skip
             narrow = {"name": name, "action": "narrow", "fraction": f}
             out.append(Candidate("mixed", f"{name} narrow k={k}", recipe={"version": 2, "rules": [narrow]}, block_distill_steps=KD))
     return out

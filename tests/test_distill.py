@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -39,12 +40,29 @@ def test_block_errors_drop_and_only_mod_blocks_change() -> None:
 
 
 def test_a_block_that_fits_worse_is_put_back() -> None:
+    # The whole form: no zero update makes a block its deletion, so a worse fit is only undone.
     net = torchvision.models.resnet18(num_classes=10).eval()
-    result = modify.convert(net, recipe=OP, input_size=32, init="copy")
+    result = modify.convert(net, recipe={**OP, "mod": {"form": "whole", "fusion": "first"}}, input_size=32, init="copy")
     before = copy.deepcopy(result.model.state_dict())
     report = distill_blocks(result, net, [torch.randn(8, 3, 32, 32)], steps=5, lr=1e3)  # a step size that wrecks any fit
     restored = [b for b in report.blocks if not b.kept]
-    assert restored and all(b.loss_after == b.loss_before for b in restored)
+    assert restored and all(b.loss_after == b.loss_before and not b.at_deletion for b in restored)
     state = result.model.state_dict()
     for b in restored:
         assert all(torch.equal(state[k], before[k]) for k in state if k.startswith(b.module + "."))
+
+
+def test_a_block_that_fits_worse_than_its_deletion_is_set_to_exactly_its_deletion() -> None:
+    """Fresh weights in the branch form fit the original block worse than its shortcut does; with
+    no steps to learn, distillation leaves each block at exactly its deletion."""
+    from modify.baselines import delete_blocks
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    recipe = {"version": 1, "defaults": {"fraction": 0.25}, "mod": {"form": "branch", "fusion": "original"}, "rules": [{"index": "odd"}]}
+    result = modify.convert(net, recipe=recipe, input_size=32, init="scratch")
+    report = distill_blocks(result, net, [torch.randn(16, 3, 32, 32)], steps=0)
+    assert all(b.at_deletion and b.loss_after == pytest.approx(b.loss_deleted, rel=1e-5) for b in report.blocks)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(result.model.eval()(x), delete_blocks(net, recipe="every_other", input_size=32).model.eval()(x))

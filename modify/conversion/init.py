@@ -80,7 +80,8 @@ from modify.layers.options import Init
 from modify.conversion.from_original import ImportanceBy, _branch, _copy_leading, _importance, _scale_selectors
 from modify.conversion.surgery import get_attribute
 
-__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks", "replaced_blocks", "zero_updates"]
+__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks", "replaced_blocks", "zero_updates",
+           "set_to_deletion"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +198,18 @@ def initialize(
         if strategy is Init.IMPORTANCE and data is not None:
             _scale_selectors(model, [b for _, _, b in blocks], priors, data)
     return InitReport(strategy=strategy, blocks=tuple(done))
+
+
+def set_to_deletion(block: nn.Module) -> str | None:
+    """Zeroes the last layer of a replaced block's branch where that makes the block exactly its
+    deletion: a MoD block in the ``branch`` form, or a narrowed block (``post(x + branch(x))``).
+    Returns the layer zeroed, or None where no zero makes it the deletion (the ``whole`` form)."""
+    with torch.no_grad():
+        if isinstance(block, MoDBlock) and block.form is BlockForm.BRANCH:
+            return _zero_branch(block.block)
+        if isinstance(block, ReducedBlock):
+            return _zero_branch(block.branch)
+    return None
 
 
 def zero_updates(result_or_model: Any) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ way (``mixed``, what `modify plan` writes). A candidate's ``key`` names its reco
 
 Example:
     >>> [c.label for c in default_candidates(blocks=("layer1.1", "layer2.1"))][:3]
-    ['MoD every_other c=64', 'MoD-OP k=0.25 from deletion + block KD', 'MoD-OP k=0.5 from deletion + block KD']
+    ['MoD every_other c=64', 'MoD-OP k=0.25 as modify plan builds it', 'MoD-OP k=0.5 as modify plan builds it']
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def default_candidates(
     """The sweep a user should see for a model whose every_other blocks are ``blocks``.
 
     MoD: the paper's (c = 64, first slot, fresh blocks); what `modify plan` builds (the "branch"
-    form fused into the selected channels' own positions, each block starting as its deletion with
-    a zero update, then block-local distillation) at k = C/4 and C/2; the fraction k = C/4 with the original
+    form fused into the selected channels' own positions, the original block's weights, then
+    block-local distillation) at k = C/4 and C/2; the fraction k = C/4 with the original
     block's most important channels, block-local distillation (`modify.train.distill`) on top, and the
     "branch" form fused into the selected channels' own positions ("OP") with the original
     weights (leading or most important channels) at k = C/4 and C/2. Deletion: all those blocks,
@@ -117,11 +117,12 @@ def default_candidates(
     names = list(blocks)
     out = [
         Candidate("mod", "MoD every_other c=64", recipe=every_other_c64),
-        # What `modify plan` builds: each block starts as its deletion, then block-local distillation.
-        Candidate("mod", "MoD-OP k=0.25 from deletion + block KD", recipe=_every_other(0.25, op_importance), init="importance",
-                  zero_update=True, block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 from deletion + block KD", recipe=_every_other(0.5, op_importance), init="importance",
-                  zero_update=True, block_distill_steps=300),
+        # What `modify plan` builds: the branch form, fused into the selected channels' positions,
+        # the original block's weights, block-local distillation (never below its deletion).
+        Candidate("mod", "MoD-OP k=0.25 as modify plan builds it", recipe=_every_other(0.25, op_importance), init="copy",
+                  block_distill_steps=300),
+        Candidate("mod", "MoD-OP k=0.5 as modify plan builds it", recipe=_every_other(0.5, op_importance), init="copy",
+                  block_distill_steps=300),
         Candidate("mod", "MoD k=0.25 importance", recipe=_every_other(0.25), init="importance"),
         Candidate("mod", "MoD k=0.25 importance + block KD", recipe=_every_other(0.25), init="importance", block_distill_steps=300),
         Candidate("mod", "MoD-OP k=0.25 copy + block KD", recipe=_every_other(0.25, op_copy), init="copy", block_distill_steps=300),

@@ -46,7 +46,11 @@ from modify.study.sensitivity import Score, calibration_batch, calibration_split
 
 __all__ = ["PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult", "plan", "measure_choices", "build_plan", "DEFAULT_MOD"]
 
-DEFAULT_MOD = MoDConfig(form="branch", fusion="original")  # with a zero update, each MoD block starts as its deletion (issue 21)
+# How the planner builds a MoD block from a trained one (issue 21, benchmarks/results/mod_middle_r18):
+# the branch form fused into the selected channels' own positions, so a zero update is exactly the
+# deletion; the original block's weights, then block-local distillation, which never leaves a block
+# below its deletion. Of the starts measured it ended closest to the original after fine-tuning.
+DEFAULT_MOD = MoDConfig(form="branch", fusion="original")
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -59,8 +63,8 @@ class PlanConfig:
     actions: tuple[str, ...] = ACTIONS  # what a block may become besides kept: delete, mod, narrow
     fractions: tuple[float, ...] = FRACTIONS  # MoD k = C * f; narrow keeps f of every inner width
     mod: MoDConfig = DEFAULT_MOD  # how MoD blocks are built
-    init: str = "importance"  # how MoD blocks start (`modify.layers.Init`)
-    zero_update: bool = True  # ... with their branch's last layer at zero: each starts as its deletion
+    init: str = "copy"  # how MoD blocks start (`modify.layers.Init`): the original block's weights
+    zero_update: bool = False  # ... or with their branch's last layer at zero: each starts as its deletion
     distill_steps: int = 200  # block-local distillation steps per MoD or narrowed block (the cheap repair)
     repair_images: int = 1024  # images whose activations the distillation fits
     bn_batches: int = 8  # batches of BatchNorm re-estimation after it

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from modify.errors import ModifyError
 from modify.train.evaluation import recalibrate_bn
-from modify.conversion.init import replaced_blocks
+from modify.conversion.init import replaced_blocks, set_to_deletion
 from modify.layers import FusionSlot, MoDBlock
 
 __all__ = ["BlockFit", "DistillReport", "distill_blocks"]
@@ -46,6 +46,7 @@ class BlockFit:
     loss_before: float  # the MoD block's error before block-local training
     loss_after: float  # and after it (= loss_before when the training did not help and was undone)
     kept: bool = True  # False: the trained weights fitted worse and the block was restored
+    at_deletion: bool = False  # it still fitted worse than its deletion, so it was set to exactly that (a zero update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +159,10 @@ def distill_blocks(
 
     Returns:
         A `DistillReport` with each block's error as deleted, before and after. A block whose
-        error grew is put back as it was (``kept=False``).
+        error grew is put back as it was (``kept=False``); one that then still fits worse than its
+        deletion is set to exactly its deletion where a zero update makes it so (the ``branch``
+        form, a narrowed block: ``at_deletion=True``), so distillation never leaves a block below
+        deleting it.
     """
     started = time.perf_counter()
     blocks = replaced_blocks(result_or_model)
@@ -194,7 +198,10 @@ def distill_blocks(
         if not kept:
             block.load_state_dict(start)
             after = before
+        at_deletion = False
+        if after > deleted and set_to_deletion(block) is not None:  # never worse than deleting the block
+            after, at_deletion = _error(block.eval(), x, y, batch_size), True
         block.train(was_training)
-        fits.append(BlockFit(path, name, deleted, before, after, kept))
+        fits.append(BlockFit(path, name, deleted, before, after, kept, at_deletion))
     return DistillReport(tuple(fits), images=len(next(iter(recorded.values()))[0]), steps=steps,
                          seconds=time.perf_counter() - started)  # fmt: skip
