@@ -274,44 +274,68 @@ def _measure(original: nn.Module, recipe: dict[str, Any], config: PlanConfig) ->
 
 def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], options: list[list[Option]], channels: dict[str, int],
                        original_ms: float, config: PlanConfig, emit: Event) -> tuple[list[int], list[Attempt], Timing]:  # fmt: skip
-    """Solves, measures the plan, and asks for more saving while it measures below the target."""
+    """Solves for the saving the target needs and measures the plan; while it measures below the
+    target, asks for more saving; once a plan meets it, bisects the saving asked between the last
+    plan that fell short and the first that met it, to find the cheapest plan that still meets it
+    by measurement (changes to several blocks save less together than alone, so the sums alone
+    over- or undershoot). At most ``max_repairs + 1`` plans are timed."""
     target = config.speedup
     needed = original_ms - original_ms / target
-    required = needed
-    attempts: list[Attempt] = []
-    best: tuple[list[int], Timing] | None = None
+    step = needed / config.resolution
     reachable = max_saving(options)
+    measured: dict[tuple[int, ...], Timing] = {}
+    attempts: list[Attempt] = []
+    low, high = None, None  # the saving asked of the last plan that fell short, and of the first that met the target
+    required = needed
     for _ in range(config.max_repairs + 1):
-        solution = solve(options, required, resolution=config.resolution)
-        if solution is None and attempts and required > reachable and attempts[-1].required_ms < reachable:
-            required = reachable  # more than any choice gives: try the fastest plan there is
-            solution = solve(options, required, resolution=config.resolution)
+        solution = solve(options, min(required, reachable), resolution=config.resolution)
         if solution is None:
             break
-        picks = list(solution.choice)
-        recipe = choice_recipe([grouped[i][j].choice for i, j in enumerate(picks)], channels, config.mod)
-        timing = _measure(original, recipe, config)
-        predicted = original_ms / (original_ms - solution.saving)
-        attempts.append(Attempt(required, tuple(grouped[i][j].choice.key for i, j in enumerate(picks)), predicted,
-                                timing.speedup, _speedup_spread(timing)))  # fmt: skip
-        emit("attempt", dataclasses.asdict(attempts[-1]))
-        if best is None or timing.speedup > best[1].speedup:
-            best = (picks, timing)
+        if solution.choice not in measured:
+            recipe = choice_recipe([grouped[i][j].choice for i, j in enumerate(solution.choice)], channels, config.mod)
+            measured[solution.choice] = _measure(original, recipe, config)
+            attempts.append(Attempt(required, tuple(grouped[i][j].choice.key for i, j in enumerate(solution.choice)),
+                                    original_ms / (original_ms - solution.saving), measured[solution.choice].speedup,
+                                    _speedup_spread(measured[solution.choice])))  # fmt: skip
+            emit("attempt", dataclasses.asdict(attempts[-1]))
+        timing = measured[solution.choice]
         if timing.speedup >= (1 - config.tolerance) * target:
-            return picks, attempts, timing
-        # The sums promised more than the model delivers (changes to several blocks save less together
-        # than alone): ask for the saving needed times the share the sums overstated this plan by,
-        # and at least one step more than it had.
-        measured_saving = max(1e-9, original_ms - original_ms / timing.speedup)
-        required = max(needed * solution.saving / measured_saving, required + (needed - measured_saving),
-                       solution.saving + needed / config.resolution)  # fmt: skip
-    if best is None:
+            high = required
+            if low is None and required <= needed:
+                break  # the sums' own answer meets the target: nothing cheaper to look for
+        else:
+            low = required
+            if required >= reachable:
+                break  # the fastest plan there is falls short
+        if high is None:
+            # Short of the target: ask for the saving needed times the share the sums overstated
+            # this plan by, and at least one step more than it had.
+            measured_saving = max(1e-9, original_ms - original_ms / timing.speedup)
+            required = max(needed * solution.saving / measured_saving, required + (needed - measured_saving), solution.saving + step)
+        else:
+            if low is None or high - low <= 2 * step:
+                break
+            required = (low + high) / 2
+    return _best_attempt(grouped, options, measured, attempts, original_ms, reachable, config)
+
+
+def _best_attempt(grouped: list[list[ChoiceRow]], options: list[list[Option]], measured: dict[tuple[int, ...], Timing],
+                  attempts: list[Attempt], original_ms: float, reachable: float,
+                  config: PlanConfig) -> tuple[list[int], list[Attempt], Timing]:  # fmt: skip
+    """The measured plan with the least summed KL among those that met the target, else the fastest."""
+    if not measured:
         fastest = original_ms / max(1e-9, original_ms - reachable)
         raise PlanError(
-            f"speed-up {target:g}x is out of reach in {config.setting.describe()}: the fastest choices together predict "
+            f"speed-up {config.speedup:g}x is out of reach in {config.setting.describe()}: the fastest choices together predict "
             f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions or smaller fractions."
         )
-    return best[0], attempts, best[1]
+
+    def cost(choice: tuple[int, ...]) -> float:
+        return sum(options[i][j].cost for i, j in enumerate(choice))
+
+    met = [c for c, t in measured.items() if t.speedup >= (1 - config.tolerance) * config.speedup]
+    choice = min(met, key=cost) if met else max(measured, key=lambda c: measured[c].speedup)
+    return list(choice), attempts, measured[choice]
 
 
 def _speedup_spread(timing: Timing) -> float:
@@ -423,14 +447,15 @@ def plan(
     _, grouped, opts = _table(rows)
     picks, attempts, timing = _solve_and_measure(original, grouped, opts, channels, table.original_ms, config, emit)
     chosen = [grouped[i][j] for i, j in enumerate(picks)]
+    final = next(a for a in attempts if a.chosen == tuple(r.choice.key for r in chosen))  # the attempt that measured it
     recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
     planned = build_plan(original, recipe, config, weights=True, repair_set=repair_set)
     joint = score(planned, calib, reference_outputs(original, calib))
     emit("stage", {"name": "done"})
     return PlanResult(
         config=config, original_ms=table.original_ms, rows=tuple(rows), chosen=tuple(chosen),
-        runner_up=tuple(_runner_ups(grouped, opts, picks, attempts[-1].required_ms, config)),
-        predicted_speedup=attempts[-1].predicted_speedup, measured_speedup=timing.speedup,
+        runner_up=tuple(_runner_ups(grouped, opts, picks, final.required_ms, config)),
+        predicted_speedup=final.predicted_speedup, measured_speedup=timing.speedup,
         measured_spread=_speedup_spread(timing), predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
         measured_kl=joint.kl, measured_agreement=joint.agreement,
         met=timing.speedup >= (1 - config.tolerance) * config.speedup, attempts=tuple(attempts), recipe=recipe,
