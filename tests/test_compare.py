@@ -50,6 +50,10 @@ def test_candidate_keys_ignore_labels_and_the_default_sweep_spans_the_methods() 
     a = Candidate("mod", "x", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="importance")
     b = Candidate("mod", "y", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="importance")
     assert a.key == b.key and a.key != Candidate("mod", "x", init="zero").key
+    # Weights and repair differ, the architecture does not: one timing serves both.
+    c = dataclasses.replace(a, init="copy", block_distill_steps=300)
+    assert c.key != a.key and c.arch_key == a.arch_key
+    assert Candidate("delete", "d", blocks=("l1",)).arch_key != Candidate("delete", "d", blocks=("l2",)).arch_key
     cands = default_candidates(blocks=["l1", "l2", "l3", "l4"])
     assert {c.method for c in cands} == {"mod", "delete", "prune"}
     assert [c.blocks for c in cands if c.method == "delete"][0] == ("l1", "l2", "l3", "l4")
@@ -93,9 +97,9 @@ def test_cli_compare_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) ->
     again = subprocess.run(args[:-6] + ["--report-only"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "wrote" in again.stdout
     speeds = {p.name: json.loads(p.read_text()) for p in (out / "speed").glob("*.json")}
-    # Six candidates, five architectures (the two k=0.25 importance ones differ only in weights),
+    # Six candidates of six architectures (c=64, the planner's MoD at k=0.25 and 0.5, three deletions),
     # all timed in the same rounds.
-    assert len(speeds) == 5 and all(s["timed_with"] == 5 for s in speeds.values())
+    assert len(speeds) == 6 and all(s["timed_with"] == 6 for s in speeds.values())
     retimed = subprocess.run(args + ["--retime"], capture_output=True, text=True, env=env, timeout=600)
     assert retimed.returncode == 0, retimed.stderr[-2000:]
     assert all(p.read_text() == kept[p.name] for p in _runs(out) if p.name in kept)  # retiming trains nothing
