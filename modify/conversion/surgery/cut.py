@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modify.errors import SurgeryError
-from modify.conversion.graph import _shape_ints as _shape
+from modify.conversion.graph import shape_of
 from modify.conversion.tracing import BATCHNORM_META
 
 __all__ = ["cut", "get_attribute"]
@@ -101,7 +101,7 @@ def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     ``self.training`` again. Its state is copied from the call's parameters and buffers."""
     settings = node.meta.get(BATCHNORM_META)
     args = _bound(F.batch_norm, node) if settings is not None else None
-    shape = _shape(node)
+    shape = shape_of(node)
     if args is None or shape is None or len(shape) not in _BATCHNORMS:
         return None
     tensors = {k: args.get(k) for k in ("running_mean", "running_var", "weight", "bias")}

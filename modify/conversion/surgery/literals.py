@@ -35,8 +35,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from modify.conversion.graph import _arg, split_sizes
-from modify.conversion.graph import _shape_ints as _shape
+from modify.conversion.graph import argument, shape_of, split_sizes
 from modify.errors import SplitError
 
 __all__ = ["SplitPlan", "SplitError", "scale_parts", "plan_splits", "split_sizes", "rescale_split", "rescale_slice",
@@ -75,7 +74,7 @@ def _cat_of_convs(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
     """The inputs of ``torch.cat([...], 1)`` if each is a (non-depthwise) convolution module."""
     if node.op != "call_function" or node.target not in _CAT_FUNCTIONS:
         return None
-    tensors, dim = node.args[0], _arg(node, 1, "dim", 0)
+    tensors, dim = node.args[0], argument(node, 1, "dim", 0)
     if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3):
         return None
     convs = []
@@ -121,9 +120,9 @@ def _sliced_cat(node: fx.Node) -> tuple[int, list[int]] | None:
     if not isinstance(index, tuple) or len(index) < 2 or index[0] != slice(None) or not isinstance(index[1], slice):
         return None
     stop, tensors = index[1].stop, source.args[0]
-    if index[1].start not in (None, 0) or not isinstance(stop, int) or _arg(source, 1, "dim", 0) not in (1, -3):
+    if index[1].start not in (None, 0) or not isinstance(stop, int) or argument(source, 1, "dim", 0) not in (1, -3):
         return None
-    shapes = [_shape(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
+    shapes = [shape_of(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
     if any(shape is None or len(shape) < 2 for shape in shapes):
         return None
     return stop, [shape[1] for shape in shapes if shape is not None]
@@ -218,7 +217,7 @@ def rescale_slice(node: fx.Node, index: Any, width: int, widths: Callable[[int],
     """
     if node.op != "call_function" or node.target is not operator.getitem:
         return None
-    before = _shape(node.args[0])
+    before = shape_of(node.args[0])
     if before is None or len(before) < 3 or before[1] == width or not isinstance(index, tuple) or len(index) < 2:
         return None
     first, channel = index[0], index[1]
@@ -254,7 +253,7 @@ def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, ba
     Example: NF-ResNet's ``self.weight.reshape(1, self.out_channels, -1)`` on a (64, 32, 3, 3)
     weight cut to (4, 2, 3, 3) becomes ``reshape(1, 4, -1)``.
     """
-    before = _shape(node.args[0]) if node.args else None
+    before = shape_of(node.args[0]) if node.args else None
     if not is_reshape(node) or before is None or len(before) != len(now) or tuple(before) == tuple(now):
         return None
     first = 1 if batch_first else 0

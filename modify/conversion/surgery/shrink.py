@@ -28,8 +28,7 @@ from modify.errors import SurgeryError
 from modify.layers.options import Init
 from modify.conversion.graph import SiteGraph
 from modify.conversion.surgery.cut import _set, cut, get_attribute
-from modify.conversion.graph import _shape_ints as _shape
-from modify.conversion.graph import split_sizes
+from modify.conversion.graph import shape_of, split_sizes
 from modify.conversion.surgery.literals import (
     SplitError,
     is_reshape,
@@ -78,7 +77,7 @@ class _Pass:
         self.channel_sizes = {widths.channels}
         self.parameter_chain: set[str] = set()  # calls computed from parameters alone (their dim 0 is no batch)
         for node in sub.graph.nodes:
-            shape = _shape(node)
+            shape = shape_of(node)
             if shape is not None and len(shape) >= 3:
                 self.channel_sizes.add(shape[1])
             inputs = node.all_input_nodes
@@ -102,7 +101,7 @@ class _Pass:
         t = pending.tensor
         target = list(t.shape)
         node, value = max(others, key=lambda item: item[1].dim())
-        before = _shape(node)
+        before = shape_of(node)
         if before is None:
             return self._slice_by_widths(pending)
         for i in range(1, t.dim() + 1):
@@ -208,7 +207,7 @@ class _Pass:
         shrinker = _shrinker_for(module)
         first = next((a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)), None)
         value = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        seen = LayerInput(_shape(first), tuple(value.shape) if value is not None else None)
+        seen = LayerInput(shape_of(first), tuple(value.shape) if value is not None else None)
         if shrinker is not None:
             widths = self.widths
             if target in self.conv_outputs:  # a width decided elsewhere: concatenated parts, a narrowed layer
@@ -379,7 +378,7 @@ def shrink(
     """
     init = Init.from_str(init)
     placeholder = next(n for n in sub.graph.nodes if n.op == "placeholder")
-    before = _shape(placeholder)
+    before = shape_of(placeholder)
     x = None
     if before is not None and len(before) >= 2:
         device, dtype = _device_dtype(sub)
