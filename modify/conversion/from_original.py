@@ -2,6 +2,10 @@
 important channels, with a selector that prefers them (``importance``), or its leading channels
 (``copy``). Each reduced layer is matched to the original layer it was cut from, and every
 channel width of the block gets one ranking, so consecutive layers stay consistent.
+
+The seam `modify.conversion.init` calls, one MoD block at a time: `copy_important`,
+`copy_leading`, then `scale_selectors` for the whole model; `reduced_branch` is the part of a
+MoD block both strategies (and ``zero``) write into.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from modify.layers import BlockForm, ChannelSelector, MoDBlock
 from modify.layers.selector import StaticSelector
 from modify.layers.options import StrChoice
 
-__all__ = ["ImportanceBy"]
+__all__ = ["ImportanceBy", "reduced_branch", "copy_leading", "copy_important", "scale_selectors"]
 
 
 class ImportanceBy(StrChoice):
@@ -28,7 +32,7 @@ class ImportanceBy(StrChoice):
     L1 = "l1"  # L1 norm of the filters producing the channel
 
 
-def _branch(mod: MoDBlock) -> nn.Module:
+def reduced_branch(mod: MoDBlock) -> nn.Module:
     """The reduced block's residual branch (the whole form wraps it in a ReducedBlock)."""
     return mod.block.branch if mod.form is BlockForm.WHOLE and hasattr(mod.block, "branch") else mod.block
 
@@ -203,7 +207,11 @@ def _scope(name: str) -> str:
     return name.partition(":")[0] if ":" in name else name
 
 
-def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy, noise: float) -> tuple[list[int], Tensor]:
+def copy_important(
+    mod: MoDBlock, original: nn.Module, name: str, *, by: ImportanceBy, noise: float
+) -> tuple[list[int], Tensor]:
+    """``importance``: the reduced block takes the original block's most important channels and the
+    selector is set to prefer them. Returns (the k preferred channels in order, the prior logits (C,))."""
     scope = _scope(name)
     try:
         original.get_submodule(scope) if scope else original
@@ -211,7 +219,7 @@ def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy,
         raise ModifyError(
             f"the original model has no module {scope!r} (MoD block {name!r}); pass the model that was converted as original=."
         ) from None
-    branch = _branch(mod)
+    branch = reduced_branch(mod)
     pairs = _counterparts(branch, original, scope)
     ranks = _Rankings(by)
     inputs = _input_layers(branch.graph, pairs) if isinstance(branch, fx.GraphModule) else list(pairs.values())[:1]
@@ -225,11 +233,11 @@ def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy,
     return [int(i) for i in preferred], prior
 
 
-def _copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
+def copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
     """``copy``: the reduced block takes the original block's leading channels (what `modify.convert`
     with init="copy" cuts), and the selector starts fresh."""
     scope = _scope(name)
-    branch = _branch(mod)
+    branch = reduced_branch(mod)
     ranks = _Rankings(ImportanceBy.BN)
     pairs = _counterparts(branch, original, scope)
     tensors = [t for m in pairs.values() for t in m.state_dict().values()]
@@ -283,7 +291,7 @@ def _set_prior(sel: nn.Module, v: Tensor, *, sign: float, magnitude: float) -> N
     sel.fc2.weight[:, 0].copy_(v / (magnitude * balance))
 
 
-def _scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
+def scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
     """Measures each block's pooled input mean on ``data`` and scales its prior to it."""
     means: dict[int, list[float]] = {id(b): [] for b in blocks}
 
