@@ -318,7 +318,7 @@ def load_recipe(source: str | os.PathLike[str] | Mapping[str, Any] | Recipe) -> 
 
     Example:
         >>> load_recipe("every_other").rules
-        (BlockRule(stage=None, index='odd', name=None, capacity=None),)
+        (BlockRule(stage=None, index='odd', name=None, capacity=None, action=None),)
     """
     if isinstance(source, Recipe):
         return source
