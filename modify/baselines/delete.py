@@ -23,11 +23,11 @@ from torch import nn
 
 from modify.conversion.actions import BlockBuilder
 from modify.conversion.discover import BlockSite
-from modify.conversion.pipeline import _example, traced_sites
+from modify.conversion.pipeline import traced_sites
 from modify.conversion.plan import plan, resolve_recipe
 from modify.conversion.recipe import BlockAction, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.conversion.tracing import LeafSpec
+from modify.conversion.tracing import LeafSpec, inputs_for
 from modify.errors import ConversionError, RecipeError
 from modify.io import provenance
 from modify.layers import Shortcut
@@ -97,7 +97,7 @@ def delete_blocks(
             "(modify.convert(model, recipe=...)), or pass the blocks to delete as blocks=[...]."
         )
     model = copy.deepcopy(model)
-    inputs = _example(model, example_inputs, input_size)
+    inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
     if blocks is not None:
         known = {s.name for s in sites if s.convertible}

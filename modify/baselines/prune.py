@@ -172,10 +172,9 @@ def prune_channels(
     if goal is not None and not goal > 1:
         which = "macs_ratio" if macs_ratio is not None else "speedup"
         raise ConversionError(f"prune_channels: {which}={goal} must be above 1 (1 = the unpruned model).")
-    from modify.conversion.tracing import default_input
+    from modify.conversion.tracing import inputs_for
 
-    x = default_input(model, input_size) if example_inputs is None else (
-        example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0])  # fmt: skip
+    x = inputs_for(model, example_inputs, input_size)[0]
     was_training = model.training
     model.eval()
     try:

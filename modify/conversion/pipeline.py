@@ -26,7 +26,7 @@ from modify.conversion.inplace import enable_inplace_fusion
 from modify.conversion.plan import BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import Capacity, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.conversion.tracing import LeafSpec, default_input, leaf_from_record, leaf_record, trace
+from modify.conversion.tracing import LeafSpec, inputs_for, leaf_from_record, leaf_record, trace
 from modify.io import provenance
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "replay", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
@@ -60,14 +60,6 @@ class ConversionResult:
     plans: tuple[BlockPlan, ...] = ()
     default_reason: str | None = None  # why this c, when none of recipe/k/c was given (`modify.conversion.families`)
     notes: tuple[str, ...] = ()  # what the user should know: blocks whose self.training branch was frozen
-
-
-def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[torch.Tensor, ...]:
-    if example_inputs is None:
-        return (default_input(model, input_size),)
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
 
 
 def traced_sites(
@@ -139,7 +131,7 @@ def convert(
     zero_update = resolved.zero_update if zero_update is None else zero_update
     original = model
     model = copy.deepcopy(model)  # the caller's model stays bit-identical
-    inputs = _example(model, example_inputs, input_size)
+    inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
     default_reason = None
     if recipe is None and k is None and c is None:
@@ -243,7 +235,7 @@ def convert_identity(
         True
     """
     model = copy.deepcopy(model)
-    inputs = _example(model, example_inputs, input_size)
+    inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
     plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
              else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip

@@ -38,7 +38,7 @@ from modify.layers.fresh import kept_modes
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 
-__all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "LeafSpec", "leaf_record", "leaf_from_record"]
+__all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "inputs_for", "LeafSpec", "leaf_record", "leaf_from_record"]
 
 # A leaf is named by module class (matched with isinstance) or by qualified name ("layer1.0").
 LeafSpec = type[nn.Module] | str
@@ -299,6 +299,24 @@ def default_input(model: nn.Module, input_size: int) -> torch.Tensor:
     return x.to(device)
 
 
+def inputs_for(
+    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor] | None, input_size: int
+) -> tuple[torch.Tensor, ...]:
+    """The positional inputs a surgery runs ``model`` on: the user's example inputs as a tuple, or
+    one `default_input` image of ``input_size`` when there are none.
+
+    Example:
+        >>> from torch import nn
+        >>> [tuple(x.shape) for x in inputs_for(nn.Conv2d(3, 8, 3), None, 32)]
+        [(1, 3, 32, 32)]
+    """
+    if example_inputs is None:
+        return (default_input(model, input_size),)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
 @contextlib.contextmanager
 def _untouched(gm: fx.GraphModule) -> Iterator[None]:
     """Runs the body with all modules in eval mode; restores modes, buffers and the RNG after."""
@@ -323,12 +341,7 @@ def _propagate_shapes(
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None,
     input_size: int,
 ) -> None:
-    if example_inputs is None:
-        inputs: tuple[Any, ...] = (default_input(model, input_size),)
-    elif isinstance(example_inputs, torch.Tensor):
-        inputs = (example_inputs,)
-    else:
-        inputs = tuple(example_inputs)
+    inputs = inputs_for(model, example_inputs, input_size)
     with _untouched(gm), _quiet():
         # Fake tensors carry shapes without computing anything: ResNet50 at 224x224 propagates in
         # ~0.15 s instead of a full forward pass. Ops without a fake implementation fall back
