@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from modify.conversion.pipeline import ConversionResult as ConversionResult, convert as convert
     from modify.measure.profiling import profile_model as profile_model
     from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
-    from modify.io.names import get_model as get_model, list_models as list_models
+    from modify.models import get_model as get_model, list_models as list_models
     from modify.study.latency import Setting as Setting
     from modify.study.planner import PlanConfig as PlanConfig, PlanResult as PlanResult, plan as plan
 
@@ -66,8 +66,8 @@ _LAZY = {
     "load": "modify.io.checkpoint",
     "load_recipe": "modify.conversion.recipe",
     "Recipe": "modify.conversion.recipe",
-    "get_model": "modify.io.names",
-    "list_models": "modify.io.names",
+    "get_model": "modify.models",
+    "list_models": "modify.models",
     "plan": "modify.study.planner",
     "PlanConfig": "modify.study.planner",
     "PlanResult": "modify.study.planner",
