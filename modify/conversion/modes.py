@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.layers.fresh import kept_modes
+from modify.module_state import kept_modes
 from modify.conversion.tracing import LeafSpec, trace_graph
 
 __all__ = ["frozen_branches", "mode_note"]

@@ -34,7 +34,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
-from modify.layers.fresh import kept_modes
+from modify.module_state import kept_modes
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 

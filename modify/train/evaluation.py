@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modify.layers.fresh import kept_modes
+from modify.module_state import kept_modes
 from modify.errors import ModifyError
 
 __all__ = ["evaluate", "recalibrate_bn", "compare_outputs"]

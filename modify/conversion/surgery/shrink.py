@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.layers.fresh import kept_modes
+from modify.module_state import kept_modes
 from modify.errors import SurgeryError
 from modify.layers.options import Init
 from modify.conversion.graph import SiteGraph
