@@ -23,7 +23,7 @@ from torch import nn
 from modify.io import provenance
 from modify.errors import ConversionError, ModifyError
 
-__all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "BASELINES_HINT"]
+__all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "require_torch_pruning", "BASELINES_HINT"]
 
 BASELINES_HINT = "pip install 'modify[baselines]'"
 # The layer attributes Torch-Pruning changes, per layer type; enough to rebuild the pruned layers.
@@ -62,7 +62,8 @@ class PruningResult:
         return ()
 
 
-def _tp() -> Any:
+def require_torch_pruning() -> Any:
+    """The torch_pruning module; a `ModifyError` with the line that installs it where it is missing."""
     try:
         import torch_pruning
     except ImportError:
@@ -90,7 +91,7 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
 
 def _prune_copy(model: nn.Module, x: torch.Tensor, ratio: float, *, importance: str, round_to: int | None,
                 ignored: Collection[str] | None, global_pruning: bool) -> nn.Module:  # fmt: skip
-    tp = _tp()
+    tp = require_torch_pruning()
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     unknown = [n for n in ignored or () if n not in names]
@@ -115,7 +116,7 @@ def _prune_copy(model: nn.Module, x: torch.Tensor, ratio: float, *, importance: 
 
 
 def _count(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    macs, params = _tp().utils.count_ops_and_params(model, x)
+    macs, params = require_torch_pruning().utils.count_ops_and_params(model, x)
     return int(macs), int(params)
 
 

@@ -106,9 +106,9 @@ def compare(
         forget_speeds(out_dir)
     if not report_only:
         if "prune" in chosen:
-            from modify.baselines.prune import _tp
+            from modify.baselines.prune import require_torch_pruning
 
-            _tp()  # the install hint before minutes of work
+            require_torch_pruning()  # the install hint before minutes of work
         base, label = load_base(model, weights=str(weights) if weights else None, num_classes=num_classes)
         teacher_model = load_model(teacher, num_classes=num_classes)[0] if teacher is not None else None
         train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)

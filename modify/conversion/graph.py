@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import builtins
+import collections
 import dataclasses
 import operator
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "is_elementwise",
     "is_noop",
     "is_weight_op",
+    "module_calls",
     "module_of",
     "module_stack",
     "shape_of",
@@ -265,6 +267,11 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
     return tuple(int(d) for d in shape) if shape is not None else None
+
+
+def module_calls(graph: fx.Graph) -> collections.Counter[str]:
+    """How many times the graph calls each submodule (a module called twice is shared)."""
+    return collections.Counter(str(node.target) for node in graph.nodes if node.op == "call_module")
 
 
 def module_stack(node: fx.Node) -> list[tuple[str, str, Any]]:

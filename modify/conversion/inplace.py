@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import inspect
 import operator
 from collections.abc import Collection
@@ -19,15 +18,11 @@ from collections.abc import Collection
 import torch
 from torch import fx, nn
 
+from modify.conversion.graph import module_calls
 from modify.conversion.tracing import LeafSpec, ModifyTracer
 from modify.layers import MoDBlock
 
 __all__ = ["enable_inplace_fusion"]
-
-
-def _module_calls(graph: fx.Graph) -> collections.Counter[str]:
-    """How many times the graph calls each submodule (a module called twice is shared)."""
-    return collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
 
 
 # Ops whose output may be (a view of) their input: a MoD block reading their output shares its
@@ -119,7 +114,7 @@ def enable_inplace_fusion(model: nn.Module, *, leaf_modules: Collection[LeafSpec
         graph = ModifyTracer(leaf_modules).trace(model)
     except Exception:
         return []
-    calls = _module_calls(graph)
+    calls = module_calls(graph)
     enabled = []
     for node in graph.nodes:
         if node.op == "call_module" and node.target in blocks and node.args and isinstance(node.args[0], fx.Node):

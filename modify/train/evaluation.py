@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from modify.module_state import kept_modes
 from modify.errors import ModifyError
 
-__all__ = ["evaluate", "recalibrate_bn", "compare_outputs"]
+__all__ = ["evaluate", "recalibrate_bn", "compare_outputs", "labelled_batches", "autocast_for"]
 
 
-def _batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def labelled_batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images, labels) of each of the first ``limit`` batches of ``data``; a batch that is no such pair is an error."""
     for i, batch in enumerate(data):
         if limit is not None and i >= limit:
             return
@@ -37,7 +38,8 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on ``device`` for "bf16" or "fp16"; nothing for "fp32"."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -63,7 +65,7 @@ def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, devic
             m.momentum = None
         with kept_modes(model), torch.no_grad():
             model.train()
-            for images, _ in _batches(data, batches):
+            for images, _ in labelled_batches(data, batches):
                 model(images.to(device, non_blocking=True))
                 used += 1
     finally:
@@ -79,8 +81,8 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | st
     model.eval()
     correct = total = 0
     try:
-        with torch.no_grad(), _autocast(device, precision):
-            for images, labels in _batches(data):
+        with torch.no_grad(), autocast_for(device, precision):
+            for images, labels in labelled_batches(data):
                 logits = model(images.to(device, non_blocking=True))
                 correct += int((logits.argmax(1) == labels.to(device)).sum())
                 total += len(labels)
@@ -105,7 +107,7 @@ def compare_outputs(model: nn.Module, reference: nn.Module, data: Iterable[Any],
     total = 0
     try:
         with torch.no_grad():
-            for images, labels in _batches(data):
+            for images, labels in labelled_batches(data):
                 images, labels = images.to(device, non_blocking=True), labels.to(device)
                 mine = torch.log_softmax(model(images).float(), dim=1)  # (N, classes)
                 theirs = torch.log_softmax(reference(images).float(), dim=1)  # (N, classes)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
-from modify.train.evaluation import _autocast, _batches, evaluate, recalibrate_bn
+from modify.train.evaluation import autocast_for, labelled_batches, evaluate, recalibrate_bn
 from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
 from modify.train.config import FinetuneConfig, FinetuneResult, Precision, StepInfo
 from modify.train.distributed import Dist, pick_device, setup_distributed, shard
@@ -364,7 +364,7 @@ def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> No
 def _epoch(loop: _Loop, progress: _Progress, iterator: Iterator[Any]) -> None:
     every = loop.request.checkpoint_every
     tick = time.perf_counter()
-    for images, labels in _batches(iterator):
+    for images, labels in labelled_batches(iterator):
         hits, n = _step(loop, progress, images, labels)
         now = time.perf_counter()
         progress.train_seconds += now - tick
@@ -390,7 +390,7 @@ def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> t
     lr = lr_at(progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    with _autocast(loop.device, loop.precision):
+    with autocast_for(loop.device, loop.precision):
         logits = loop.net(images)  # (N, classes)
         target = None
         if teacher is not None and config.alpha > 0:  # alpha = 0 is plain training: no teacher pass
