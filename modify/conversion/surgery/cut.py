@@ -30,7 +30,7 @@ from modify.errors import SurgeryError
 from modify.conversion.graph import shape_of
 from modify.conversion.tracing import BATCHNORM_META
 
-__all__ = ["cut", "get_attribute"]
+__all__ = ["cut", "get_attribute", "set_attribute"]
 
 
 def _local_names(targets: list[str]) -> dict[str, str]:
@@ -142,7 +142,7 @@ def cut(
     root = nn.Module()
     for target, local_name in local.items():
         value = gm.get_submodule(target) if _is_module(gm, target) else get_attribute(gm, target)
-        _set(root, local_name, copy.deepcopy(value))
+        set_attribute(root, local_name, copy.deepcopy(value))
 
     def arg(n: fx.Node) -> fx.Node:
         if n not in env:
@@ -191,7 +191,8 @@ def get_attribute(root: nn.Module, target: str) -> Any:
     return getattr(root.get_submodule(owner) if owner else root, leaf)
 
 
-def _set(root: nn.Module, target: str, value: nn.Module | nn.Parameter | torch.Tensor) -> None:
+def set_attribute(root: nn.Module, target: str, value: nn.Module | nn.Parameter | torch.Tensor) -> None:
+    """Puts ``value`` where a ``get_attr`` or ``call_module`` node with this dotted ``target`` finds it."""
     parent, _, leaf = target.rpartition(".")
     owner = root.get_submodule(parent) if parent else root
     if isinstance(value, nn.Module):
