@@ -8,7 +8,7 @@ Example:
     >>> from modify.conversion.discover import find_blocks, locate
     >>> gm = trace(torchvision.models.resnet18(weights=None), input_size=32)
     >>> g = locate(gm, find_blocks(gm)[1])
-    >>> branch, _, _ = reduced_parts(gm, g, 64, 4, 8, 8, "copy")
+    >>> branch, _, _ = reduced_parts(gm, g, channels=64, k=4, height=8, width=8, init="copy")
     >>> branch.conv1.in_channels, branch.conv2.out_channels
     (4, 4)
 """
@@ -405,9 +405,10 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
 
 
 def reduced_parts(
-    gm: fx.GraphModule, graph: SiteGraph, channels: int, k: int, height: int, width: int, init: Init | str
+    gm: fx.GraphModule, graph: SiteGraph, *, channels: int, k: int, height: int, width: int, init: Init | str
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, fx.GraphModule | None]:
-    """(branch at width k, post-add ops at width k, post-add ops at full width) of one block.
+    """(branch at width k, post-add ops at width k, post-add ops at full width) of one block of
+    ``channels`` channels at ``height`` x ``width``.
 
     Raises:
         SurgeryError: the block cannot be rebuilt at width k; nothing of it is kept.
