@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from modify.io import provenance
-from modify.errors import ConversionError, ModifyError
+from modify.errors import ConversionError, ModifyError, first_line
 
 __all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "require_torch_pruning", "BASELINES_HINT"]
 
@@ -109,7 +109,7 @@ def _prune_copy(model: nn.Module, x: torch.Tensor, ratio: float, *, importance: 
             raise
         except Exception as e:
             raise ConversionError(
-                f"Torch-Pruning could not prune {type(model).__name__} at ratio {ratio:.3f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                f"Torch-Pruning could not prune {type(model).__name__} at ratio {ratio:.3f}: {first_line(e)}. "
                 "Name the layers it cannot handle in ignored_layers=."
             ) from e
     return pruned

@@ -35,7 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from modify.module_state import kept_modes
-from modify.errors import ModifyError, TraceError
+from modify.errors import ModifyError, TraceError, first_line
 from modify.layers import MoDBlock
 
 __all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "inputs_for", "LeafSpec", "leaf_record", "leaf_from_record"]
@@ -244,10 +244,10 @@ def _describe_construct(e: BaseException) -> str:
     for needle, construct in _CONSTRUCTS:
         if needle in text:
             return construct
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first_line(e)
     if len(first) > 160:
         first = first[:157] + "..."
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"{type(e).__name__}: {first}" if text.strip() else first
 
 
 def trace_graph(model: nn.Module, *, leaf_modules: Collection[LeafSpec] = (), into_mod_blocks: bool = False) -> fx.Graph:
@@ -387,13 +387,13 @@ class _ShapeProp(ShapeProp):
 def _shape_error(prop: _ShapeProp, e: BaseException) -> TraceError:
     node = prop.current
     cause = e.__cause__ if e.__cause__ is not None else e
-    first = (str(cause).strip().splitlines() or [""])[0][:160]
+    first = first_line(cause, limit=160, typed=True)
     where = ""
     if node is not None:
         stack = node.meta.get("nn_module_stack") or {}
         path = next(reversed(stack.values()))[0] if stack else ""
         where = f" at node '{node.name}'" + (f" in module '{path}'" if path else "")
     return TraceError(
-        f"The traced graph failed to run on the example inputs{where}: {type(cause).__name__}: {first}. "
+        f"The traced graph failed to run on the example inputs{where}: {first}. "
         "Check example_inputs / input_size, or mark the module a leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
     )

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from modify.io.files import atomic_write
-from modify.errors import ExportError
+from modify.errors import ExportError, first_line
 
 __all__ = [
     "ExportError", "ExportReport", "export_onnx", "export_program", "fusion_form", "placement_fusion", "FORMATS",
@@ -92,7 +92,7 @@ def failing_part(e: BaseException) -> str:
         low = line.lower()
         if "unsupported" in low or "not supported" in low or "aten::" in low or "aten." in low:
             return line.strip()[:200]
-    return (text[0] if text else type(e).__name__)[:200]
+    return first_line(e, limit=200)
 
 
 @contextlib.contextmanager
@@ -207,7 +207,7 @@ def export_onnx(
     try:
         onnx.checker.check_model(str(target))
     except Exception as e:
-        raise ExportError(f"onnx.checker rejected {str(target)!r}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"onnx.checker rejected {str(target)!r}: {first_line(e)}") from e
     proto = onnx.load(str(target))
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from modify._version import __version__
-from modify.errors import CheckpointError, ModifyError
+from modify.errors import CheckpointError, ModifyError, first_line
 from modify.io import provenance
 from modify.io.files import atomic_write
 from modify.io.names import build_source, model_source
@@ -142,5 +142,5 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     try:
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{str(path)!r} does not match the model it describes: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"{str(path)!r} does not match the model it describes: {first_line(e)}") from e
     return model.eval()

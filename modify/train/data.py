@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from modify.errors import ModifyError
+from modify.errors import ModifyError, first_line
 
 __all__ = [
     "FASHION_MNIST_ROOT",
@@ -260,7 +260,7 @@ def image_folder(root: str | os.PathLike[str], *, train: bool = True, size: int 
     try:
         dataset = datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
-        raise ModifyError(f"{str(folder)!r} is not an image folder ({str(e).splitlines()[0]}); expected ROOT/CLASS/IMAGE.jpg.") from e
+        raise ModifyError(f"{str(folder)!r} is not an image folder ({first_line(e)}); expected ROOT/CLASS/IMAGE.jpg.") from e
     if limit is not None and limit < len(dataset):
         step = len(dataset) / limit
         return torch.utils.data.Subset(dataset, [int(i * step) for i in range(limit)])

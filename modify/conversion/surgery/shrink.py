@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from modify.module_state import kept_modes
-from modify.errors import SurgeryError
+from modify.errors import SurgeryError, first_line
 from modify.layers.options import Init
 from modify.conversion.graph import SiteGraph
 from modify.conversion.surgery.cut import cut, set_attribute
@@ -359,16 +359,11 @@ def shrink(
         if "more than 1 value per channel" in str(e):  # NF-ResNet's weight standardisation of a 1-input filter
             raise SurgeryError(
                 f"at width {widths.k} a normalization in the block would see a single value per channel "
-                f"({_first_line(e)}); give it a larger k"
+                f"({first_line(e, limit=200, typed=True)}); give it a larger k"
             ) from e
-        raise SurgeryError(f"the block does not run at width {widths.k}: {_first_line(e)}") from e
+        raise SurgeryError(f"the block does not run at width {widths.k}: {first_line(e, limit=200, typed=True)}") from e
     sub.recompile()
     return sub
-
-
-def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {text[:200]}"
 
 
 def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
@@ -392,7 +387,7 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
                 out = sub.train(training)(x)
         except Exception as e:  # any failure means the block did not shrink cleanly
             mode = "train" if training else "eval"
-            raise SurgeryError(f"the block does not run at width {k} in {mode} mode: {_first_line(e)}") from e
+            raise SurgeryError(f"the block does not run at width {k} in {mode} mode: {first_line(e, limit=200, typed=True)}") from e
         finally:
             with torch.no_grad():
                 for buffer, value in saved:
@@ -425,5 +420,5 @@ def reduced_parts(
     except SurgeryError:
         raise
     except Exception as e:  # never let one odd block abort the whole conversion
-        raise SurgeryError(f"the block could not be cut out and shrunk: {_first_line(e)}") from e
+        raise SurgeryError(f"the block could not be cut out and shrunk: {first_line(e, limit=200, typed=True)}") from e
     return branch, post_k, post_full
