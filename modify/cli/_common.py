@@ -10,6 +10,8 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from modify.layers.options import Init
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -30,7 +32,7 @@ def fail(message: str) -> typer.Exit:
 ENGINES = ("eager", "compile", "onnxruntime", "aoti")
 ENGINE_HELP = "Where the model runs: eager, compile (torch.compile), onnxruntime or aoti (an AOTInductor package)."
 
-INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, without importing torch
+INITS = tuple(i.value for i in Init)  # modify.layers.options imports no torch
 INIT_HELP = "How the MoD blocks start: scratch (the paper), copy (the original's weights), zero, importance."
 
 

@@ -86,7 +86,7 @@ import yaml
 from modify.conversion.recipe_parts import BlockAction, BlockRule, Capacity, mod_config_from
 from modify.conversion.validation import INDEX_KEYWORDS, as_mapping, check_keys, fail, is_int, suggest
 from modify.errors import RecipeError
-from modify.layers.options import MoDConfig
+from modify.layers.options import Init, MoDConfig
 
 if TYPE_CHECKING:
     from modify.conversion.discover import BlockSite
@@ -110,7 +110,7 @@ RECIPE_VERSIONS = (1, 2)  # the versions this modify reads; 2 adds per-block act
 _RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: the canonical shipped recipes
 _TOP_KEYS = ("version", "defaults", "mod", "rules")
 _TOP_KEYS_V2 = (*_TOP_KEYS, "init", "zero_update")
-_INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, spelt here to stay torch-free
+_INITS = tuple(i.value for i in Init)  # modify.layers.options is torch-free
 
 
 @dataclasses.dataclass(frozen=True)
