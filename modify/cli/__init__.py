@@ -14,6 +14,7 @@ import typer.core
 
 from modify.cli import (
     bench,
+    blocks,
     compare,
     convert,
     export,
@@ -69,7 +70,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _sub in (plan.app, convert.app, convert.blocks_app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app,
+for _sub in (plan.app, convert.app, blocks.app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app,
              models.app):  # fmt: skip
     app.add_typer(_sub)
 

@@ -109,3 +109,26 @@ def load_base(spec: str, *, weights: str | None, num_classes: int | None) -> tup
 
         load_state_dict_file(module, weights)
     return module, label
+
+
+# -- modify convert and modify blocks
+
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")]
+KOpt = Annotated[Optional[str], typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
+COpt = Annotated[Optional[int], typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")]
+SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
+LeafOpt = Annotated[Optional[list[str]], typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")]
+
+
+def run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init="scratch"):
+    """The conversion `modify convert` and `modify blocks` run: (original, result, label)."""
+    from modify.conversion.pipeline import convert as convert_model
+
+    if sum(v is not None for v in (recipe, k, c)) > 1:
+        raise fail("give at most one of --recipe, -k and -c.")
+    original, label = load_base(model, weights=str(weights) if weights else None, num_classes=num_classes)
+    result = convert_model(
+        original, recipe=recipe, k=parse_k(k), c=c, input_size=input_size, leaf_modules=tuple(leaf or ()), init=init
+    )
+    return original, result, label
