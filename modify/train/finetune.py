@@ -44,6 +44,7 @@ from modify.train.config import FinetuneConfig, FinetuneResult, Precision, StepI
 from modify.train.distributed import Dist, pick_device, setup_distributed, shard
 from modify.train.state import (
     STATE_FILE,
+    SavedRun,
     check_same_run,
     read_state,
     rng_state,
@@ -195,8 +196,10 @@ def finetune(
         raise ModifyError(f"checkpoint_every={checkpoint_every} must be at least 1.")
     if resume and checkpoint_dir is None:
         raise ModifyError("resume=True needs checkpoint_dir= (where the state of the earlier run is).")
-    request = _Request(model, train_data, teacher, config, epochs, steps, eval_data, on_step, checkpoint_dir,
-                       checkpoint_every, resume, started)  # fmt: skip
+    request = _Request(
+        model=model, train_data=train_data, teacher=teacher, config=config, epochs=epochs, steps=steps, eval_data=eval_data,
+        on_step=on_step, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, started=started,
+    )  # fmt: skip
     d = setup_distributed(config.device)
     try:
         return _run(request, d)
@@ -262,13 +265,12 @@ class _Loop:
         if self.path is None or not self.d.main:
             return
         model = self.request.model
-        progress.written = write_state(self.path, {
-            "config": self.request.config.as_dict(), "total_steps": self.total_steps, "step": progress.step,
-            "epoch": progress.epoch, "position": progress.position, "epoch_rng": progress.epoch_rng, "rng": rng_state(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "losses": list(progress.losses), "lrs": list(progress.lrs), "eval_before": self.eval_before,
-        })  # fmt: skip
+        progress.written = write_state(self.path, SavedRun(
+            config=self.request.config.as_dict(), total_steps=self.total_steps, step=progress.step, epoch=progress.epoch,
+            position=progress.position, epoch_rng=progress.epoch_rng, rng=rng_state(),
+            model={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(), losses=list(progress.losses), lrs=list(progress.lrs), eval_before=self.eval_before,
+        ))  # fmt: skip
 
 
 def _run(request: _Request, d: Dist) -> FinetuneResult:
@@ -288,14 +290,15 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
     state = read_state(path) if request.resume and path is not None and path.is_file() else None
     if state is not None:
         check_same_run(state, config, total_steps, path)  # type: ignore[arg-type]
-        model.load_state_dict(state["model"])
-        eval_before = state.get("eval_before")
+        model.load_state_dict(state.model)
+        eval_before = state.eval_before
     else:
         seed_all(config.seed)  # a fresh run is reproducible whatever the caller's RNG state
         eval_before = _evaluate_on_main(request, d, device, precision)
     loop = _Loop(
-        request, d, data, device, precision, total_steps, config.warmup_steps(total_steps), _wrap(model, d, device),
-        make_optimizer(model, config), torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path, eval_before,
+        request=request, d=d, data=data, device=device, precision=precision, total_steps=total_steps,
+        warmup=config.warmup_steps(total_steps), net=_wrap(model, d, device), optimizer=make_optimizer(model, config),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path=path, eval_before=eval_before,
     )  # fmt: skip
     progress = _restore(loop, state)
     model.train()
@@ -308,7 +311,7 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
     model.eval()
     for p, flag in grad_flags:
         p.requires_grad_(flag)
-    return _result(loop, progress, per_epoch, resumed_from=state["step"] if state is not None else None)
+    return _result(loop, progress, per_epoch, resumed_from=state.step if state is not None else None)
 
 
 def _wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
@@ -325,16 +328,16 @@ def _evaluate_on_main(request: _Request, d: Dist, device: torch.device, precisio
     return evaluate(request.model, request.eval_data, device=device, precision=precision)
 
 
-def _restore(loop: _Loop, state: dict[str, Any] | None) -> _Progress:
+def _restore(loop: _Loop, state: SavedRun | None) -> _Progress:
     if state is None:
         return _Progress()
-    loop.optimizer.load_state_dict(state["optimizer"])
-    loop.scaler.load_state_dict(state["scaler"])
-    return _Progress(step=state["step"], epoch=state["epoch"], position=state["position"], losses=list(state["losses"]),
-                     lrs=list(state["lrs"]), epoch_rng=state["epoch_rng"])  # fmt: skip
+    loop.optimizer.load_state_dict(state.optimizer)
+    loop.scaler.load_state_dict(state.scaler)
+    return _Progress(step=state.step, epoch=state.epoch, position=state.position, losses=list(state.losses),
+                     lrs=list(state.lrs), epoch_rng=state.epoch_rng)  # fmt: skip
 
 
-def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> None:
+def _train(loop: _Loop, progress: _Progress, state: SavedRun | None) -> None:
     """Epochs until the planned steps are done (or a one-pass iterable runs out). A resumed run
     first replays the interrupted epoch's data order and skips the batches it already used."""
     single_pass = isinstance(loop.request.train_data, Iterator)  # a generator: one pass, whatever the epochs
@@ -352,7 +355,7 @@ def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> No
             for _ in range(progress.position):  # the batches the interrupted run already used
                 if next(iterator, None) is None:
                     break
-            set_rng_state(state["rng"])
+            set_rng_state(state.rng)
             state = None
         _epoch(loop, progress, iterator)
         if progress.step >= loop.total_steps or progress.position == 0 or single_pass:
