@@ -337,7 +337,7 @@ def test_aoti_engine_compiles_before_the_timing(tmp_path) -> None:
 
 
 def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from torch._inductor import config
+    from torch._inductor import config  # noqa: PLC2701 (AOTInductor's compiler setting lives only there)
 
     monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-c++-compiler"))
     monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
@@ -364,7 +364,7 @@ def test_aoti_without_a_compiler_says_what_to_install(monkeypatch: pytest.Monkey
 
 def test_aoti_compiler_failure_inside_inductor_is_the_same_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import torch._inductor
-    from torch._inductor.exc import InvalidCxxCompiler
+    from torch._inductor.exc import InvalidCxxCompiler  # noqa: PLC2701 (and its compiler error)
 
     from modify.deploy.aoti import export_aoti
     from modify.errors import ExportError
@@ -382,7 +382,7 @@ def test_aoti_compiler_failure_inside_inductor_is_the_same_line(monkeypatch: pyt
 
 
 def test_cli_engine_names_are_the_library_engines() -> None:
-    from modify.cli._common import ENGINES
+    from modify.cli._common import ENGINES  # noqa: PLC2701 (the CLI's torch-free copy of the engine names)
     from modify.deploy.engines import Engine
 
     assert ENGINES == tuple(e.value for e in Engine)

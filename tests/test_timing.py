@@ -112,14 +112,14 @@ def test_modify_bench_prints_the_spread_and_the_busy_line(monkeypatch) -> None:
 
 def test_the_sweep_stores_the_spread_and_the_warning(monkeypatch, tmp_path) -> None:
     from modify.study.store import SweepStore
-    from modify.study.sweep import CompareConfig, _time_all
+    from modify.study.sweep import CompareConfig, time_candidates
 
     monkeypatch.setattr(os, "getloadavg", lambda: (1e4, 1e4, 1e4))
     model, baseline = _tiny()
     store = SweepStore(tmp_path)
     store.create()
     config = CompareConfig(input_size=8, bench_rounds=2, bench_seconds=0.01, throughput_batch=2)
-    (record,) = _time_all({"arch": model}, baseline, config, store)
+    (record,) = time_candidates({"arch": model}, baseline, config, store)
     stored = json.loads((tmp_path / "speed" / "arch.json").read_text())
     assert stored["spread"] == pytest.approx(spread(stored["round_speedups"]))
     assert stored["spread_batch"] is not None

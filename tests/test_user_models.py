@@ -14,12 +14,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 from toy_models import PreActBlock
+from zoo_checks import check_toy_model, mod_block
 
 from modify.errors import TraceError
 from modify.layers import MoDBlock
-from modify.conversion.pipeline import convert, convert_identity
+from modify.conversion.pipeline import convert
 from modify.conversion.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
-from modify.conversion.tracing import trace
 
 SIZE = 16
 
@@ -40,34 +40,6 @@ class Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))  # (N, 10)
-
-
-def _check(model: nn.Module, **kwargs):
-    """Converts ``model`` and runs every check; returns the `ConversionResult`."""
-    model.eval()
-    x = torch.randn(2, 3, SIZE, SIZE)
-    result = convert(model, example_inputs=x[:1], **kwargs)
-    assert result.converted
-    converted = result.model.eval()
-    with torch.no_grad():
-        expected, out = model(x), converted(x)
-    assert out.shape == expected.shape and torch.isfinite(out).all()
-    trace(converted, x[:1], leaf_modules=kwargs.get("leaf_modules", ()))
-
-    identity = convert_identity(model, example_inputs=x[:1], leaf_modules=kwargs.get("leaf_modules", ()))
-    assert [s for s in identity.skipped if s.selected] == []
-    with torch.no_grad():
-        torch.testing.assert_close(identity.model.eval()(x), expected, atol=1e-5, rtol=1e-5)
-
-    converted.train()
-    converted(x).square().mean().backward()
-    assert [n for n, p in converted.named_parameters() if p.requires_grad and p.grad is None] == []
-    return result
-
-
-def _mod(result, name: str) -> MoDBlock:
-    block = next(b for b in result.converted if b.name == name)
-    return result.model.get_submodule(block.module)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +64,7 @@ class CifarBlock(nn.Module):
 
 def test_option_a_shortcuts_are_skipped_with_a_reason() -> None:
     model = Net(CifarBlock(16, 16), CifarBlock(16, 16), CifarBlock(16, 32, 2), CifarBlock(32, 32), CifarBlock(32, 32), out=32)
-    result = _check(model, k=4)
+    result = check_toy_model(model, k=4)
     assert [b.name for b in result.converted] == ["blocks.1", "blocks.3"]
     (entry,) = [s for s in result.sites if s.name == "blocks.2"]
     assert not entry.convertible and entry.reason.startswith("parameter-free shortcut changes the shape (16x16x16 -> 32x8x8")
@@ -103,9 +75,9 @@ def test_option_a_shortcuts_are_skipped_with_a_reason() -> None:
 
 def test_pre_activation_blocks() -> None:
     model = Net(PreActBlock(16, 32, 2), PreActBlock(32, 32), PreActBlock(32, 32), out=32)
-    result = _check(model, k=8)
+    result = check_toy_model(model, k=8)
     assert [b.name for b in result.converted] == ["blocks.1"]
-    branch = _mod(result, "blocks.1").block.branch
+    branch = mod_block(result, "blocks.1").block.branch
     assert [type(m).__name__ for m in branch.children()] == ["BatchNorm2d", "Conv2d", "BatchNorm2d", "Conv2d"]
     assert branch.bn1.num_features == 8 and branch.conv2.out_channels == 8
     assert [s.reason for s in result.sites if s.name == "blocks.0"][0].startswith("projection shortcut (Conv2d)")
@@ -121,8 +93,8 @@ class DilatedBlock(nn.Module):
 
 
 def test_dilated_branches_keep_dilation_and_padding() -> None:
-    result = _check(Net(DilatedBlock(16, 2), DilatedBlock(16, 2), DilatedBlock(16, 4)), k=4)
-    convs = [m for m in _mod(result, "blocks.1").block.branch.modules() if isinstance(m, nn.Conv2d)]
+    result = check_toy_model(Net(DilatedBlock(16, 2), DilatedBlock(16, 2), DilatedBlock(16, 4)), k=4)
+    convs = [m for m in mod_block(result, "blocks.1").block.branch.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.dilation, c.padding) for c in convs] == [(4, 2, (2, 2), (2, 2)), (2, 4, (2, 2), (2, 2))]
 
 
@@ -163,8 +135,8 @@ class SEBlock(nn.Module):
 
 @pytest.mark.parametrize("se", [SqueezeExcite, LinearSE])
 def test_hand_written_se_squeeze_scales_with_k(se: type[nn.Module]) -> None:
-    result = _check(Net(SEBlock(32, se), SEBlock(32, se), SEBlock(32, se), c=32), k=8)
-    layers = [m for m in _mod(result, "blocks.1").block.branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    result = check_toy_model(Net(SEBlock(32, se), SEBlock(32, se), SEBlock(32, se), c=32), k=8)
+    layers = [m for m in mod_block(result, "blocks.1").block.branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     widths = [(m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features) for m in layers]
     # 32 -> 128 -> SE(128 -> 8 -> 128) -> 32 at k = 8 (k/C = 1/4): 8 -> 32 -> SE(32 -> 2 -> 32) -> 8
     assert widths == [(8, 32), (32, 2), (2, 32), (32, 8)]
@@ -191,9 +163,9 @@ class TrainingBlock(nn.Module):
 def test_training_paths_and_functional_dropout() -> None:
     model = Net(TrainingBlock(16), TrainingBlock(16), TrainingBlock(16))
     with pytest.warns(UserWarning, match=r"blocks\.1: the block's forward branches on self\.training; it was traced in eval"):
-        result = _check(model, k=4)  # the `if self.training` multiply is frozen out, and the report says so
+        result = check_toy_model(model, k=4)  # the `if self.training` multiply is frozen out, and the report says so
     assert len(result.notes) == 1
-    mod = _mod(result, "blocks.1")
+    mod = mod_block(result, "blocks.1")
     # F.dropout(training=self.training) was traced as training=False; in the reduced block it is an
     # nn.Dropout again, so it drops in train mode and not in eval mode.
     assert any(isinstance(m, nn.Dropout) for m in mod.block.modules())
@@ -220,7 +192,7 @@ class ReusedNet(nn.Module):
 
 def test_a_block_module_called_twice() -> None:
     model = ReusedNet()
-    result = _check(model, recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
+    result = check_toy_model(model, recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
     assert [b.name for b in result.converted] == ["block:add", "block:add_1"]
     assert isinstance(result.model, fx.GraphModule)  # each call becomes its own MoD block in the graph
     assert sum(isinstance(m, MoDBlock) for m in result.model.modules()) == 2
@@ -251,7 +223,7 @@ class InlineNet(nn.Module):
 
 
 def test_inline_blocks() -> None:
-    result = _check(InlineNet(), recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
+    result = check_toy_model(InlineNet(), recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
     assert len(result.converted) == 6 and {b.block_type for b in result.converted} == {"inline"}
     assert isinstance(result.model, fx.GraphModule)
 
@@ -291,8 +263,8 @@ class InceptionResBlock(nn.Module):
 
 
 def test_group_norm_layer_norm_prelu_and_layer_scale() -> None:
-    result = _check(Net(NormZoo(16), NormZoo(16), c=16), k=8)
-    branch = _mod(result, "blocks.1").block.branch
+    result = check_toy_model(Net(NormZoo(16), NormZoo(16), c=16), k=8)
+    branch = mod_block(result, "blocks.1").block.branch
     shapes = {name: tuple(t.shape) for name, t in branch.named_parameters()}
     assert shapes["gamma"] == (8, 1, 1) and shapes["act.weight"] == (8,)
     assert branch.gn.num_channels == 8 and branch.gn.num_groups == 4 and branch.conv1.groups == 4
@@ -302,8 +274,8 @@ def test_group_norm_layer_norm_prelu_and_layer_scale() -> None:
 def test_inception_style_concat_in_the_branch() -> None:
     # The concat's width is the sum of its paths' scaled widths, whatever their rounding: the
     # 1x1 conv after it is rebuilt for the width that actually arrives.
-    result = _check(Net(InceptionResBlock(16), InceptionResBlock(16), c=16), k=4)
-    assert _mod(result, "blocks.1").block.branch.up.in_channels == 1 + 2 + 2
+    result = check_toy_model(Net(InceptionResBlock(16), InceptionResBlock(16), c=16), k=4)
+    assert mod_block(result, "blocks.1").block.branch.up.in_channels == 1 + 2 + 2
 
 
 class Opaque(nn.Module):
@@ -332,7 +304,7 @@ def test_untraceable_module_needs_a_leaf_then_the_rest_converts() -> None:
     model = Net(CifarBlock(16, 16), CifarBlock(16, 16), OpaqueBlock(16), OpaqueBlock(16), CifarBlock(16, 16))
     with pytest.raises(TraceError, match=r"'blocks\.2\.body\.2' \(Opaque\): control flow.*leaf_modules=\['blocks\.2\.body\.2'\]"):
         convert(model, k=4, input_size=SIZE)
-    result = _check(model, k=4, leaf_modules=[Opaque])
+    result = check_toy_model(model, k=4, leaf_modules=[Opaque])
     assert [b.name for b in result.converted] == ["blocks.1"]
     # blocks.3 holds the leaf, which no rule can shrink: skipped with the reason, left as it was.
     (skipped,) = [s for s in result.skipped if s.selected]

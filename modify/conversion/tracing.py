@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC2701 (FakeTensorMode has no public home in torch)
 from torch.fx.passes.shape_prop import ShapeProp
 
 from modify.module_state import kept_modes

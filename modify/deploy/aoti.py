@@ -49,7 +49,7 @@ def cxx_compiler() -> str:
     Raises:
         ExportError: none is installed; the message names what to install.
     """
-    from torch._inductor import config
+    from torch._inductor import config  # noqa: PLC2701 (AOTInductor's compiler setting lives only there)
 
     search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
     named = [c for c in search if c]
@@ -77,7 +77,7 @@ def check_toolchain(device: str = "cpu") -> str:
 
 def _is_missing_compiler(e: BaseException) -> bool:
     """Whether inductor failed for want of a C++ compiler (possibly wrapped by its callers)."""
-    from torch._inductor.exc import InvalidCxxCompiler
+    from torch._inductor.exc import InvalidCxxCompiler  # noqa: PLC2701 (and its compiler error)
 
     seen: BaseException | None = e
     for _ in range(8):

@@ -31,7 +31,7 @@ from modify.study.store import RUN_FORMAT, RunRecord, SweepStore, fingerprint
 from modify.train.evaluation import compare_outputs
 from modify.train.finetune import FinetuneConfig, evaluate, finetune
 
-__all__ = ["CompareConfig", "run_sweep"]
+__all__ = ["CompareConfig", "run_sweep", "time_candidates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class CompareConfig:
         return out
 
 
-def _time_all(models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, store: SweepStore) -> list[dict[str, Any]]:
+def time_candidates(models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, store: SweepStore) -> list[dict[str, Any]]:
     """Every architecture's latency against the original, all in shared rounds, each written to
     ``speed/<arch key>.json``."""
     from modify.measure.benchmark import BenchCase, bench_many, spread
@@ -181,7 +181,7 @@ def run_sweep(
         for key, candidate in todo.items():
             models[key] = build_candidate(candidate, original, input_size=config.input_size,
                                           pruning_ratio=store.stored_ratio(key), weights=False)[0]  # fmt: skip
-        for speed in _time_all(models, original, config, store):
+        for speed in time_candidates(models, original, config, store):
             emit("speed", {"label": todo[speed["key"]].label, **speed})
     keys = {c.key for c in candidates}
     return [r for r in store.runs() if r.key in keys]

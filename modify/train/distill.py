@@ -33,7 +33,7 @@ from modify.train.evaluation import recalibrate_bn
 from modify.conversion.init import replaced_blocks
 from modify.layers import FusionSlot, MoDBlock
 
-__all__ = ["BlockFit", "DistillReport", "distill_blocks"]
+__all__ = ["BlockFit", "DistillReport", "distill_blocks", "record_blocks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _images(batch: Any) -> Tensor:
 
 
 @torch.no_grad()
-def _record(original: nn.Module, names: list[str], data: Iterable[Any], images: int) -> dict[str, tuple[Tensor, Tensor]]:
+def record_blocks(original: nn.Module, names: list[str], data: Iterable[Any], images: int) -> dict[str, tuple[Tensor, Tensor]]:
     """(inputs, outputs) of the named modules of ``original`` over the first ``images`` images
     of ``data``, in eval mode."""
     modules = dict(original.named_modules())
@@ -164,7 +164,7 @@ def distill_blocks(
     blocks = replaced_blocks(result_or_model)
     if not blocks:
         raise ModifyError("block-local distillation found no MoD or narrowed block in the model; convert it first.")
-    recorded = _record(original, [name for _, name, _ in blocks], data, images)
+    recorded = record_blocks(original, [name for _, name, _ in blocks], data, images)
     generator = torch.Generator().manual_seed(seed)
     fits = []
     for path, name, block in blocks:
