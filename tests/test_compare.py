@@ -50,6 +50,8 @@ def test_candidate_keys_ignore_labels_and_the_default_sweep_spans_the_methods() 
     a = Candidate("mod", "x", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="importance")
     b = Candidate("mod", "y", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="importance")
     assert a.key == b.key and a.key != Candidate("mod", "x", init="zero").key
+    distilled = Candidate("mod", "x", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="zero", block_distill_steps=300)
+    assert distilled.arch_key == a.arch_key and distilled.key != a.key  # weights differ, the speed does not
     cands = default_candidates(blocks=["l1", "l2", "l3", "l4"])
     assert {c.method for c in cands} == {"mod", "delete", "prune"}
     assert [c.blocks for c in cands if c.method == "delete"][0] == ("l1", "l2", "l3", "l4")
@@ -93,9 +95,9 @@ def test_cli_compare_runs_end_to_end_and_resumes_after_a_kill(tmp_path: Path) ->
     again = subprocess.run(args[:-6] + ["--report-only"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "wrote" in again.stdout
     speeds = {p.name: json.loads(p.read_text()) for p in (out / "speed").glob("*.json")}
-    # Six candidates, five architectures (the two k=0.25 importance ones differ only in weights),
-    # all timed in the same rounds.
-    assert len(speeds) == 5 and all(s["timed_with"] == 5 for s in speeds.values())
+    # Six candidates, six architectures (the first three MoD candidates differ in k or form; the
+    # candidates that differ only in weights share one, see the test above), all timed in the same rounds.
+    assert len(speeds) == 6 and all(s["timed_with"] == 6 for s in speeds.values())
     retimed = subprocess.run(args + ["--retime"], capture_output=True, text=True, env=env, timeout=600)
     assert retimed.returncode == 0, retimed.stderr[-2000:]
     assert all(p.read_text() == kept[p.name] for p in _runs(out) if p.name in kept)  # retiming trains nothing
@@ -163,10 +165,16 @@ def test_the_comparison_and_plan_tables_read_whole_at_80_columns() -> None:
     from rich.console import Console
 
     from modify.cli.render import sweep_table
-    from modify.study.report import _demo
+    from modify.study.store import RunRecord
 
-    rows = [_demo("mod", "MoD-OP k=0.25 importance + routed block KD", 0.889, 1.33),
-            _demo("delete", "delete layer1.1+layer2.1+layer3.1+layer4.1", 0.8886, 2.07), _demo("plan", "plan 1.5x", 0.91, 1.52)]  # fmt: skip
+    def record(method: str, label: str, accuracy: float, speedup: float) -> RunRecord:  # one seed
+        return RunRecord(
+            key=label, method=method, label=label, seed=0, accuracy_before=accuracy, accuracy=accuracy, macs=1, params=1,
+            speedup=speedup, speedup_batch=None, latency_ms=1.0, teacher_latency_ms=speedup, finetune_seconds=0.0,
+        )  # fmt: skip
+
+    rows = [record("mod", "MoD-OP k=0.25 importance + routed block KD", 0.889, 1.33),
+            record("delete", "delete layer1.1+layer2.1+layer3.1+layer4.1", 0.8886, 2.07), record("plan", "plan 1.5x", 0.91, 1.52)]  # fmt: skip
     console = Console(width=80, record=True)
     console.print(sweep_table(summarize(rows)))
     text = console.export_text()
