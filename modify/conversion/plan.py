@@ -117,7 +117,7 @@ def resolve_recipe(
 
     Example:
         >>> resolve_recipe(k=0.25).to_dict()["defaults"], resolve_recipe(c=16).rules
-        ({'fraction': 0.25}, (BlockRule(stage=None, index='odd', name=None, capacity=None),))
+        ({'fraction': 0.25}, (BlockRule(stage=None, index='odd', name=None, capacity=None, action=None),))
     """
     given = [f"{name}={value!r}" for name, value in (("recipe", recipe), ("k", k), ("c", c)) if value is not None]
     if len(given) > 1:
