@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import pickle
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torchvision
 from torch import nn
 
 import modify
-from modify.errors import CheckpointError, ConversionError, RecipeError
+from modify.errors import ConversionError, RecipeError
 from modify.layers import MoDBlock
 from modify.conversion.pipeline import convert_identity
 from modify.measure.profiling import profile_model
@@ -132,89 +130,6 @@ def test_copy_init_takes_the_original_weights() -> None:
     result = modify.convert(model, k=32, input_size=SIZE, init="copy")
     branch = result.model.layer1[1].block.branch
     torch.testing.assert_close(branch.conv1.weight, model.layer1[1].conv1.weight[:32, :32])
-
-
-def test_save_then_load_gives_identical_outputs(tmp_path) -> None:
-    result = modify.convert(modify.get_model("resnet18", num_classes=10), input_size=SIZE)
-    path = modify.save(result, tmp_path / "r18_mod.pt")
-    loaded = modify.load(path)
-    x = torch.randn(2, 3, SIZE, SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), result.model.eval()(x), atol=0, rtol=0)
-    data = torch.load(path, weights_only=True)  # plain data only
-    assert data["source"] == {"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}}
-    assert [step["method"] for step in data["steps"]] == ["convert"]
-    assert data["steps"][0]["recipe"]["rules"] == [{"index": "odd"}]
-    assert data["modify_version"] == modify.__version__
-
-
-def test_save_refuses_to_overwrite_and_writes_atomically(tmp_path) -> None:
-    result = modify.convert(modify.get_model("resnet18"), input_size=SIZE)
-    path = tmp_path / "m.pt"
-    path.write_bytes(b"precious")
-    with pytest.raises(CheckpointError, match="exists; pass --force"):
-        modify.save(result, path)
-    assert path.read_bytes() == b"precious"
-    modify.save(result, path, force=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
-
-
-def test_a_path_that_cannot_be_written_is_a_one_line_checkpoint_error(tmp_path) -> None:
-    """`atomic_write` (behind save, export and every report) checks like the CLI: one line, not a
-    FileExistsError or NotADirectoryError, before anything is written."""
-    from modify.errors import OutputPathError
-    from modify.io.files import atomic_write
-
-    (tmp_path / "notes.txt").write_text("a file")
-    calls: list[str] = []
-    for path, match in [
-        (tmp_path / "notes.txt" / "m.pt", "notes.txt' is a file, not a folder"),
-        (tmp_path / ("x" * 300) / "m.pt", "cannot be made"),
-        (tmp_path, "is a directory"),
-    ]:
-        with pytest.raises(OutputPathError, match=match) as error:
-            atomic_write(path, calls.append)
-        assert isinstance(error.value, CheckpointError) and "\n" not in str(error.value)
-    assert calls == [] and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
-def test_written_files_follow_the_umask(tmp_path, umask: int) -> None:
-    import os
-
-    previous = os.umask(umask)
-    try:
-        path = modify.save(modify.get_model("resnet18"), tmp_path / "m.pt")
-    finally:
-        os.umask(previous)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
-
-
-class _Boom:
-    def __reduce__(self):
-        return (exec, ("open('/tmp/modify_pwned', 'w').write('ran')",))
-
-
-def test_a_pickled_checkpoint_is_refused_and_nothing_runs(tmp_path) -> None:
-    import os
-
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as f:
-        pickle.dump({"format": "modify.checkpoint", "payload": _Boom()}, f)
-    if os.path.exists("/tmp/modify_pwned"):
-        os.remove("/tmp/modify_pwned")
-    with pytest.raises(CheckpointError, match="pickled Python objects.*nothing in it was run"):
-        modify.load(path)
-    assert not os.path.exists("/tmp/modify_pwned")
-    torch.save(copy.deepcopy(nn.Linear(2, 2)), tmp_path / "module.pt")  # a pickled module
-    with pytest.raises(CheckpointError, match="pickled Python objects"):
-        modify.load(tmp_path / "module.pt")
-
-
-def test_save_needs_a_rebuildable_model(tmp_path) -> None:
-    result = modify.convert(torchvision.models.resnet18(weights=None), input_size=SIZE)
-    with pytest.raises(CheckpointError, match="does not say how to rebuild"):
-        modify.save(result, tmp_path / "x.pt")
 
 
 class InlineNet(nn.Module):

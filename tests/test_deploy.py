@@ -210,15 +210,6 @@ def test_mod_block_compiles_without_graph_breaks(form: str) -> None:
         torch.testing.assert_close(compiled(x), mod(x))
 
 
-def test_profile_latency_sets_time_beside_macs() -> None:
-    result = CliRunner().invoke(app, ["profile", "resnet18_mod", "--input-size", "32", "--latency", "--json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["latency_ms"] > 0
-    assert set(data["block_ms"]) == {b["name"] for b in data["blocks"]}
-    assert all(v >= 0 for v in data["block_ms"].values())
-
-
 def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import importlib.util
 

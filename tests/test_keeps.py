@@ -14,15 +14,12 @@ import torch
 import torch.nn.functional as F
 from test_user_models import Net
 from torch import nn
-from toy_models import PreActBlock
 from typer.testing import CliRunner
 
 import modify
-from modify.conversion.backbones import convert_backbone
 from modify.cli import app
 from modify.errors import CheckpointError, UnknownModelError
 from modify.conversion.pipeline import convert
-from modify.io import provenance
 from modify.io.weights import load_state_dict_file
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
@@ -106,53 +103,6 @@ def test_a_wrong_weights_file_names_its_first_key_from_the_cli(tmp_path) -> None
                                  "--input-size", "64"])  # fmt: skip
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "'fc.weight' has shape (1000, 512) in the file and (10, 512) in the model" in result.stderr
-
-
-def test_a_converted_backbone_saves_and_loads(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = modify.get_model("fcn_resnet50", weights_backbone=None, num_classes=3).eval()
-    result = convert_backbone(model, input_size=64)
-    path = modify.save(result, tmp_path / "fcn_mod.pt")
-    loaded = modify.load(path)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded(x)["out"], result.model.eval()(x)["out"])
-    assert type(loaded.backbone.layer3[1]).__name__ == "MoDBlock"
-
-
-class Gate(nn.Module):
-    """Control flow on a tensor value: torch.fx cannot trace it, so it must be a leaf."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.mean() > 0 else -x
-
-
-def gated_net() -> nn.Module:
-    """A model that converts only with ``leaf_modules=[Gate]`` (an importable factory for checkpoints)."""
-    model = Net(PreActBlock(16, 16), PreActBlock(16, 16))
-    model.stem.append(Gate())
-    return provenance.attach(model, provenance.Provenance(source={"kind": "import", "name": "test_keeps:gated_net", "kwargs": {}}))
-
-
-def test_leaf_classes_survive_a_checkpoint(tmp_path) -> None:
-    model = gated_net().eval()
-    result = convert(model, k=4, input_size=16, leaf_modules=[Gate, "stem.0"])
-    assert provenance.of(result.model).steps[-1].data["leaf_modules"] == ["test_keeps:Gate", "stem.0"]
-    loaded = modify.load(modify.save(result, tmp_path / "gated.pt"))
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), result.model.eval()(x))
-
-
-def test_a_leaf_class_that_cannot_be_imported_is_a_clear_error(tmp_path) -> None:
-    class Local(Gate):
-        pass
-
-    model = gated_net().eval()
-    model.stem[-1] = Local()
-    path = modify.save(convert(model, k=4, input_size=16, leaf_modules=[Local]), tmp_path / "local.pt")
-    with pytest.raises(CheckpointError, match=r"Local.*cannot be imported.*top level"):
-        modify.load(path)
 
 
 class NoisyInTraining(nn.Module):
