@@ -112,11 +112,11 @@ def plot(data: dict[str, Any], fractions: list[float], path: Path, *, metric: st
     names = list(data["blocks"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False, sharey=True)
     styles = {"mod": ("MoD", "tab:blue", "o-"), "static": ("static MoD", "tab:purple", "s--"), "narrow": ("narrow", "tab:green", "^-")}
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         row = data["blocks"][name]
         ks = [key for key in row if key.startswith("k=")]
         for kind, (label, color, style) in styles.items():
-            points = [(f, row[key][kind]) for f, key in zip(fractions, ks) if row[key][kind]]
+            points = [(f, row[key][kind]) for f, key in zip(fractions, ks, strict=True) if row[key][kind]]
             if points:
                 ax.errorbar([f for f, _ in points], [c[metric] for _, c in points], yerr=[c.get("spread", 0) if metric == "accuracy" else 0
                             for _, c in points], fmt=style, color=color, label=label, capsize=2)  # fmt: skip
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def progress(kind: str, info: dict[str, Any]) -> None:
         if kind == "done":
-            print(f"{info['label']} seed {info['seed']}: {100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
+            print(f"{info['label']} seed {info['seed']}: " f"{100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
         elif kind == "failed":
             print(f"failed: {info['label']}: {info['error']}", flush=True)
 

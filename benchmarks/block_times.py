@@ -35,15 +35,14 @@ import torch
 import torchvision
 from torch import nn
 
-from modify.deploy.engines import Engine, OrtModule, prepare
-
 import modify
 from modify.baselines import delete_blocks
-from modify.measure.benchmark import BenchCase, bench_many, spread
-from modify.measure.latency import block_latency
+from modify.deploy.engines import Engine, OrtModule, prepare
+from modify.deploy.optimize import optimize_for_inference
 from modify.layers import MoDBlock
 from modify.layers.block import gather_channels
-from modify.deploy.optimize import optimize_for_inference
+from modify.measure.benchmark import BenchCase, bench_many, spread
+from modify.measure.latency import block_latency
 from modify.measure.profiling import profile_model
 
 MODELS = ("resnet50", "resnet18_32", "resnet18_224")
@@ -113,11 +112,11 @@ def share_table(args: argparse.Namespace, workdir: str) -> None:
                                min_run_time=args.min_run_time)
                 conv, dele = r["converted"][0], r["deleted"][0]
                 # Per round: (converted - deleted) / (original - deleted), the round's own three times.
-                shares = [(c - d) / (b - d) for c, d, b in zip(conv.model_rounds, dele.model_rounds, conv.baseline_rounds)]
+                shares = [(c - d) / (b - d) for c, d, b in zip(conv.model_rounds, dele.model_rounds, conv.baseline_rounds, strict=True)]
                 print(f"| {label} | {engine_name} | {case.label()} | {conv.baseline_median * 1e3:.2f} | "
                       f"{conv.model_median * 1e3:.2f} | {dele.model_median * 1e3:.2f} | "
                       f"{statistics.median(conv.round_speedups):.2f}x | {spread(conv.round_speedups):.2f} | "
-                      f"{statistics.median(dele.round_speedups):.2f}x | {macs:.2f}x | {100 * statistics.median(shares):.0f}% |",
+                      f"{statistics.median(dele.round_speedups):.2f}x | " f"{macs:.2f}x | {100 * statistics.median(shares):.0f}% |",
                       flush=True)
                 if conv.warning:
                     warnings.append(f"{label}, {engine_name}, {case.label()}: {conv.warning}")
@@ -241,7 +240,7 @@ def breakdowns(args: argparse.Namespace, workdir: str) -> None:
 def hook_table(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     baseline, model = modify.get_model("resnet50").eval(), modify.get_model("resnet50_mod").eval()
-    names = ["conv1", "bn1", "relu", "maxpool"] + [f"layer{s}.{i}" for s, n in zip(range(1, 5), (3, 4, 6, 3)) for i in range(n)]
+    names = ["conv1", "bn1", "relu", "maxpool"] + [f"layer{s}.{i}" for s, n in zip(range(1, 5), (3, 4, 6, 3), strict=True) for i in range(n)]
     names += ["avgpool", "fc"]
     t_base, base = block_latency(baseline, names, repeats=args.repeats)
     t_mod, mod = block_latency(model, names, repeats=args.repeats)

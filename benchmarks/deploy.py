@@ -24,13 +24,12 @@ import tempfile
 import time
 
 import torch
+from pairs import NAMES, pair
 from torch import nn
 
-from pairs import NAMES, pair
-
 from modify.deploy.engines import Engine, prepare
-from modify.measure.benchmark import BenchCase, bench
 from modify.deploy.optimize import optimize_for_inference
+from modify.measure.benchmark import BenchCase, bench
 from modify.measure.profiling import profile_model
 
 ENGINES = (*(e.value for e in Engine), "optimized")  # the library's engines, and this benchmark's extra

@@ -27,10 +27,9 @@ import statistics
 import time
 
 import torch
+from pairs import pair
 from torch import nn
 from torch.utils import benchmark
-
-from pairs import pair
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -128,7 +127,7 @@ def main() -> None:
     built = {label: (model, baseline) for label, model, baseline in map(pair, args.pairs.split(","))}
     checks = [check_device(model, baseline, label, args.device) for label, (model, baseline) in built.items()]
     for c in checks:
-        print(f"device check {c['pair']}: {args.device} vs CPU fp32 (TF32 off) max |diff| {c['device_vs_cpu_fp32_max_abs']:.2e} "
+        print(f"device check {c['pair']}: {args.device} vs CPU fp32 (TF32 " f"off) max |diff| {c['device_vs_cpu_fp32_max_abs']:.2e} "
               f"(baseline {c['baseline_device_vs_cpu_fp32_max_abs']:.2e}); "
               f"fp16 vs fp32 {c['fp16_vs_fp32_max_abs']:.2e} (baseline {c['baseline_fp16_vs_fp32_max_abs']:.2e}; "
               f"outputs up to {c['output_scale']:.2f})", flush=True)

@@ -62,7 +62,7 @@ def main() -> None:
                     for _ in range(reps):
                         model(x)
                     times[name].append((time.perf_counter() - start) / reps * 1e3)
-        ratio = statistics.median(p / c for p, c in zip(times["previous"], times["current"]))
+        ratio = statistics.median(p / c for p, c in zip(times["previous"], times["current"], strict=True))
         print(f"| {label} | {statistics.median(times['previous']):.2f} | {statistics.median(times['current']):.2f} | "
               f"{ratio:.3f} | {diff:.1e} |", flush=True)
 

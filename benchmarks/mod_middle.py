@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         if kind in ("start", "failed"):
             print(kind, info.get("label"), info.get("seed"), info.get("error", ""), flush=True)
         elif kind == "done":
-            print(f"  {info['label']} seed {info['seed']}: {100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
+            print(f"  {info['label']} seed {info['seed']}: " f"{100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
 
     records = run_sweep(original, train, test, candidates=chosen, config=config, out_dir=args.out, on_event=progress)
     rows = summarize(records)

@@ -35,9 +35,8 @@ import tempfile
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
-
 from block_times import ort_times, parse_case, triple
+from torch import nn
 
 import modify
 from modify.deploy.engines import OrtModule

@@ -39,12 +39,12 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|trace)` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.measure.benchmark import BenchCase, bench  # noqa: E402
-from modify.train.data import fashion_mnist  # noqa: E402
-from modify.train.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
 from modify.conversion.init import initialize  # noqa: E402
 from modify.errors import ModifyError  # noqa: E402
 from modify.io.files import check_output_path  # noqa: E402
+from modify.measure.benchmark import BenchCase, bench  # noqa: E402
+from modify.train.data import fashion_mnist  # noqa: E402
+from modify.train.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
 
 RECIPES = {
     "every_other": {"recipe": "every_other"},  # the paper's placement, c = 64
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         original = modify.get_model("resnet18", num_classes=10)
         cfg = FinetuneConfig(lr=args.baseline_lr, weight_decay=5e-4, alpha=0.0, warmup=0.03, seed=args.seed)
         base_run = finetune(original, train_loader, config=cfg, epochs=args.baseline_epochs)
-        log(f"trained the original: {base_run.steps} steps, {base_run.seconds:.0f} s, {base_run.images_per_second:.1f} img/s")
+        log(f"trained the original: {base_run.steps} steps, " f"{base_run.seconds:.0f} s, {base_run.images_per_second:.1f} img/s")
         if args.save_baseline:
             modify.save(original, args.save_baseline, force=True)
     original.eval()
@@ -262,7 +262,7 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         spt = f"{r['speedup_t']:.2f}x" if r.get("speedup_t") else ""
         delta = "" if r is rows[0] else f"{100 * (r['accuracy'] - orig):+.2f}"
         recal = f"{100 * r['accuracy_recal']:.2f}%" if r.get("accuracy_recal") is not None else ""
-        print(f"{r['model']:<12} {r['init']:<11} {r['stage']:<15} {100 * r['accuracy']:7.2f}% {delta:>8} {recal:>8} {macs:>9} "
+        print(f"{r['model']:<12} {r['init']:<11} {r['stage']:<15} " f"{100 * r['accuracy']:7.2f}% {delta:>8} {recal:>8} {macs:>9} "
               f"{params:>8} {lat_s:>9} {sp:>8} {spt:>8}")
     lats = [r["baseline_latency_ms"] for r in rows if r.get("baseline_latency_ms")]
     print("(BN recal: the same model's test accuracy after re-estimating its BatchNorm statistics on "

@@ -6,8 +6,9 @@ model" that `modify compare` and the README's comparison start from.
 
 28x28 grey images padded to 32x32 (or scaled up, ``--input-size 64``) and repeated to 3 channels
 (`modify.train.data.fashion_mnist`), a random crop after padding by an eighth of the side and a random
-horizontal flip (``--augment``), SGD with momentum, linear warm-up then cosine decay (`modify.train.finetune.finetune` with no teacher), weights
-built with ``weights=None``: nothing is downloaded. Prints the test accuracy and writes it into a
+horizontal flip (``--augment``), SGD with momentum, linear warm-up then cosine decay
+(`modify.train.finetune.finetune` with no teacher), weights built with ``weights=None``: nothing is
+downloaded. Prints the test accuracy and writes it into a
 JSON file beside the checkpoint.
 """
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
            "seconds": run.seconds, "images_per_second": run.images_per_second, "seed": args.seed,
            "input_size": args.input_size, "lr": args.lr, "batch_size": args.batch_size, "augment_pad": pad}
     atomic_write_text(Path(args.output).with_suffix(".json"), json.dumps(out, indent=1))
-    print(f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} epochs ({run.seconds / 60:.1f} min); wrote {args.output}")
+    print(f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} " f"epochs ({run.seconds / 60:.1f} min); wrote {args.output}")
     return out
 
 

@@ -31,7 +31,9 @@ from modify.errors import (
 )
 
 if TYPE_CHECKING:
-    from modify.measure.benchmark import bench as bench
+    from modify.conversion.pipeline import ConversionResult as ConversionResult, convert as convert
+    from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
+    from modify.io.checkpoint import load as load, save as save
     from modify.layers import (
         BlockForm as BlockForm,
         ChannelSelector as ChannelSelector,
@@ -42,10 +44,8 @@ if TYPE_CHECKING:
         MoDConfig as MoDConfig,
         SelectionOrder as SelectionOrder,
     )
-    from modify.io.checkpoint import load as load, save as save
-    from modify.conversion.pipeline import ConversionResult as ConversionResult, convert as convert
+    from modify.measure.benchmark import bench as bench
     from modify.measure.profiling import profile_model as profile_model
-    from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
     from modify.models import get_model as get_model, list_models as list_models
     from modify.study.latency import Setting as Setting
     from modify.study.planner import PlanConfig as PlanConfig, PlanResult as PlanResult, plan as plan

@@ -13,15 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_user_models import SIZE, Net
-from zoo_checks import check_toy_model, mod_block
 from torch import nn
 
-from modify.conversion.surgery.literals import SplitError, scale_parts
 from modify.conversion.discover import find_blocks
-from modify.errors import RecipeError
 from modify.conversion.pipeline import convert
+from modify.conversion.surgery.literals import SplitError, scale_parts
 from modify.conversion.tracing import trace
+from modify.errors import RecipeError
+from test_user_models import SIZE, Net
+from zoo_checks import check_toy_model, mod_block
 
 
 class LayerScaleBlock(nn.Module):

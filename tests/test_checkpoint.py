@@ -10,15 +10,15 @@ import pickle
 import pytest
 import torch
 import torchvision
-from test_user_models import Net
 from torch import nn
-from toy_models import PreActBlock
 
 import modify
 from modify.conversion.backbones import convert_backbone
 from modify.conversion.pipeline import convert
 from modify.errors import CheckpointError
 from modify.io import provenance
+from test_user_models import Net
+from toy_models import PreActBlock
 
 SIZE = 64
 

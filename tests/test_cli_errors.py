@@ -355,7 +355,7 @@ class _Tripwire:
     def __call__(self, *args, **kwargs):
         raise WorkStarted("the example started its work before checking its output")
 
-    def __getattr__(self, name: str) -> "_Tripwire":
+    def __getattr__(self, name: str) -> _Tripwire:
         return self
 
 

@@ -15,8 +15,8 @@ import pytest
 
 import modify
 from modify.study.candidates import Candidate, default_candidates
-from modify.study.store import RunRecord
 from modify.study.report import markdown_table, recommendation, summarize
+from modify.study.store import RunRecord
 
 
 def _record(method: str, label: str, seed: int, accuracy: float, speedup: float) -> RunRecord:

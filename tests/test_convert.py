@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import modify
+from modify.conversion.pipeline import convert_identity
+from modify.conversion.tracing import trace
 from modify.errors import ConversionError, RecipeError
 from modify.layers import MoDBlock
-from modify.conversion.pipeline import convert_identity
 from modify.measure.profiling import profile_model
-from modify.conversion.tracing import trace
 
 SIZE = 64
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modify.errors import ModifyError
 from modify.train.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_ROOT,
@@ -17,7 +18,6 @@ from modify.train.data import (
     read_idx,
     write_idx,
 )
-from modify.errors import ModifyError
 
 
 def write_fashion_mnist(root: Path, n_train: int = 20, n_test: int = 10, *, gz: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import modify
 from modify.cli import app
 from modify.deploy.export import export_onnx, export_program, placement_fusion
-from modify.layers import MoDBlock
 from modify.deploy.optimize import enable_inplace_fusion, fold_batchnorm, optimize_for_inference
+from modify.layers import MoDBlock
 
 SIZE = 64
 

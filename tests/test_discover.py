@@ -16,10 +16,10 @@ import torchvision
 from torch import fx, nn
 
 from modify.conversion.discover import BlockSite, SiteGraph, SkipKind, find_blocks, locate
+from modify.conversion.tracing import trace
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 from modify.models.resnet_mod import resnet_mod
-from modify.conversion.tracing import trace
 from toy_models import PreActBlock
 
 SIZE = 64

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from test_data import write_fashion_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

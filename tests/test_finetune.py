@@ -1,8 +1,10 @@
-"""modify.train.finetune and modify.conversion.init: the loop, its pieces, resuming after SIGKILL, torchrun/DDP, the CLI."""
+"""modify.train.finetune and modify.conversion.init: the loop, its pieces, resuming after SIGKILL,
+torchrun/DDP, the CLI."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -19,7 +21,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import modify
 import modify.io.names
+from modify.conversion.init import initialize, mod_blocks
 from modify.errors import ModifyError
+from modify.layers import MoDBlock
 from modify.train.finetune import (
     FinetuneConfig,
     distillation_loss,
@@ -29,8 +33,6 @@ from modify.train.finetune import (
     mixed_loss,
     recalibrate_bn,
 )
-from modify.conversion.init import initialize, mod_blocks
-from modify.layers import MoDBlock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def test_schedule_warmup_middle_end() -> None:
     assert lr_at(60, total_steps=110, base_lr=0.1, warmup_steps=10, min_lr=0.02) == pytest.approx(0.06)
     assert lr_at(0, total_steps=4, base_lr=1.0) == 1.0  # no warm-up
     values = [lr_at(s, **kw) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(values))  # monotone decay
 
 
 def test_distillation_loss_matches_hand_computed() -> None:
@@ -325,7 +327,7 @@ def test_copy_init_after_convert_equals_converting_with_copy(model_name: str) ->
     copied = modify.convert(model, input_size=64, init="copy")
     later = modify.convert(model, input_size=64, init="scratch")
     initialize(later, "copy", original=model)
-    for (path, _, a), (_, _, b) in zip(mod_blocks(copied), mod_blocks(later)):
+    for (path, _, a), (_, _, b) in zip(mod_blocks(copied), mod_blocks(later), strict=True):
         torch.testing.assert_close(a.block.state_dict(), b.block.state_dict(), msg=path)
 
 
@@ -451,10 +453,10 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
 
 
 def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
-    from test_data import write_fashion_mnist
     from typer.testing import CliRunner
 
     from modify.cli.finetune import app
+    from test_data import write_fashion_mnist
 
     write_fashion_mnist(tmp_path / "idx", n_train=24, n_test=16)
     original = modify.io.names.from_import_path("test_finetune:Tiny", classes=10)  # rebuilt by import path on load

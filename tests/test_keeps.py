@@ -12,15 +12,15 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from test_user_models import Net
 from torch import nn
 from typer.testing import CliRunner
 
 import modify
 from modify.cli import app
-from modify.errors import CheckpointError, UnknownModelError
 from modify.conversion.pipeline import convert
+from modify.errors import CheckpointError, UnknownModelError
 from modify.io.weights import load_state_dict_file
+from test_user_models import Net
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 runner = CliRunner()

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from modify.io.names import get_model
 from modify.layers import MoDBlock
 from modify.measure.profiling import profile_model
-from modify.io.names import get_model
 
 # name -> (parameters in M as printed, GMAC as printed or None, the table it comes from)
 PAPER = {

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pytest
 
 from modify.conversion.discover import BlockSite, SkipKind
-from modify.errors import ConversionError, NoBlocksError, RecipeError
 from modify.conversion.plan import NOT_SELECTED, BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe
+from modify.errors import ConversionError, NoBlocksError, RecipeError
 
 EVERY_OTHER_R50 = {
     "layer1.1": 4,
@@ -28,7 +28,7 @@ def resnet_sites(
 ) -> list[BlockSite]:
     """Sites as discovery reports them for a torchvision ResNet: index 0 of each stage has a projection."""
     sites = []
-    for stage, (n, width) in enumerate(zip(blocks, widths)):
+    for stage, (n, width) in enumerate(zip(blocks, widths, strict=True)):
         size = 56 // 2**stage
         for index in range(n):
             entry = index == 0

@@ -20,7 +20,6 @@ from modify.errors import PlanError
 from modify.study import planner
 from modify.study.latency import Setting
 from modify.study.planner import PlanConfig, plan
-
 from test_data import write_fashion_mnist
 
 SIZE = 16

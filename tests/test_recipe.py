@@ -12,8 +12,6 @@ import pytest
 import yaml
 
 from modify.conversion.discover import BlockSite, SkipKind
-from modify.errors import RecipeError
-from modify.layers.options import FusionSlot, MoDConfig
 from modify.conversion.recipe import (
     BlockAction,
     BlockRule,
@@ -23,6 +21,8 @@ from modify.conversion.recipe import (
     shipped_recipe_path,
     shipped_recipes,
 )
+from modify.errors import RecipeError
+from modify.layers.options import FusionSlot, MoDConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_RECIPES = ROOT / "modify" / "recipes"

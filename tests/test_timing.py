@@ -57,7 +57,7 @@ def test_a_load_that_leaves_fewer_free_cores_than_timing_threads_is_a_busy_machi
     monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.0, 3.0))  # two training jobs, plus the timing's thread
     line = busy_warning(QUIET, threads=1, cores=2)
     assert line is not None and "\n" not in line
-    assert "other processes keep 2.5 cores busy (load average 3.5 less the timing's own 1), leaving 0.0 of 2 for 1 timing thread" in line
+    assert "other processes keep 2.5 cores busy (load average 3.5 less " "the timing's own 1), leaving 0.0 of 2 for 1 timing thread" in line
     # 4 cores: 2.5 busy, 1.5 free, enough for one thread but not for two
     assert busy_warning(QUIET, threads=1, cores=4) is None
     monkeypatch.setattr(os, "getloadavg", lambda: (4.5, 3.0, 3.0))

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from modify.errors import ModifyError, NoBlocksError, RecipeError
 from modify.conversion.pipeline import convert
+from modify.errors import ModifyError, NoBlocksError, RecipeError
 from zoo_checks import check_zoo_model, selected_skips
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")

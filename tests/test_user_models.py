@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
-from toy_models import PreActBlock
-from zoo_checks import check_toy_model, mod_block
 
-from modify.errors import TraceError
-from modify.layers import MoDBlock
 from modify.conversion.pipeline import convert
 from modify.conversion.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
+from modify.errors import TraceError
+from modify.layers import MoDBlock
+from toy_models import PreActBlock
+from zoo_checks import check_toy_model, mod_block
 
 SIZE = 16
 

@@ -19,9 +19,9 @@ from torch import nn
 from torchvision.models import quantization
 
 from modify.conversion.backbones import convert_backbone, find_backbone
+from modify.conversion.pipeline import convert
 from modify.errors import ConversionError, NoBlocksError
 from modify.layers import MoDBlock
-from modify.conversion.pipeline import convert
 from zoo_checks import assert_identity, check_zoo_model, selected_skips
 
 SIZE = 32  # every model below accepts it; the last stages are 1x1
@@ -66,7 +66,8 @@ LARGEST = [
 ]  # fmt: skip
 # Models that need a larger input than SIZE (MaxViT's window partitions need 224).
 SIZES = {"maxvit_t": 224}
-# The models without residual Conv-Blocks, and the input each is refused at (test_models_without_blocks_say_what_is_looked_for).
+# The models without residual Conv-Blocks, and the input each is refused at
+# (test_models_without_blocks_say_what_is_looked_for).
 NO_BLOCKS = {
     "vgg11": 32, "alexnet": 64, "densenet121": 32, "squeezenet1_0": 64, "shufflenet_v2_x0_5": 32, "googlenet": 64,
     "inception_v3": 80, "swin_t": 64, "vit_b_16": 224,
@@ -76,7 +77,7 @@ NO_BLOCKS = {
 _AS_VGG11 = "a plain stack without residual adds, as vgg11 (tested)"
 _NO_CONV_BLOCKS = "a vision transformer: its residual adds hold no convolution, as {} (tested)"
 EXCLUDED = {
-    "regnet_y_128gf": "644 M parameters, 40 s: RegNetY 16gf and 32gf (LARGEST) stand for it, to keep CI under 20 minutes",
+    "regnet_y_128gf": "644 M parameters, 40 s: RegNetY 16gf and 32gf (LARGEST) stand for it (CI under 20 minutes)",
     "vgg11_bn": _AS_VGG11, "vgg13": _AS_VGG11, "vgg13_bn": _AS_VGG11, "vgg16": _AS_VGG11, "vgg16_bn": _AS_VGG11,
     "vgg19": _AS_VGG11, "vgg19_bn": _AS_VGG11,
     "densenet161": "concatenating blocks without a residual add, as densenet121 (tested)",

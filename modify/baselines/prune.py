@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modify.io import provenance
 from modify.errors import ConversionError, ModifyError, first_line
+from modify.io import provenance
 
 __all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "require_torch_pruning", "BASELINES_HINT"]
 

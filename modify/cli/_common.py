@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -16,8 +16,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Options every command that takes a MODEL shares.
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict / model / model_state_dict keys, module. prefixes) or .safetensors.")]  # noqa: E501
-ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict " "/ model / model_state_dict keys, module. prefixes) or .safetensors.")]  # noqa: E501
+ClassesOpt = Annotated[int | None, typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)]
 
 
 def fail(message: str) -> typer.Exit:
@@ -113,12 +113,12 @@ def load_base(spec: str, *, weights: str | None, num_classes: int | None) -> tup
 
 # -- modify convert and modify blocks
 
-RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")]
-KOpt = Annotated[Optional[str], typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
-COpt = Annotated[Optional[int], typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
+RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")]
+KOpt = Annotated[str | None, typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
+COpt = Annotated[int | None, typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")]
 SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
-LeafOpt = Annotated[Optional[list[str]], typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")]
+LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")]
 
 
 def run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init="scratch"):

@@ -4,11 +4,20 @@ same measured speed, after the same fine-tune; resumable."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from modify.cli._common import ClassesOpt, WeightsOpt, check_output, fail, load_base, load_model, quiet_torch_logs, user_errors
+from modify.cli._common import (
+    ClassesOpt,
+    WeightsOpt,
+    check_output,
+    fail,
+    load_base,
+    load_model,
+    quiet_torch_logs,
+    user_errors,
+)
 
 app = typer.Typer()
 
@@ -56,7 +65,7 @@ def _methods(text: str) -> set[str]:
     sweepable = ("mod", "delete", "prune")
     unknown = sorted(methods - set(sweepable))
     if unknown or not methods:
-        raise fail(f"--methods {text!r}: choose from {', '.join(sweepable)} (comma-separated; --plan-speedups adds planned rows).")
+        raise fail(f"--methods {text!r}: choose from {', '.join(sweepable)} " "(comma-separated; --plan-speedups adds planned rows).")
     return methods
 
 
@@ -65,23 +74,23 @@ def _methods(text: str) -> set[str]:
 def compare(
     model: Annotated[str, typer.Argument(help="The trained model to make faster: a modify checkpoint, a name or an import path.")],
     data: Annotated[str, typer.Option("--data", help="'fashion-mnist' or an image folder with train/ and test/ (ROOT/CLASS/IMG).")],
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The model to distil from [MODEL].")] = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="The model to distil from [MODEL].")] = None,
     out: Annotated[str, typer.Option("-o", "--out", help="Folder of the results; an existing one is resumed.")] = "compare_out",
     epochs: Annotated[float, typer.Option("--epochs", help="Fine-tuning epochs per configuration (may be a fraction).", min=0)] = 0.5,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each configuration is fine-tuned once per seed.")] = "0,1",
     methods: Annotated[str, typer.Option("--methods", help="Which methods to sweep: mod, delete, prune.")] = "mod,delete,prune",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N test images.", min=1)] = None,
-    max_configs: Annotated[Optional[int], typer.Option("--max-configs", help="Run only the first N configurations of each method.", min=1)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Use only the first N test images.", min=1)] = None,
+    max_configs: Annotated[int | None, typer.Option("--max-configs", help="Run only the first N configurations of each method.", min=1)] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate.", min=0)] = 0.02,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training images per step.", min=1)] = 128,
     bench_rounds: Annotated[int, typer.Option("--bench-rounds", help="Interleaved latency rounds per architecture.", min=1)] = 7,
     bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timing per model per round.", min=0)] = 0.3,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
     num_classes: ClassesOpt = None,
     weights: WeightsOpt = None,
-    plan_speedups: Annotated[Optional[str], typer.Option("--plan-speedups", help="Also plan for these speed-ups (1.3,1.5,1.8): each plan, and its deletion-only twin, fine-tuned as every row.")] = None,
+    plan_speedups: Annotated[str | None, typer.Option("--plan-speedups", help="Also plan for these speed-ups (1.3,1.5,1.8): each plan, " "and its deletion-only twin, fine-tuned as every row.")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: write the report of what OUT holds.")] = False,
     retime: Annotated[bool, typer.Option("--retime", help="Time every architecture again, all in shared rounds (runs are kept).")] = False,
 ) -> None:
@@ -92,8 +101,7 @@ def compare(
     quiet_torch_logs()
     from modify.study.candidates import default_candidates
     from modify.study.report import recommendation, summarize, write_report
-    from modify.study.store import load_failures, load_runs, teacher_accuracy
-    from modify.study.store import retime as forget_speeds
+    from modify.study.store import load_failures, load_runs, retime as forget_speeds, teacher_accuracy
     from modify.study.sweep import CompareConfig, run_sweep
     from modify.train.data import load_dataset
     from modify.train.finetune import FinetuneConfig
@@ -143,7 +151,7 @@ def compare(
         title = str(out_dir)
     records = load_runs(out_dir)  # every attempt the folder holds, earlier candidate lists' too
     if not any(r.speedup is not None for r in records):
-        raise fail(f"{str(out_dir)!r} holds no configuration that has been fine-tuned and timed yet; run modify compare to go on.")
+        raise fail(f"{str(out_dir)!r} holds no configuration that has been " "fine-tuned and timed yet; run modify compare to go on.")
     summary = summarize(records, teacher_accuracy=teacher_accuracy(out_dir))
     paths = write_report(summary, out_dir, title=title)
 

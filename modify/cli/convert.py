@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from modify.cli.plan import BatchOpt, EngineOpt, ThreadsOpt
 from modify.cli._common import (
     INIT_HELP,
     ClassesOpt,
@@ -26,6 +25,7 @@ from modify.cli._common import (
     run_conversion,
     user_errors,
 )
+from modify.cli.plan import BatchOpt, EngineOpt, ThreadsOpt
 
 app = typer.Typer()
 
@@ -40,13 +40,13 @@ def convert(
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = 224,
     leaf: LeafOpt = None,
-    init: Annotated[Optional[str], typer.Option("--init", help=INIT_HELP + " [scratch, or the recipe's]")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the converted model here.")] = None,
+    init: Annotated[str | None, typer.Option("--init", help=INIT_HELP + " [scratch, or the recipe's]")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the converted model here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     verbose: VerboseOpt = False,
-    speedup: Annotated[Optional[float], typer.Option("--speedup", help="Plan first (modify plan) for this measured speed-up; needs --data.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="With --speedup: the training images to plan and repair with.")] = None,
+    speedup: Annotated[float | None, typer.Option("--speedup", help="Plan first (modify plan) for this measured speed-up; needs --data.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="With --speedup: the training images to plan and repair with.")] = None,
     batch: BatchOpt = 1,
     threads: ThreadsOpt = 1,
     engine: EngineOpt = "eager",

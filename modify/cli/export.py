@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ app = typer.Typer()
 def export(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint from `modify convert -o`, or a model name.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, torch-export or aoti (an AOTInductor package; needs a C++ compiler).")] = "onnx",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2 / .aoti.pt2.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2 / .aoti.pt2.")] = None,
     input_size: Annotated[int, typer.Option("--input-size", help="Input height and width.", min=8)] = 224,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Allow any batch size.")] = False,
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convolutions first.")] = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,31 +34,31 @@ def _default_output(checkpoint: str) -> Path:
 def finetune(
     checkpoint: Annotated[str, typer.Argument(help="The converted model: a modify checkpoint (modify convert -o).")],
     data: Annotated[str, typer.Option("--data", help="Training data: 'fashion-mnist' or an image folder (ROOT/CLASS/IMG).")],
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The original model to distil from: a checkpoint, name or import path.")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs to train (may be a fraction); default 1.", min=0)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps instead of epochs.", min=1)] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write the fine-tuned checkpoint [CHECKPOINT_ft.pt].")] = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="The original model to distil from: a checkpoint, name or import path.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Epochs to train (may be a fraction); default 1.", min=0)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimisation steps instead of epochs.", min=1)] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Where to write the fine-tuned checkpoint [CHECKPOINT_ft.pt].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the state in --checkpoint-dir, if any.")] = False,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Data to measure accuracy on before and after (test split).")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="Data to measure accuracy on before and after (test split).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step (per process under torchrun).", min=1)] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine schedule, linear warm-up).", min=0)] = 0.01,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of the distillation loss (1 - alpha: cross-entropy).", min=0, max=1)] = 0.5,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T.", min=0)] = 4.0,
-    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Write a resumable state every N steps.", min=1)] = None,
-    checkpoint_dir: Annotated[Optional[str], typer.Option("--checkpoint-dir", help="Folder of the resumable state [OUTPUT.state].")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help=f"{INIT_HELP} Re-initialises them first (copy and importance need --teacher); default: as they are.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Write a resumable state every N steps.", min=1)] = None,
+    checkpoint_dir: Annotated[str | None, typer.Option("--checkpoint-dir", help="Folder of the resumable state [OUTPUT.state].")] = None,
+    init: Annotated[str | None, typer.Option("--init", help=f"{INIT_HELP} Re-initialises them first (copy and importance need --teacher); default: as they are.")] = None,
     freeze: Annotated[bool, typer.Option("--freeze", help="Train only the MoD blocks; the rest stays bit-identical.")] = False,
     bn_recalibrate: Annotated[int, typer.Option("--bn-recalibrate", help="Re-estimate BatchNorm statistics on N batches after training.", min=0)] = 0,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N evaluation images.", min=1)] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Use only the first N evaluation images.", min=1)] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.", min=0)] = 0,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a --teacher given by name.", min=1)] = None,
-    teacher_weights: Annotated[Optional[Path], typer.Option("--teacher-weights", help="Your weights for --teacher (a state_dict file, as convert's --weights).")] = None,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", help="Classes of a --teacher given by name.", min=1)] = None,
+    teacher_weights: Annotated[Path | None, typer.Option("--teacher-weights", help="Your weights for --teacher (a state_dict file, as convert's --weights).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of a fresh run (shuffling, initialisation).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print one JSON object at the end.")] = False,
 ) -> None:
@@ -82,8 +82,7 @@ def finetune(
 
     from modify.io.checkpoint import save
     from modify.train.data import load_dataset
-    from modify.train.finetune import FinetuneConfig
-    from modify.train.finetune import finetune as run_finetune
+    from modify.train.finetune import FinetuneConfig, finetune as run_finetune
 
     # Configuration errors surface before anything heavy is loaded.
     config = FinetuneConfig(

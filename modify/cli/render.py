@@ -429,6 +429,6 @@ def plan_summary(result) -> list[str]:
     return [
         f"speed-up: measured {result.measured_speedup:.2f}x (±{result.measured_spread:.2f}), predicted by the summed "
         f"savings {result.predicted_speedup:.2f}x; original {result.original_ms:.2f} ms{met}",
-        f"KL to the original: {result.measured_kl:.4f} together, {result.predicted_kl:.4f} summed over the blocks alone; "
-        f"top-1 agreement {100 * result.measured_agreement:.1f}% ({result.config.calib_images} held-out training images)",
+        f"KL to the original: {result.measured_kl:.4f} together, " f"{result.predicted_kl:.4f} summed over the blocks alone; "
+        f"top-1 agreement {100 * result.measured_agreement:.1f}% " f"({result.config.calib_images} held-out training images)",
     ]

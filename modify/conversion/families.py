@@ -23,7 +23,7 @@ Example:
     (16, 'MobileNet')
     >>> default_capacity(["MyBlock"]) is None
     True
-"""
+"""  # noqa: E501 (a Markdown table keeps one row per line)
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ FAMILIES: tuple[Family, ...] = (
         "EfficientNet",
         ("MBConv", "FusedMBConv", "DepthwiseSeparableConv", "EdgeResidual"),  # torchvision's; timm's
         16,
-        "MobileNetV2's block with SE, so the paper's MobileNetV2 c; c = 64 would give k = 1 to every block narrower than 128",
+        "MobileNetV2's block with SE, so the paper's MobileNetV2 c; " "c = 64 would give k = 1 to every block narrower than 128",
     ),
     Family(
         "ConvNeXt",
@@ -117,7 +117,7 @@ def default_capacity(block_types: Iterable[str]) -> DefaultCapacity | None:
         16
         >>> print(default_capacity(["Bottleneck", "Bottleneck", "InvertedResidual"]))
         c=64, the default for ResNet blocks (BasicBlock, Bottleneck): the paper's c for every ResNet (Sec. 3.2); most of the model's blocks are ResNet blocks (also: MobileNet)
-    """
+    """  # noqa: E501 (the sentence the example prints is one line)
     votes = collections.Counter(f.name for f in map(family_of, block_types) if f is not None)
     if not votes:
         return None

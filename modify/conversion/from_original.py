@@ -10,6 +10,7 @@ MoD block both strategies (and ``zero``) write into.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from typing import Any
@@ -19,8 +20,8 @@ from torch import Tensor, fx, nn
 
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock
-from modify.layers.selector import StaticSelector
 from modify.layers.options import StrChoice
+from modify.layers.selector import StaticSelector
 
 __all__ = ["ImportanceBy", "reduced_branch", "copy_leading", "copy_important", "scale_selectors"]
 
@@ -47,7 +48,7 @@ def _counterparts(reduced: nn.Module, original: nn.Module, scope: str) -> dict[s
     if not wanted:
         return {}
     root = original.get_submodule(scope) if scope else original
-    for prefix, candidate in root.named_modules():
+    for _prefix, candidate in root.named_modules():
         table = {rel.replace(".", "_"): m for rel, m in candidate.named_modules() if rel}
         if all(n in table and type(table[n]) is type(m) for n, m in wanted.items()):
             return {n: table[n] for n in wanted}
@@ -140,7 +141,7 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
     for i, (name, orig) in enumerate(order):
         new = reduced.get_submodule(name)
         if isinstance(orig, nn.modules.conv._ConvNd):
-            out_set = _ensure(ranks, orig.out_channels, lambda: _producer_ranking(order, i, orig.out_channels, ranks.by))
+            out_set = _ensure(ranks, orig.out_channels, functools.partial(_producer_ranking, order, i, orig.out_channels, ranks.by))
             rows = out_set[: new.out_channels]
             if orig.groups == 1:
                 cols = ranks.take(orig.in_channels, new.in_channels)
@@ -153,7 +154,7 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
             if orig.bias is not None:
                 new.bias.copy_(orig.bias[rows])
         elif isinstance(orig, nn.Linear):
-            out_set = _ensure(ranks, orig.out_features, lambda: _producer_ranking(order, i, orig.out_features, ranks.by))
+            out_set = _ensure(ranks, orig.out_features, functools.partial(_producer_ranking, order, i, orig.out_features, ranks.by))
             rows = out_set[: new.out_features]
             cols = ranks.take(orig.in_features, new.in_features)
             new.weight.copy_(orig.weight[rows][:, cols])
@@ -162,7 +163,7 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
         elif isinstance(orig, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
             size = orig.num_features if hasattr(orig, "num_features") else (
                 orig.num_channels if isinstance(orig, nn.GroupNorm) else orig.normalized_shape[-1])  # fmt: skip
-            keep = _ensure(ranks, size, lambda: _producer_ranking(order, i, size, ranks.by))
+            keep = _ensure(ranks, size, functools.partial(_producer_ranking, order, i, size, ranks.by))
             state = {}
             for key, value in orig.state_dict().items():
                 target = new.state_dict()[key]
@@ -181,7 +182,7 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
             source = _find_tensor(original, scope, name)
             if source is None:
                 continue
-            index = tuple(ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s) for d, s in zip(source.shape, p.shape))
+            index = tuple(ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s) for d, s in zip(source.shape, p.shape, strict=True))
             value = source
             for axis, ix in enumerate(index):
                 value = value.index_select(axis, ix) if isinstance(ix, Tensor) else value.narrow(axis, 0, p.shape[axis])
@@ -217,7 +218,7 @@ def copy_important(
         original.get_submodule(scope) if scope else original
     except AttributeError:
         raise ModifyError(
-            f"the original model has no module {scope!r} (MoD block {name!r}); pass the model that was converted as original=."
+            f"the original model has no module {scope!r} (MoD block " f"{name!r}); pass the model that was converted as original=."
         ) from None
     branch = reduced_branch(mod)
     pairs = _counterparts(branch, original, scope)

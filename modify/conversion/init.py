@@ -73,12 +73,12 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from modify.layers.fresh import fresh_conv_
-from modify.errors import ModifyError
-from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
-from modify.layers.options import Init
 from modify.conversion.from_original import ImportanceBy, copy_important, copy_leading, reduced_branch, scale_selectors
 from modify.conversion.surgery import get_attribute
+from modify.errors import ModifyError
+from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
+from modify.layers.fresh import fresh_conv_
+from modify.layers.options import Init
 
 __all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks", "replaced_blocks", "zero_updates"]
 

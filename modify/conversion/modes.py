@@ -27,8 +27,8 @@ from collections.abc import Collection, Iterable
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.module_state import kept_modes
 from modify.conversion.tracing import LeafSpec, trace_graph
+from modify.module_state import kept_modes
 
 __all__ = ["frozen_branches", "mode_note"]
 
@@ -65,7 +65,7 @@ def _trace(model: nn.Module, training: bool, leaf_modules: Collection[LeafSpec])
         return trace_graph(model.train(training), leaf_modules=leaf_modules)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reads_training(cls: type[nn.Module]) -> bool:
     """Whether ``cls.forward`` mentions ``training`` (torch.nn's own modules are leaves: never traced)."""
     if cls.__module__.startswith("torch.nn.") or cls.forward is nn.Module.forward:

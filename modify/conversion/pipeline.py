@@ -17,17 +17,17 @@ import torch
 from torch import fx, nn
 
 from modify.conversion.discover import BlockSite, find_blocks
-from modify.errors import ConversionError, NoBlocksError
 from modify.conversion.families import default_capacity
-from modify.layers import MoDConfig
-from modify.layers.options import Init
-from modify.conversion.modes import frozen_branches, mode_note
 from modify.conversion.inplace import enable_inplace_fusion
+from modify.conversion.modes import frozen_branches, mode_note
 from modify.conversion.plan import BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import Capacity, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
 from modify.conversion.tracing import LeafSpec, inputs_for, leaf_from_record, leaf_record, trace
+from modify.errors import ConversionError, NoBlocksError
 from modify.io import provenance
+from modify.layers import MoDConfig
+from modify.layers.options import Init
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "replay", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 

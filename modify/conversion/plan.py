@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modify.errors import ConversionError, NoBlocksError, RecipeError
 from modify.conversion.recipe import BlockAction, BlockRule, Capacity, Recipe, load_recipe
+from modify.errors import ConversionError, NoBlocksError, RecipeError
 
 if TYPE_CHECKING:  # discovery needs torch; planning does not
     from modify.conversion.discover import BlockSite

@@ -233,7 +233,7 @@ class BlockRule:
         if version == 1 and "action" in raw:
             raise fail(
                 f"{path}.action",
-                f"{raw['action']!r}: per-block actions (keep, mod, narrow, delete) need `version: 2` at the top of the recipe.",
+                f"{raw['action']!r}: per-block actions (keep, mod, narrow, " "delete) need `version: 2` at the top of the recipe.",
             )
         if version >= 2 and "skip" in raw:
             raise fail(f"{path}.skip", f"{raw['skip']!r}: version 2 says `action: keep` for a block that stays as it is.")
@@ -267,7 +267,7 @@ def _check_action_capacity(action: BlockAction, capacity: Capacity | None, path:
     if action is BlockAction.NARROW and key not in ("k", "fraction"):
         raise fail(
             f"{path}.{key}",
-            f"{value!r}: action narrow takes a fraction of the block's inner widths (fraction: 0.25) or k (the share k / C).",
+            f"{value!r}: action narrow takes a fraction of the block's " "inner widths (fraction: 0.25) or k (the share k / C).",
         )
 
 

@@ -34,9 +34,9 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC2701 (FakeTensorMode has no public home in torch)
 from torch.fx.passes.shape_prop import ShapeProp
 
-from modify.module_state import kept_modes
 from modify.errors import ModifyError, TraceError, first_line
 from modify.layers import MoDBlock
+from modify.module_state import kept_modes
 
 __all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "inputs_for", "LeafSpec", "leaf_record", "leaf_from_record"]
 
@@ -80,7 +80,7 @@ class ModifyTracer(fx.Tracer):
                 types.append(leaf)
             else:
                 raise TypeError(
-                    f"leaf_modules holds {leaf!r}; expected nn.Module subclasses or qualified module names like 'layer1.0'."
+                    f"leaf_modules holds {leaf!r}; expected nn.Module " "subclasses or qualified module names like 'layer1.0'."
                 )
         self.leaf_types: tuple[type[nn.Module], ...] = tuple(types)
         self.leaf_names: frozenset[str] = frozenset(names)
@@ -220,7 +220,7 @@ def leaf_from_record(record: str) -> LeafSpec:
     except (ImportError, AttributeError) as e:
         raise ModifyError(
             f"the leaf module class {record!r} cannot be imported ({type(e).__name__}); define it at the top level "
-            "of an importable module (a class made inside a function cannot be found again), or name the leaf by its path."
+            "of an importable module (a class made inside a function " "cannot be found again), or name the leaf by its path."
         ) from None
     if not (isinstance(value, type) and issubclass(value, nn.Module)):
         raise ModifyError(f"the leaf {record!r} is not an nn.Module class.")
@@ -395,5 +395,5 @@ def _shape_error(prop: _ShapeProp, e: BaseException) -> TraceError:
         where = f" at node '{node.name}'" + (f" in module '{path}'" if path else "")
     return TraceError(
         f"The traced graph failed to run on the example inputs{where}: {first}. "
-        "Check example_inputs / input_size, or mark the module a leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
+        "Check example_inputs / input_size, or mark the module a " "leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
     )

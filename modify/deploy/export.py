@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modify.io.files import atomic_write
 from modify.errors import ExportError, first_line
+from modify.io.files import atomic_write
 
 __all__ = [
     "ExportError", "ExportReport", "export_onnx", "export_program", "fusion_form", "placement_fusion", "FORMATS",

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from modify.layers import MoDBlock
 from modify.conversion.graph import module_calls
 from modify.conversion.inplace import enable_inplace_fusion
 from modify.conversion.tracing import trace_graph
+from modify.layers import MoDBlock
 
 __all__ = ["optimize_for_inference", "fold_batchnorm", "enable_inplace_fusion"]  # the last from conversion.inplace
 

@@ -70,7 +70,7 @@ def check_output_path(
         >>> open(os.path.join(root, "notes.txt"), "w").close()
         >>> check_output_path(os.path.join(root, "notes.txt", "model.pt"), option="-o")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        modify.errors.OutputPathError: cannot write '...model.pt': '...notes.txt' is a file, not a folder; choose another path with -o.
+        modify.errors.OutputPathError: cannot write '...model.pt': '...notes.txt' is a file, not a folder; ...
     """
     if kind not in ("file", "folder"):
         raise ChoiceError(f"kind={kind!r} is not one of file, folder.")
@@ -86,7 +86,7 @@ def check_output_path(
         folder = target.parent
     else:
         if mode is not None and not stat.S_ISDIR(mode):
-            raise OutputPathError(f"{str(target)!r} is a file, not a folder; give a folder path{f' for {option}' if option else ''}, or move the file away.")
+            raise OutputPathError(f"{str(target)!r} is a file, not a folder; give a folder " f"path{f' for {option}' if option else ''}, or move the file away.")
         folder = target
     existing, missing = _nearest_folder(target, folder, option)
     # A file output is tried under the temporary name atomic_write gives it, the longer of the two.

@@ -145,7 +145,7 @@ class BenchResult:
 
     @property
     def round_speedups(self) -> tuple[float, ...]:
-        return tuple(b / m for m, b in zip(self.model_rounds, self.baseline_rounds))
+        return tuple(b / m for m, b in zip(self.model_rounds, self.baseline_rounds, strict=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +242,8 @@ def bench(
             before its timing starts; each result keeps how long that took.
 
     Example:
-        >>> r = bench(nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
+        >>> r = bench(nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2,
+        ...           min_run_time=0.01)
         >>> r.results[0].speedup > 0
         True
     """
@@ -311,7 +312,8 @@ def bench_many(
     ratio of medians, `BenchResult.speedup`, mixes rounds).
 
     Example:
-        >>> r = bench_many({"a": nn.Conv2d(3, 4, 1)}, nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
+        >>> r = bench_many({"a": nn.Conv2d(3, 4, 1)}, nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8,
+        ...                rounds=2, min_run_time=0.01)
         >>> len(r["a"]), r["a"][0].speedup > 0
         (1, True)
     """

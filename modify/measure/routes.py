@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -151,7 +152,7 @@ def write_routes(report: RoutesReport, out_dir: str | os.PathLike[str]) -> dict[
     out = Path(out_dir)
     n = len(report.blocks)
     fig, axes = plt.subplots(n, 2, figsize=(11, 1.2 + 1.6 * n), squeeze=False, gridspec_kw={"width_ratios": [4, 1]})
-    for row, b in zip(axes, report.blocks):
+    for row, b in zip(axes, report.blocks, strict=True):
         classes = sorted(b.class_frequency)
         matrix = [list(b.frequency)] + [list(b.class_frequency[c]) for c in classes]
         image = row[0].imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
@@ -160,7 +161,7 @@ def write_routes(report: RoutesReport, out_dir: str | os.PathLike[str]) -> dict[
                          f"class divergence {b.class_divergence:.2f}, {b.distinct_sets} distinct sets", fontsize=8)  # fmt: skip
         row[0].set_xlabel("channel", fontsize=7)
         fig.colorbar(image, ax=row[0], fraction=0.02)
-        centres = [(a + z) / 2 for a, z in zip(b.score_edges[:-1], b.score_edges[1:])]
+        centres = [(a + z) / 2 for a, z in itertools.pairwise(b.score_edges)]
         row[1].bar(centres, b.score_counts, width=1 / len(centres))
         row[1].set_title("selected scores", fontsize=8)
         row[1].set_xlim(0, 1)

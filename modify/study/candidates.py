@@ -37,11 +37,14 @@ class Candidate:
     """One configuration of the sweep.
 
     Example:
-        >>> Candidate("delete", "delete layer4.1", blocks=("layer4.1",)).key == Candidate("delete", "other label", blocks=("layer4.1",)).key
+        >>> a = Candidate("delete", "delete layer4.1", blocks=("layer4.1",))
+        >>> a.key == Candidate("delete", "other label", blocks=("layer4.1",)).key
         True
     """
 
-    method: str  # "mod", "delete", "prune", "mixed" (a version-2 recipe: each block its own action) or "plan" (one `modify plan` chose)
+    # "mod", "delete", "prune", "mixed" (a version-2 recipe: each block its own action) or "plan"
+    # (one `modify plan` chose)
+    method: str
     label: str  # shown in the table and the plot (not part of the key)
     recipe: dict[str, Any] | None = None  # mod / delete / mixed: a recipe dict (None: every_other)
     blocks: tuple[str, ...] | None = None  # delete: the block names (instead of a recipe)

@@ -47,7 +47,7 @@ class Setting:
 
     def describe(self) -> str:
         threads = self.case.resolved_threads()
-        return f"batch {self.batch}, {threads} thread{'s' * (threads > 1)}, {self.engine.value}, {self.input_size}x{self.input_size}"
+        return f"batch {self.batch}, {threads} thread{'s' * (threads > 1)}, " f"{self.engine.value}, {self.input_size}x{self.input_size}"
 
     def as_dict(self) -> dict[str, object]:
         return {"batch": self.batch, "threads": self.case.resolved_threads(), "input_size": self.input_size,
@@ -93,7 +93,7 @@ def time_savings(
         results = bench_many(ready, base, cases=[setting.case], input_size=setting.input_size, rounds=rounds,
                              min_run_time=seconds)  # fmt: skip
         for key, (result,) in results.items():
-            savings = [(b - m) * 1e3 for m, b in zip(result.model_rounds, result.baseline_rounds)]
+            savings = [(b - m) * 1e3 for m, b in zip(result.model_rounds, result.baseline_rounds, strict=True)]
             out[key] = Timing(statistics.median(savings), spread(savings), result.model_median * 1e3,
                               result.baseline_median * 1e3, result.round_speedups)  # fmt: skip
         if on_group is not None:

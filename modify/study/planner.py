@@ -75,7 +75,7 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.speedup, (int, float)) or not self.speedup > 1.0:
-            raise PlanError(f"speed-up {self.speedup!r} is not above 1; ask for the speed-up you need, such as 1.5 (1.5 times faster).")
+            raise PlanError(f"speed-up {self.speedup!r} is not above 1; ask for the " "speed-up you need, such as 1.5 (1.5 times faster).")
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
             raise PlanError(f"action {unknown[0]!r} is not one the planner knows; choose from {', '.join(ACTIONS)}.")
@@ -294,8 +294,8 @@ def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], opti
         reachable = max_saving(options)
         fastest = original_ms / max(1e-9, original_ms - reachable)
         raise PlanError(
-            f"speed-up {target:g}x is out of reach in {config.setting.describe()}: the fastest choices together predict "
-            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions or smaller fractions."
+            f"speed-up {target:g}x is out of reach in " f"{config.setting.describe()}: the fastest choices together predict "
+            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most " f"{fastest:.2f}x, or allow more actions or smaller fractions."
         )
     return best[0], attempts, best[1]
 
@@ -347,7 +347,7 @@ def _split(data: Dataset, config: PlanConfig) -> tuple[Dataset, Dataset, torch.T
     calib = calibration_batch(calib_set)  # (N, 3, H, W)
     if calib.shape[-1] != config.setting.input_size:
         raise PlanError(
-            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} and the plan is for {config.setting.input_size}x"
+            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} " f"and the plan is for {config.setting.input_size}x"
             f"{config.setting.input_size}; pass --input-size {calib.shape[-1]} (or data of the size you deploy at)."
         )
     return repair_set, calib_set, calib
@@ -391,8 +391,8 @@ def plan(
         >>> from torch.utils.data import TensorDataset
         >>> net = torchvision.models.resnet18(num_classes=10).eval()
         >>> data = TensorDataset(torch.randn(96, 3, 32, 32), torch.zeros(96, dtype=torch.long))
-        >>> result = plan(net, speedup=1.2, data=data, setting=Setting(input_size=32), calib_images=32, repair_images=32,
-        ...               distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,))
+        >>> result = plan(net, speedup=1.2, data=data, setting=Setting(input_size=32), calib_images=32,
+        ...               repair_images=32, distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,))
         >>> len(result.chosen), result.recipe["version"]
         (5, 2)
     """
@@ -440,8 +440,8 @@ def _check_reachable(choices: dict[str, list[Choice]], timings: dict[str, Timing
     fastest = original_ms / max(1e-9, original_ms - reachable)
     if fastest < config.speedup * (1 - config.tolerance):
         raise PlanError(
-            f"speed-up {config.speedup:g}x is out of reach in {config.setting.describe()}: every block at its fastest choice "
-            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions "
+            f"speed-up {config.speedup:g}x is out of reach in " f"{config.setting.describe()}: every block at its fastest choice "
+            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). " f"Ask for at most {fastest:.2f}x, or allow more actions "
             "(--actions) or smaller fractions (--fractions)."
         )
 

@@ -157,19 +157,19 @@ def markdown_table(summary: Summary) -> str:
     """The rows as a Markdown table, fastest first within each method."""
     teacher = summary.teacher_accuracy
     lines = [
-        "| method | configuration | test acc. (mean ± half range) | vs original | before FT | speed-up b1/1t | b32/all | MACs | params | train s | frontier |",
+        "| method | configuration | test acc. (mean ± half range) | vs original | " "before FT | speed-up b1/1t | b32/all | MACs | params | train s | frontier |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.rows:
         delta = f"{100 * (r.accuracy - teacher):+.2f}" if teacher is not None else ""
         batch = f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else ""
         lines.append(
-            f"| {r.method} | {r.label} | {100 * r.accuracy:.2f} ± {100 * r.spread:.2f} | {delta} | {100 * r.accuracy_before:.1f} "
+            f"| {r.method} | {r.label} | {100 * r.accuracy:.2f} ± " f"{100 * r.spread:.2f} | {delta} | {100 * r.accuracy_before:.1f} "
             f"| {r.speedup:.2f}x | {batch} | {r.macs / 1e6:.1f} M | {r.params / 1e6:.2f} M | {r.train_seconds:.0f} "
             f"| {'*' if r.frontier else ''} |"
         )
     if summary.plans:
-        lines += ["", "| plan | speed-up | accuracy | most accurate delete / prune row at least as fast | its speed-up | its accuracy | plan - it |",
+        lines += ["", "| plan | speed-up | accuracy | most accurate delete / prune row " "at least as fast | its speed-up | its accuracy | plan - it |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for m in summary.plans:
             other = (f"{m.baseline} | {m.baseline_speedup:.2f}x | {100 * m.baseline_accuracy:.2f}" if m.baseline is not None
@@ -209,12 +209,12 @@ def recommendation(summary: Summary) -> list[str]:
         if m.baseline is None:
             lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x; no deletion or pruning row is as fast.")
         else:
-            lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x, {100 * m.margin:+.2f} points against {m.baseline} "
+            lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x, " f"{100 * m.margin:+.2f} points against {m.baseline} "
                          f"({100 * m.baseline_accuracy:.2f}% at {m.baseline_speedup:.2f}x), seed spread {100 * m.spread:.2f}.")  # fmt: skip
     everything = [r for r in summary.rows if low <= r.speedup <= high]
     if everything:
         pick = max(everything, key=lambda r: (r.accuracy, r.speedup))
-        lines.append(f"Pick: {pick.label} ({pick.method}) for accuracy in that range; for a given speed, read the plot's frontiers.")
+        lines.append(f"Pick: {pick.label} ({pick.method}) for accuracy in that " "range; for a given speed, read the plot's frontiers.")
     return lines
 
 

@@ -55,7 +55,7 @@ def calibration_split(data: Dataset, *, calib_images: int, seed: int = 0) -> tup
     n = len(data)  # type: ignore[arg-type]
     if calib_images < 1 or n < calib_images + 1:
         raise ModifyError(
-            f"the data holds {n} images; scoring needs {calib_images} calibration images held out and at least one more "
+            f"the data holds {n} images; scoring needs {calib_images} " "calibration images held out and at least one more "
             "to repair with. Pass a larger training set, or fewer calibration images (--calib-images)."
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

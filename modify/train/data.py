@@ -64,7 +64,7 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     p = Path(path)
     data = _open(p)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ModifyError(f"{str(p)!r} is not an IDX file (bad magic number {data[:4].hex()}); expected Fashion-MNIST's *-ubyte files.")
+        raise ModifyError(f"{str(p)!r} is not an IDX file (bad magic number " f"{data[:4].hex()}); expected Fashion-MNIST's *-ubyte files.")
     dtype, size = _IDX_TYPES[data[2]]
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
@@ -87,7 +87,8 @@ def write_idx(path: str | os.PathLike[str], array: Tensor, *, compress: bool | N
 
     Example:
         >>> import tempfile
-        >>> p = write_idx(os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte.gz"), torch.tensor([3, 1, 4], dtype=torch.uint8))
+        >>> p = write_idx(os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte.gz"),
+        ...               torch.tensor([3, 1, 4], dtype=torch.uint8))
         >>> read_idx(p).tolist()
         [3, 1, 4]
     """

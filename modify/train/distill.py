@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modify.errors import ModifyError
-from modify.train.evaluation import recalibrate_bn
 from modify.conversion.init import replaced_blocks
+from modify.errors import ModifyError
 from modify.layers import FusionSlot, MoDBlock
+from modify.train.evaluation import recalibrate_bn
 
 __all__ = ["BlockFit", "DistillReport", "distill_blocks", "record_blocks"]
 

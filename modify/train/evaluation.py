@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modify.module_state import kept_modes
 from modify.errors import ModifyError
+from modify.module_state import kept_modes
 
 __all__ = ["evaluate", "recalibrate_bn", "compare_outputs", "labelled_batches", "autocast_for"]
 

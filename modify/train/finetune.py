@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
-from modify.train.evaluation import autocast_for, labelled_batches, evaluate, recalibrate_bn
-from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
 from modify.train.config import FinetuneConfig, FinetuneResult, Precision, StepInfo
 from modify.train.distributed import Dist, pick_device, setup_distributed, shard
+from modify.train.evaluation import autocast_for, evaluate, labelled_batches, recalibrate_bn
+from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
 from modify.train.state import (
     STATE_FILE,
     SavedRun,

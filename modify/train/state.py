@@ -112,7 +112,7 @@ def read_state(path: Path) -> SavedRun:
     if state.get("version") != STATE_VERSION:
         raise ModifyError(
             f"{str(path)!r} is a fine-tuning state of version {state.get('version')!r}, this modify writes and resumes "
-            f"version {STATE_VERSION}; finish the run with the modify that started it, or delete the state to start afresh."
+            f"version {STATE_VERSION}; finish the run with the modify " "that started it, or delete the state to start afresh."
         )
     return SavedRun(**{f.name: state.get(f.name) for f in dataclasses.fields(SavedRun)})
 

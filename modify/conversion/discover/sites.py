@@ -22,7 +22,16 @@ from collections.abc import Iterable
 from torch import fx
 
 from modify.conversion.discover.adds import AddAnalysis, residual_adds
-from modify.conversion.graph import SiteGraph, class_name, describe, has_params, is_noop, module_stack, shape_of, split_sizes
+from modify.conversion.graph import (
+    SiteGraph,
+    class_name,
+    describe,
+    has_params,
+    is_noop,
+    module_stack,
+    shape_of,
+    split_sizes,
+)
 from modify.errors import ModifyError
 
 __all__ = ["BlockSite", "SkipKind", "SiteGraph", "find_blocks", "locate", "FOUND_BLOCKS"]
@@ -79,7 +88,7 @@ def _require_shapes(gm: fx.GraphModule) -> None:
         )
     if not any("tensor_meta" in n.meta for n in gm.graph.nodes):
         raise ModifyError(
-            "the graph carries no shapes (node.meta['tensor_meta']); trace it with modify.conversion.tracing.trace(model), "
+            "the graph carries no shapes (node.meta['tensor_meta']); " "trace it with modify.conversion.tracing.trace(model), "
             "which runs shape propagation."
         )
 
@@ -217,7 +226,7 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
 
     sites: list[BlockSite] = []
     stage, index, previous = -1, 0, None
-    for item, (path, cls, only) in zip(found, paths):
+    for item, (path, cls, only) in zip(found, paths, strict=True):
         g = item.graph
         if path and only and shared[path] == 1:
             name = path
@@ -305,7 +314,7 @@ def locate(gm: fx.GraphModule, site: BlockSite) -> SiteGraph:
             found = AddAnalysis(gm).analyse(node)
             if found is not None:
                 return found.graph
-    for candidate, item in zip(find_blocks(gm), residual_adds(gm)):
+    for candidate, item in zip(find_blocks(gm), residual_adds(gm), strict=True):
         if candidate.name == site.name:
             return item.graph
     raise ModifyError(

@@ -46,7 +46,11 @@ from modify.conversion.surgery.rules import (
     register_functional_shrinker as register_functional_shrinker,
     register_shrinker as register_shrinker,
 )
-from modify.conversion.surgery.shrink import check_shape as check_shape, reduced_parts as reduced_parts, shrink as shrink
+from modify.conversion.surgery.shrink import (
+    check_shape as check_shape,
+    reduced_parts as reduced_parts,
+    shrink as shrink,
+)
 from modify.errors import SurgeryError as SurgeryError
 from modify.layers.options import Init as Init
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.errors import SurgeryError
 from modify.conversion.graph import shape_of
 from modify.conversion.tracing import BATCHNORM_META
+from modify.errors import SurgeryError
 
 __all__ = ["cut", "get_attribute", "set_attribute"]
 

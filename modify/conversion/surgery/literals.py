@@ -181,7 +181,7 @@ def plan_splits(gm: fx.GraphModule, widths: Callable[[int], int], channels: int)
             parts = scale_parts(sizes, reduced(total))
         except SplitError:
             continue  # the concatenation's own width is too small: shrinking it reports that
-        for conv, part in zip(convs, parts):
+        for conv, part in zip(convs, parts, strict=True):
             outputs[str(conv.target)] = part
     return SplitPlan(totals=totals, conv_outputs=outputs, splits=tuple(names))
 
@@ -257,6 +257,6 @@ def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, ba
     if not is_reshape(node) or before is None or len(before) != len(now) or tuple(before) == tuple(now):
         return None
     first = 1 if batch_first else 0
-    changed = {b: n for b, n in zip(before[first:], now[first:]) if b != n}
+    changed = {b: n for b, n in zip(before[first:], now[first:], strict=True) if b != n}
     new = [changed.get(v, v) if isinstance(v, int) and v > 1 else v for v in sizes]
     return new if new != list(sizes) else None

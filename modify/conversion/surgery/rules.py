@@ -123,7 +123,7 @@ def group_count(groups: int, new_in: int, new_out: int) -> int:
 
 def leading_slice(t: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """The leading slice of ``t`` with the given sizes."""
-    if any(s > d for s, d in zip(sizes, t.shape)):
+    if any(s > d for s, d in zip(sizes, t.shape, strict=False)):  # sizes may name the leading dims only
         raise SurgeryError(f"a tensor of shape {tuple(t.shape)} cannot be cut to {sizes}: the reduced layer would be wider")
     return t[tuple(slice(0, s) for s in sizes)].clone()
 

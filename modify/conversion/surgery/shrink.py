@@ -21,12 +21,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from modify.module_state import kept_modes
-from modify.errors import SurgeryError, first_line
-from modify.layers.options import Init
-from modify.conversion.graph import SiteGraph
+from modify.conversion.graph import SiteGraph, shape_of, split_sizes
 from modify.conversion.surgery.cut import cut, set_attribute
-from modify.conversion.graph import shape_of, split_sizes
 from modify.conversion.surgery.literals import (
     SplitError,
     is_reshape,
@@ -43,6 +39,9 @@ from modify.conversion.surgery.rules import (
     leading_slice,
     shrinker_for,
 )
+from modify.errors import SurgeryError, first_line
+from modify.layers.options import Init
+from modify.module_state import kept_modes
 
 __all__ = ["shrink", "check_shape", "reduced_parts"]
 
@@ -166,7 +165,8 @@ class _ShrinkPass(fx.Interpreter):
             return module.eval()(*args, **kwargs)
 
     def _rebuild_module(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> nn.Module:
-        """The module ``node`` calls, rebuilt by its rule for the input it receives (once, however often it is called)."""
+        """The module ``node`` calls, rebuilt by its rule for the input it receives (once, however
+        often it is called)."""
         target = str(node.target)
         module = self.sub.get_submodule(target)
         if target in self.done:
@@ -179,7 +179,7 @@ class _ShrinkPass(fx.Interpreter):
         if shrinker is not None:
             widths = self.widths
             if target in self.conv_outputs:  # a width decided elsewhere: concatenated parts, a narrowed layer
-                produced = getattr(module, "out_channels", None) or getattr(module, "out_features")
+                produced = getattr(module, "out_channels", None) or module.out_features
                 widths = widths.with_fixed({produced: self.conv_outputs[target]})
             module = shrinker(module, widths, self.init, seen)
             set_attribute(self.sub, target, module)
@@ -255,12 +255,12 @@ class _ShrinkPass(fx.Interpreter):
         if new is None:
             return
         running = list(args[1]) if packed else args[1:]
-        values = [n if isinstance(w, int) else r for w, n, r in zip(written, new, running)]
+        values = [n if isinstance(w, int) else r for w, n, r in zip(written, new, running, strict=True)]
         if packed:
             node.update_arg(1, type(node.args[1])(new))
             args[1] = type(args[1])(values)
         else:
-            for i, (w, n) in enumerate(zip(written, new), start=1):
+            for i, (w, n) in enumerate(zip(written, new, strict=True), start=1):
                 if isinstance(w, int):
                     node.update_arg(i, n)
             args[1:] = values
@@ -283,7 +283,8 @@ class _Call:
     def __init__(self, owner: _ShrinkPass, node: fx.Node, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]) -> None:
         self.owner, self.node, self.names, self.args, self.kwargs = owner, node, names, args, kwargs
         self.widths = owner.widths
-        self.values = {**dict(zip(names, args)), **kwargs}  # as the call was written: name -> value or _Pending
+        # As the call was written (name -> value or _Pending): positional arguments fill the first names.
+        self.values = {**dict(zip(names, args, strict=False)), **kwargs}
 
     def value(self, name: str, default: Any = None) -> Any:
         value = self.values.get(name, default)
