@@ -11,7 +11,8 @@ and only rank 0 reports progress, evaluates and writes checkpoints.
 The loss is ``alpha * KD + (1 - alpha) * CE`` with KD the KL divergence between the teacher's and
 the student's softened distributions at temperature T, times T^2 (Hinton et al. 2015), so its
 gradients keep their size across temperatures; without a teacher it is plain cross-entropy.
-The learning rate follows `lr_at`, a pure function: linear warm-up, then cosine decay.
+The learning rate follows `lr_at`, a pure function: linear warm-up, then cosine decay (both in
+`modify.train.objective`).
 
 Resuming: with ``checkpoint_dir`` and ``checkpoint_every``, a state file (model, optimizer,
 grad scaler, step, RNG states, data position, losses) is replaced atomically every N steps, so a
@@ -26,7 +27,6 @@ shuffled or not) or on nothing (a deterministic generator).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
 from modify.train.config import FinetuneConfig, FinetuneResult, Precision, StepInfo
 from modify.train.distributed import Dist, pick_device, setup_distributed, shard
 from modify.train.evaluation import autocast_for, evaluate, labelled_batches, recalibrate_bn
+from modify.train.objective import distillation_loss, lr_at, mixed_loss
 from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
 from modify.train.state import (
     STATE_FILE,
@@ -67,52 +67,6 @@ __all__ = [
     "freeze_unconverted",
     "STATE_FILE",
 ]
-
-
-# -- pure pieces ---------------------------------------------------------------------------------
-
-
-def lr_at(step: int, *, total_steps: int, base_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
-    """The learning rate of 0-based ``step``: linear warm-up to ``base_lr`` over ``warmup_steps``,
-    then cosine decay to ``min_lr`` at ``total_steps``.
-
-    Example:
-        >>> [round(lr_at(s, total_steps=10, base_lr=1.0, warmup_steps=2), 3) for s in (0, 1, 2, 6, 9)]
-        [0.5, 1.0, 1.0, 0.5, 0.038]
-    """
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)) * T^2, averaged over the batch.
-
-    Example:
-        >>> z = torch.tensor([[1.0, 2.0, 3.0]])
-        >>> float(distillation_loss(z, z, 2.0))
-        0.0
-    """
-    t = temperature
-    log_p = F.log_softmax(student.float() / t, dim=1)  # (N, classes)
-    log_q = F.log_softmax(teacher.float() / t, dim=1)  # (N, classes)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
-
-
-def mixed_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, *, alpha: float, temperature: float) -> Tensor:
-    """``alpha * distillation_loss + (1 - alpha) * cross_entropy``; plain cross-entropy without a teacher.
-
-    Example:
-        >>> z, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
-        >>> float(mixed_loss(z, y, None, alpha=0.5, temperature=4.0)) == float(F.cross_entropy(z, y))
-        True
-    """
-    ce = F.cross_entropy(logits.float(), labels)
-    if teacher_logits is None:
-        return ce
-    return alpha * distillation_loss(logits, teacher_logits, temperature) + (1 - alpha) * ce
 
 
 # -- the loop ------------------------------------------------------------------------------------
