@@ -1,4 +1,4 @@
-"""The `modify` command line: one file per command; only `render.py` imports rich.
+"""The `modify` command line: one file per command; only the `render` package imports rich.
 
 Importing this package imports typer alone, so `modify --help` answers without loading torch.
 """

@@ -1,29 +1,23 @@
-"""Rich rendering of the library's records; the only module of `modify` that imports rich."""
+"""The library's records as rich tables and lines: profiles, benchmarks, model names, the block
+report, fine-tuning, the sweep, routes and plans. Built here, printed by the commands."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
     from modify.measure.benchmark import BenchReport
     from modify.measure.profiling import ProfileReport
+    from modify.measure.report import BlockRow, ConversionSummary
+    from modify.measure.routes import RoutesReport
+    from modify.study.planner import PlanResult
+    from modify.study.report import Summary
+    from modify.train.finetune import FinetuneResult
 
-__all__ = ["console", "error_console", "profile_tables", "compare_table", "bench_table", "bench_lines", "models_table"]
-
-
-@cache
-def console() -> Console:
-    return Console(soft_wrap=False)
-
-
-@cache
-def error_console() -> Console:
-    return Console(stderr=True)
+__all__ = ["profile_tables", "compare_table", "bench_table", "bench_lines", "models_table", "short_reason", "blocks_table", "reasons_text", "conversion_tables", "finetune_table", "sweep_table", "routes_table", "plan_table", "plan_summary"]
 
 
 def _m(value: float) -> str:
@@ -149,7 +143,7 @@ def short_reason(reason: str) -> str:
     return reason.split(":", 1)[0].split(" (", 1)[0].strip()
 
 
-def blocks_table(label: str, summary, *, verbose: bool = False) -> Table:
+def blocks_table(label: str, summary: ConversionSummary, *, verbose: bool = False) -> Table:
     """Every residual block: converted with k, or left standard with the reason (its short form
     unless ``verbose``; `reasons_text` lists the long forms once)."""
     table = Table(title=f"residual blocks of {label}", caption=summary.note)
@@ -171,7 +165,7 @@ def blocks_table(label: str, summary, *, verbose: bool = False) -> Table:
     return table
 
 
-def _change_note(row) -> str:
+def _change_note(row: BlockRow) -> str:
     """What the conversion did to a block: its class for a MoD block, else narrowed or deleted."""
     if row.action == "narrow":
         from fractions import Fraction
@@ -182,7 +176,7 @@ def _change_note(row) -> str:
     return row.block_type
 
 
-def reasons_text(summary) -> Text | None:
+def reasons_text(summary: ConversionSummary) -> Text | None:
     """Each long skip reason once, with the blocks it applies to; None when every reason is short."""
     by_reason: dict[str, list[str]] = {}
     for r in summary.rows:
@@ -198,7 +192,7 @@ def reasons_text(summary) -> Text | None:
     return text
 
 
-def conversion_tables(label: str, summary, *, verbose: bool = False) -> list[Table | Text]:
+def conversion_tables(label: str, summary: ConversionSummary, *, verbose: bool = False) -> list[Table | Text]:
     """The block table, the long reasons (unless ``verbose`` put them in the table) and the before/after totals."""
     totals = Table(title=f"{label}: before and after")
     totals.add_column("")
@@ -216,57 +210,6 @@ def conversion_tables(label: str, summary, *, verbose: bool = False) -> list[Tab
         totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
     reasons = None if verbose else reasons_text(summary)
     return [blocks_table(label, summary, verbose=verbose), *([reasons] if reasons is not None else []), totals]
-
-
-# -- modify finetune ----------------------------------------------------------------------------
-
-if TYPE_CHECKING:
-    from modify.train.finetune import FinetuneResult, StepInfo
-
-
-class FinetuneProgress:
-    """A rich progress bar for `modify.train.finetune.finetune`: pass ``update`` as ``on_step``."""
-
-    def __init__(self, total_steps: int, description: str = "fine-tuning") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("acc {task.fields[acc]}"),
-            TextColumn("{task.fields[rate]} img/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=error_console(),
-            transient=False,
-        )
-        self.task = self.progress.add_task(description, total=total_steps, loss="-", acc="-", rate="-")
-        self._accuracy: list[float] = []
-
-    def __enter__(self) -> FinetuneProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, info: StepInfo) -> None:
-        # The accuracy shown is over the last 20 steps: one batch is too noisy to read.
-        self._accuracy = (self._accuracy + [info.accuracy])[-20:]
-        acc = sum(self._accuracy) / len(self._accuracy)
-        self.progress.update(
-            self.task, completed=info.step, total=info.total_steps,
-            loss=f"{info.loss:.4f}", acc=f"{100 * acc:.1f}%", rate=f"{info.images_per_second:.1f}",
-        )  # fmt: skip
 
 
 def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
@@ -295,54 +238,7 @@ def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
     return table
 
 
-__all__ += ["FinetuneProgress", "finetune_table"]
-
-
-class SweepProgress:
-    """Two rich bars for `modify.study.sweep.run_sweep`: configurations, and the steps of the one
-    being fine-tuned. Pass ``event`` as ``on_event``."""
-
-    def __init__(self, runs: int, done: int = 0) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), console=error_console(), transient=False,
-        )  # fmt: skip
-        self.sweep = self.progress.add_task("configurations", total=runs, completed=done, note="")
-        self.steps = self.progress.add_task("fine-tuning", total=1, note="")
-        self.warned: set[str] = set()
-
-    def __enter__(self) -> SweepProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def event(self, kind: str, info: dict) -> None:
-        if kind == "start":
-            self.progress.reset(self.steps, total=1, note=f"{info['label']} (seed {info['seed']})")
-        elif kind == "step":
-            self.progress.update(self.steps, completed=info["step"], total=info["total_steps"], note=f"loss {info['loss']:.3f}")
-        elif kind == "done":
-            self.progress.advance(self.sweep)
-            self.progress.update(self.sweep, note=f"last: {info['label']} {100 * info['accuracy']:.2f}%")
-        elif kind == "speed":
-            self.progress.update(self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x ± {info.get('spread', 0.0):.2f}")
-            warning = info.get("warning")
-            if warning and warning not in self.warned:  # the architectures timed together share one
-                self.warned.add(warning)
-                self.progress.console.print(f"[bold yellow]warning:[/] timing: {warning}", highlight=False)
-
-
-def sweep_table(summary) -> Table:
+def sweep_table(summary: Summary) -> Table:
     """The comparison, one row per candidate (seeds averaged)."""
     table = Table(title="After the same fine-tune: accuracy (± half the seed range) and measured speed-up "
                         "(b1: batch 1, one thread; b32: batch 32, every thread); F: on its method's frontier")
@@ -356,7 +252,7 @@ def sweep_table(summary) -> Table:
     return table
 
 
-def routes_table(label: str, report) -> Table:
+def routes_table(label: str, report: RoutesReport) -> Table:
     """One row per MoD block: how input-dependent its selection is."""
     table = Table(title=f"{label}: channel selections over {report.images} images")
     for name in ("block", "k / C", "entropy", "class divergence", "distinct sets", "never picked", "always picked"):
@@ -367,48 +263,7 @@ def routes_table(label: str, report) -> Table:
     return table
 
 
-__all__ += ["PlanProgress", "plan_table", "plan_summary"]
-
-
-class PlanProgress:
-    """rich bars for `modify.study.planner.plan`: timing the choices (by block), scoring them,
-    measuring the plan. Pass ``event`` as ``on_event``."""
-
-    _NAMES = {"timing": "timing the choices", "scoring": "scoring the choices"}
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), console=error_console(), transient=False,
-        )  # fmt: skip
-        self.task: object | None = None
-
-    def __enter__(self) -> PlanProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def event(self, kind: str, info: dict) -> None:
-        if kind == "stage" and info["name"] in self._NAMES:
-            note = info.get("setting", "")
-            self.task = self.progress.add_task(self._NAMES[info["name"]], total=info["total"], note=note)
-        elif kind == "timed" and self.task is not None:
-            self.progress.advance(self.task, 1)
-            self.progress.update(self.task, note=f"last: {info['block']}")
-        elif kind == "scored" and self.task is not None:
-            self.progress.advance(self.task, 1)
-            self.progress.update(self.task, note=f"{info['key']}: KL {info['kl']:.4f}")
-        elif kind == "attempt":
-            self.progress.console.print(
-                f"plan measured {info['measured_speedup']:.2f}x (predicted {info['predicted_speedup']:.2f}x)", highlight=False
-            )
-
-
-def plan_table(result) -> Table:
+def plan_table(result: PlanResult) -> Table:
     """Per block: the chosen action, its saving and KL alone, and the runner-up (80 columns)."""
     table = Table(title=f"plan for {result.config.speedup:g}x ({result.config.setting.describe()})", title_justify="left")
     for name, justify in (("block", "left"), ("choice", "left"), ("saves ms", "right"), ("KL", "right"), ("agree", "right"),
@@ -423,7 +278,7 @@ def plan_table(result) -> Table:
     return table
 
 
-def plan_summary(result) -> list[str]:
+def plan_summary(result: PlanResult) -> list[str]:
     """The plan's measured speed-up and KL beside what the sums predicted."""
     met = "" if result.met else " - below the target: nothing faster was found"
     return [
