@@ -4,7 +4,7 @@ same measured speed, after the same fine-tune; resumable."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,12 @@ from modify.cli._common import (
     quiet_torch_logs,
     user_errors,
 )
+
+if TYPE_CHECKING:  # the CLI imports torch only inside a command
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from modify.study.candidates import Candidate
 
 app = typer.Typer()
 
@@ -60,6 +66,23 @@ def _planned(base, train_set, targets: tuple[float, ...], size: int, out_dir: Pa
     return candidates
 
 
+def _candidates(
+    base: nn.Module, chosen: set[str], max_configs: int | None, targets: tuple[float, ...], train_set: Dataset, *,
+    size: int, out_dir: Path,
+) -> list[Candidate]:
+    """The sweep's candidates: the first ``max_configs`` of each chosen method's defaults, for the
+    blocks the paper's placement converts, and a plan (with its deletion-only twin) per target."""
+    import modify
+    from modify.study.candidates import default_candidates
+
+    blocks = [b.name for b in modify.convert(base, input_size=size, recipe="every_other").converted]
+    every = default_candidates(blocks=blocks, prune_speedups=sorted({1.3, 1.5, 1.7, 1.9, *targets}))
+    candidates = [c for method in ("mod", "delete", "prune") if method in chosen for c in [c for c in every if c.method == method][:max_configs]]
+    if targets:
+        candidates += _planned(base, train_set, targets, size, out_dir)
+    return candidates
+
+
 def _methods(text: str) -> set[str]:
     methods = {m.strip() for m in text.split(",") if m.strip()}
     sweepable = ("mod", "delete", "prune")
@@ -99,7 +122,6 @@ def compare(
     chosen = _methods(methods)
     targets = _targets(plan_speedups)
     quiet_torch_logs()
-    from modify.study.candidates import default_candidates
     from modify.study.report import recommendation, summarize, write_report
     from modify.study.store import load_failures, load_runs, retime as forget_speeds, teacher_accuracy
     from modify.study.sweep import CompareConfig, run_sweep
@@ -127,21 +149,13 @@ def compare(
             batch_size=batch_size, input_size=size, bench_rounds=bench_rounds, bench_seconds=bench_time,
             train_limit=limit, test_limit=eval_limit,
         )  # fmt: skip
-        import modify
-
-        blocks = [b.name for b in modify.convert(base, input_size=size, recipe="every_other").converted]
-        prune_at = sorted({1.3, 1.5, 1.7, 1.9, *targets})
-        candidates = [c for method in ("mod", "delete", "prune") if method in chosen
-                      for c in [c for c in default_candidates(blocks=blocks, prune_speedups=prune_at) if c.method == method][:max_configs]]  # fmt: skip
-        if targets:
-            candidates += _planned(base, train_set, targets, size, out_dir)
+        candidates = _candidates(base, chosen, max_configs, targets, train_set, size=size, out_dir=out_dir)
         done = {(r.key, r.seed) for r in load_runs(out_dir)} if out_dir.is_dir() else set()
-        total = len(candidates) * len(seed_list)
         finished = sum((c.key, s) in done for c in candidates for s in seed_list)
 
         from modify.cli.render import SweepProgress
 
-        with SweepProgress(total, finished) as bar:
+        with SweepProgress(len(candidates) * len(seed_list), finished) as bar:
             run_sweep(base, train_set, test_set, candidates=candidates, config=config, out_dir=out_dir,
                       teacher=teacher_model, on_event=bar.event)  # fmt: skip
         title = f"{label}: {len(seed_list)} seed(s), {epochs:g} epoch(s) of distillation each"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,11 @@ from modify.cli._common import (
     quiet_torch_logs,
     user_errors,
 )
+
+if TYPE_CHECKING:  # the CLI imports torch only inside a command
+    from torch.utils.data import DataLoader, Dataset
+
+    from modify.train.config import FinetuneResult
 
 app = typer.Typer()
 
@@ -81,7 +86,6 @@ def finetune(
     from torch.utils.data import DataLoader
 
     from modify.io.checkpoint import save
-    from modify.train.data import load_dataset
     from modify.train.finetune import FinetuneConfig, finetune as run_finetune
 
     # Configuration errors surface before anything heavy is loaded.
@@ -92,12 +96,10 @@ def finetune(
     model, label = load_model(checkpoint)
     teacher_model = (load_base(teacher, weights=str(teacher_weights) if teacher_weights else None, num_classes=num_classes)[0]
                      if teacher is not None else None)  # fmt: skip
-    train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size, num_workers=workers)
-    eval_loader = None
-    if eval_data is not None:
-        eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
-        eval_loader = DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
+    train_set, loader, eval_loader = _loaders(
+        data, eval_data, data_dir=data_dir, limit=limit, eval_limit=eval_limit, size=image_size, batch_size=batch_size,
+        workers=workers,
+    )  # fmt: skip
     if init is not None:
         from modify.conversion.init import initialize
 
@@ -119,13 +121,34 @@ def finetune(
             result = run_finetune(model, loader, on_step=bar.update, **kwargs)
     written = save(model, out, force=force)
     if as_json:
-        data_out = {
-            "output": str(written), "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs,
-            "first_loss": result.losses[0] if result.losses else None, "last_loss": result.losses[-1] if result.losses else None,
-            "train_accuracy": result.train_accuracy, "eval_accuracy_before": result.eval_accuracy_before,
-            "eval_accuracy_after": result.eval_accuracy_after, "images_per_second": result.images_per_second,
-            "seconds": result.seconds, "resumed_from": result.resumed_from, "state": result.checkpoint,
-        }  # fmt: skip
-        typer.echo(json.dumps(data_out))
+        typer.echo(json.dumps(_json(result, written)))
         return
     console().print(finetune_table(result, str(written)))
+
+
+def _loaders(
+    data: str, eval_data: str | None, *, data_dir: str | None, limit: int | None, eval_limit: int | None,
+    size: int | None, batch_size: int, workers: int,
+) -> tuple[Dataset, DataLoader, DataLoader | None]:
+    """(training set, its shuffled loader, the evaluation loader or None)."""
+    from torch.utils.data import DataLoader
+
+    from modify.train.data import load_dataset
+
+    train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=size)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size, num_workers=workers)
+    if eval_data is None:
+        return train_set, loader, None
+    eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=size)
+    return train_set, loader, DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
+
+
+def _json(result: FinetuneResult, written: Path) -> dict[str, object]:
+    """What --json prints: the run's numbers and where the model went."""
+    return {
+        "output": str(written), "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs,
+        "first_loss": result.losses[0] if result.losses else None, "last_loss": result.losses[-1] if result.losses else None,
+        "train_accuracy": result.train_accuracy, "eval_accuracy_before": result.eval_accuracy_before,
+        "eval_accuracy_after": result.eval_accuracy_after, "images_per_second": result.images_per_second,
+        "seconds": result.seconds, "resumed_from": result.resumed_from, "state": result.checkpoint,
+    }  # fmt: skip

@@ -97,6 +97,25 @@ def time_candidates(models: dict[str, nn.Module], original: nn.Module, config: C
     return written
 
 
+def _record(
+    candidate: Candidate, seed: int, model: nn.Module, original: nn.Module, test_loader: DataLoader,
+    config: CompareConfig, *, before: float, seconds: float, details: dict[str, Any],
+) -> RunRecord:  # fmt: skip
+    """One fine-tuned candidate's record: test accuracy, NLL and KL to the original (steadier than
+    accuracy), MACs and parameters; its speed comes later, timed with the others."""
+    from modify.measure.profiling import profile_model
+
+    against = compare_outputs(model, original, test_loader)
+    accuracy = against.pop("accuracy")
+    profile = profile_model(model, input_size=config.input_size)
+    return RunRecord(
+        key=candidate.key, method=candidate.method, label=candidate.label, seed=seed,
+        accuracy_before=before, accuracy=accuracy, macs=profile.macs, params=profile.params,
+        speedup=None, speedup_batch=None, latency_ms=None, teacher_latency_ms=None, finetune_seconds=seconds,
+        details={**details, "spec": candidate.spec(), "test": against}, arch_key=candidate.arch_key,
+    )  # fmt: skip
+
+
 def run_sweep(
     original: nn.Module,
     train_set: Dataset,
@@ -158,32 +177,31 @@ def run_sweep(
         seconds = time.perf_counter() - started
         for m in (model, teacher, original):
             m.cpu()  # fine-tuning may have used a GPU; evaluation, counting and timing here are on the CPU
-        against = compare_outputs(model, original, test_loader)  # accuracy, and NLL / KL: steadier than accuracy
-        accuracy = against.pop("accuracy")
-        from modify.measure.profiling import profile_model
-
-        profile = profile_model(model, input_size=config.input_size)
-        record = RunRecord(
-            key=candidate.key, method=candidate.method, label=candidate.label, seed=seed,
-            accuracy_before=before, accuracy=accuracy, macs=profile.macs, params=profile.params,
-            speedup=None, speedup_batch=None, latency_ms=None, teacher_latency_ms=None, finetune_seconds=seconds,
-            details={**details, "spec": candidate.spec(), "test": against}, arch_key=candidate.arch_key,
-        )  # fmt: skip
+        record = _record(candidate, seed, model, original, test_loader, config, before=before, seconds=seconds,
+                         details=details)  # fmt: skip
         store.write(f"runs/{path.name}", {"format": RUN_FORMAT, "record": record.as_dict()})
         emit("done", record.as_dict())
 
-    # Timing last, once per architecture that has a finished run, all in shared rounds, with
-    # nothing training beside them.
-    finished = {r.arch_key for r in store.runs()}
-    todo = {c.arch_key: c for c in candidates if c.arch_key in finished and not store.has_speed(c.arch_key)}
-    if todo:
-        models = {}
-        for key, candidate in todo.items():
-            models[key] = build_candidate(candidate, original, input_size=config.input_size,
-                                          pruning_ratio=store.stored_ratio(key), weights=False)[0]  # fmt: skip
-        for speed in time_candidates(models, original, config, store):
-            emit("speed", {"label": todo[speed["key"]].label, **speed})
+    _time_finished(candidates, original, config, store, emit)
     keys = {c.key for c in candidates}
     return [r for r in store.runs() if r.key in keys]
+
+
+def _time_finished(
+    candidates: Sequence[Candidate], original: nn.Module, config: CompareConfig, store: SweepStore,
+    emit: Callable[[str, dict[str, Any]], None],
+) -> None:  # fmt: skip
+    """Timing last, once per architecture that has a finished run, all in shared rounds, with
+    nothing training beside them."""
+    finished = {r.arch_key for r in store.runs()}
+    todo = {c.arch_key: c for c in candidates if c.arch_key in finished and not store.has_speed(c.arch_key)}
+    if not todo:
+        return
+    models = {}
+    for key, candidate in todo.items():
+        models[key] = build_candidate(candidate, original, input_size=config.input_size,
+                                      pruning_ratio=store.stored_ratio(key), weights=False)[0]  # fmt: skip
+    for speed in time_candidates(models, original, config, store):
+        emit("speed", {"label": todo[speed["key"]].label, **speed})
 
 
