@@ -226,8 +226,10 @@ def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.Mo
 # -- ONNX: the forms of the fusion into a fixed slot -----------------------------------------------
 
 
-def _resnet18_32() -> torch.nn.Module:
-    """torchvision's ResNet-18 (10 classes) converted with the default recipe for 32x32 inputs."""
+@pytest.fixture(scope="module")
+def resnet18_32() -> torch.nn.Module:
+    """torchvision's ResNet-18 (10 classes) converted with the default recipe for 32x32 inputs; built
+    once for the tests of this module, which only export it (and check that it is left as it was)."""
     import torchvision
 
     return _with_statistics(modify.convert(torchvision.models.resnet18(weights=None, num_classes=10), input_size=32).model)
@@ -247,14 +249,14 @@ FORM_OPERATORS = {
 
 
 @pytest.mark.parametrize("form", list(FORM_OPERATORS))
-def test_each_onnx_fusion_form_exports_exactly(form: str, tmp_path) -> None:
+def test_each_onnx_fusion_form_exports_exactly(form: str, tmp_path, resnet18_32: torch.nn.Module) -> None:
     import onnx
 
     from modify.deploy.export import ONNX_FUSION_FORMS
     from modify.layers import Fusion
 
     assert set(FORM_OPERATORS) == set(ONNX_FUSION_FORMS)
-    model = _resnet18_32()
+    model = resnet18_32
     report = export_onnx(model, tmp_path / f"{form}.onnx", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
                          tolerance=1e-5, fusion=form)  # fmt: skip
     assert report.max_abs_diff <= 1e-5 and report.fusion == form and report.batch_sizes == (1, 2)

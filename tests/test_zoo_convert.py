@@ -12,6 +12,8 @@ reason no test builds it; a test fails when torchvision adds a model none of the
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torchvision
@@ -19,7 +21,7 @@ from torch import nn
 from torchvision.models import quantization
 
 from modify.conversion.backbones import convert_backbone, find_backbone
-from modify.conversion.pipeline import convert
+from modify.conversion.pipeline import ConversionResult, convert
 from modify.errors import ConversionError, NoBlocksError
 from modify.layers import MoDBlock
 from zoo_checks import assert_identity, check_zoo_model, selected_skips
@@ -40,6 +42,19 @@ def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = QUANTIZABLE[name]() if name in QUANTIZABLE else torchvision.models.get_model(name, weights=None)
     return model.eval()
+
+
+@functools.cache
+def _shared(name: str) -> nn.Module:
+    """A model the tests below only read, built once: a conversion leaves its input untouched
+    (tests/test_convert.py checks that), so they need not build their own."""
+    return _build(name)
+
+
+@functools.cache
+def _default_conversion(name: str) -> ConversionResult:
+    """``_shared(name)`` converted with its family's default, once, for the tests that only read the result."""
+    return convert(_shared(name), input_size=SIZE)
 
 
 def _slow(*names: str) -> list:
@@ -137,18 +152,18 @@ def test_largest_variants_convert_and_reproduce_in_the_identity_configuration(na
      ("regnet_x_400mf", 64, [1, 2, 2, 2, 6, 6, 6, 6, 6, 6])],
 )  # fmt: skip
 def test_the_default_capacity_follows_the_family(name: str, c: int, ks: list[int]) -> None:
-    result = convert(_build(name), input_size=SIZE)
+    result = _default_conversion(name)
     assert result.recipe.defaults.c == c and f"c={c}, the default for" in (result.default_reason or "")
     assert [b.k for b in result.converted] == ks
     assert result.recipe.to_dict()["defaults"] == {"c": c}  # what a checkpoint replays
-    assert convert(_build(name), c=c, input_size=SIZE).default_reason is None
+    assert convert(_shared(name), c=c, input_size=SIZE).default_reason is None
 
 
 @pytest.mark.parametrize("name", ["resnext50_32x4d", "mobilenet_v3_large", "efficientnet_b0", "mnasnet0_5",
                                   "regnet_y_400mf", "convnext_tiny"])  # fmt: skip
 @pytest.mark.parametrize("kwargs", [{"c": 8}, {"k": 0.25}, {"k": 2}])
 def test_explicit_c_and_k(name: str, kwargs: dict) -> None:
-    model = _build(name)
+    model = _shared(name)
     x = torch.randn(2, 3, SIZE, SIZE)
     result = convert(model, example_inputs=x[:1], **kwargs)
     assert result.converted and selected_skips(result) == [] and result.default_reason is None
@@ -166,7 +181,7 @@ def test_explicit_c_and_k(name: str, kwargs: dict) -> None:
      ("regnet_y_400mf", "trunk_output.block4.block4-1", [(6, 6), (6, 6), (6, 2), (2, 6), (6, 6)])],  # C=440, k=6: SE 110
 )  # fmt: skip
 def test_squeeze_excitation_widths_scale_by_k_over_c(name: str, block: str, widths: list[tuple[int, int]]) -> None:
-    result = convert(_build(name), input_size=SIZE)
+    result = _default_conversion(name)
     convs = [m for m in result.model.get_submodule(block).block.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == widths
     depthwise = convs[1]
@@ -176,7 +191,7 @@ def test_squeeze_excitation_widths_scale_by_k_over_c(name: str, block: str, widt
 def test_a_layernorm_over_one_channel_is_skipped_with_a_reason() -> None:
     # ConvNeXt at c = 64: k = 96 // 64 = 1 in the first stage, where the channel-last
     # LayerNorm would normalize a single value and output a constant.
-    result = convert(_build("convnext_tiny"), c=64, input_size=SIZE)
+    result = convert(_shared("convnext_tiny"), c=64, input_size=SIZE)
     skipped = dict(selected_skips(result))
     assert list(skipped) == ["features.1.1"]
     assert "LayerNorm" in skipped["features.1.1"] and "k >= 2" in skipped["features.1.1"]
