@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Options every command that takes a MODEL shares.
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict " "/ model / model_state_dict keys, module. prefixes) or .safetensors.")]  # noqa: E501
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict " "/ model / model_state_dict keys, module. prefixes) or .safetensors.")]
 ClassesOpt = Annotated[int | None, typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)]
 
 

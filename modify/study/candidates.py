@@ -118,25 +118,28 @@ def default_candidates(
     op_importance = {"form": "branch", "fusion": "original"}  # its most important channels, in score order
     every_other_c64 = {"version": 1, "defaults": {"c": 64}, "rules": [{"index": "odd"}]}
     names = list(blocks)
+
+    def op(fraction: float) -> dict[str, Any]:  # OP, the most important channels
+        return _every_other(fraction, op_importance)
+
+    def copied(fraction: float) -> dict[str, Any]:  # OP, the leading channels
+        return _every_other(fraction, op_copy)
+
+    kd, imp = {"block_distill_steps": 300}, "importance"
     out = [
         Candidate("mod", "MoD every_other c=64", recipe=every_other_c64),
         # What `modify plan` builds: each block starts as its deletion, then block-local distillation.
-        Candidate("mod", "MoD-OP k=0.25 from deletion + block KD", recipe=_every_other(0.25, op_importance), init="importance",
-                  zero_update=True, block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 from deletion + block KD", recipe=_every_other(0.5, op_importance), init="importance",
-                  zero_update=True, block_distill_steps=300),
-        Candidate("mod", "MoD k=0.25 importance", recipe=_every_other(0.25), init="importance"),
-        Candidate("mod", "MoD k=0.25 importance + block KD", recipe=_every_other(0.25), init="importance", block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.25 copy + block KD", recipe=_every_other(0.25, op_copy), init="copy", block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 copy + block KD", recipe=_every_other(0.5, op_copy), init="copy", block_distill_steps=300),
-        Candidate("mod", "MoD every_other c=64 + block KD", recipe=every_other_c64, block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.25 importance + block KD", recipe=_every_other(0.25, op_importance), init="importance",
-                  block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=_every_other(0.5, op_importance), init="importance",
-                  block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.25 importance + routed block KD", recipe=_every_other(0.25, op_importance),
-                  init="importance", block_distill_steps=300, route_weight=1.0),
-    ]  # fmt: skip
+        Candidate("mod", "MoD-OP k=0.25 from deletion + block KD", recipe=op(0.25), init=imp, zero_update=True, **kd),
+        Candidate("mod", "MoD-OP k=0.5 from deletion + block KD", recipe=op(0.5), init=imp, zero_update=True, **kd),
+        Candidate("mod", "MoD k=0.25 importance", recipe=_every_other(0.25), init=imp),
+        Candidate("mod", "MoD k=0.25 importance + block KD", recipe=_every_other(0.25), init=imp, **kd),
+        Candidate("mod", "MoD-OP k=0.25 copy + block KD", recipe=copied(0.25), init="copy", **kd),
+        Candidate("mod", "MoD-OP k=0.5 copy + block KD", recipe=copied(0.5), init="copy", **kd),
+        Candidate("mod", "MoD every_other c=64 + block KD", recipe=every_other_c64, **kd),
+        Candidate("mod", "MoD-OP k=0.25 importance + block KD", recipe=op(0.25), init=imp, **kd),
+        Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=op(0.5), init=imp, **kd),
+        Candidate("mod", "MoD-OP k=0.25 importance + routed block KD", recipe=op(0.25), init=imp, route_weight=1.0, **kd),
+    ]
     # Deleting one block of four is below the speed-ups worth a conversion; the pairs at both ends,
     # every triple and the whole set span the range.
     subsets: list[tuple[str, ...]] = [tuple(names)]
