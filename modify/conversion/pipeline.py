@@ -2,6 +2,8 @@
 
     model -trace-> GraphModule (+ shapes) -find_blocks-> [BlockSite] -plan-> [BlockPlan]
           -rewrite-> ConversionResult
+
+Each stage is a module of `modify.conversion` (see its package docstring).
 """
 
 from __future__ import annotations

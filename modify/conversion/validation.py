@@ -39,7 +39,7 @@ def fail(path: str, message: str) -> RecipeError:
 
 
 def suggest(word: str, valid: Sequence[str]) -> str:
-    """" Did you mean 'x'?" for the valid word closest to ``word``; "" when none is close."""
+    """The hint for the valid word closest to ``word`` (" Did you mean 'x'?"); "" when none is close."""
     close = difflib.get_close_matches(str(word), list(valid), n=1, cutoff=0.6)
     close = close or [v for v in valid if str(word) and v.startswith(str(word))][:1]  # "late" -> "late_stages"
     return f" Did you mean {close[0]!r}?" if close else ""
