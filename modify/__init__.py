@@ -77,8 +77,18 @@ _LAZY = {
 }
 
 __all__ = sorted(
-    [*_LAZY, "__version__", "CheckpointError", "ConversionError", "ModifyError", "NoBlocksError",
-     "PlanError", "RecipeError", "TraceError", "UnknownModelError"]
-)  # fmt: skip
+    [
+        *_LAZY,
+        "__version__",
+        "CheckpointError",
+        "ConversionError",
+        "ModifyError",
+        "NoBlocksError",
+        "PlanError",
+        "RecipeError",
+        "TraceError",
+        "UnknownModelError",
+    ]
+)
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

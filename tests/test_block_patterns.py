@@ -243,8 +243,10 @@ def test_adds_inside_a_branch_leave_the_blocks_residual_add_the_site() -> None:
     model = Net(HierarchicalBlock(16), HierarchicalBlock(16), HierarchicalBlock(16))
     sites = find_blocks(trace(model, input_size=SIZE))
     assert [(s.name, s.index, s.block_type) for s in sites] == [
-        ("blocks.0", 0, "HierarchicalBlock"), ("blocks.1", 1, "HierarchicalBlock"), ("blocks.2", 2, "HierarchicalBlock")
-    ]  # fmt: skip
+        ("blocks.0", 0, "HierarchicalBlock"),
+        ("blocks.1", 1, "HierarchicalBlock"),
+        ("blocks.2", 2, "HierarchicalBlock"),
+    ]
     result = check_toy_model(model, k=4)
     branch = mod_block(result, "blocks.1").block.branch
     # widths(4) = 1 per chunk, so conv1 makes 4 x 1 channels and the adds between chunks fit
@@ -274,7 +276,10 @@ def test_stages_of_one_block_offer_the_recipe_that_selects_them() -> None:
 
     with pytest.raises(RecipeError, match=r"single block \(index 0\).*`--recipe all`.*stage1, stage2"):
         convert(OneBlockStages().eval(), input_size=SIZE)
-    assert [b.name for b in convert(OneBlockStages().eval(), recipe="all", input_size=SIZE).converted] == ["stage1", "stage2"]
+    assert [b.name for b in convert(OneBlockStages().eval(), recipe="all", input_size=SIZE).converted] == [
+        "stage1",
+        "stage2",
+    ]
 
 
 def test_a_channel_slice_with_a_literal_end_follows_the_width() -> None:

@@ -129,7 +129,9 @@ def gated_net() -> nn.Module:
     """A model that converts only with ``leaf_modules=[Gate]`` (an importable factory for checkpoints)."""
     model = Net(PreActBlock(16, 16), PreActBlock(16, 16))
     model.stem.append(Gate())
-    return provenance.attach(model, provenance.Provenance(source={"kind": "import", "name": "test_checkpoint:gated_net", "kwargs": {}}))
+    return provenance.attach(
+        model, provenance.Provenance(source={"kind": "import", "name": "test_checkpoint:gated_net", "kwargs": {}})
+    )
 
 
 def test_leaf_classes_survive_a_checkpoint(tmp_path) -> None:

@@ -23,9 +23,16 @@ def _resnet(name: str = "resnet50", **kwargs) -> nn.Module:
 
 @pytest.mark.parametrize(
     "name",
-    ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
-     pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)],
-)  # fmt: skip
+    [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnext50_32x4d",
+        "wide_resnet50_2",
+        pytest.param("resnet101", marks=pytest.mark.slow),
+        pytest.param("resnet152", marks=pytest.mark.slow),
+    ],
+)
 def test_resnet_family_converts(name: str) -> None:
     model = _resnet(name, num_classes=10)
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -51,8 +58,14 @@ def test_resnet50_every_other_is_the_papers_resnet50_mod() -> None:
     assert round(report.params / 1e6, 2) == 18.11
     assert abs(report.macs / 1e9 - 2.60) / 2.60 < 0.01
     assert [(c.name, c.k) for c in result.converted] == [
-        ("layer1.1", 4), ("layer2.1", 8), ("layer2.3", 8), ("layer3.1", 16), ("layer3.3", 16), ("layer3.5", 16), ("layer4.1", 32),
-    ]  # fmt: skip
+        ("layer1.1", 4),
+        ("layer2.1", 8),
+        ("layer2.3", 8),
+        ("layer3.1", 16),
+        ("layer3.3", 16),
+        ("layer3.5", 16),
+        ("layer4.1", 32),
+    ]
 
 
 def test_the_original_model_is_untouched_and_other_modules_bit_identical() -> None:
@@ -73,9 +86,14 @@ def test_the_original_model_is_untouched_and_other_modules_bit_identical() -> No
 
 @pytest.mark.parametrize(
     ("kwargs", "ks"),
-    [({"k": 2}, [2, 2, 2, 2]), ({"k": 0.25}, [16, 32, 64, 128]), ({"c": 32}, [2, 4, 8, 16]), ({}, [1, 2, 4, 8]),
-     ({"recipe": {"version": 1, "defaults": {"k": 3}, "rules": [{"stage": [2, 3], "index": "odd"}]}}, [3, 3])],
-)  # fmt: skip
+    [
+        ({"k": 2}, [2, 2, 2, 2]),
+        ({"k": 0.25}, [16, 32, 64, 128]),
+        ({"c": 32}, [2, 4, 8, 16]),
+        ({}, [1, 2, 4, 8]),
+        ({"recipe": {"version": 1, "defaults": {"k": 3}, "rules": [{"stage": [2, 3], "index": "odd"}]}}, [3, 3]),
+    ],
+)
 def test_k_fraction_capacity_and_recipe(kwargs: dict, ks: list[int]) -> None:
     result = modify.convert(_resnet("resnet18"), input_size=SIZE, **kwargs)
     assert [c.k for c in result.converted] == ks
@@ -95,7 +113,9 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_no_blocks_is_a_clear_error() -> None:
-    with pytest.raises(modify.NoBlocksError, match="No residual Conv-Block found in VGG.*looks for residual Conv-Blocks"):
+    with pytest.raises(
+        modify.NoBlocksError, match="No residual Conv-Block found in VGG.*looks for residual Conv-Blocks"
+    ):
         modify.convert(torchvision.models.vgg11(weights=None), input_size=32)
 
 
@@ -119,7 +139,9 @@ def test_train_and_eval_modes_and_gradients(init: str) -> None:
     model = result.model.train()
     out = model(torch.randn(2, 3, SIZE, SIZE))
     out.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert missing == []
     assert model.eval()(torch.randn(1, 3, SIZE, SIZE)).shape == (1, 10)
 
@@ -137,7 +159,12 @@ class InlineNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 32, 3, padding=1)
-        self.convs = nn.ModuleList(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)) for _ in range(4))
+        self.convs = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)
+            )
+            for _ in range(4)
+        )
         self.head = nn.Linear(32, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,16 +33,25 @@ def _r18(num_classes: int = 10) -> nn.Module:
 
 @pytest.mark.parametrize(
     "wrap",
-    [lambda sd: sd,
-     lambda sd: {"state_dict": sd, "epoch": 3},
-     lambda sd: {"model": sd, "optimizer": {}},
-     lambda sd: {"model_state_dict": sd},
-     lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DistributedDataParallel
-     lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "state_dict_ema": sd},  # timm's train.py
-     lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()}],  # torch.compile
-    ids=["state_dict", "state_dict-key", "model-key", "model_state_dict-key", "ddp-prefix", "timm-checkpoint",
-         "compile-prefix"],
-)  # fmt: skip
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"model": sd, "optimizer": {}},
+        lambda sd: {"model_state_dict": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DistributedDataParallel
+        lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "state_dict_ema": sd},  # timm's train.py
+        lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},
+    ],  # torch.compile
+    ids=[
+        "state_dict",
+        "state_dict-key",
+        "model-key",
+        "model_state_dict-key",
+        "ddp-prefix",
+        "timm-checkpoint",
+        "compile-prefix",
+    ],
+)
 def test_weights_files_in_the_formats_people_have(tmp_path, wrap) -> None:
     trained = _r18()
     with torch.no_grad():
@@ -63,10 +72,15 @@ def test_safetensors_weights(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("change", "expected"),
-    [(lambda sd: {**sd, "fc.weight": torch.zeros(5, 512)}, r"'fc.weight' has shape \(5, 512\) in the file and \(10, 512\) in the model"),
-     (lambda sd: {**sd, "head.weight": torch.zeros(1)}, r"'head.weight' is in the file but not in the model"),
-     (lambda sd: {k: v for k, v in sd.items() if k != "fc.bias"}, r"'fc.bias' is in the model but not in the file")],
-)  # fmt: skip
+    [
+        (
+            lambda sd: {**sd, "fc.weight": torch.zeros(5, 512)},
+            r"'fc.weight' has shape \(5, 512\) in the file and \(10, 512\) in the model",
+        ),
+        (lambda sd: {**sd, "head.weight": torch.zeros(1)}, r"'head.weight' is in the file but not in the model"),
+        (lambda sd: {k: v for k, v in sd.items() if k != "fc.bias"}, r"'fc.bias' is in the model but not in the file"),
+    ],
+)
 def test_a_mismatch_names_the_first_key(tmp_path, change, expected) -> None:
     path = tmp_path / "w.pt"
     torch.save(change(_r18().state_dict()), path)
@@ -79,8 +93,21 @@ def test_timm_models_by_name_and_with_a_weights_file_from_the_cli(tmp_path) -> N
     weights = tmp_path / "timm_r18.pth"
     torch.save({"state_dict": trained.state_dict(), "arch": "resnet18"}, weights)  # timm's train.py layout
     out = tmp_path / "r18_mod.pt"
-    result = runner.invoke(app, ["convert", "timm:resnet18", "--weights", str(weights), "--num-classes", "10",
-                                 "--input-size", "64", "-o", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "timm:resnet18",
+            "--weights",
+            str(weights),
+            "--num-classes",
+            "10",
+            "--input-size",
+            "64",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     loaded = modify.load(out)
     assert torch.equal(loaded.conv1.weight, trained.conv1.weight)  # the user's weights, outside the MoD blocks
@@ -99,8 +126,9 @@ def test_timm_models_by_name_and_with_a_weights_file_from_the_cli(tmp_path) -> N
 def test_a_wrong_weights_file_names_its_first_key_from_the_cli(tmp_path) -> None:
     weights = tmp_path / "w.pt"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)  # 1000 classes
-    result = runner.invoke(app, ["convert", "timm:resnet18", "--weights", str(weights), "--num-classes", "10",
-                                 "--input-size", "64"])  # fmt: skip
+    result = runner.invoke(
+        app, ["convert", "timm:resnet18", "--weights", str(weights), "--num-classes", "10", "--input-size", "64"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "'fc.weight' has shape (1000, 512) in the file and (10, 512) in the model" in result.stderr
 
@@ -122,7 +150,9 @@ class NoisyInTraining(nn.Module):
 @pytest.mark.parametrize("training", [False, True])
 def test_a_frozen_self_training_branch_is_said(training: bool) -> None:
     model = Net(NoisyInTraining(16), NoisyInTraining(16)).train(training)
-    with pytest.warns(UserWarning, match=r"blocks\.1: .*self\.training.*traced in " + ("train" if training else "eval")):
+    with pytest.warns(
+        UserWarning, match=r"blocks\.1: .*self\.training.*traced in " + ("train" if training else "eval")
+    ):
         result = convert(model, k=4, input_size=16)
     assert len(result.notes) == 1 and "blocks.1" in result.notes[0]
 

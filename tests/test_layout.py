@@ -24,7 +24,6 @@ MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80  # code lines, the docstring not counted
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The import graph, from the source
 
@@ -128,7 +127,9 @@ def test_the_cycle_check_finds_a_planted_cycle(tmp_path: Path) -> None:
     (package / "__init__.py").write_text("")
     (package / "first.py").write_text("from planted.second import helper\n")
     (package / "second.py").write_text("def helper():\n    from planted import first  # a function-level import\n")
-    (package / "third.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from planted import first\n")
+    (package / "third.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from planted import first\n"
+    )
     graph = import_graph(tmp_path, "planted")
     assert graph["planted.third"] == set()  # never runs
     assert import_cycles(graph) == [["planted.first", "planted.second"]]
@@ -162,8 +163,13 @@ print(json.dumps(failures))
 
 def test_every_module_imports_on_its_own() -> None:
     importable = [m for m in MODULES if m != "modify.__main__"]  # `python -m modify` runs the CLI
-    out = subprocess.run([sys.executable, "-c", IMPORT_EACH, json.dumps(importable)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH, json.dumps(importable)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
 
@@ -173,7 +179,11 @@ def _function_lengths(path: Path) -> list[tuple[str, int]]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             first = node.body[0]
-            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+            docstring = (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            )
             start = first.end_lineno + 1 if docstring and len(node.body) > 1 else node.lineno
             length = (node.end_lineno or start) - start + 1
             if length > MAX_FUNCTION_LINES:
@@ -189,14 +199,21 @@ def test_files_and_functions_stay_small(path: Path) -> None:
 
 def test_the_architecture_page_names_every_module() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text()
-    missing = [m for m in MODULES if m.count(".") >= 1 and not m.startswith(("modify._", "modify.cli."))
-               and m.rsplit(".", 1)[-1] + ("/" if (PACKAGE / Path(*m.split(".")[1:])).is_dir() else ".py") not in page]  # fmt: skip
+    missing = [
+        m
+        for m in MODULES
+        if m.count(".") >= 1
+        and not m.startswith(("modify._", "modify.cli."))
+        and m.rsplit(".", 1)[-1] + ("/" if (PACKAGE / Path(*m.split(".")[1:])).is_dir() else ".py") not in page
+    ]
     assert missing == []
 
 
 def test_help_loads_no_torch() -> None:
-    code = "import sys; from modify.cli import app; from typer.testing import CliRunner; " \
-           "CliRunner().invoke(app, ['--help']); sys.exit('torch' in sys.modules)"  # fmt: skip
+    code = (
+        "import sys; from modify.cli import app; from typer.testing import CliRunner; "
+        "CliRunner().invoke(app, ['--help']); sys.exit('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
 
 

@@ -53,7 +53,15 @@ def test_resnet50_mod_saves_what_the_paper_saves() -> None:
     assert round(saved / 1e9, 2) == 1.53
 
 
-@pytest.mark.parametrize(("name", "params", "mmac"), [("vgg16_bn_mod_cifar", 9.83, 155), ("vgg19_bn_mod_cifar", 9.91, 155), ("vgg16_bn_cifar", 15.25, 315), ("vgg19_bn_cifar", 20.57, 400)])
+@pytest.mark.parametrize(
+    ("name", "params", "mmac"),
+    [
+        ("vgg16_bn_mod_cifar", 9.83, 155),
+        ("vgg19_bn_mod_cifar", 9.91, 155),
+        ("vgg16_bn_cifar", 15.25, 315),
+        ("vgg19_bn_cifar", 20.57, 400),
+    ],
+)
 def test_cifar_vgg_matches_table_9(name: str, params: float, mmac: int) -> None:
     model = get_model(name)
     assert round(_params(model) / 1e6, 2) == params

@@ -101,7 +101,9 @@ def test_a_custom_layer_converts_after_register_shrinker(registered_affine: None
 
 def test_a_rule_is_not_replaced_by_accident(registered_affine: None) -> None:
     register_shrinker(ChannelAffine, shrink_channel_affine)  # the same rule again: nothing changes
-    with pytest.raises(ConversionError, match=r"ChannelAffine already has a rule \(shrink_channel_affine\); pass replace=True"):
+    with pytest.raises(
+        ConversionError, match=r"ChannelAffine already has a rule \(shrink_channel_affine\); pass replace=True"
+    ):
         register_shrinker(ChannelAffine, lambda m, w, i, s: m)
     register_shrinker(ChannelAffine, shrink_channel_affine, replace=True)
     assert SHRINKERS[ChannelAffine] is shrink_channel_affine

@@ -26,6 +26,7 @@ timm = pytest.importorskip("timm", reason="timm is a test dependency: pip instal
 
 SIZE = 64
 
+
 def _timm_families() -> dict[str, str]:
     """The families of the README's timm table (benchmarks/families_table.py), one model each."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "families_table.py"

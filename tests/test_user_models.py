@@ -58,16 +58,22 @@ class CifarBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         if self.stride != 1 or self.pad:
-            shortcut = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad))  # (N, cout, H', W')
+            shortcut = F.pad(
+                x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad)
+            )  # (N, cout, H', W')
         return F.relu(self.body(x) + shortcut)
 
 
 def test_option_a_shortcuts_are_skipped_with_a_reason() -> None:
-    model = Net(CifarBlock(16, 16), CifarBlock(16, 16), CifarBlock(16, 32, 2), CifarBlock(32, 32), CifarBlock(32, 32), out=32)
+    model = Net(
+        CifarBlock(16, 16), CifarBlock(16, 16), CifarBlock(16, 32, 2), CifarBlock(32, 32), CifarBlock(32, 32), out=32
+    )
     result = check_toy_model(model, k=4)
     assert [b.name for b in result.converted] == ["blocks.1", "blocks.3"]
     (entry,) = [s for s in result.sites if s.name == "blocks.2"]
-    assert not entry.convertible and entry.reason.startswith("parameter-free shortcut changes the shape (16x16x16 -> 32x8x8")
+    assert not entry.convertible and entry.reason.startswith(
+        "parameter-free shortcut changes the shape (16x16x16 -> 32x8x8"
+    )
     assert result.default_reason is None
     default = convert(model, input_size=SIZE)  # no family default for CifarBlock: every_other's c = 64
     assert default.default_reason.startswith("c=64, the every_other recipe's: no block of a known family (CifarBlock)")
@@ -86,7 +92,9 @@ def test_pre_activation_blocks() -> None:
 class DilatedBlock(nn.Module):
     def __init__(self, c: int, dilation: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(c, c // 2, dilation=dilation), nn.ReLU(), _conv_bn(c // 2, c, dilation=dilation))
+        self.body = nn.Sequential(
+            _conv_bn(c, c // 2, dilation=dilation), nn.ReLU(), _conv_bn(c // 2, c, dilation=dilation)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
@@ -95,7 +103,10 @@ class DilatedBlock(nn.Module):
 def test_dilated_branches_keep_dilation_and_padding() -> None:
     result = check_toy_model(Net(DilatedBlock(16, 2), DilatedBlock(16, 2), DilatedBlock(16, 4)), k=4)
     convs = [m for m in mod_block(result, "blocks.1").block.branch.modules() if isinstance(m, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.dilation, c.padding) for c in convs] == [(4, 2, (2, 2), (2, 2)), (2, 4, (2, 2), (2, 2))]
+    assert [(c.in_channels, c.out_channels, c.dilation, c.padding) for c in convs] == [
+        (4, 2, (2, 2), (2, 2)),
+        (2, 4, (2, 2), (2, 2)),
+    ]
 
 
 class SqueezeExcite(nn.Module):
@@ -137,7 +148,9 @@ class SEBlock(nn.Module):
 def test_hand_written_se_squeeze_scales_with_k(se: type[nn.Module]) -> None:
     result = check_toy_model(Net(SEBlock(32, se), SEBlock(32, se), SEBlock(32, se), c=32), k=8)
     layers = [m for m in mod_block(result, "blocks.1").block.branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    widths = [(m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features) for m in layers]
+    widths = [
+        (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features) for m in layers
+    ]
     # 32 -> 128 -> SE(128 -> 8 -> 128) -> 32 at k = 8 (k/C = 1/4): 8 -> 32 -> SE(32 -> 2 -> 32) -> 8
     assert widths == [(8, 32), (32, 2), (2, 32), (32, 8)]
     one = convert(Net(SEBlock(32, se), SEBlock(32, se), c=32), k=1, input_size=SIZE)  # the squeeze stays >= 1
@@ -162,7 +175,9 @@ class TrainingBlock(nn.Module):
 
 def test_training_paths_and_functional_dropout() -> None:
     model = Net(TrainingBlock(16), TrainingBlock(16), TrainingBlock(16))
-    with pytest.warns(UserWarning, match=r"blocks\.1: the block's forward branches on self\.training; it was traced in eval"):
+    with pytest.warns(
+        UserWarning, match=r"blocks\.1: the block's forward branches on self\.training; it was traced in eval"
+    ):
         result = check_toy_model(model, k=4)  # the `if self.training` multiply is frozen out, and the report says so
     assert len(result.notes) == 1
     mod = mod_block(result, "blocks.1")
@@ -302,14 +317,18 @@ class OpaqueBlock(nn.Module):
 
 def test_untraceable_module_needs_a_leaf_then_the_rest_converts() -> None:
     model = Net(CifarBlock(16, 16), CifarBlock(16, 16), OpaqueBlock(16), OpaqueBlock(16), CifarBlock(16, 16))
-    with pytest.raises(TraceError, match=r"'blocks\.2\.body\.2' \(Opaque\): control flow.*leaf_modules=\['blocks\.2\.body\.2'\]"):
+    with pytest.raises(
+        TraceError, match=r"'blocks\.2\.body\.2' \(Opaque\): control flow.*leaf_modules=\['blocks\.2\.body\.2'\]"
+    ):
         convert(model, k=4, input_size=SIZE)
     result = check_toy_model(model, k=4, leaf_modules=[Opaque])
     assert [b.name for b in result.converted] == ["blocks.1"]
     # blocks.3 holds the leaf, which no rule can shrink: skipped with the reason, left as it was.
     (skipped,) = [s for s in result.skipped if s.selected]
     assert skipped.name == "blocks.3"
-    assert skipped.reason.startswith("no rule shrinks a Opaque") and "channel-sized state (conv.weight" in skipped.reason
+    assert (
+        skipped.reason.startswith("no rule shrinks a Opaque") and "channel-sized state (conv.weight" in skipped.reason
+    )
     assert type(result.model.blocks[3]) is OpaqueBlock
 
 
@@ -319,7 +338,9 @@ def test_shrink_without_shapes_scales_by_widths_and_refuses_unknown_state() -> N
     sub = shrink(cut(gm, placeholder, tuple(body), add.args[1]), Widths(32, 8))
     assert [m.out_channels for m in sub.modules() if isinstance(m, nn.Conv2d)] == [32, 2, 32, 8]
     assert sub(torch.randn(1, 8, 4, 4)).shape == (1, 8, 4, 4)
-    with pytest.raises(SurgeryError, match=r"no rule shrinks a Bilinear \(bil\), which holds channel-sized state \(weight"):
+    with pytest.raises(
+        SurgeryError, match=r"no rule shrinks a Bilinear \(bil\), which holds channel-sized state \(weight"
+    ):
         shrink(fx.symbolic_trace(_BilinearBranch()), Widths(8, 2))
     assert nn.Bilinear not in SHRINKERS
 

@@ -37,6 +37,7 @@ __all__ = ["app", "main"]
 # to fix, and not the user's concern.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
+
 class _Group(typer.core.TyperGroup):
     """The root command: a usage error (missing argument, unknown option, a value of the wrong
     type) is one line and exit code 1, as every other user error, instead of click's usage box."""
@@ -70,8 +71,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _sub in (plan.app, convert.app, blocks.app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app,
-             models.app):  # fmt: skip
+for _sub in (
+    plan.app,
+    convert.app,
+    blocks.app,
+    finetune.app,
+    compare.app,
+    routes.app,
+    profile.app,
+    bench.app,
+    export.app,
+    models.app,
+):
     app.add_typer(_sub)
 
 

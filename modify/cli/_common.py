@@ -16,8 +16,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Options every command that takes a MODEL shares.
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict " "/ model / model_state_dict keys, module. prefixes) or .safetensors.")]
-ClassesOpt = Annotated[int | None, typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict "
+        "/ model / model_state_dict keys, module. prefixes) or .safetensors.",
+    ),
+]
+ClassesOpt = Annotated[
+    int | None, typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)
+]
 
 
 def fail(message: str) -> typer.Exit:
@@ -113,12 +122,20 @@ def load_base(spec: str, *, weights: str | None, num_classes: int | None) -> tup
 
 # -- modify convert and modify blocks
 
-RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")]
-KOpt = Annotated[str | None, typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")]
+RecipeOpt = Annotated[
+    str | None, typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")
+]
+KOpt = Annotated[
+    str | None, typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")
+]
 COpt = Annotated[int | None, typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")
+]
 SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
-LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")]
+LeafOpt = Annotated[
+    list[str] | None, typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")
+]
 
 
 def run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init="scratch"):

@@ -49,7 +49,9 @@ def bench(
     ] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="Alternating rounds per setting.", min=1)] = 7,
     min_run_time: Annotated[float, typer.Option("--min-run-time", help="Seconds per model per round.", min=0.0)] = 0.5,
-    engine: Annotated[str, typer.Option("--engine", help=f"{ENGINE_HELP} Compiling is done before the timing.")] = "eager",
+    engine: Annotated[
+        str, typer.Option("--engine", help=f"{ENGINE_HELP} Compiling is done before the timing.")
+    ] = "eager",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     weights: WeightsOpt = None,
     num_classes: ClassesOpt = None,
@@ -64,9 +66,15 @@ def bench(
     module, label = load_base(model, weights=str(weights) if weights else None, num_classes=num_classes)
     baseline, baseline_label = load_base(vs, weights=None, num_classes=num_classes)
     report = run_bench(
-        module, baseline, cases=cases, input_size=input_size, rounds=rounds, min_run_time=min_run_time,
-        labels=(label, baseline_label), engine=engine,
-    )  # fmt: skip
+        module,
+        baseline,
+        cases=cases,
+        input_size=input_size,
+        rounds=rounds,
+        min_run_time=min_run_time,
+        labels=(label, baseline_label),
+        engine=engine,
+    )
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
         return

@@ -26,7 +26,9 @@ app = typer.Typer()
 @app.command()
 @user_errors
 def blocks(
-    model: Annotated[str, typer.Argument(help="A torchvision name, timm:NAME, package.module:factory, or a checkpoint.")],
+    model: Annotated[
+        str, typer.Argument(help="A torchvision name, timm:NAME, package.module:factory, or a checkpoint.")
+    ],
     recipe: RecipeOpt = None,
     k: KOpt = None,
     c: COpt = None,

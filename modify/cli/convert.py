@@ -29,10 +29,13 @@ from modify.cli.plan import BatchOpt, EngineOpt, ThreadsOpt
 
 app = typer.Typer()
 
+
 @app.command()
 @user_errors
 def convert(
-    model: Annotated[str, typer.Argument(help="A torchvision name, timm:NAME, package.module:factory, or a checkpoint.")],
+    model: Annotated[
+        str, typer.Argument(help="A torchvision name, timm:NAME, package.module:factory, or a checkpoint.")
+    ],
     recipe: RecipeOpt = None,
     k: KOpt = None,
     c: COpt = None,
@@ -45,8 +48,13 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     verbose: VerboseOpt = False,
-    speedup: Annotated[float | None, typer.Option("--speedup", help="Plan first (modify plan) for this measured speed-up; needs --data.")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="With --speedup: the training images to plan and repair with.")] = None,
+    speedup: Annotated[
+        float | None,
+        typer.Option("--speedup", help="Plan first (modify plan) for this measured speed-up; needs --data."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="With --speedup: the training images to plan and repair with.")
+    ] = None,
     batch: BatchOpt = 1,
     threads: ThreadsOpt = 1,
     engine: EngineOpt = "eager",
@@ -60,8 +68,20 @@ def convert(
         check_output(output, force=force)
     parse_init(init)
     if speedup is not None or data is not None:
-        _convert_by_plan(model, speedup, data, output, force=force, weights=weights, num_classes=num_classes,
-                         input_size=input_size, given=(recipe, k, c), batch=batch, threads=threads, engine=engine)  # fmt: skip
+        _convert_by_plan(
+            model,
+            speedup,
+            data,
+            output,
+            force=force,
+            weights=weights,
+            num_classes=num_classes,
+            input_size=input_size,
+            given=(recipe, k, c),
+            batch=batch,
+            threads=threads,
+            engine=engine,
+        )
         return
     original, result, label = run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init)
     summary = summarize(original, result, input_size=input_size)
@@ -80,17 +100,33 @@ def convert(
         out.print(f"wrote {written}")
 
 
-def _convert_by_plan(model: str, speedup: float | None, data: str | None, output: Path | None, *, force: bool,
-                     weights: Path | None, num_classes: int | None, input_size: int, given: tuple, batch: int, threads: int,
-                     engine: str) -> None:  # fmt: skip
+def _convert_by_plan(
+    model: str,
+    speedup: float | None,
+    data: str | None,
+    output: Path | None,
+    *,
+    force: bool,
+    weights: Path | None,
+    num_classes: int | None,
+    input_size: int,
+    given: tuple,
+    batch: int,
+    threads: int,
+    engine: str,
+) -> None:
     """`modify convert MODEL --speedup S --data DATA`: `modify plan`, then the planned model built,
     repaired (block-local distillation, BatchNorm re-estimation) and written with its plan beside it."""
     from modify.cli.plan import plan_options, run_plan
 
     if speedup is None or data is None:
-        raise fail("--speedup and --data go together: the plan is measured on this machine and scored on your training images.")
+        raise fail(
+            "--speedup and --data go together: the plan is measured on this machine and scored on your training images."
+        )
     if any(v is not None for v in given):
-        raise fail("--speedup plans the blocks itself; drop --recipe, -k and -c (or drop --speedup to convert by them).")
+        raise fail(
+            "--speedup plans the blocks itself; drop --recipe, -k and -c (or drop --speedup to convert by them)."
+        )
     if output is None:
         raise fail("--speedup builds a planned model; give -o FILE for it (its plan is written beside it).")
     quiet_torch_logs()
@@ -101,9 +137,20 @@ def _convert_by_plan(model: str, speedup: float | None, data: str | None, output
         check_output(path, force=True)
     options = plan_options(speedup, batch, threads, engine, "0.5,0.25,0.125", "delete,mod,narrow")
     size = input_size if input_size != 224 else None  # convert's default size means "the data's" here
-    original, result, label, train = run_plan(model, data, options, weights=weights, num_classes=num_classes, input_size=size,
-                                       data_dir=None, limit=None, calib_images=1024, distill_steps=200, rounds=7,
-                                       quiet=False)  # fmt: skip
+    original, result, label, train = run_plan(
+        model,
+        data,
+        options,
+        weights=weights,
+        num_classes=num_classes,
+        input_size=size,
+        data_dir=None,
+        limit=None,
+        calib_images=1024,
+        distill_steps=200,
+        rounds=7,
+        quiet=False,
+    )
     from modify.io.checkpoint import save
     from modify.study.plan_report import write_plan
     from modify.study.planner import build_plan
@@ -119,4 +166,7 @@ def _convert_by_plan(model: str, speedup: float | None, data: str | None, output
     out.print(plan_table(result))
     for line in plan_summary(result):
         out.print(line, highlight=False)
-    out.print(f"wrote {written} (planned, repaired; fine-tune it with modify finetune) and its plan {paths['yaml']}", highlight=False)
+    out.print(
+        f"wrote {written} (planned, repaired; fine-tune it with modify finetune) and its plan {paths['yaml']}",
+        highlight=False,
+    )

@@ -21,7 +21,9 @@ def profile(
     num_classes: ClassesOpt = None,
     weights: WeightsOpt = None,
     depth: Annotated[int, typer.Option("--depth", help="Module depth of the per-block rows.", min=1)] = 2,
-    latency: Annotated[bool, typer.Option("--latency", help="Also measure each block's time (batch 1, one thread) beside its MACs.")] = False,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="Also measure each block's time (batch 1, one thread) beside its MACs.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Count parameters and MACs (fvcore convention, MoD operators included), per block."""

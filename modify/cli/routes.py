@@ -20,8 +20,12 @@ def routes(
     split: Annotated[str, typer.Option("--split", help="Which split of DATA: test or train.")] = "test",
     limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N images.", min=1)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.", min=1)] = 256,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")
+    ] = None,
 ) -> None:
     """Record every MoD block's channel selections over a data set: heatmap, entropy, per-class differences."""
     check_output(out, kind="folder")

@@ -141,7 +141,9 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
     for i, (name, orig) in enumerate(order):
         new = reduced.get_submodule(name)
         if isinstance(orig, nn.modules.conv._ConvNd):
-            out_set = _ensure(ranks, orig.out_channels, functools.partial(_producer_ranking, order, i, orig.out_channels, ranks.by))
+            out_set = _ensure(
+                ranks, orig.out_channels, functools.partial(_producer_ranking, order, i, orig.out_channels, ranks.by)
+            )
             rows = out_set[: new.out_channels]
             if orig.groups == 1:
                 cols = ranks.take(orig.in_channels, new.in_channels)
@@ -154,15 +156,20 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
             if orig.bias is not None:
                 new.bias.copy_(orig.bias[rows])
         elif isinstance(orig, nn.Linear):
-            out_set = _ensure(ranks, orig.out_features, functools.partial(_producer_ranking, order, i, orig.out_features, ranks.by))
+            out_set = _ensure(
+                ranks, orig.out_features, functools.partial(_producer_ranking, order, i, orig.out_features, ranks.by)
+            )
             rows = out_set[: new.out_features]
             cols = ranks.take(orig.in_features, new.in_features)
             new.weight.copy_(orig.weight[rows][:, cols])
             if orig.bias is not None:
                 new.bias.copy_(orig.bias[rows])
         elif isinstance(orig, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-            size = orig.num_features if hasattr(orig, "num_features") else (
-                orig.num_channels if isinstance(orig, nn.GroupNorm) else orig.normalized_shape[-1])  # fmt: skip
+            size = (
+                orig.num_features
+                if hasattr(orig, "num_features")
+                else (orig.num_channels if isinstance(orig, nn.GroupNorm) else orig.normalized_shape[-1])
+            )
             keep = _ensure(ranks, size, functools.partial(_producer_ranking, order, i, size, ranks.by))
             state = {}
             for key, value in orig.state_dict().items():
@@ -175,14 +182,20 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
                     state[key] = value[keep[: target.shape[0]]].clone()
             new.load_state_dict(state)
         else:  # a layer type without a channel rule: the leading slice of every tensor
-            state = {k: v[tuple(slice(0, s) for s in new.state_dict()[k].shape)].clone() for k, v in orig.state_dict().items()}
+            state = {
+                k: v[tuple(slice(0, s) for s in new.state_dict()[k].shape)].clone()
+                for k, v in orig.state_dict().items()
+            }
             new.load_state_dict(state)
     if isinstance(reduced, fx.GraphModule):  # get_attr tensors (ConvNeXt's layer scale)
         for name, p in reduced.named_parameters(recurse=False):
             source = _find_tensor(original, scope, name)
             if source is None:
                 continue
-            index = tuple(ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s) for d, s in zip(source.shape, p.shape, strict=True))
+            index = tuple(
+                ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s)
+                for d, s in zip(source.shape, p.shape, strict=True)
+            )
             value = source
             for axis, ix in enumerate(index):
                 value = value.index_select(axis, ix) if isinstance(ix, Tensor) else value.narrow(axis, 0, p.shape[axis])
@@ -218,7 +231,8 @@ def copy_important(
         original.get_submodule(scope) if scope else original
     except AttributeError:
         raise ModifyError(
-            f"the original model has no module {scope!r} (MoD block " f"{name!r}); pass the model that was converted as original=."
+            f"the original model has no module {scope!r} (MoD block "
+            f"{name!r}); pass the model that was converted as original=."
         ) from None
     branch = reduced_branch(mod)
     pairs = _counterparts(branch, original, scope)
@@ -243,7 +257,9 @@ def copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
     pairs = _counterparts(branch, original, scope)
     tensors = [t for m in pairs.values() for t in m.state_dict().values()]
     if isinstance(branch, fx.GraphModule):
-        tensors += [t for n, _ in branch.named_parameters(recurse=False) if (t := _find_tensor(original, scope, n)) is not None]
+        tensors += [
+            t for n, _ in branch.named_parameters(recurse=False) if (t := _find_tensor(original, scope, n)) is not None
+        ]
     for t in tensors:
         for d in t.shape:
             ranks.sets.setdefault(int(d), torch.arange(int(d)))  # every ranking the identity: leading channels

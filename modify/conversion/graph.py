@@ -96,7 +96,19 @@ _ADD_METHODS = ("add", "add_")
 
 # Ops whose result depends on a tensor's metadata only, not on its values: data flow stops here.
 _META_METHODS = frozenset(
-    {"size", "dim", "ndimension", "numel", "nelement", "get_device", "type", "new_zeros", "new_ones", "new_empty", "new_full"}
+    {
+        "size",
+        "dim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "get_device",
+        "type",
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+    }
 )
 _META_FUNCTIONS = (
     builtins.len,

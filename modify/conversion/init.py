@@ -80,7 +80,16 @@ from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
 from modify.layers.fresh import fresh_conv_
 from modify.layers.options import Init
 
-__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks", "replaced_blocks", "zero_updates"]
+__all__ = [
+    "Init",
+    "ImportanceBy",
+    "BlockInit",
+    "InitReport",
+    "initialize",
+    "mod_blocks",
+    "replaced_blocks",
+    "zero_updates",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +200,9 @@ def initialize(
                 _scratch(mod)
                 if strategy is Init.ZERO:
                     zeroed = _zero_branch(reduced_branch(mod))
-                    done.append(BlockInit(**base, zeroed=zeroed, exact_zero=mod.form is BlockForm.BRANCH and zeroed is not None))
+                    done.append(
+                        BlockInit(**base, zeroed=zeroed, exact_zero=mod.form is BlockForm.BRANCH and zeroed is not None)
+                    )
                 else:
                     done.append(BlockInit(**base))
         if strategy is Init.IMPORTANCE and data is not None:

@@ -27,19 +27,70 @@ __all__ = ["enable_inplace_fusion"]
 
 # Ops whose output may be (a view of) their input: a MoD block reading their output shares its
 # storage with their input, so in-place fusion is safe only if that input is unshared too.
-_VIEW_METHODS = frozenset({
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "t",
-    "contiguous", "expand", "expand_as", "squeeze", "unsqueeze", "narrow", "chunk", "split", "unbind",
-    "select", "as_strided", "detach", "to", "type", "float", "__getitem__",
-})  # fmt: skip
-_VIEW_FUNCTIONS = frozenset({
-    operator.getitem, torch.flatten, torch.reshape, torch.narrow, torch.squeeze, torch.unsqueeze,
-    torch.permute, torch.transpose, torch.t, torch.chunk, torch.split, torch.unbind, torch.select,
-    torch.detach, nn.functional.dropout, nn.functional.dropout2d, nn.functional.dropout3d,
-    nn.functional.alpha_dropout, nn.functional.feature_alpha_dropout,
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
-    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
-})  # fmt: skip
+_VIEW_METHODS = frozenset(
+    {
+        "view",
+        "view_as",
+        "reshape",
+        "reshape_as",
+        "flatten",
+        "unflatten",
+        "permute",
+        "transpose",
+        "t",
+        "contiguous",
+        "expand",
+        "expand_as",
+        "squeeze",
+        "unsqueeze",
+        "narrow",
+        "chunk",
+        "split",
+        "unbind",
+        "select",
+        "as_strided",
+        "detach",
+        "to",
+        "type",
+        "float",
+        "__getitem__",
+    }
+)
+_VIEW_FUNCTIONS = frozenset(
+    {
+        operator.getitem,
+        torch.flatten,
+        torch.reshape,
+        torch.narrow,
+        torch.squeeze,
+        torch.unsqueeze,
+        torch.permute,
+        torch.transpose,
+        torch.t,
+        torch.chunk,
+        torch.split,
+        torch.unbind,
+        torch.select,
+        torch.detach,
+        nn.functional.dropout,
+        nn.functional.dropout2d,
+        nn.functional.dropout3d,
+        nn.functional.alpha_dropout,
+        nn.functional.feature_alpha_dropout,
+        operator.iadd,
+        operator.isub,
+        operator.imul,
+        operator.itruediv,
+        operator.ifloordiv,
+        operator.imod,
+        operator.ipow,
+        operator.iand,
+        operator.ior,
+        operator.ixor,
+        operator.ilshift,
+        operator.irshift,
+    }
+)
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd, MoDBlock)
 
 

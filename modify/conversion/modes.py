@@ -33,9 +33,17 @@ from modify.module_state import kept_modes
 __all__ = ["frozen_branches", "mode_note"]
 
 # Calls `modify.conversion.surgery.cut` rebuilds as modules that follow the block's mode.
-_FOLLOWS_MODE = frozenset({
-    F.batch_norm, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-})  # fmt: skip
+_FOLLOWS_MODE = frozenset(
+    {
+        F.batch_norm,
+        F.dropout,
+        F.dropout1d,
+        F.dropout2d,
+        F.dropout3d,
+        F.alpha_dropout,
+        F.feature_alpha_dropout,
+    }
+)
 
 
 def _follows_mode(node: fx.Node) -> bool:
@@ -87,7 +95,10 @@ def frozen_branches(model: nn.Module, blocks: Iterable[str], leaf_modules: Colle
     if not blocks or not any(_reads_training(type(m)) for m in model.modules()):
         return []
     try:
-        train, evaluation = _signature(_trace(model, True, leaf_modules)), _signature(_trace(model, False, leaf_modules))
+        train, evaluation = (
+            _signature(_trace(model, True, leaf_modules)),
+            _signature(_trace(model, False, leaf_modules)),
+        )
     except Exception:  # it traced in its own mode; the other one is not ours to judge
         return []
     names = []

@@ -165,11 +165,16 @@ def convert(
                 f"'{first.name}': {first.reason}. Drop strict, or exclude them in the recipe (skip: true)."
             )
     # What `modify.save` needs to replay this conversion (the weights go in the state_dict).
-    provenance.record(converted_model, "convert", {
-        "recipe": resolved.to_dict(),
-        "input_shape": list(inputs[0].shape),
-        "leaf_modules": [leaf_record(m) for m in leaf_modules],  # classes by import path
-    }, base=model)  # fmt: skip
+    provenance.record(
+        converted_model,
+        "convert",
+        {
+            "recipe": resolved.to_dict(),
+            "input_shape": list(inputs[0].shape),
+            "leaf_modules": [leaf_record(m) for m in leaf_modules],  # classes by import path
+        },
+        base=model,
+    )
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)  # no full-tensor copy at inference
     result = ConversionResult(
         model=converted_model,
@@ -202,9 +207,13 @@ def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
     part_name = data.get("module")
     part = model.get_submodule(part_name) if part_name else model
     converted = convert(
-        part, recipe=data["recipe"], example_inputs=torch.zeros(data["input_shape"]), leaf_modules=leaves,
-        init=Init.SCRATCH, zero_update=False,  # the weights come from the state_dict
-    ).model  # fmt: skip
+        part,
+        recipe=data["recipe"],
+        example_inputs=torch.zeros(data["input_shape"]),
+        leaf_modules=leaves,
+        init=Init.SCRATCH,
+        zero_update=False,  # the weights come from the state_dict
+    ).model
     if not part_name:
         return converted
     model.set_submodule(part_name, converted)
@@ -239,10 +248,15 @@ def convert_identity(
     model = copy.deepcopy(model)
     inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
-    plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
-             else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip
+    plans = [
+        BlockPlan(s, k=s.channels, rule="identity", reason=None)
+        if s.convertible
+        else BlockPlan(s, k=None, rule=None, reason=s.reason)
+        for s in sites
+    ]
     converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=Init.COPY)
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)
     recipe = Recipe(mod=IDENTITY_CONFIG)
-    return ConversionResult(converted_model, converted, skipped, recipe, Init.COPY, tuple(inputs[0].shape),
-                            tuple(sites), tuple(plans))  # fmt: skip
+    return ConversionResult(
+        converted_model, converted, skipped, recipe, Init.COPY, tuple(inputs[0].shape), tuple(sites), tuple(plans)
+    )

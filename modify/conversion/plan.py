@@ -227,7 +227,11 @@ def plan(
         i, action, capacity = decided
         rule_path = f"rules[{i}]"
         if action is BlockAction.KEEP:
-            said = f"skipped by {rule_path} (skip: true)" if resolved.version == 1 else f"kept by {rule_path} (action: keep)"
+            said = (
+                f"skipped by {rule_path} (skip: true)"
+                if resolved.version == 1
+                else f"kept by {rule_path} (action: keep)"
+            )
             plans.append(BlockPlan(site, k=None, rule=rule_path, reason=said))
         elif not site.convertible:
             plans.append(BlockPlan(site, k=None, rule=rule_path, reason=site.reason))

@@ -238,7 +238,9 @@ def _recipe_from(raw: object, source: str | None) -> Recipe:
             "rules", f"{rules_raw!r} is not a non-empty list; expected a list of rules such as [{{index: odd}}]."
         )
     rules = tuple(BlockRule.from_dict(entry, f"rules[{i}]", version=version) for i, entry in enumerate(rules_raw))
-    return Recipe(version=version, defaults=defaults, rules=rules, mod=mod, init=init, zero_update=zero_update, source=source)
+    return Recipe(
+        version=version, defaults=defaults, rules=rules, mod=mod, init=init, zero_update=zero_update, source=source
+    )
 
 
 def _start_from(raw: Mapping[str, Any], version: int) -> tuple[str | None, bool]:
@@ -248,7 +250,9 @@ def _start_from(raw: Mapping[str, Any], version: int) -> tuple[str | None, bool]
             raise fail(key, f"{raw[key]!r}: how MoD blocks start is part of a version-2 recipe; write `version: 2`.")
     init = raw.get("init")
     if init is not None and (not isinstance(init, str) or init not in _INITS):
-        raise fail("init", f"{init!r} is not an init; expected one of {', '.join(_INITS)}." + suggest(str(init), _INITS))
+        raise fail(
+            "init", f"{init!r} is not an init; expected one of {', '.join(_INITS)}." + suggest(str(init), _INITS)
+        )
     zero_update = raw.get("zero_update", False)
     if not isinstance(zero_update, bool):
         raise fail("zero_update", f"{zero_update!r} is not a boolean; expected true or false.")

@@ -48,7 +48,9 @@ class BlockAction(StrChoice):
 
     KEEP = "keep"  # the block stays as it is
     MOD = "mod"  # a MoD block with k channels (k, fraction or c)
-    NARROW = "narrow"  # the branch's inner widths cut to a share (fraction, or k: the share k / C), in and out kept at C
+    NARROW = (
+        "narrow"  # the branch's inner widths cut to a share (fraction, or k: the share k / C), in and out kept at C
+    )
     DELETE = "delete"  # the block replaced by its shortcut (`modify.baselines.delete_blocks`)
 
 
@@ -115,7 +117,7 @@ class Capacity:
 
     def describe(self) -> str:
         """Short text for messages: ``c=64``, ``k=8``, ``fraction=0.25``, ``skip``."""
-        (key, value), = self.to_dict().items()
+        ((key, value),) = self.to_dict().items()
         return "skip" if key == "skip" else f"{key}={value}"
 
     @classmethod
@@ -233,17 +235,23 @@ class BlockRule:
         if version == 1 and "action" in raw:
             raise fail(
                 f"{path}.action",
-                f"{raw['action']!r}: per-block actions (keep, mod, narrow, " "delete) need `version: 2` at the top of the recipe.",
+                f"{raw['action']!r}: per-block actions (keep, mod, narrow, "
+                "delete) need `version: 2` at the top of the recipe.",
             )
         if version >= 2 and "skip" in raw:
-            raise fail(f"{path}.skip", f"{raw['skip']!r}: version 2 says `action: keep` for a block that stays as it is.")
+            raise fail(
+                f"{path}.skip", f"{raw['skip']!r}: version 2 says `action: keep` for a block that stays as it is."
+            )
         check_keys(raw, _RULE_KEYS if version == 1 else _RULE_KEYS_V2, path, "a rule")
         action = None
         if version >= 2:
             value = raw.get("action", BlockAction.MOD.value)
             valid = [m.value for m in BlockAction]
             if not isinstance(value, str) or value not in valid:
-                raise fail(f"{path}.action", f"{value!r} is not an action; expected one of {', '.join(valid)}." + suggest(value, valid))
+                raise fail(
+                    f"{path}.action",
+                    f"{value!r} is not an action; expected one of {', '.join(valid)}." + suggest(value, valid),
+                )
             action = BlockAction(value)
         capacity = capacity_from(raw, path, required=False)
         if action is not None:
@@ -261,13 +269,14 @@ def _check_action_capacity(action: BlockAction, capacity: Capacity | None, path:
     """keep and delete take no capacity; narrow takes k or a fraction (a share of the inner widths)."""
     if capacity is None:
         return
-    (key, value), = capacity.to_dict().items()
+    ((key, value),) = capacity.to_dict().items()
     if action in (BlockAction.KEEP, BlockAction.DELETE):
         raise fail(f"{path}.{key}", f"{value!r}: action {action.value} takes no capacity; remove {key}.")
     if action is BlockAction.NARROW and key not in ("k", "fraction"):
         raise fail(
             f"{path}.{key}",
-            f"{value!r}: action narrow takes a fraction of the block's " "inner widths (fraction: 0.25) or k (the share k / C).",
+            f"{value!r}: action narrow takes a fraction of the block's "
+            "inner widths (fraction: 0.25) or k (the share k / C).",
         )
 
 
@@ -288,5 +297,3 @@ def mod_config_from(raw: object, path: str = "mod") -> MoDConfig:
     if "reduction" in raw:
         check_int(raw["reduction"], f"{path}.reduction", minimum=1, expected="the selector's ratio r, an integer >= 1")
     return MoDConfig(**dict(raw))
-
-

@@ -153,5 +153,15 @@ def rewrite(
 
 def _record(plan: BlockPlan, target: str) -> ConvertedBlock:
     s = plan.site
-    return ConvertedBlock(s.name, target, s.block_type, s.stage, s.index, s.channels, planned_k(plan), plan.rule,
-                          action=str(plan.action), fraction=plan.fraction)  # fmt: skip
+    return ConvertedBlock(
+        s.name,
+        target,
+        s.block_type,
+        s.stage,
+        s.index,
+        s.channels,
+        planned_k(plan),
+        plan.rule,
+        action=str(plan.action),
+        fraction=plan.fraction,
+    )

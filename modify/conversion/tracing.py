@@ -38,7 +38,16 @@ from modify.errors import ModifyError, TraceError, first_line
 from modify.layers import MoDBlock
 from modify.module_state import kept_modes
 
-__all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "inputs_for", "LeafSpec", "leaf_record", "leaf_from_record"]
+__all__ = [
+    "ModifyTracer",
+    "trace",
+    "trace_graph",
+    "default_input",
+    "inputs_for",
+    "LeafSpec",
+    "leaf_record",
+    "leaf_from_record",
+]
 
 # A leaf is named by module class (matched with isinstance) or by qualified name ("layer1.0").
 LeafSpec = type[nn.Module] | str
@@ -48,7 +57,10 @@ _CONSTRUCTS: tuple[tuple[str, str], ...] = (
     ("cannot be used as inputs to control flow", "control flow on a tensor value (if/while/bool() on a traced tensor)"),
     ("cannot be iterated", "iteration over a Proxy (a for loop or *-unpacking of a traced value)"),
     ("'len' is not supported", "len() of a traced value"),
-    ("found element of type Proxy", "a traced value passed where a plain Python number is needed (e.g. torch.rand(x.shape[0]))"),
+    (
+        "found element of type Proxy",
+        "a traced value passed where a plain Python number is needed (e.g. torch.rand(x.shape[0]))",
+    ),
     ("must be tuple of ints, but found", "a traced value passed where a plain Python number is needed"),
 )
 
@@ -80,7 +92,8 @@ class ModifyTracer(fx.Tracer):
                 types.append(leaf)
             else:
                 raise TypeError(
-                    f"leaf_modules holds {leaf!r}; expected nn.Module " "subclasses or qualified module names like 'layer1.0'."
+                    f"leaf_modules holds {leaf!r}; expected nn.Module "
+                    "subclasses or qualified module names like 'layer1.0'."
                 )
         self.leaf_types: tuple[type[nn.Module], ...] = tuple(types)
         self.leaf_names: frozenset[str] = frozenset(names)
@@ -185,8 +198,10 @@ def _note_batchnorm_modules(gm: fx.GraphModule, model: nn.Module) -> None:
             continue
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             node.meta[BATCHNORM_META] = {
-                "momentum": module.momentum, "affine": module.affine, "track_running_stats": module.track_running_stats,
-            }  # fmt: skip
+                "momentum": module.momentum,
+                "affine": module.affine,
+                "track_running_stats": module.track_running_stats,
+            }
 
 
 def leaf_record(spec: LeafSpec) -> str:
@@ -220,7 +235,8 @@ def leaf_from_record(record: str) -> LeafSpec:
     except (ImportError, AttributeError) as e:
         raise ModifyError(
             f"the leaf module class {record!r} cannot be imported ({type(e).__name__}); define it at the top level "
-            "of an importable module (a class made inside a function " "cannot be found again), or name the leaf by its path."
+            "of an importable module (a class made inside a function "
+            "cannot be found again), or name the leaf by its path."
         ) from None
     if not (isinstance(value, type) and issubclass(value, nn.Module)):
         raise ModifyError(f"the leaf {record!r} is not an nn.Module class.")
@@ -250,7 +266,9 @@ def _describe_construct(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if text.strip() else first
 
 
-def trace_graph(model: nn.Module, *, leaf_modules: Collection[LeafSpec] = (), into_mod_blocks: bool = False) -> fx.Graph:
+def trace_graph(
+    model: nn.Module, *, leaf_modules: Collection[LeafSpec] = (), into_mod_blocks: bool = False
+) -> fx.Graph:
     """The fx graph of ``model`` without shapes (`trace` adds them); a failure is a `TraceError`
     naming the module. ``into_mod_blocks`` traces the reduced blocks too (BatchNorm folding).
 
@@ -395,5 +413,6 @@ def _shape_error(prop: _ShapeProp, e: BaseException) -> TraceError:
         where = f" at node '{node.name}'" + (f" in module '{path}'" if path else "")
     return TraceError(
         f"The traced graph failed to run on the example inputs{where}: {first}. "
-        "Check example_inputs / input_size, or mark the module a " "leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
+        "Check example_inputs / input_size, or mark the module a "
+        "leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
     )

@@ -174,5 +174,7 @@ def export_aoti(
         compiled = AotiModule(target, device)
         worst = max_difference(model, compiled, sizes, input_size, real_inputs)
     if worst > tolerance:
-        raise ExportError(f"the AOTInductor package differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
+        raise ExportError(
+            f"the AOTInductor package differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}."
+        )
     return ExportReport(str(target), "aoti", sizes, worst, (), dynamic_batch)

@@ -28,9 +28,18 @@ from modify.errors import ExportError, first_line
 from modify.io.files import atomic_write
 
 __all__ = [
-    "ExportError", "ExportReport", "export_onnx", "export_program", "fusion_form", "placement_fusion", "FORMATS",
-    "ONNX_FUSION_FORMS", "max_difference", "trace_setup", "failing_part",
-]  # fmt: skip
+    "ExportError",
+    "ExportReport",
+    "export_onnx",
+    "export_program",
+    "fusion_form",
+    "placement_fusion",
+    "FORMATS",
+    "ONNX_FUSION_FORMS",
+    "max_difference",
+    "trace_setup",
+    "failing_part",
+]
 
 FORMATS = ("onnx", "torch-export", "aoti")  # aoti: modify.deploy.aoti.export_aoti
 # How `export_onnx` writes a fusion into a fixed slot: `modify.layers.fusion.FIXED_SLOT_FORMS`, and
@@ -62,7 +71,10 @@ def _inputs(batch: int, input_size: int, real: torch.Tensor | None) -> list[torc
 
 
 def max_difference(
-    model: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor], sizes: Sequence[int], input_size: int,
+    model: nn.Module,
+    exported: Callable[[torch.Tensor], torch.Tensor],
+    sizes: Sequence[int],
+    input_size: int,
     real: torch.Tensor | None,
 ) -> float:
     """The largest |exported(x) - model(x)| over random (and real) inputs at every batch size."""
@@ -211,8 +223,9 @@ def export_onnx(
     proto = onnx.load(str(target))
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    worst = max_difference(model, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]),
-                            sizes, input_size, real_inputs)  # fmt: skip
+    worst = max_difference(
+        model, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]), sizes, input_size, real_inputs
+    )
     if worst > tolerance:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
     ops = tuple(sorted({n.op_type for n in proto.graph.node}))

@@ -36,8 +36,17 @@ __all__ = [
     "TIMM_PREFIX",
 ]
 
-_RESNET_BASELINE = {18: "resnet18", 26: "resnet18", 34: "resnet34", 42: "resnet34", 50: "resnet50",
-                    75: "resnet50", 86: "resnet50", 101: "resnet101", 152: "resnet101"}  # fmt: skip
+_RESNET_BASELINE = {
+    18: "resnet18",
+    26: "resnet18",
+    34: "resnet34",
+    42: "resnet34",
+    50: "resnet50",
+    75: "resnet50",
+    86: "resnet50",
+    101: "resnet101",
+    152: "resnet101",
+}
 for _depth in RESNET_MOD_LAYERS:
     register_model(f"resnet{_depth}_mod", partial(resnet_mod, _depth), baseline=_RESNET_BASELINE[_depth])
 register_model("mobilenet_v2_mod", mobilenet_v2_mod, baseline="mobilenet_v2")

@@ -148,7 +148,9 @@ def timm_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in known and name.partition(".")[0] not in known:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         hint = f" Did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else ""
-        raise UnknownModelError(f"timm has no model {name!r}.{hint} `python -c \"import timm; print(timm.list_models())\"` lists them.")
+        raise UnknownModelError(
+            f'timm has no model {name!r}.{hint} `python -c "import timm; print(timm.list_models())"` lists them.'
+        )
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:

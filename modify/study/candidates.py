@@ -100,7 +100,10 @@ def _digest(method: str, spec: dict[str, Any]) -> str:
 
 
 def default_candidates(
-    *, blocks: Sequence[str], prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9), prune_macs: Sequence[float] = (2.5, 3.0)
+    *,
+    blocks: Sequence[str],
+    prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9),
+    prune_macs: Sequence[float] = (2.5, 3.0),
 ) -> list[Candidate]:
     """The sweep a user should see for a model whose every_other blocks are ``blocks``.
 
@@ -138,7 +141,9 @@ def default_candidates(
         Candidate("mod", "MoD every_other c=64 + block KD", recipe=every_other_c64, **kd),
         Candidate("mod", "MoD-OP k=0.25 importance + block KD", recipe=op(0.25), init=imp, **kd),
         Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=op(0.5), init=imp, **kd),
-        Candidate("mod", "MoD-OP k=0.25 importance + routed block KD", recipe=op(0.25), init=imp, route_weight=1.0, **kd),
+        Candidate(
+            "mod", "MoD-OP k=0.25 importance + routed block KD", recipe=op(0.25), init=imp, route_weight=1.0, **kd
+        ),
     ]
     # Deleting one block of four is below the speed-ups worth a conversion; the pairs at both ends,
     # every triple and the whole set span the range.
@@ -161,9 +166,16 @@ def _every_other(fraction: float, mod: dict[str, Any] | None = None) -> dict[str
     return recipe
 
 
-def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int, calib: torch.Tensor | None = None,
-                    train_loader: Iterable[Any] | None = None, pruning_ratio: float | None = None,
-                    weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+def build_candidate(
+    candidate: Candidate,
+    teacher: nn.Module,
+    *,
+    input_size: int,
+    calib: torch.Tensor | None = None,
+    train_loader: Iterable[Any] | None = None,
+    pruning_ratio: float | None = None,
+    weights: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
     """The candidate's model, built from a copy of ``teacher``, and what building it reported.
 
     ``pruning_ratio`` rebuilds a pruned candidate found earlier without searching again;
@@ -182,9 +194,14 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
         if pruning_ratio is not None:
             pruned = prune_channels(teacher, ratio=pruning_ratio, input_size=input_size)
         else:
-            pruned = prune_channels(teacher, speedup=candidate.speedup, macs_ratio=candidate.macs_ratio, input_size=input_size)
-        return pruned.model, {"pruning_ratio": pruned.pruning_ratio, "search_speedup": pruned.speedup,
-                              "macs_ratio_tp": pruned.macs_ratio}  # fmt: skip
+            pruned = prune_channels(
+                teacher, speedup=candidate.speedup, macs_ratio=candidate.macs_ratio, input_size=input_size
+            )
+        return pruned.model, {
+            "pruning_ratio": pruned.pruning_ratio,
+            "search_speedup": pruned.speedup,
+            "macs_ratio_tp": pruned.macs_ratio,
+        }
     import modify
     from modify.conversion.init import initialize, replaced_blocks, zero_updates
 
@@ -193,8 +210,9 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
 
     convert_init = "copy" if candidate.init == "copy" else "scratch"
     result = modify.convert(teacher, recipe=candidate.recipe, input_size=input_size, init=convert_init)
-    details: dict[str, Any] = {"converted": [(b.name, b.action, b.k) if b.action != "mod" else (b.name, b.k)
-                                             for b in result.converted]}  # fmt: skip
+    details: dict[str, Any] = {
+        "converted": [(b.name, b.action, b.k) if b.action != "mod" else (b.name, b.k) for b in result.converted]
+    }
     if candidate.init not in ("copy", "scratch"):
         initialize(result, candidate.init, original=teacher, data=calib)
     if candidate.zero_update:
@@ -204,10 +222,9 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
             raise ModifyError(f"{candidate.label}: block-local distillation needs train_loader=.")
         from modify.train.distill import distill_blocks
 
-        report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps,
-                                route_weight=candidate.route_weight)  # fmt: skip
+        report = distill_blocks(
+            result, teacher, train_loader, steps=candidate.block_distill_steps, route_weight=candidate.route_weight
+        )
         details["block_distill"] = [dataclasses.asdict(b) for b in report.blocks]
         details["block_distill_seconds"] = report.seconds  # extra training time the table shows beside the fine-tune
     return result.model, details
-
-

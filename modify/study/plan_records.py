@@ -21,7 +21,9 @@ from modify.study.latency import Setting
 
 __all__ = ["DEFAULT_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult"]
 
-DEFAULT_MOD = MoDConfig(form="branch", fusion="original")  # with a zero update, each MoD block starts as its deletion (issue 21)
+DEFAULT_MOD = MoDConfig(
+    form="branch", fusion="original"
+)  # with a zero update, each MoD block starts as its deletion (issue 21)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,10 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.speedup, (int, float)) or not self.speedup > 1.0:
-            raise PlanError(f"speed-up {self.speedup!r} is not above 1; ask for the " "speed-up you need, such as 1.5 (1.5 times faster).")
+            raise PlanError(
+                f"speed-up {self.speedup!r} is not above 1; ask for the "
+                "speed-up you need, such as 1.5 (1.5 times faster)."
+            )
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
             raise PlanError(f"action {unknown[0]!r} is not one the planner knows; choose from {', '.join(ACTIONS)}.")
@@ -101,18 +106,30 @@ class ChoiceTable:
 
     def allowed(self, actions: Sequence[str], fractions: Sequence[float]) -> list[ChoiceRow]:
         """The rows a plan of ``actions`` at ``fractions`` may choose from (keep always)."""
-        return [r for r in self.rows if r.action == "keep" or (r.action in actions and (r.fraction is None or r.fraction in fractions))]
+        return [
+            r
+            for r in self.rows
+            if r.action == "keep" or (r.action in actions and (r.fraction is None or r.fraction in fractions))
+        ]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"setting": self.setting.as_dict(), "original_ms": self.original_ms, "calib_images": self.calib_images,
-                "seed": self.seed, "rows": [dataclasses.asdict(r) for r in self.rows]}  # fmt: skip
+        return {
+            "setting": self.setting.as_dict(),
+            "original_ms": self.original_ms,
+            "calib_images": self.calib_images,
+            "seed": self.seed,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ChoiceTable:
         return cls(
-            setting=Setting(**raw["setting"]), original_ms=raw["original_ms"], rows=tuple(ChoiceRow(**r) for r in raw["rows"]),
-            calib_images=raw["calib_images"], seed=raw["seed"],
-        )  # fmt: skip
+            setting=Setting(**raw["setting"]),
+            original_ms=raw["original_ms"],
+            rows=tuple(ChoiceRow(**r) for r in raw["rows"]),
+            calib_images=raw["calib_images"],
+            seed=raw["seed"],
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +140,9 @@ class PlanResult:
     original_ms: float  # the original's time in the setting (median over the timing rounds)
     rows: tuple[ChoiceRow, ...]  # every (block, choice) measured
     chosen: tuple[ChoiceRow, ...]  # one per block, in model order
-    runner_up: tuple[tuple[str, str, float | None], ...]  # per block: (block, the runner-up's label, the summed KL it adds)
+    runner_up: tuple[
+        tuple[str, str, float | None], ...
+    ]  # per block: (block, the runner-up's label, the summed KL it adds)
     predicted_speedup: float  # original / (original - summed savings)
     measured_speedup: float  # the planned model, timed against the original
     measured_spread: float

@@ -49,8 +49,17 @@ from modify.study.plan_records import (
 )
 from modify.study.sensitivity import Score, calibration_batch, calibration_split, reference_outputs, repair, score
 
-__all__ = ["PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult", "plan", "measure_choices", "build_plan",
-           "DEFAULT_MOD"]
+__all__ = [
+    "PlanConfig",
+    "ChoiceRow",
+    "ChoiceTable",
+    "Attempt",
+    "PlanResult",
+    "plan",
+    "measure_choices",
+    "build_plan",
+    "DEFAULT_MOD",
+]
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -59,15 +68,30 @@ def _candidate(recipe: dict[str, Any], config: PlanConfig) -> Candidate:
     return Candidate("mixed", "plan", recipe=recipe, init=config.init, zero_update=config.zero_update)
 
 
-def build_plan(original: nn.Module, recipe: Mapping[str, Any], config: PlanConfig, *, weights: bool,
-               repair_set: Dataset | None = None, calib: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
+def build_plan(
+    original: nn.Module,
+    recipe: Mapping[str, Any],
+    config: PlanConfig,
+    *,
+    weights: bool,
+    repair_set: Dataset | None = None,
+    calib: torch.Tensor | None = None,
+) -> nn.Module:
     """A model of ``recipe`` built from ``original``: the architecture alone (``weights=False``),
     or initialised as the plan says and given its cheap repair on ``repair_set``."""
     candidate = _candidate(dict(recipe), config)
     model, _ = build_candidate(candidate, original, input_size=config.setting.input_size, calib=calib, weights=weights)
     if weights and repair_set is not None:
-        repair(model, original, repair_set, distill_steps=config.distill_steps, images=config.repair_images,
-               bn_batches=config.bn_batches, batch_size=config.batch_size, seed=config.seed)  # fmt: skip
+        repair(
+            model,
+            original,
+            repair_set,
+            distill_steps=config.distill_steps,
+            images=config.repair_images,
+            bn_batches=config.bn_batches,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
     return model.eval()
 
 
@@ -78,12 +102,15 @@ def _blocks(original: nn.Module, size: int) -> dict[str, int]:
         raise PlanError(f"nothing to plan: {e}") from None
     blocks = {s.name: s.channels for s in sites if s.convertible}
     if not blocks:
-        raise PlanError("nothing to plan: no residual block of this model can be changed (`modify blocks MODEL` says why).")
+        raise PlanError(
+            "nothing to plan: no residual block of this model can be changed (`modify blocks MODEL` says why)."
+        )
     return blocks
 
 
-def _time_choices(original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig,
-                  emit: Event) -> tuple[dict[str, Timing], dict[str, str]]:  # fmt: skip
+def _time_choices(
+    original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig, emit: Event
+) -> tuple[dict[str, Timing], dict[str, str]]:
     """Each choice's timing (key -> Timing), and the choices that could not be built (key -> why)."""
     groups: dict[str, dict[str, nn.Module]] = {}
     failed: dict[str, str] = {}
@@ -91,25 +118,47 @@ def _time_choices(original: nn.Module, options: dict[str, list[Choice]], channel
         groups[block] = {}
         for c in choices[1:]:  # keep is the original
             try:
-                groups[block][c.key] = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=False)
+                groups[block][c.key] = build_plan(
+                    original, choice_recipe([c], channels, config.mod), config, weights=False
+                )
             except ModifyError as e:
                 failed[c.key] = str(e)
     emit("stage", {"name": "timing", "total": len(groups), "setting": config.setting.describe()})
-    timings = time_savings(original, groups, config.setting, rounds=config.rounds, seconds=config.seconds,
-                           on_group=lambda block: emit("timed", {"block": block}))  # fmt: skip
+    timings = time_savings(
+        original,
+        groups,
+        config.setting,
+        rounds=config.rounds,
+        seconds=config.seconds,
+        on_group=lambda block: emit("timed", {"block": block}),
+    )
     return timings, failed
 
 
-def _score_choices(original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig,
-                   failed: dict[str, str], repair_set: Dataset, calib: torch.Tensor, emit: Event) -> dict[str, Score]:  # fmt: skip
+def _score_choices(
+    original: nn.Module,
+    options: dict[str, list[Choice]],
+    channels: dict[str, int],
+    config: PlanConfig,
+    failed: dict[str, str],
+    repair_set: Dataset,
+    calib: torch.Tensor,
+    emit: Event,
+) -> dict[str, Score]:
     reference = reference_outputs(original, calib)
     todo = [c for choices in options.values() for c in choices[1:] if c.key not in failed]
     emit("stage", {"name": "scoring", "total": len(todo)})
     scores: dict[str, Score] = {}
     for c in todo:
         try:
-            model = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=True,
-                               repair_set=repair_set, calib=calib)  # fmt: skip
+            model = build_plan(
+                original,
+                choice_recipe([c], channels, config.mod),
+                config,
+                weights=True,
+                repair_set=repair_set,
+                calib=calib,
+            )
         except ModifyError as e:
             failed[c.key] = str(e)
             continue
@@ -118,19 +167,32 @@ def _score_choices(original: nn.Module, options: dict[str, list[Choice]], channe
     return scores
 
 
-def _rows(options: dict[str, list[Choice]], channels: dict[str, int], timings: dict[str, Timing],
-          scores: dict[str, Score], failed: dict[str, str]) -> list[ChoiceRow]:  # fmt: skip
+def _rows(
+    options: dict[str, list[Choice]],
+    channels: dict[str, int],
+    timings: dict[str, Timing],
+    scores: dict[str, Score],
+    failed: dict[str, str],
+) -> list[ChoiceRow]:
     rows = []
     for block, choices in options.items():
         for c in choices:
-            base = dict(block=block, channels=channels[block], action=c.action, fraction=c.fraction, label=c.label(channels[block]))
+            base = dict(
+                block=block,
+                channels=channels[block],
+                action=c.action,
+                fraction=c.fraction,
+                label=c.label(channels[block]),
+            )
             if c.action == "keep":
                 rows.append(ChoiceRow(**base, saving_ms=0.0, spread_ms=0.0, kl=0.0, agreement=1.0))
             elif c.key in failed or c.key not in scores:
                 rows.append(ChoiceRow(**base, error=failed.get(c.key, "not measured")))
             else:
                 t, s = timings[c.key], scores[c.key]
-                rows.append(ChoiceRow(**base, saving_ms=t.saving_ms, spread_ms=t.spread_ms, kl=s.kl, agreement=s.agreement))
+                rows.append(
+                    ChoiceRow(**base, saving_ms=t.saving_ms, spread_ms=t.spread_ms, kl=s.kl, agreement=s.agreement)
+                )
     return rows
 
 
@@ -149,11 +211,20 @@ def _table(rows: Sequence[ChoiceRow]) -> tuple[list[str], list[list[ChoiceRow]],
 
 def _measure(original: nn.Module, recipe: dict[str, Any], config: PlanConfig) -> Timing:
     model = build_plan(original, recipe, config, weights=False)
-    return time_savings(original, {"plan": {"plan": model}}, config.setting, rounds=config.rounds, seconds=config.seconds)["plan"]
+    return time_savings(
+        original, {"plan": {"plan": model}}, config.setting, rounds=config.rounds, seconds=config.seconds
+    )["plan"]
 
 
-def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], options: list[list[Option]], channels: dict[str, int],
-                       original_ms: float, config: PlanConfig, emit: Event) -> tuple[list[int], list[Attempt], Timing]:  # fmt: skip
+def _solve_and_measure(
+    original: nn.Module,
+    grouped: list[list[ChoiceRow]],
+    options: list[list[Option]],
+    channels: dict[str, int],
+    original_ms: float,
+    config: PlanConfig,
+    emit: Event,
+) -> tuple[list[int], list[Attempt], Timing]:
     """Solves, measures the plan, and asks for more saving while it measures below the target."""
     target = config.speedup
     needed = original_ms - original_ms / target
@@ -168,8 +239,15 @@ def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], opti
         recipe = choice_recipe([grouped[i][j].choice for i, j in enumerate(picks)], channels, config.mod)
         timing = _measure(original, recipe, config)
         predicted = original_ms / (original_ms - solution.saving)
-        attempts.append(Attempt(required, tuple(grouped[i][j].choice.key for i, j in enumerate(picks)), predicted,
-                                timing.speedup, _speedup_spread(timing)))  # fmt: skip
+        attempts.append(
+            Attempt(
+                required,
+                tuple(grouped[i][j].choice.key for i, j in enumerate(picks)),
+                predicted,
+                timing.speedup,
+                _speedup_spread(timing),
+            )
+        )
         emit("attempt", dataclasses.asdict(attempts[-1]))
         if best is None or timing.speedup > best[1].speedup:
             best = (picks, timing)
@@ -182,8 +260,10 @@ def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], opti
         reachable = max_saving(options)
         fastest = original_ms / max(1e-9, original_ms - reachable)
         raise PlanError(
-            f"speed-up {target:g}x is out of reach in " f"{config.setting.describe()}: the fastest choices together predict "
-            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most " f"{fastest:.2f}x, or allow more actions or smaller fractions."
+            f"speed-up {target:g}x is out of reach in "
+            f"{config.setting.describe()}: the fastest choices together predict "
+            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most "
+            f"{fastest:.2f}x, or allow more actions or smaller fractions."
         )
     return best[0], attempts, best[1]
 
@@ -194,8 +274,9 @@ def _speedup_spread(timing: Timing) -> float:
     return spread(list(timing.round_speedups))
 
 
-def _runner_ups(grouped: list[list[ChoiceRow]], options: list[list[Option]], picks: list[int], required: float,
-                config: PlanConfig) -> list[tuple[str, str, float | None]]:  # fmt: skip
+def _runner_ups(
+    grouped: list[list[ChoiceRow]], options: list[list[Option]], picks: list[int], required: float, config: PlanConfig
+) -> list[tuple[str, str, float | None]]:
     """Per block: what it would be if its chosen option were not allowed, and the KL that adds."""
     base = sum(options[i][j].cost for i, j in enumerate(picks))
     out = []
@@ -214,7 +295,9 @@ def _runner_ups(grouped: list[list[ChoiceRow]], options: list[list[Option]], pic
     return out
 
 
-def measure_choices(model: nn.Module, data: Dataset, config: PlanConfig, *, on_event: Event | None = None) -> ChoiceTable:
+def measure_choices(
+    model: nn.Module, data: Dataset, config: PlanConfig, *, on_event: Event | None = None
+) -> ChoiceTable:
     """Steps 1-3 of the module docstring: every (block, choice) of ``config`` timed and scored
     (the speed-up of ``config`` only decides whether the fastest choices can reach it at all)."""
     emit: Event = on_event or (lambda kind, info: None)
@@ -235,7 +318,8 @@ def _split(data: Dataset, config: PlanConfig) -> tuple[Dataset, Dataset, torch.T
     calib = calibration_batch(calib_set)  # (N, 3, H, W)
     if calib.shape[-1] != config.setting.input_size:
         raise PlanError(
-            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} " f"and the plan is for {config.setting.input_size}x"
+            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} "
+            f"and the plan is for {config.setting.input_size}x"
             f"{config.setting.input_size}; pass --input-size {calib.shape[-1]} (or data of the size you deploy at)."
         )
     return repair_set, calib_set, calib
@@ -303,34 +387,53 @@ def plan(
     joint = score(planned, calib, reference_outputs(original, calib))
     emit("stage", {"name": "done"})
     return PlanResult(
-        config=config, original_ms=table.original_ms, rows=tuple(rows), chosen=tuple(chosen),
+        config=config,
+        original_ms=table.original_ms,
+        rows=tuple(rows),
+        chosen=tuple(chosen),
         runner_up=tuple(_runner_ups(grouped, opts, picks, attempts[-1].required_ms, config)),
-        predicted_speedup=attempts[-1].predicted_speedup, measured_speedup=timing.speedup,
-        measured_spread=_speedup_spread(timing), predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
-        measured_kl=joint.kl, measured_agreement=joint.agreement,
-        met=timing.speedup >= (1 - config.tolerance) * config.speedup, attempts=tuple(attempts), recipe=recipe,
-        seconds=time.perf_counter() - started, table=table,
-    )  # fmt: skip
+        predicted_speedup=attempts[-1].predicted_speedup,
+        measured_speedup=timing.speedup,
+        measured_spread=_speedup_spread(timing),
+        predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
+        measured_kl=joint.kl,
+        measured_agreement=joint.agreement,
+        met=timing.speedup >= (1 - config.tolerance) * config.speedup,
+        attempts=tuple(attempts),
+        recipe=recipe,
+        seconds=time.perf_counter() - started,
+        table=table,
+    )
 
 
 def _original_ms(timings: Mapping[str, Timing]) -> float:
     import statistics
 
     if not timings:
-        raise PlanError("no choice could be built for any block, so there is nothing to plan (`modify blocks MODEL` says why).")
+        raise PlanError(
+            "no choice could be built for any block, so there is nothing to plan (`modify blocks MODEL` says why)."
+        )
     return statistics.median(t.original_ms for t in timings.values())
 
 
-def _check_reachable(choices: dict[str, list[Choice]], timings: dict[str, Timing], failed: dict[str, str],
-                     original_ms: float, config: PlanConfig) -> None:  # fmt: skip
+def _check_reachable(
+    choices: dict[str, list[Choice]],
+    timings: dict[str, Timing],
+    failed: dict[str, str],
+    original_ms: float,
+    config: PlanConfig,
+) -> None:
     """Refuses, before the sensitivity work, a target the fastest choices cannot reach."""
-    reachable = sum(max([0.0] + [timings[c.key].saving_ms for c in cs if c.key in timings and c.key not in failed])
-                    for cs in choices.values())  # fmt: skip
+    reachable = sum(
+        max([0.0] + [timings[c.key].saving_ms for c in cs if c.key in timings and c.key not in failed])
+        for cs in choices.values()
+    )
     fastest = original_ms / max(1e-9, original_ms - reachable)
     if fastest < config.speedup * (1 - config.tolerance):
         raise PlanError(
-            f"speed-up {config.speedup:g}x is out of reach in " f"{config.setting.describe()}: every block at its fastest choice "
-            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). " f"Ask for at most {fastest:.2f}x, or allow more actions "
+            f"speed-up {config.speedup:g}x is out of reach in "
+            f"{config.setting.describe()}: every block at its fastest choice "
+            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). "
+            f"Ask for at most {fastest:.2f}x, or allow more actions "
             "(--actions) or smaller fractions (--fractions)."
         )
-

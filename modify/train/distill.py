@@ -63,7 +63,9 @@ def _images(batch: Any) -> Tensor:
 
 
 @torch.no_grad()
-def record_blocks(original: nn.Module, names: list[str], data: Iterable[Any], images: int) -> dict[str, tuple[Tensor, Tensor]]:
+def record_blocks(
+    original: nn.Module, names: list[str], data: Iterable[Any], images: int
+) -> dict[str, tuple[Tensor, Tensor]]:
     """(inputs, outputs) of the named modules of ``original`` over the first ``images`` images
     of ``data``, in eval mode."""
     modules = dict(original.named_modules())
@@ -103,8 +105,10 @@ def record_blocks(original: nn.Module, names: list[str], data: Iterable[Any], im
 def _error(block: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
     # Clones: without autograd a MoD block set for in-place fusion adds into its input.
     with torch.no_grad():
-        total = sum(F.mse_loss(block(x[i : i + batch].clone()), y[i : i + batch], reduction="sum").item()
-                    for i in range(0, len(x), batch))  # fmt: skip
+        total = sum(
+            F.mse_loss(block(x[i : i + batch].clone()), y[i : i + batch], reduction="sum").item()
+            for i in range(0, len(x), batch)
+        )
     return total / y.numel()
 
 
@@ -196,5 +200,6 @@ def distill_blocks(
             after = before
         block.train(was_training)
         fits.append(BlockFit(path, name, deleted, before, after, kept))
-    return DistillReport(tuple(fits), images=len(next(iter(recorded.values()))[0]), steps=steps,
-                         seconds=time.perf_counter() - started)  # fmt: skip
+    return DistillReport(
+        tuple(fits), images=len(next(iter(recorded.values()))[0]), steps=steps, seconds=time.perf_counter() - started
+    )

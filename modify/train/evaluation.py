@@ -46,7 +46,9 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, device: torch.device | str | None = None) -> int:
+def recalibrate_bn(
+    model: nn.Module, data: Iterable[Any], batches: int, *, device: torch.device | str | None = None
+) -> int:
     """Re-estimates every BatchNorm's running statistics from ``batches`` batches of ``data``.
 
     The statistics are reset and accumulated as a cumulative average (``momentum=None``) in
@@ -74,7 +76,9 @@ def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, devic
     return used
 
 
-def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None, precision: str = "fp32") -> float:
+def evaluate(
+    model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None, precision: str = "fp32"
+) -> float:
     """Top-1 accuracy (fraction) of ``model`` on ``data``, in eval mode without gradients."""
     device = torch.device(device) if device is not None else _device_of(model)
     was_training = model.training
@@ -91,7 +95,9 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | st
     return correct / max(1, total)
 
 
-def compare_outputs(model: nn.Module, reference: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None) -> dict[str, float]:
+def compare_outputs(
+    model: nn.Module, reference: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None
+) -> dict[str, float]:
     """``model`` against ``reference`` (its teacher, the original) on ``data``, in eval mode:
     top-1 ``accuracy``, the labels' negative log-likelihood ``nll``, the mean KL divergence
     ``kl`` from the reference's output distribution to the model's, and top-1 ``agreement``.

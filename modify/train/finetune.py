@@ -90,7 +90,9 @@ def _total_steps(data: Iterable[Any], epochs: float | None, steps: int | None) -
     except TypeError:
         per_epoch = None
     if per_epoch == 0:
-        raise ModifyError("the training data holds no batch; check its size and batch size (drop_last with too few images?).")
+        raise ModifyError(
+            "the training data holds no batch; check its size and batch size (drop_last with too few images?)."
+        )
     if steps is not None and epochs is not None:
         raise ModifyError(f"give epochs ({epochs}) or steps ({steps}), not both.")
     if steps is not None:
@@ -101,7 +103,9 @@ def _total_steps(data: Iterable[Any], epochs: float | None, steps: int | None) -
     if epochs <= 0:
         raise ModifyError(f"epochs={epochs} must be positive.")
     if per_epoch is None:
-        raise ModifyError("the training data has no length, so epochs cannot be turned into steps; pass steps= instead.")
+        raise ModifyError(
+            "the training data has no length, so epochs cannot be turned into steps; pass steps= instead."
+        )
     return max(1, int(round(epochs * per_epoch))), per_epoch
 
 
@@ -151,9 +155,19 @@ def finetune(
     if resume and checkpoint_dir is None:
         raise ModifyError("resume=True needs checkpoint_dir= (where the state of the earlier run is).")
     request = _Request(
-        model=model, train_data=train_data, teacher=teacher, config=config, epochs=epochs, steps=steps, eval_data=eval_data,
-        on_step=on_step, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, started=started,
-    )  # fmt: skip
+        model=model,
+        train_data=train_data,
+        teacher=teacher,
+        config=config,
+        epochs=epochs,
+        steps=steps,
+        eval_data=eval_data,
+        on_step=on_step,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        started=started,
+    )
     d = setup_distributed(config.device)
     try:
         return _run(request, d)
@@ -219,12 +233,24 @@ class _Loop:
         if self.path is None or not self.d.main:
             return
         model = self.request.model
-        progress.written = write_state(self.path, SavedRun(
-            config=self.request.config.as_dict(), total_steps=self.total_steps, step=progress.step, epoch=progress.epoch,
-            position=progress.position, epoch_rng=progress.epoch_rng, rng=rng_state(),
-            model={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer=self.optimizer.state_dict(),
-            scaler=self.scaler.state_dict(), losses=list(progress.losses), lrs=list(progress.lrs), eval_before=self.eval_before,
-        ))  # fmt: skip
+        progress.written = write_state(
+            self.path,
+            SavedRun(
+                config=self.request.config.as_dict(),
+                total_steps=self.total_steps,
+                step=progress.step,
+                epoch=progress.epoch,
+                position=progress.position,
+                epoch_rng=progress.epoch_rng,
+                rng=rng_state(),
+                model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                losses=list(progress.losses),
+                lrs=list(progress.lrs),
+                eval_before=self.eval_before,
+            ),
+        )
 
 
 def _run(request: _Request, d: Dist) -> FinetuneResult:
@@ -250,10 +276,19 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
         seed_all(config.seed)  # a fresh run is reproducible whatever the caller's RNG state
         eval_before = _evaluate_on_main(request, d, device, precision)
     loop = _Loop(
-        request=request, d=d, data=data, device=device, precision=precision, total_steps=total_steps,
-        warmup=config.warmup_steps(total_steps), net=_wrap(model, d, device), optimizer=make_optimizer(model, config),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path=path, eval_before=eval_before,
-    )  # fmt: skip
+        request=request,
+        d=d,
+        data=data,
+        device=device,
+        precision=precision,
+        total_steps=total_steps,
+        warmup=config.warmup_steps(total_steps),
+        net=_wrap(model, d, device),
+        optimizer=make_optimizer(model, config),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        path=path,
+        eval_before=eval_before,
+    )
     progress = _restore(loop, state)
     model.train()
     for m in (*frozen, *(frozen_block_norms(model) if config.block_norms == "frozen" else ())):
@@ -287,8 +322,14 @@ def _restore(loop: _Loop, state: SavedRun | None) -> _Progress:
         return _Progress()
     loop.optimizer.load_state_dict(state.optimizer)
     loop.scaler.load_state_dict(state.scaler)
-    return _Progress(step=state.step, epoch=state.epoch, position=state.position, losses=list(state.losses),
-                     lrs=list(state.lrs), epoch_rng=state.epoch_rng)  # fmt: skip
+    return _Progress(
+        step=state.step,
+        epoch=state.epoch,
+        position=state.position,
+        losses=list(state.losses),
+        lrs=list(state.lrs),
+        epoch_rng=state.epoch_rng,
+    )
 
 
 def _train(loop: _Loop, progress: _Progress, state: SavedRun | None) -> None:
@@ -327,11 +368,18 @@ def _epoch(loop: _Loop, progress: _Progress, iterator: Iterator[Any]) -> None:
         progress.train_seconds += now - tick
         on_step = loop.request.on_step
         if on_step is not None and loop.d.main:
-            on_step(StepInfo(
-                step=progress.step, total_steps=loop.total_steps, epoch=progress.epoch, loss=progress.losses[-1],
-                accuracy=hits / n, lr=progress.lrs[-1], seconds=now - loop.request.started,
-                images_per_second=progress.seen * loop.d.world / max(progress.train_seconds, 1e-9),
-            ))  # fmt: skip
+            on_step(
+                StepInfo(
+                    step=progress.step,
+                    total_steps=loop.total_steps,
+                    epoch=progress.epoch,
+                    loss=progress.losses[-1],
+                    accuracy=hits / n,
+                    lr=progress.lrs[-1],
+                    seconds=now - loop.request.started,
+                    images_per_second=progress.seen * loop.d.world / max(progress.train_seconds, 1e-9),
+                )
+            )
         if every is not None and progress.step % every == 0 and progress.step < loop.total_steps:
             loop.save(progress)
         if progress.step >= loop.total_steps:
@@ -344,7 +392,9 @@ def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> t
     config, teacher, optimizer, scaler = loop.request.config, loop.request.teacher, loop.optimizer, loop.scaler
     images = images.to(loop.device, non_blocking=True)  # (N, 3, H, W)
     labels = labels.to(loop.device, non_blocking=True)  # (N,)
-    lr = lr_at(progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr)
+    lr = lr_at(
+        progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr
+    )
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with autocast_for(loop.device, loop.precision):
@@ -358,7 +408,9 @@ def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> t
     scaler.scale(loss).backward()
     if config.grad_clip is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in loop.request.model.parameters() if p.requires_grad], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in loop.request.model.parameters() if p.requires_grad], config.grad_clip
+        )
     scaler.step(optimizer)
     scaler.update()
     hits = int((logits.detach().argmax(1) == labels).sum())

@@ -44,7 +44,9 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
     return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
 
 
-def mixed_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, *, alpha: float, temperature: float) -> Tensor:
+def mixed_loss(
+    logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, *, alpha: float, temperature: float
+) -> Tensor:
     """``alpha * distillation_loss + (1 - alpha) * cross_entropy``; plain cross-entropy without a teacher.
 
     Example:

@@ -23,8 +23,19 @@ import torch
 from modify.errors import ModifyError
 from modify.train.config import FinetuneConfig
 
-__all__ = ["STATE_FILE", "STATE_FORMAT", "STATE_VERSION", "SavedRun", "rng_state", "set_rng_state", "seed_all",
-           "state_path", "read_state", "write_state", "check_same_run"]
+__all__ = [
+    "STATE_FILE",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "SavedRun",
+    "rng_state",
+    "set_rng_state",
+    "seed_all",
+    "state_path",
+    "read_state",
+    "write_state",
+    "check_same_run",
+]
 
 STATE_FILE = "finetune_state.pt"
 STATE_FORMAT = "modify.finetune_state"
@@ -106,13 +117,18 @@ def read_state(path: Path) -> SavedRun:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModifyError(f"cannot read the fine-tuning state {str(path)!r} ({type(e).__name__}); delete it to start afresh.") from e
+        raise ModifyError(
+            f"cannot read the fine-tuning state {str(path)!r} ({type(e).__name__}); delete it to start afresh."
+        ) from e
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ModifyError(f"{str(path)!r} is not a modify fine-tuning state; delete it or choose another checkpoint_dir.")
+        raise ModifyError(
+            f"{str(path)!r} is not a modify fine-tuning state; delete it or choose another checkpoint_dir."
+        )
     if state.get("version") != STATE_VERSION:
         raise ModifyError(
             f"{str(path)!r} is a fine-tuning state of version {state.get('version')!r}, this modify writes and resumes "
-            f"version {STATE_VERSION}; finish the run with the modify " "that started it, or delete the state to start afresh."
+            f"version {STATE_VERSION}; finish the run with the modify "
+            "that started it, or delete the state to start afresh."
         )
     return SavedRun(**{f.name: state.get(f.name) for f in dataclasses.fields(SavedRun)})
 

@@ -30,4 +30,24 @@ from modify.cli.render.tables import (
     sweep_table as sweep_table,
 )
 
-__all__ = ["console", "error_console", "profile_tables", "compare_table", "bench_table", "bench_lines", "models_table", "short_reason", "blocks_table", "reasons_text", "conversion_tables", "finetune_table", "sweep_table", "routes_table", "plan_table", "plan_summary", "FinetuneProgress", "SweepProgress", "PlanProgress"]
+__all__ = [
+    "console",
+    "error_console",
+    "profile_tables",
+    "compare_table",
+    "bench_table",
+    "bench_lines",
+    "models_table",
+    "short_reason",
+    "blocks_table",
+    "reasons_text",
+    "conversion_tables",
+    "finetune_table",
+    "sweep_table",
+    "routes_table",
+    "plan_table",
+    "plan_summary",
+    "FinetuneProgress",
+    "SweepProgress",
+    "PlanProgress",
+]

@@ -53,9 +53,13 @@ class FinetuneProgress:
         self._accuracy = (self._accuracy + [info.accuracy])[-20:]
         acc = sum(self._accuracy) / len(self._accuracy)
         self.progress.update(
-            self.task, completed=info.step, total=info.total_steps,
-            loss=f"{info.loss:.4f}", acc=f"{100 * acc:.1f}%", rate=f"{info.images_per_second:.1f}",
-        )  # fmt: skip
+            self.task,
+            completed=info.step,
+            total=info.total_steps,
+            loss=f"{info.loss:.4f}",
+            acc=f"{100 * acc:.1f}%",
+            rate=f"{info.images_per_second:.1f}",
+        )
 
 
 class SweepProgress:
@@ -72,9 +76,14 @@ class SweepProgress:
         )
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), console=error_console(), transient=False,
-        )  # fmt: skip
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=error_console(),
+            transient=False,
+        )
         self.sweep = self.progress.add_task("configurations", total=runs, completed=done, note="")
         self.steps = self.progress.add_task("fine-tuning", total=1, note="")
         self.warned: set[str] = set()
@@ -90,12 +99,16 @@ class SweepProgress:
         if kind == "start":
             self.progress.reset(self.steps, total=1, note=f"{info['label']} (seed {info['seed']})")
         elif kind == "step":
-            self.progress.update(self.steps, completed=info["step"], total=info["total_steps"], note=f"loss {info['loss']:.3f}")
+            self.progress.update(
+                self.steps, completed=info["step"], total=info["total_steps"], note=f"loss {info['loss']:.3f}"
+            )
         elif kind == "done":
             self.progress.advance(self.sweep)
             self.progress.update(self.sweep, note=f"last: {info['label']} {100 * info['accuracy']:.2f}%")
         elif kind == "speed":
-            self.progress.update(self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x ± {info.get('spread', 0.0):.2f}")
+            self.progress.update(
+                self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x ± {info.get('spread', 0.0):.2f}"
+            )
             warning = info.get("warning")
             if warning and warning not in self.warned:  # the architectures timed together share one
                 self.warned.add(warning)
@@ -112,9 +125,14 @@ class PlanProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), console=error_console(), transient=False,
-        )  # fmt: skip
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=error_console(),
+            transient=False,
+        )
         self.task: object | None = None
 
     def __enter__(self) -> PlanProgress:
@@ -136,5 +154,6 @@ class PlanProgress:
             self.progress.update(self.task, note=f"{info['key']}: KL {info['kl']:.4f}")
         elif kind == "attempt":
             self.progress.console.print(
-                f"plan measured {info['measured_speedup']:.2f}x (predicted {info['predicted_speedup']:.2f}x)", highlight=False
+                f"plan measured {info['measured_speedup']:.2f}x (predicted {info['predicted_speedup']:.2f}x)",
+                highlight=False,
             )

@@ -17,7 +17,22 @@ if TYPE_CHECKING:
     from modify.study.report import Summary
     from modify.train.finetune import FinetuneResult
 
-__all__ = ["profile_tables", "compare_table", "bench_table", "bench_lines", "models_table", "short_reason", "blocks_table", "reasons_text", "conversion_tables", "finetune_table", "sweep_table", "routes_table", "plan_table", "plan_summary"]
+__all__ = [
+    "profile_tables",
+    "compare_table",
+    "bench_table",
+    "bench_lines",
+    "models_table",
+    "short_reason",
+    "blocks_table",
+    "reasons_text",
+    "conversion_tables",
+    "finetune_table",
+    "sweep_table",
+    "routes_table",
+    "plan_table",
+    "plan_summary",
+]
 
 
 def _m(value: float) -> str:
@@ -91,7 +106,9 @@ def bench_table(report: BenchReport) -> Table:
     """Median latencies and speed-ups, one row per case; ± is half the interquartile range of the
     per-round speed-ups."""
     engine = "" if report.engine == "eager" else f", {report.engine}"
-    table = Table(title=f"{report.model} vs {report.baseline} @ {report.input_size[0]}x{report.input_size[1]}, eval, fp32{engine}")
+    table = Table(
+        title=f"{report.model} vs {report.baseline} @ {report.input_size[0]}x{report.input_size[1]}, eval, fp32{engine}"
+    )
     table.add_column("setting")
     table.add_column(f"{report.model} ms", justify="right")
     table.add_column(f"{report.baseline} ms", justify="right")
@@ -102,8 +119,15 @@ def bench_table(report: BenchReport) -> Table:
         rounds = " ".join(f"{s:.2f}" for s in r.round_speedups)
         spread = f"{r.spread:.2f}" if len(r.round_speedups) > 1 else "-"
         style = "yellow" if r.warning else None
-        table.add_row(r.case.label(), f"{r.model_median * 1e3:.2f}", f"{r.baseline_median * 1e3:.2f}", f"{r.speedup:.2f}x",
-                      spread, rounds, style=style)  # fmt: skip
+        table.add_row(
+            r.case.label(),
+            f"{r.model_median * 1e3:.2f}",
+            f"{r.baseline_median * 1e3:.2f}",
+            f"{r.speedup:.2f}x",
+            spread,
+            rounds,
+            style=style,
+        )
     return table
 
 
@@ -112,8 +136,10 @@ def bench_lines(report: BenchReport) -> list[str]:
     lines = []
     if report.engine != "eager":
         for r in report.results:
-            lines.append(f"{report.engine}, {r.case.label()}: prepared {report.model} in {r.prepare_seconds[0]:.1f} s, "
-                         f"{report.baseline} in {r.prepare_seconds[1]:.1f} s (not timed)")  # fmt: skip
+            lines.append(
+                f"{report.engine}, {r.case.label()}: prepared {report.model} in {r.prepare_seconds[0]:.1f} s, "
+                f"{report.baseline} in {r.prepare_seconds[1]:.1f} s (not timed)"
+            )
     lines += [f"[bold yellow]warning:[/] {w}" for w in report.warnings]
     return lines
 
@@ -158,10 +184,15 @@ def blocks_table(label: str, summary: ConversionSummary, *, verbose: bool = Fals
         reason = r.reason or ""
         note = _change_note(r) if r.converted else (reason if verbose else short_reason(reason))
         table.add_row(
-            r.name, f"{r.stage}.{r.index}", str(r.channels), str(r.k) if r.converted else "-",
-            _mmac(r.macs_before), _mmac(r.macs_after) if r.converted else "", note,
+            r.name,
+            f"{r.stage}.{r.index}",
+            str(r.channels),
+            str(r.k) if r.converted else "-",
+            _mmac(r.macs_before),
+            _mmac(r.macs_after) if r.converted else "",
+            note,
             style="cyan" if r.converted else "dim",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -199,12 +230,23 @@ def conversion_tables(label: str, summary: ConversionSummary, *, verbose: bool =
     totals.add_column("before", justify="right")
     totals.add_column("after", justify="right")
     totals.add_column("ratio", justify="right")
-    totals.add_row("parameters", _m(summary.params_before), _m(summary.params_after), _ratio(summary.params_before, summary.params_after))
-    totals.add_row("MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after))
+    totals.add_row(
+        "parameters",
+        _m(summary.params_before),
+        _m(summary.params_after),
+        _ratio(summary.params_before, summary.params_after),
+    )
+    totals.add_row(
+        "MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after)
+    )
     n = sum(r.converted for r in summary.rows)
     kinds = {a: sum(r.action == a for r in summary.rows) for a in ("mod", "narrow", "delete")}
     if kinds["narrow"] or kinds["delete"]:
-        parts = ", ".join(f"{v} {name}" for name, v in (("MoD", kinds["mod"]), ("narrowed", kinds["narrow"]), ("deleted", kinds["delete"])) if v)
+        parts = ", ".join(
+            f"{v} {name}"
+            for name, v in (("MoD", kinds["mod"]), ("narrowed", kinds["narrow"]), ("deleted", kinds["delete"]))
+            if v
+        )
         totals.caption = f"{n} of {len(summary.rows)} residual blocks changed: {parts}"
     else:
         totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
@@ -240,15 +282,32 @@ def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
 
 def sweep_table(summary: Summary) -> Table:
     """The comparison, one row per candidate (seeds averaged)."""
-    table = Table(title="After the same fine-tune: accuracy (± half the seed range) and measured speed-up "
-                        "(b1: batch 1, one thread; b32: batch 32, every thread); F: on its method's frontier")
-    for name, justify in (("method", "left"), ("configuration", "left"), ("acc. %", "right"), ("±", "right"),
-                          ("b1", "right"), ("b32", "right"), ("MMAC", "right"), ("F", "center")):  # fmt: skip
+    table = Table(
+        title="After the same fine-tune: accuracy (± half the seed range) and measured speed-up "
+        "(b1: batch 1, one thread; b32: batch 32, every thread); F: on its method's frontier"
+    )
+    for name, justify in (
+        ("method", "left"),
+        ("configuration", "left"),
+        ("acc. %", "right"),
+        ("±", "right"),
+        ("b1", "right"),
+        ("b32", "right"),
+        ("MMAC", "right"),
+        ("F", "center"),
+    ):
         table.add_column(name, justify=justify, overflow="fold", no_wrap=name != "configuration")  # type: ignore[arg-type]
     for r in summary.rows:
-        table.add_row(r.method, r.label, f"{100 * r.accuracy:.2f}", f"{100 * r.spread:.2f}", f"{r.speedup:.2f}x",
-                      f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else "", f"{r.macs / 1e6:.1f}",
-                      "*" if r.frontier else "")  # fmt: skip
+        table.add_row(
+            r.method,
+            r.label,
+            f"{100 * r.accuracy:.2f}",
+            f"{100 * r.spread:.2f}",
+            f"{r.speedup:.2f}x",
+            f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else "",
+            f"{r.macs / 1e6:.1f}",
+            "*" if r.frontier else "",
+        )
     return table
 
 
@@ -258,23 +317,45 @@ def routes_table(label: str, report: RoutesReport) -> Table:
     for name in ("block", "k / C", "entropy", "class divergence", "distinct sets", "never picked", "always picked"):
         table.add_column(name, justify="left" if name == "block" else "right")
     for b in report.blocks:
-        table.add_row(b.module, f"{b.k} / {b.channels}", f"{b.entropy:.2f}", f"{b.class_divergence:.2f}", str(b.distinct_sets),
-                      str(len(b.never)), str(len(b.always)))  # fmt: skip
+        table.add_row(
+            b.module,
+            f"{b.k} / {b.channels}",
+            f"{b.entropy:.2f}",
+            f"{b.class_divergence:.2f}",
+            str(b.distinct_sets),
+            str(len(b.never)),
+            str(len(b.always)),
+        )
     return table
 
 
 def plan_table(result: PlanResult) -> Table:
     """Per block: the chosen action, its saving and KL alone, and the runner-up (80 columns)."""
-    table = Table(title=f"plan for {result.config.speedup:g}x ({result.config.setting.describe()})", title_justify="left")
-    for name, justify in (("block", "left"), ("choice", "left"), ("saves ms", "right"), ("KL", "right"), ("agree", "right"),
-                          ("runner-up (+KL)", "left")):  # fmt: skip
+    table = Table(
+        title=f"plan for {result.config.speedup:g}x ({result.config.setting.describe()})", title_justify="left"
+    )
+    for name, justify in (
+        ("block", "left"),
+        ("choice", "left"),
+        ("saves ms", "right"),
+        ("KL", "right"),
+        ("agree", "right"),
+        ("runner-up (+KL)", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     runner = {block: (label, extra) for block, label, extra in result.runner_up}
     for r in result.chosen:
         label, extra = runner.get(r.block, ("-", None))
         style = "dim" if r.action == "keep" else ("cyan" if r.action == "mod" else "")
-        table.add_row(r.block, r.label, f"{r.saving_ms:.2f}±{r.spread_ms:.2f}", f"{r.kl:.4f}", f"{100 * r.agreement:.1f}%",
-                      f"{label}" + (f" ({extra:+.4f})" if extra is not None else ""), style=style)  # fmt: skip
+        table.add_row(
+            r.block,
+            r.label,
+            f"{r.saving_ms:.2f}±{r.spread_ms:.2f}",
+            f"{r.kl:.4f}",
+            f"{100 * r.agreement:.1f}%",
+            f"{label}" + (f" ({extra:+.4f})" if extra is not None else ""),
+            style=style,
+        )
     return table
 
 
@@ -284,6 +365,8 @@ def plan_summary(result: PlanResult) -> list[str]:
     return [
         f"speed-up: measured {result.measured_speedup:.2f}x (±{result.measured_spread:.2f}), predicted by the summed "
         f"savings {result.predicted_speedup:.2f}x; original {result.original_ms:.2f} ms{met}",
-        f"KL to the original: {result.measured_kl:.4f} together, " f"{result.predicted_kl:.4f} summed over the blocks alone; "
-        f"top-1 agreement {100 * result.measured_agreement:.1f}% " f"({result.config.calib_images} held-out training images)",
+        f"KL to the original: {result.measured_kl:.4f} together, "
+        f"{result.predicted_kl:.4f} summed over the blocks alone; "
+        f"top-1 agreement {100 * result.measured_agreement:.1f}% "
+        f"({result.config.calib_images} held-out training images)",
     ]

@@ -80,6 +80,8 @@ class BlockSite:
     @property
     def convertible(self) -> bool:
         return self.reason is None
+
+
 def _require_shapes(gm: fx.GraphModule) -> None:
     if not isinstance(gm, fx.GraphModule):
         raise ModifyError(
@@ -88,7 +90,8 @@ def _require_shapes(gm: fx.GraphModule) -> None:
         )
     if not any("tensor_meta" in n.meta for n in gm.graph.nodes):
         raise ModifyError(
-            "the graph carries no shapes (node.meta['tensor_meta']); " "trace it with modify.conversion.tracing.trace(model), "
+            "the graph carries no shapes (node.meta['tensor_meta']); "
+            "trace it with modify.conversion.tracing.trace(model), "
             "which runs shape propagation."
         )
 
@@ -137,7 +140,9 @@ def _reason(
     if kind is SkipKind.PROJECTION:
         return f"projection shortcut ({real_skip}): the first block of a stage keeps its full width"
     if kind is SkipKind.PARAM_FREE and (cin, hin, win) != dims:
-        return f"parameter-free shortcut changes the shape ({cin}x{hin}x{win} -> {channels}x{height}x{width}, {real_skip})"
+        return (
+            f"parameter-free shortcut changes the shape ({cin}x{hin}x{win} -> {channels}x{height}x{width}, {real_skip})"
+        )
     if cin != channels:
         return f"changes width {cin} -> {channels}"
     if stride != 1:
@@ -213,9 +218,10 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
         key, path, module_type = stack[-1]
         allowed = item.ancestors | {g.add} | set(g.post)
         in_scope = [
-            n for n in gm.graph.nodes
+            n
+            for n in gm.graph.nodes
             if n in analysis.data and not _is_dead(n) and any(k == key for k, _, _ in module_stack(n))
-        ]  # fmt: skip
+        ]
         # A module is the block only if it computes nothing else and has one input (DLA calls a
         # block as `tree1(x, shortcut)`: a module of two inputs is rewritten inline).
         scope = set(in_scope)

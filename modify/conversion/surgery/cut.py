@@ -87,7 +87,11 @@ def _mode_module(node: fx.Node) -> nn.Module | None:
     module_type = _DROPOUTS.get(node.target)  # type: ignore[arg-type]
     if module_type is not None:
         args = _bound(node.target, node)  # type: ignore[arg-type]
-        if args is not None and "training" in args and not any(isinstance(v, fx.Node) for k, v in args.items() if k != "input"):
+        if (
+            args is not None
+            and "training" in args
+            and not any(isinstance(v, fx.Node) for k, v in args.items() if k != "input")
+        ):
             return module_type(float(args.get("p", 0.5)), inplace=bool(args.get("inplace", False)))
     return None
 
@@ -112,9 +116,14 @@ def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     values = {k: get_attribute(gm, str(t.target)) for k, t in tensors.items() if isinstance(t, fx.Node)}
     mean = values["running_mean"]
     bn = _BATCHNORMS[len(shape)](
-        mean.numel(), eps=float(args.get("eps", 1e-5)), momentum=settings["momentum"],
-        affine=values.get("weight") is not None, track_running_stats=True, device=mean.device, dtype=mean.dtype,
-    )  # fmt: skip
+        mean.numel(),
+        eps=float(args.get("eps", 1e-5)),
+        momentum=settings["momentum"],
+        affine=values.get("weight") is not None,
+        track_running_stats=True,
+        device=mean.device,
+        dtype=mean.dtype,
+    )
     with torch.no_grad():
         for key, value in values.items():
             getattr(bn, key).copy_(value)
@@ -136,8 +145,10 @@ def cut(
     env: dict[fx.Node, fx.Node] = {start: placeholder}
     as_modules = {n: m for n in nodes if (m := _mode_module(n) or _batchnorm_module(gm, n)) is not None}
     copied = [n for n in nodes if n not in as_modules]  # a call rebuilt as a module brings its own state
-    attrs = sorted({n.target for n in copied if n.op == "call_module"}
-                   | {a.target for n in copied for a in n.all_input_nodes if a.op == "get_attr"})  # fmt: skip
+    attrs = sorted(
+        {n.target for n in copied if n.op == "call_module"}
+        | {a.target for n in copied for a in n.all_input_nodes if a.op == "get_attr"}
+    )
     local = _local_names(attrs)
     root = nn.Module()
     for target, local_name in local.items():

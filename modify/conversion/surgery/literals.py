@@ -38,8 +38,17 @@ from torch import fx, nn
 from modify.conversion.graph import argument, shape_of, split_sizes
 from modify.errors import SplitError
 
-__all__ = ["SplitPlan", "SplitError", "scale_parts", "plan_splits", "split_sizes", "rescale_split", "rescale_slice",
-           "rescale_shape", "is_reshape"]
+__all__ = [
+    "SplitPlan",
+    "SplitError",
+    "scale_parts",
+    "plan_splits",
+    "split_sizes",
+    "rescale_split",
+    "rescale_slice",
+    "rescale_shape",
+    "is_reshape",
+]
 
 
 def scale_parts(parts: Sequence[int], total: int) -> list[int]:
@@ -80,7 +89,9 @@ def _cat_of_convs(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
     convs = []
     for t in tensors:
         module = gm.get_submodule(str(t.target)) if isinstance(t, fx.Node) and t.op == "call_module" else None
-        if not isinstance(module, nn.modules.conv._ConvNd) or (module.groups > 1 and module.groups == module.in_channels):
+        if not isinstance(module, nn.modules.conv._ConvNd) or (
+            module.groups > 1 and module.groups == module.in_channels
+        ):
             return None
         convs.append(t)
     return convs
@@ -93,7 +104,11 @@ def _is_width_setting(gm: fx.GraphModule, node: fx.Node) -> bool:
         if isinstance(module, nn.modules.conv._ConvNd):
             return not (module.groups > 1 and module.groups == module.in_channels)
         return isinstance(module, nn.Linear)
-    return node.op == "call_function" and node.target in (nn.functional.linear, nn.functional.conv2d, nn.functional.conv1d)
+    return node.op == "call_function" and node.target in (
+        nn.functional.linear,
+        nn.functional.conv2d,
+        nn.functional.conv1d,
+    )
 
 
 def _width_is_pinned(gm: fx.GraphModule, cat: fx.Node) -> bool:
@@ -206,7 +221,6 @@ def rescale_split(node: fx.Node, width: int) -> int | list[int] | None:
     return new
 
 
-
 def rescale_slice(node: fx.Node, index: Any, width: int, widths: Callable[[int], int]) -> Any:
     """The index of ``x[:, a:b]`` (``node`` a getitem on a channel-first tensor) for the reduced
     width ``width``: bounds scaled by ``widths``, the end clipped to the width; None if ``node``
@@ -243,7 +257,9 @@ def is_reshape(node: fx.Node) -> bool:
     )
 
 
-def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, batch_first: bool = True) -> list[Any] | None:
+def rescale_shape(
+    node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, batch_first: bool = True
+) -> list[Any] | None:
     """The size arguments of ``t.reshape(...)`` / ``t.view(...)`` as written in the graph
     (``sizes``: ints, or nodes the graph computes), each int that was a non-batch dimension of
     ``t`` replaced by what that dimension is now (``now``, the reduced shape); None if ``node``

@@ -124,7 +124,9 @@ def group_count(groups: int, new_in: int, new_out: int) -> int:
 def leading_slice(t: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """The leading slice of ``t`` with the given sizes."""
     if any(s > d for s, d in zip(sizes, t.shape, strict=False)):  # sizes may name the leading dims only
-        raise SurgeryError(f"a tensor of shape {tuple(t.shape)} cannot be cut to {sizes}: the reduced layer would be wider")
+        raise SurgeryError(
+            f"a tensor of shape {tuple(t.shape)} cannot be cut to {sizes}: the reduced layer would be wider"
+        )
     return t[tuple(slice(0, s) for s in sizes)].clone()
 
 
@@ -150,9 +152,14 @@ def _shrink_conv(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Mo
         new_out = w(m.out_channels)
         groups = group_count(m.groups, new_in, new_out)
     kwargs: dict[str, Any] = dict(
-        stride=m.stride, padding=m.padding, dilation=m.dilation, groups=groups, bias=m.bias is not None,
-        padding_mode=m.padding_mode, **_factory(m),
-    )  # fmt: skip
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=groups,
+        bias=m.bias is not None,
+        padding_mode=m.padding_mode,
+        **_factory(m),
+    )
     if m.transposed:
         kwargs["output_padding"] = m.output_padding
     new = type(m)(new_in, new_out, m.kernel_size, **kwargs)
@@ -170,14 +177,18 @@ def _slice_state(new: nn.Module, old: nn.Module) -> None:
     """Copies ``old``'s parameters and buffers into ``new``'s (smaller) ones, leading slices."""
     state = old.state_dict()
     target = new.state_dict()
-    new.load_state_dict({k: (leading_slice(v, tuple(target[k].shape)) if v.dim() else v.clone()) for k, v in state.items()})
+    new.load_state_dict(
+        {k: (leading_slice(v, tuple(target[k].shape)) if v.dim() else v.clone()) for k, v in state.items()}
+    )
 
 
 def _shrink_norm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> nn.Module:
     """BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm: one channel axis, dim 1."""
     assert isinstance(m, nn.modules.batchnorm._NormBase)
     n = seen.channels(m.num_features, w)
-    new = type(m)(n, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats, **_factory(m))
+    new = type(m)(
+        n, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats, **_factory(m)
+    )
     if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
@@ -215,17 +226,26 @@ def _shrink_layernorm(m: nn.Module, w: Widths, init: Init, seen: LayerInput) -> 
     # nn.LayerNorm normalizes the trailing dims; a subclass such as torchvision's LayerNorm2d
     # permutes a channel-first input and normalizes dim 1.
     channel_first = (
-        type(m) is not nn.LayerNorm and before is not None and len(shape) == 1
-        and tuple(before[-1:]) != shape and len(before) > 2 and before[1] == shape[0]
-    )  # fmt: skip
+        type(m) is not nn.LayerNorm
+        and before is not None
+        and len(shape) == 1
+        and tuple(before[-1:]) != shape
+        and len(before) > 2
+        and before[1] == shape[0]
+    )
     dims = _normalized_dims(before, shape, channel_first)
     if seen.after is not None:
         new_shape = tuple(int(seen.after[d]) for d in dims)
     else:
         new_shape = shape[:-1] + (w(shape[-1]),)
     check_not_degenerate(shape, new_shape, f"the LayerNorm {type(m).__name__}{shape}")
-    new = type(m)(new_shape, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=getattr(m, "bias", None) is not None,
-                  **_factory(m))  # fmt: skip
+    new = type(m)(
+        new_shape,
+        eps=m.eps,
+        elementwise_affine=m.elementwise_affine,
+        bias=getattr(m, "bias", None) is not None,
+        **_factory(m),
+    )
     if init is Init.COPY:
         _slice_state(new, m)
     return _finish(new, m, init)
@@ -264,7 +284,9 @@ def _shrink_squeeze_excitation(m: nn.Module, w: Widths, init: Init, seen: LayerI
     new = copy.deepcopy(m)
     channels = seen.channels(m.fc1.in_channels, w)
     new.fc1 = _shrink_conv(m.fc1, w, init, LayerInput(None, (1, channels, 1, 1)))
-    new.fc2 = _shrink_conv(m.fc2, Widths(m.fc2.out_channels, channels), init, LayerInput(None, (1, new.fc1.out_channels, 1, 1)))
+    new.fc2 = _shrink_conv(
+        m.fc2, Widths(m.fc2.out_channels, channels), init, LayerInput(None, (1, new.fc1.out_channels, 1, 1))
+    )
     return new
 
 

@@ -47,9 +47,23 @@ __all__ = ["shrink", "check_shape", "reduced_parts"]
 
 
 _BROADCASTING = frozenset(
-    {operator.mul, operator.add, operator.sub, operator.truediv, operator.iadd, operator.imul,
-     torch.mul, torch.add, torch.sub, torch.div, torch.addcmul, torch.where, torch.maximum, torch.minimum}
-)  # fmt: skip
+    {
+        operator.mul,
+        operator.add,
+        operator.sub,
+        operator.truediv,
+        operator.iadd,
+        operator.imul,
+        torch.mul,
+        torch.add,
+        torch.sub,
+        torch.div,
+        torch.addcmul,
+        torch.where,
+        torch.maximum,
+        torch.minimum,
+    }
+)
 _BROADCASTING_METHODS = frozenset({"mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul", "expand_as"})
 
 
@@ -69,7 +83,9 @@ class _ShrinkPass(fx.Interpreter):
     sizes) for the width that arrives, and parameters read through ``get_attr`` cut by their
     first reader."""
 
-    def __init__(self, sub: fx.GraphModule, widths: Widths, init: Init, conv_outputs: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, sub: fx.GraphModule, widths: Widths, init: Init, conv_outputs: dict[str, int] | None = None
+    ) -> None:
         # Every value stays in `env` to the end: a parameter is cut when its first reader runs.
         super().__init__(sub, garbage_collect_values=False)
         self.extra_traceback = False  # a layer's own error is the reason the conversion report shows
@@ -86,8 +102,10 @@ class _ShrinkPass(fx.Interpreter):
             if shape is not None and len(shape) >= 3:
                 self.channel_sizes.add(shape[1])
             inputs = node.all_input_nodes
-            if node.op in ("call_function", "call_method") and inputs and all(
-                i.op == "get_attr" or i.name in self.parameter_chain for i in inputs
+            if (
+                node.op in ("call_function", "call_method")
+                and inputs
+                and all(i.op == "get_attr" or i.name in self.parameter_chain for i in inputs)
             ):
                 self.parameter_chain.add(node.name)
 
@@ -153,7 +171,9 @@ class _ShrinkPass(fx.Interpreter):
             self._rescale_literals(node, args)
             if not self._functional(node, args, kwargs):
                 tensors = [(n, self.env[n]) for n in node.all_input_nodes if isinstance(self.env.get(n), torch.Tensor)]
-                broadcast = node.target in _BROADCASTING or (node.op == "call_method" and node.target in _BROADCASTING_METHODS)
+                broadcast = node.target in _BROADCASTING or (
+                    node.op == "call_method" and node.target in _BROADCASTING_METHODS
+                )
                 args = [self._resolve(a, tensors if broadcast else None) for a in args]
                 kwargs = {k: self._resolve(v, tensors if broadcast else None) for k, v in kwargs.items()}
         return getattr(self, node.op)(node.target, tuple(args), kwargs)
@@ -280,7 +300,9 @@ class _Call:
     input: torch.Tensor
     channels: int
 
-    def __init__(self, owner: _ShrinkPass, node: fx.Node, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, owner: _ShrinkPass, node: fx.Node, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
         self.owner, self.node, self.names, self.args, self.kwargs = owner, node, names, args, kwargs
         self.widths = owner.widths
         # As the call was written (name -> value or _Pending): positional arguments fill the first names.
@@ -388,7 +410,9 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
                 out = sub.train(training)(x)
         except Exception as e:  # any failure means the block did not shrink cleanly
             mode = "train" if training else "eval"
-            raise SurgeryError(f"the block does not run at width {k} in {mode} mode: {first_line(e, limit=200, typed=True)}") from e
+            raise SurgeryError(
+                f"the block does not run at width {k} in {mode} mode: {first_line(e, limit=200, typed=True)}"
+            ) from e
         finally:
             with torch.no_grad():
                 for buffer, value in saved:
