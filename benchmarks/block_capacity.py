@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 import modify
 from modify.io.resolve import resolve_model
 from modify.train.data import load_dataset
-from modify.train.distill import _record
+from modify.train.distill import record_blocks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_dataset(args.data, split="train", limit=args.images)
     size = int(data[0][0].shape[-1])
     blocks = [b.name for b in modify.convert(model, recipe=args.recipe, input_size=size).converted]
-    recorded = _record(model, blocks, DataLoader(data, batch_size=128), args.images)
+    recorded = record_blocks(model, blocks, DataLoader(data, batch_size=128), args.images)
     print(f"{'block':<12} {'k/C':>5} {'per-image top-k':>16} {'best static k':>14}")
     for name, (x, y) in recorded.items():
         energy = (y - x).pow(2).sum((2, 3))  # (M, C) the block's update per channel

@@ -47,19 +47,34 @@ def arms(blocks: dict[str, int], fractions: list[float]) -> list[Candidate]:
     mod = PLAN.mod.as_dict()
     out = [Candidate("mixed", "keep", recipe={"version": 2, "rules": [{"name": next(iter(blocks)), "action": "keep"}]})]
     for name, channels in blocks.items():
-        out.append(Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]}))
+        out.append(
+            Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]})
+        )
         for f in fractions:
             k = max(1, int(channels * f))
             start = dict(init=PLAN.init, zero_update=PLAN.zero_update, block_distill_steps=KD)
             rule = {"name": name, "action": "mod", "k": k}
-            out.append(Candidate("mixed", f"{name} MoD k={k}", recipe={"version": 2, "mod": mod, "rules": [rule]}, **start))
+            out.append(
+                Candidate("mixed", f"{name} MoD k={k}", recipe={"version": 2, "mod": mod, "rules": [rule]}, **start)
+            )
             # The same reduced block and fusion fed one fixed set: the k channels the block reads most
             # (init "importance" picks them and copies their weights), then the same distillation.
             static = {**mod, "selection": "static"}
-            out.append(Candidate("mixed", f"{name} static k={k}", recipe={"version": 2, "mod": static, "rules": [rule]},
-                                 init="importance", block_distill_steps=KD))  # fmt: skip
+            out.append(
+                Candidate(
+                    "mixed",
+                    f"{name} static k={k}",
+                    recipe={"version": 2, "mod": static, "rules": [rule]},
+                    init="importance",
+                    block_distill_steps=KD,
+                )
+            )
             narrow = {"name": name, "action": "narrow", "fraction": f}
-            out.append(Candidate("mixed", f"{name} narrow k={k}", recipe={"version": 2, "rules": [narrow]}, block_distill_steps=KD))
+            out.append(
+                Candidate(
+                    "mixed", f"{name} narrow k={k}", recipe={"version": 2, "rules": [narrow]}, block_distill_steps=KD
+                )
+            )
     return out
 
 
@@ -115,15 +130,26 @@ def plot(data: dict[str, Any], fractions: list[float], path: Path, *, metric: st
     plt = pyplot("the block table's plot")
     names = list(data["blocks"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False, sharey=True)
-    styles = {"mod": ("MoD", "tab:blue", "o-"), "static": ("static MoD", "tab:purple", "s--"), "narrow": ("narrow", "tab:green", "^-")}
-    for ax, name in zip(axes[0], names):
+    styles = {
+        "mod": ("MoD", "tab:blue", "o-"),
+        "static": ("static MoD", "tab:purple", "s--"),
+        "narrow": ("narrow", "tab:green", "^-"),
+    }
+    for ax, name in zip(axes[0], names, strict=True):
         row = data["blocks"][name]
         ks = [key for key in row if key.startswith("k=")]
         for kind, (label, color, style) in styles.items():
-            points = [(f, row[key][kind]) for f, key in zip(fractions, ks) if row[key][kind]]
+            points = [(f, row[key][kind]) for f, key in zip(fractions, ks, strict=True) if row[key][kind]]
             if points:
-                ax.errorbar([f for f, _ in points], [c[metric] for _, c in points], yerr=[c.get("spread", 0) if metric == "accuracy" else 0
-                            for _, c in points], fmt=style, color=color, label=label, capsize=2)  # fmt: skip
+                ax.errorbar(
+                    [f for f, _ in points],
+                    [c[metric] for _, c in points],
+                    yerr=[c.get("spread", 0) if metric == "accuracy" else 0 for _, c in points],
+                    fmt=style,
+                    color=color,
+                    label=label,
+                    capsize=2,
+                )
         if row["delete"]:
             ax.axhline(row["delete"][metric], color="tab:orange", ls=":", label="delete")
         if data.get("keep"):
@@ -160,24 +186,38 @@ def main(argv: list[str] | None = None) -> None:
     train = load_dataset("fashion-mnist", split="train", limit=args.limit, size=args.input_size)
     test = load_dataset("fashion-mnist", split="test", limit=args.limit, size=args.input_size)
     config = CompareConfig(
-        epochs=args.epochs, seeds=tuple(int(s) for s in args.seeds.split(",")),
-        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03), input_size=args.input_size,
-        throughput_batch=0, train_limit=args.limit, test_limit=args.limit,
-    )  # fmt: skip
+        epochs=args.epochs,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03),
+        input_size=args.input_size,
+        throughput_batch=0,
+        train_limit=args.limit,
+        test_limit=args.limit,
+    )
 
     def progress(kind: str, info: dict[str, Any]) -> None:
         if kind == "done":
-            print(f"{info['label']} seed {info['seed']}: {100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
+            print(
+                f"{info['label']} seed {info['seed']}: "
+                f"{100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}",
+                flush=True,
+            )
         elif kind == "failed":
             print(f"failed: {info['label']}: {info['error']}", flush=True)
 
-    records = run_sweep(original, train, test, candidates=arms(blocks, fractions), config=config, out_dir=args.out,
-                        on_event=progress)  # fmt: skip
+    records = run_sweep(
+        original, train, test, candidates=arms(blocks, fractions), config=config, out_dir=args.out, on_event=progress
+    )
     text, data = table(records, blocks, fractions)
     print(text)
     Path(args.out, "block_table.md").write_text(text + "\n")
-    Path(args.out, "block_table.json").write_text(json.dumps({"channels": blocks, "fractions": fractions, **data,
-                                                               "config": dataclasses.asdict(config)}, indent=1, default=str))  # fmt: skip
+    Path(args.out, "block_table.json").write_text(
+        json.dumps(
+            {"channels": blocks, "fractions": fractions, **data, "config": dataclasses.asdict(config)},
+            indent=1,
+            default=str,
+        )
+    )
     plot(data, fractions, Path(args.out, "block_table.png"))
 
 

@@ -35,15 +35,14 @@ import torch
 import torchvision
 from torch import nn
 
-from modify.deploy.engines import Engine, OrtModule, prepare
-
 import modify
 from modify.baselines import delete_blocks
-from modify.measure.benchmark import BenchCase, bench_many, spread
-from modify.measure.latency import block_latency
+from modify.deploy.engines import Engine, OrtModule, prepare
+from modify.deploy.optimize import optimize_for_inference
 from modify.layers import MoDBlock
 from modify.layers.block import gather_channels
-from modify.deploy.optimize import optimize_for_inference
+from modify.measure.benchmark import BenchCase, bench_many, spread
+from modify.measure.latency import block_latency
 from modify.measure.profiling import profile_model
 
 MODELS = ("resnet50", "resnet18_32", "resnet18_224")
@@ -87,8 +86,10 @@ def parse_case(text: str) -> BenchCase:
 def share_table(args: argparse.Namespace, workdir: str) -> None:
     cases = [parse_case(c) for c in args.cases.split(",")]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds\n")
-    print("| model | engine | setting | original ms | converted ms | deleted ms | speed-up | ± | deleted speed-up "
-          "(ceiling) | MAC ratio | share |")
+    print(
+        "| model | engine | setting | original ms | converted ms | deleted ms | speed-up | ± | deleted speed-up "
+        "(ceiling) | MAC ratio | share |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     warnings, prepared = [], []
     for name in args.models.split(","):
@@ -106,19 +107,28 @@ def share_table(args: argparse.Namespace, workdir: str) -> None:
                     started = time.perf_counter()
                     models[tag] = engine(engine_name, m, case, size, workdir, tag)
                     if engine_name in ("compile", "aoti", "onnxruntime"):
-                        prepared.append(f"{label}, {engine_name}, {case.label()}: {tag} prepared in "
-                                        f"{time.perf_counter() - started:.1f} s")
+                        prepared.append(
+                            f"{label}, {engine_name}, {case.label()}: {tag} prepared in "
+                            f"{time.perf_counter() - started:.1f} s"
+                        )
                 base = models.pop("original")
-                r = bench_many(models, base, cases=[case], input_size=size, rounds=args.rounds,
-                               min_run_time=args.min_run_time)
+                r = bench_many(
+                    models, base, cases=[case], input_size=size, rounds=args.rounds, min_run_time=args.min_run_time
+                )
                 conv, dele = r["converted"][0], r["deleted"][0]
                 # Per round: (converted - deleted) / (original - deleted), the round's own three times.
-                shares = [(c - d) / (b - d) for c, d, b in zip(conv.model_rounds, dele.model_rounds, conv.baseline_rounds)]
-                print(f"| {label} | {engine_name} | {case.label()} | {conv.baseline_median * 1e3:.2f} | "
-                      f"{conv.model_median * 1e3:.2f} | {dele.model_median * 1e3:.2f} | "
-                      f"{statistics.median(conv.round_speedups):.2f}x | {spread(conv.round_speedups):.2f} | "
-                      f"{statistics.median(dele.round_speedups):.2f}x | {macs:.2f}x | {100 * statistics.median(shares):.0f}% |",
-                      flush=True)
+                shares = [
+                    (c - d) / (b - d)
+                    for c, d, b in zip(conv.model_rounds, dele.model_rounds, conv.baseline_rounds, strict=True)
+                ]
+                print(
+                    f"| {label} | {engine_name} | {case.label()} | {conv.baseline_median * 1e3:.2f} | "
+                    f"{conv.model_median * 1e3:.2f} | {dele.model_median * 1e3:.2f} | "
+                    f"{statistics.median(conv.round_speedups):.2f}x | {spread(conv.round_speedups):.2f} | "
+                    f"{statistics.median(dele.round_speedups):.2f}x | "
+                    f"{macs:.2f}x | {100 * statistics.median(shares):.0f}% |",
+                    flush=True,
+                )
                 if conv.warning:
                     warnings.append(f"{label}, {engine_name}, {case.label()}: {conv.warning}")
                     print(f"\nwarning: {warnings[-1]}\n", flush=True)
@@ -172,8 +182,15 @@ def torch_breakdown(block: MoDBlock, x: torch.Tensor, repeats: int) -> None:
                 whole()
     totals = collections.defaultdict(float)
     for e in prof.key_averages():
-        if e.key in ("selector pool", "selector FCs + sigmoid", "top-k", "gather", "reduced block",
-                     "scaling + fusion", "whole block forward"):
+        if e.key in (
+            "selector pool",
+            "selector FCs + sigmoid",
+            "top-k",
+            "gather",
+            "reduced block",
+            "scaling + fusion",
+            "whole block forward",
+        ):
             totals[e.key] = e.cpu_time_total / repeats
     print("| step (torch.profiler) | us |\n|---|---|")
     for key, value in totals.items():
@@ -212,8 +229,10 @@ def ort_breakdown(converted: nn.Module, deleted: nn.Module, size: int, repeats: 
     sessions run alternately at batch 1. (A block cannot be profiled alone: ONNX Runtime's blocked
     NCHWc layout between blocks, and the layout conversions a MoD block needs, exist only inside
     the whole graph.)"""
-    sessions = {"converted": ort_session(converted, size, workdir, "converted"),
-                "deleted": ort_session(deleted, size, workdir, "deleted")}
+    sessions = {
+        "converted": ort_session(converted, size, workdir, "converted"),
+        "deleted": ort_session(deleted, size, workdir, "deleted"),
+    }
     feed = torch.randn(1, 3, size, size).numpy()
     for _ in range(10 + repeats):
         for session in sessions.values():
@@ -221,7 +240,9 @@ def ort_breakdown(converted: nn.Module, deleted: nn.Module, size: int, repeats: 
     (mod, t_mod), (rest, t_rest) = (ort_times(s, 10) for s in sessions.values())
     print("| operator (ONNX Runtime) | converted us | deleted us | added by the MoD blocks us |\n|---|---|---|---|")
     for op in sorted(set(mod) | set(rest), key=lambda o: -(mod.get(o, 0.0) - rest.get(o, 0.0))):
-        print(f"| {op} | {mod.get(op, 0.0):.1f} | {rest.get(op, 0.0):.1f} | {mod.get(op, 0.0) - rest.get(op, 0.0):.1f} |")
+        print(
+            f"| {op} | {mod.get(op, 0.0):.1f} | {rest.get(op, 0.0):.1f} | {mod.get(op, 0.0) - rest.get(op, 0.0):.1f} |"
+        )
     print(f"| whole run (median) | {t_mod:.1f} | {t_rest:.1f} | {t_mod - t_rest:.1f} |")
 
 
@@ -241,7 +262,9 @@ def breakdowns(args: argparse.Namespace, workdir: str) -> None:
 def hook_table(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     baseline, model = modify.get_model("resnet50").eval(), modify.get_model("resnet50_mod").eval()
-    names = ["conv1", "bn1", "relu", "maxpool"] + [f"layer{s}.{i}" for s, n in zip(range(1, 5), (3, 4, 6, 3)) for i in range(n)]
+    names = ["conv1", "bn1", "relu", "maxpool"] + [
+        f"layer{s}.{i}" for s, n in zip(range(1, 5), (3, 4, 6, 3), strict=True) for i in range(n)
+    ]
     names += ["avgpool", "fc"]
     t_base, base = block_latency(baseline, names, repeats=args.repeats)
     t_mod, mod = block_latency(model, names, repeats=args.repeats)
@@ -250,8 +273,10 @@ def hook_table(args: argparse.Namespace) -> None:
     for n in names:
         print(f"| {n}{' (MoD)' if n in converted else ''} | {base[n]:.2f} | {mod[n]:.2f} |")
     removed, as_mod = sum(base[n] for n in converted), sum(mod[n] for n in converted)
-    print(f"\nwhole model: {t_base:.1f} vs {t_mod:.1f} ms; the {len(converted)} converted blocks: {removed:.1f} ms in "
-          f"ResNet50, {as_mod:.1f} ms as MoD blocks")
+    print(
+        f"\nwhole model: {t_base:.1f} vs {t_mod:.1f} ms; the {len(converted)} converted blocks: {removed:.1f} ms in "
+        f"ResNet50, {as_mod:.1f} ms as MoD blocks"
+    )
 
 
 def main() -> None:
@@ -261,8 +286,11 @@ def main() -> None:
     parser.add_argument("--cases", default="1x1,32x0", help="BATCHxTHREADS, comma-separated; 0 threads = every core")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-run-time", type=float, default=0.3)
-    parser.add_argument("--breakdown", default="resnet50:layer3.1,resnet18_32:layer1.1",
-                        help="MODEL:BLOCK pairs to break down per operator ('' for none)")
+    parser.add_argument(
+        "--breakdown",
+        default="resnet50:layer3.1,resnet18_32:layer1.1",
+        help="MODEL:BLOCK pairs to break down per operator ('' for none)",
+    )
     parser.add_argument("--repeats", type=int, default=50, help="profiled forwards per breakdown / hook repeats")
     parser.add_argument("--hooks", action="store_true", help="also the per-block hook table of ResNet50(-MoD)")
     args = parser.parse_args()

@@ -41,8 +41,10 @@ def main() -> None:
     t2 = time.perf_counter()
     plan(sites, recipe=args.recipe)
     t3 = time.perf_counter()
-    print(f"model {args.model}, recipe {args.recipe}, {len(result.converted)} blocks converted, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}, recipe {args.recipe}, {len(result.converted)} blocks converted, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print("runs (s): " + " ".join(f"{t:.2f}" for t in times))
     print(f"median conversion time: {statistics.median(times):.2f} s")
     print(f"stages of one run (s): trace+shapes {t1 - t0:.2f}, discover {t2 - t1:.2f}, plan {t3 - t2:.3f}")

@@ -24,13 +24,12 @@ import tempfile
 import time
 
 import torch
+from pairs import NAMES, pair
 from torch import nn
 
-from pairs import NAMES, pair
-
 from modify.deploy.engines import Engine, prepare
-from modify.measure.benchmark import BenchCase, bench
 from modify.deploy.optimize import optimize_for_inference
+from modify.measure.benchmark import BenchCase, bench
 from modify.measure.profiling import profile_model
 
 ENGINES = (*(e.value for e in Engine), "optimized")  # the library's engines, and this benchmark's extra
@@ -56,7 +55,9 @@ def main() -> None:
     cases = (BenchCase(1, 1), BenchCase(args.batch, 0))
     torch._dynamo.config.recompile_limit = 64
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds")
-    print("| pair | engine | setting | model ms | baseline ms | speed-up | ± | MAC ratio | prepared s (model, baseline) |")
+    print(
+        "| pair | engine | setting | model ms | baseline ms | speed-up | ± | MAC ratio | prepared s (model, baseline) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as workdir:
         for label, model, baseline in map(pair, args.pairs.split(",")):
@@ -72,9 +73,12 @@ def main() -> None:
                     (m, m_s), (b, b_s) = seconds
                     report = bench(m, b, cases=[case], rounds=args.rounds, min_run_time=args.min_run_time)
                     r = report.results[0]
-                    print(f"| {label} | {engine_name} | {case.label()} | {r.model_median * 1e3:.1f} | "
-                          f"{r.baseline_median * 1e3:.1f} | {r.speedup:.2f}x | {r.spread:.2f} | {ceiling:.2f}x | "
-                          f"{m_s:.1f}, {b_s:.1f} |", flush=True)
+                    print(
+                        f"| {label} | {engine_name} | {case.label()} | {r.model_median * 1e3:.1f} | "
+                        f"{r.baseline_median * 1e3:.1f} | {r.speedup:.2f}x | {r.spread:.2f} | {ceiling:.2f}x | "
+                        f"{m_s:.1f}, {b_s:.1f} |",
+                        flush=True,
+                    )
                     if r.warning:
                         print(f"\nwarning: {label}, {engine_name}, {case.label()}: {r.warning}\n", flush=True)
 

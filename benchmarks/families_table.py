@@ -18,10 +18,22 @@ import modify
 from modify.measure.profiling import profile_model
 
 MODELS = [
-    "resnet18", "resnet50", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "regnet_y_1_6gf",
-    "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0", "efficientnet_b0", "efficientnet_v2_s", "convnext_tiny",
-    "quantized:resnet50", "quantized:mobilenet_v3_large",
-]  # fmt: skip
+    "resnet18",
+    "resnet50",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "regnet_x_400mf",
+    "regnet_y_1_6gf",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mnasnet1_0",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "convnext_tiny",
+    "quantized:resnet50",
+    "quantized:mobilenet_v3_large",
+]
 
 # timm family -> its smallest model (the timm module it lives in, where the name does not say).
 TIMM_FAMILIES = {

@@ -27,10 +27,9 @@ import statistics
 import time
 
 import torch
+from pairs import pair
 from torch import nn
 from torch.utils import benchmark
-
-from pairs import pair
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -50,9 +49,14 @@ def check_device(model: nn.Module, baseline: nn.Module, label: str, device: str)
             half = copy.deepcopy(net).to(device).half()(x.to(device).half()).float().cpu()
             errors[name] = ((gpu - cpu).abs().max().item(), (half - cpu).abs().max().item(), cpu.abs().max().item())
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    return {"pair": label, "device_vs_cpu_fp32_max_abs": errors["model"][0], "fp16_vs_fp32_max_abs": errors["model"][1],
-            "output_scale": errors["model"][2], "baseline_device_vs_cpu_fp32_max_abs": errors["baseline"][0],
-            "baseline_fp16_vs_fp32_max_abs": errors["baseline"][1]}  # fmt: skip
+    return {
+        "pair": label,
+        "device_vs_cpu_fp32_max_abs": errors["model"][0],
+        "fp16_vs_fp32_max_abs": errors["model"][1],
+        "output_scale": errors["model"][2],
+        "baseline_device_vs_cpu_fp32_max_abs": errors["baseline"][0],
+        "baseline_fp16_vs_fp32_max_abs": errors["baseline"][1],
+    }
 
 
 def timed_rounds(model: nn.Module, baseline: nn.Module, x: torch.Tensor, rounds: int, min_run_time: float):
@@ -75,7 +79,9 @@ def timed_rounds(model: nn.Module, baseline: nn.Module, x: torch.Tensor, rounds:
 
 def compiled(model: nn.Module) -> nn.Module:
     """torch.compile for inference latency: inductor kernels replayed as CUDA graphs, static shapes."""
-    return torch.compile(model, mode="reduce-overhead" if next(model.parameters()).is_cuda else "default", dynamic=False)
+    return torch.compile(
+        model, mode="reduce-overhead" if next(model.parameters()).is_cuda else "default", dynamic=False
+    )
 
 
 class Output:
@@ -128,10 +134,14 @@ def main() -> None:
     built = {label: (model, baseline) for label, model, baseline in map(pair, args.pairs.split(","))}
     checks = [check_device(model, baseline, label, args.device) for label, (model, baseline) in built.items()]
     for c in checks:
-        print(f"device check {c['pair']}: {args.device} vs CPU fp32 (TF32 off) max |diff| {c['device_vs_cpu_fp32_max_abs']:.2e} "
-              f"(baseline {c['baseline_device_vs_cpu_fp32_max_abs']:.2e}); "
-              f"fp16 vs fp32 {c['fp16_vs_fp32_max_abs']:.2e} (baseline {c['baseline_fp16_vs_fp32_max_abs']:.2e}; "
-              f"outputs up to {c['output_scale']:.2f})", flush=True)
+        print(
+            f"device check {c['pair']}: {args.device} vs CPU fp32 (TF32 "
+            f"off) max |diff| {c['device_vs_cpu_fp32_max_abs']:.2e} "
+            f"(baseline {c['baseline_device_vs_cpu_fp32_max_abs']:.2e}); "
+            f"fp16 vs fp32 {c['fp16_vs_fp32_max_abs']:.2e} (baseline {c['baseline_fp16_vs_fp32_max_abs']:.2e}; "
+            f"outputs up to {c['output_scale']:.2f})",
+            flush=True,
+        )
     out = Output(args.out, header)
     out.records.append({"checks": checks, "device": name, "torch": torch.__version__})
     engines = args.engines.split(",")
@@ -143,8 +153,10 @@ def main() -> None:
                 for batch in batches:
                     cells = f"| {label} | {engine} | {dtype_name} | {batch} |"
                     if engine == "compile" and time.perf_counter() - start > args.budget:
-                        out.row(f"{cells} not run | (time budget) | |", {"pair": label, "engine": engine,
-                                "dtype": dtype_name, "batch": batch, "skipped": "budget"})  # fmt: skip
+                        out.row(
+                            f"{cells} not run | (time budget) | |",
+                            {"pair": label, "engine": engine, "dtype": dtype_name, "batch": batch, "skipped": "budget"},
+                        )
                         continue
                     mm, bm = (m, b) if engine == "eager" else (compiled(m), compiled(b))
                     if engine == "compile":
@@ -154,11 +166,21 @@ def main() -> None:
                     model_s, base_s, times = timed_rounds(mm, bm, x, args.rounds, args.min_run_time)
                     with torch.no_grad():
                         vs_eager = (mm(x).float() - m(x).float()).abs().max().item()  # 0 for eager itself
-                    out.row(f"{cells} {model_s * 1e3:.2f} | {base_s * 1e3:.2f} | {base_s / model_s:.2f}x |",
-                            {"pair": label, "engine": engine, "dtype": dtype_name, "batch": batch,
-                             "model_ms": model_s * 1e3, "baseline_ms": base_s * 1e3, "speedup": base_s / model_s,
-                             "rounds_ms": {k: [v * 1e3 for v in vs] for k, vs in times.items()}, "model_vs_eager_max_abs": vs_eager,
-                             "seconds_incl_compile": time.perf_counter() - t0})  # fmt: skip
+                    out.row(
+                        f"{cells} {model_s * 1e3:.2f} | {base_s * 1e3:.2f} | {base_s / model_s:.2f}x |",
+                        {
+                            "pair": label,
+                            "engine": engine,
+                            "dtype": dtype_name,
+                            "batch": batch,
+                            "model_ms": model_s * 1e3,
+                            "baseline_ms": base_s * 1e3,
+                            "speedup": base_s / model_s,
+                            "rounds_ms": {k: [v * 1e3 for v in vs] for k, vs in times.items()},
+                            "model_vs_eager_max_abs": vs_eager,
+                            "seconds_incl_compile": time.perf_counter() - t0,
+                        },
+                    )
                 del m, b
                 if args.device == "cuda":
                     torch.cuda.empty_cache()

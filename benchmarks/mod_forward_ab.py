@@ -29,7 +29,11 @@ from modify.layers import MoDBlock  # noqa: E402
 from test_fast_path import previous_forward  # noqa: E402
 
 MODELS = {
-    "ResNet-18 @32": (lambda: modify.convert(torchvision.models.resnet18(num_classes=10), input_size=32).model, 32, 200),
+    "ResNet-18 @32": (
+        lambda: modify.convert(torchvision.models.resnet18(num_classes=10), input_size=32).model,
+        32,
+        200,
+    ),
     "ResNet50-MoD @224": (lambda: modify.get_model("resnet50_mod"), 224, 15),
 }
 
@@ -62,9 +66,12 @@ def main() -> None:
                     for _ in range(reps):
                         model(x)
                     times[name].append((time.perf_counter() - start) / reps * 1e3)
-        ratio = statistics.median(p / c for p, c in zip(times["previous"], times["current"]))
-        print(f"| {label} | {statistics.median(times['previous']):.2f} | {statistics.median(times['current']):.2f} | "
-              f"{ratio:.3f} | {diff:.1e} |", flush=True)
+        ratio = statistics.median(p / c for p, c in zip(times["previous"], times["current"], strict=True))
+        print(
+            f"| {label} | {statistics.median(times['previous']):.2f} | {statistics.median(times['current']):.2f} | "
+            f"{ratio:.3f} | {diff:.1e} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -59,22 +59,48 @@ def arms() -> list[Candidate]:
         Candidate("mixed", "keep both", recipe=recipe("keep")),
         Candidate("mixed", "delete both", recipe=recipe("delete")),
         Candidate("mixed", "MoD C/4 whole, scratch (today's default)", recipe=recipe("mod", mod=WHOLE, fraction=0.25)),
-        Candidate("mixed", "MoD C/4 OP, copy + block KD (compare's best)", recipe=recipe("mod", fraction=0.25), init="copy",
-                  block_distill_steps=kd),
+        Candidate(
+            "mixed",
+            "MoD C/4 OP, copy + block KD (compare's best)",
+            recipe=recipe("mod", fraction=0.25),
+            init="copy",
+            block_distill_steps=kd,
+        ),
         Candidate("mixed", "MoD C/4 OP, zero update (= deletion)", recipe=recipe("mod", fraction=0.25), init="zero"),
-        Candidate("mixed", "MoD C/4 OP, zero update + block KD", recipe=recipe("mod", fraction=0.25), init="zero",
-                  block_distill_steps=kd),
-        Candidate("mixed", "MoD C/4 OP, importance, zero update + block KD", recipe=recipe("mod", fraction=0.25), **best),
-        Candidate("mixed", "... + BatchNorms frozen", recipe=recipe("mod", fraction=0.25), **best,
-                  finetune=(("block_norms", "frozen"),)),
-        Candidate("mixed", "... + blocks at 10x lr", recipe=recipe("mod", fraction=0.25), **best,
-                  finetune=(("block_lr_scale", 10.0),)),
-        Candidate("mixed", "static MoD C/4 (same, one fixed channel set)", recipe=recipe("mod", mod={**OP, "selection": "static"},
-                  fraction=0.25), **best),
+        Candidate(
+            "mixed",
+            "MoD C/4 OP, zero update + block KD",
+            recipe=recipe("mod", fraction=0.25),
+            init="zero",
+            block_distill_steps=kd,
+        ),
+        Candidate(
+            "mixed", "MoD C/4 OP, importance, zero update + block KD", recipe=recipe("mod", fraction=0.25), **best
+        ),
+        Candidate(
+            "mixed",
+            "... + BatchNorms frozen",
+            recipe=recipe("mod", fraction=0.25),
+            **best,
+            finetune=(("block_norms", "frozen"),),
+        ),
+        Candidate(
+            "mixed",
+            "... + blocks at 10x lr",
+            recipe=recipe("mod", fraction=0.25),
+            **best,
+            finetune=(("block_lr_scale", 10.0),),
+        ),
+        Candidate(
+            "mixed",
+            "static MoD C/4 (same, one fixed channel set)",
+            recipe=recipe("mod", mod={**OP, "selection": "static"}, fraction=0.25),
+            **best,
+        ),
         Candidate("mixed", "MoD C/8 (best config)", recipe=recipe("mod", fraction=0.125), **best),
         Candidate("mixed", "MoD C/2 (best config)", recipe=recipe("mod", fraction=0.5), **best),
         Candidate("mixed", "narrow C/4 + block KD", recipe=recipe("narrow", fraction=0.25), block_distill_steps=kd),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,16 +119,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.arms:
         chosen = [chosen[int(i)] for i in args.arms.split(",")]
     config = CompareConfig(
-        epochs=args.epochs, seeds=tuple(int(s) for s in args.seeds.split(",")),
-        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03), input_size=32,
-        train_limit=args.limit, test_limit=args.limit,
-    )  # fmt: skip
+        epochs=args.epochs,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03),
+        input_size=32,
+        train_limit=args.limit,
+        test_limit=args.limit,
+    )
 
     def progress(kind: str, info: dict[str, Any]) -> None:
         if kind in ("start", "failed"):
             print(kind, info.get("label"), info.get("seed"), info.get("error", ""), flush=True)
         elif kind == "done":
-            print(f"  {info['label']} seed {info['seed']}: {100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}", flush=True)
+            print(
+                f"  {info['label']} seed {info['seed']}: "
+                f"{100 * info['accuracy_before']:.2f} -> {100 * info['accuracy']:.2f}",
+                flush=True,
+            )
 
     records = run_sweep(original, train, test, candidates=chosen, config=config, out_dir=args.out, on_event=progress)
     rows = summarize(records)

@@ -35,9 +35,8 @@ import tempfile
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
-
 from block_times import ort_times, parse_case, triple
+from torch import nn
 
 import modify
 from modify.deploy.engines import OrtModule
@@ -107,8 +106,10 @@ def main() -> None:
         raise SystemExit(f"unknown form(s) {', '.join(unknown)}; expected some of {', '.join(FORMS)}")
     cases = [parse_case(c) for c in args.cases.split(",")]
     ort.set_default_logger_severity(3)  # the optimised graphs' "hardware specific" notice
-    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} "
-          f"interleaved rounds; ratio = {CURRENT} ms / form ms (> 1: the form is faster)")
+    print(
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} "
+        f"interleaved rounds; ratio = {CURRENT} ms / form ms (> 1: the form is faster)"
+    )
     warnings = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
@@ -116,8 +117,9 @@ def main() -> None:
             paths, reports = {}, {}
             for form in (CURRENT, *forms):
                 paths[form] = os.path.join(workdir, f"{name}_{form}.onnx")
-                reports[form] = export_onnx(model, paths[form], input_size=size, dynamic_batch=True, batch_sizes=(1, 2),
-                                            force=True, fusion=form)
+                reports[form] = export_onnx(
+                    model, paths[form], input_size=size, dynamic_batch=True, batch_sizes=(1, 2), force=True, fusion=form
+                )
             conversions = {form: layout_conversions(path) for form, path in paths.items()}
             print("\n| model | setting | form | ms | ratio | ± | layout conversions | max abs diff |")
             print("|---|---|---|---|---|---|---|---|")
@@ -125,15 +127,21 @@ def main() -> None:
                 threads = case.resolved_threads()
                 sessions = {form: OrtModule(model, path, threads, export=False) for form, path in paths.items()}
                 current = sessions.pop(CURRENT)
-                results = bench_many(sessions, current, cases=[case], input_size=size, rounds=args.rounds,
-                                     min_run_time=args.min_run_time)
+                results = bench_many(
+                    sessions, current, cases=[case], input_size=size, rounds=args.rounds, min_run_time=args.min_run_time
+                )
                 first = next(iter(results.values()))[0]
-                print(f"| {label} | {case.label()} | {CURRENT} | {first.baseline_median * 1e3:.3f} | 1 | | "
-                      f"{conversions[CURRENT]} | {reports[CURRENT].max_abs_diff:.1e} |")
+                print(
+                    f"| {label} | {case.label()} | {CURRENT} | {first.baseline_median * 1e3:.3f} | 1 | | "
+                    f"{conversions[CURRENT]} | {reports[CURRENT].max_abs_diff:.1e} |"
+                )
                 for form, (r,) in results.items():
-                    print(f"| {label} | {case.label()} | {form} | {r.model_median * 1e3:.3f} | "
-                          f"{statistics.median(r.round_speedups):.3f}x | {spread(r.round_speedups):.3f} | "
-                          f"{conversions[form]} | {reports[form].max_abs_diff:.1e} |", flush=True)
+                    print(
+                        f"| {label} | {case.label()} | {form} | {r.model_median * 1e3:.3f} | "
+                        f"{statistics.median(r.round_speedups):.3f}x | {spread(r.round_speedups):.3f} | "
+                        f"{conversions[form]} | {reports[form].max_abs_diff:.1e} |",
+                        flush=True,
+                    )
                 if first.warning:
                     warnings.append(f"{label}, {case.label()}: {first.warning}")
                     print(f"\nwarning: {warnings[-1]}\n", flush=True)

@@ -39,12 +39,12 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|trace)` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.measure.benchmark import BenchCase, bench  # noqa: E402
-from modify.train.data import fashion_mnist  # noqa: E402
-from modify.train.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
 from modify.conversion.init import initialize  # noqa: E402
 from modify.errors import ModifyError  # noqa: E402
 from modify.io.files import check_output_path  # noqa: E402
+from modify.measure.benchmark import BenchCase, bench  # noqa: E402
+from modify.train.data import fashion_mnist  # noqa: E402
+from modify.train.finetune import FinetuneConfig, distillation_loss, evaluate, finetune, recalibrate_bn  # noqa: E402
 
 RECIPES = {
     "every_other": {"recipe": "every_other"},  # the paper's placement, c = 64
@@ -54,20 +54,34 @@ INITS = ("scratch", "zero", "importance")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: the Debian package's)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: the Debian package's)"
+    )
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     p.add_argument("--baseline-epochs", type=float, default=1.0, help="epochs of training the original")
     p.add_argument("--baseline-lr", type=float, default=0.1)
-    p.add_argument("--baseline", default=None, help="load a trained original from this modify checkpoint instead of training")
+    p.add_argument(
+        "--baseline", default=None, help="load a trained original from this modify checkpoint instead of training"
+    )
     p.add_argument("--save-baseline", default=None, help="write the trained original here (modify checkpoint)")
-    p.add_argument("--finetune-epochs", type=float, default=1.0, help="epochs of fine-tuning each converted model (<= 1)")
-    p.add_argument("--mild-finetune-epochs", type=float, default=None,
-                   help="epochs for the recipes other than every_other (default: --finetune-epochs)")
+    p.add_argument(
+        "--finetune-epochs", type=float, default=1.0, help="epochs of fine-tuning each converted model (<= 1)"
+    )
+    p.add_argument(
+        "--mild-finetune-epochs",
+        type=float,
+        default=None,
+        help="epochs for the recipes other than every_other (default: --finetune-epochs)",
+    )
     p.add_argument("--finetune-lr", type=float, default=0.02)
     p.add_argument("--finetune-init", choices=INITS, default="zero", help="the init that is fine-tuned")
-    p.add_argument("--recal-batches", type=int, default=20, help="batches for the BN-recalibrated accuracy before fine-tuning")
+    p.add_argument(
+        "--recal-batches", type=int, default=20, help="batches for the BN-recalibrated accuracy before fine-tuning"
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation loss")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--recipes", default="every_other,late_stages", help=f"comma-separated, from {sorted(RECIPES)}")
@@ -95,8 +109,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train_throughput(runs: dict[str, tuple[torch.nn.Module, torch.nn.Module | None]], images: torch.Tensor,
-                     labels: torch.Tensor, *, steps: int, rounds: int) -> dict[str, float]:
+def train_throughput(
+    runs: dict[str, tuple[torch.nn.Module, torch.nn.Module | None]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    rounds: int,
+) -> dict[str, float]:
     """Training images/s of each (student, teacher) pair, measured in alternating rounds on copies
     (the real models are not changed): SGD steps on one fixed batch; with a teacher, its forward
     and the distillation loss are part of the step. Returns the median over rounds per name."""
@@ -156,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
         original = modify.get_model("resnet18", num_classes=10)
         cfg = FinetuneConfig(lr=args.baseline_lr, weight_decay=5e-4, alpha=0.0, warmup=0.03, seed=args.seed)
         base_run = finetune(original, train_loader, config=cfg, epochs=args.baseline_epochs)
-        log(f"trained the original: {base_run.steps} steps, {base_run.seconds:.0f} s, {base_run.images_per_second:.1f} img/s")
+        log(
+            f"trained the original: {base_run.steps} steps, "
+            f"{base_run.seconds:.0f} s, {base_run.images_per_second:.1f} img/s"
+        )
         if args.save_baseline:
             modify.save(original, args.save_baseline, force=True)
     original.eval()
@@ -164,9 +187,20 @@ def main(argv: list[str] | None = None) -> dict:
     prof_original = modify.profile_model(original, input_size=32)
     log(f"original test accuracy {100 * acc_original:.2f}%")
 
-    rows = [{"model": "resnet18", "init": "-", "stage": f"trained {args.baseline_epochs:g} ep" if base_run else "loaded",
-             "accuracy": acc_original, "macs": prof_original.macs, "params": prof_original.params,
-             "latency_ms": None, "latency_ms_t": None, "speedup": 1.0, "speedup_t": 1.0}]
+    rows = [
+        {
+            "model": "resnet18",
+            "init": "-",
+            "stage": f"trained {args.baseline_epochs:g} ep" if base_run else "loaded",
+            "accuracy": acc_original,
+            "macs": prof_original.macs,
+            "params": prof_original.params,
+            "latency_ms": None,
+            "latency_ms_t": None,
+            "speedup": 1.0,
+            "speedup_t": 1.0,
+        }
+    ]
     finetuned: dict[str, torch.nn.Module] = {}
     runs: dict[str, dict] = {}
     for name in args.recipes.split(","):
@@ -182,31 +216,64 @@ def main(argv: list[str] | None = None) -> dict:
             recal = copy.deepcopy(result.model)
             recalibrate_bn(recal, train_loader, args.recal_batches)
             acc_recal = evaluate(recal, test_loader)
-            rows.append({"model": name, "init": init, "stage": "before FT", "accuracy": acc, "accuracy_recal": acc_recal})
-            log(f"{name} / {init}: test accuracy before fine-tuning {100 * acc:.2f}%, "
-                f"{100 * acc_recal:.2f}% with BN statistics recalibrated on {args.recal_batches} batches")
+            rows.append(
+                {"model": name, "init": init, "stage": "before FT", "accuracy": acc, "accuracy_recal": acc_recal}
+            )
+            log(
+                f"{name} / {init}: test accuracy before fine-tuning {100 * acc:.2f}%, "
+                f"{100 * acc_recal:.2f}% with BN statistics recalibrated on {args.recal_batches} batches"
+            )
         result = results[args.finetune_init]
         model = result.model
-        cfg = FinetuneConfig(lr=args.finetune_lr, alpha=args.alpha, temperature=args.temperature, warmup=0.03, seed=args.seed)
+        cfg = FinetuneConfig(
+            lr=args.finetune_lr, alpha=args.alpha, temperature=args.temperature, warmup=0.03, seed=args.seed
+        )
         epochs = args.finetune_epochs if name == "every_other" else args.mild_finetune_epochs
         run = finetune(model, train_loader, teacher=original, config=cfg, epochs=epochs)
         acc = evaluate(model, test_loader)
-        log(f"{name} / {args.finetune_init}: fine-tuned {run.steps} steps in {run.seconds:.0f} s "
-            f"({run.images_per_second:.1f} img/s); test accuracy {100 * acc:.2f}%")
+        log(
+            f"{name} / {args.finetune_init}: fine-tuned {run.steps} steps in {run.seconds:.0f} s "
+            f"({run.images_per_second:.1f} img/s); test accuracy {100 * acc:.2f}%"
+        )
         prof = modify.profile_model(model, input_size=32)
         cases = [BenchCase(batch_size=1, threads=1), BenchCase(batch_size=1, threads=args.threads)]
-        report = bench(model, original, cases=cases, input_size=32, rounds=args.bench_rounds,
-                       min_run_time=args.bench_time, labels=(name, "resnet18"))
+        report = bench(
+            model,
+            original,
+            cases=cases,
+            input_size=32,
+            rounds=args.bench_rounds,
+            min_run_time=args.bench_time,
+            labels=(name, "resnet18"),
+        )
         one, many = report.results
-        log(f"{name}: batch-1 latency {one.model_median * 1e3:.2f} vs {one.baseline_median * 1e3:.2f} ms (1 thread), "
-            f"{many.model_median * 1e3:.2f} vs {many.baseline_median * 1e3:.2f} ms ({args.threads} threads)")
-        rows.append({"model": name, "init": args.finetune_init, "stage": f"after FT {run.epochs:.2g} ep",
-                     "accuracy": acc, "macs": prof.macs, "params": prof.params,
-                     "latency_ms": one.model_median * 1e3, "baseline_latency_ms": one.baseline_median * 1e3,
-                     "speedup": one.speedup, "speedup_t": many.speedup, "round_speedups": list(one.round_speedups)})
+        log(
+            f"{name}: batch-1 latency {one.model_median * 1e3:.2f} vs {one.baseline_median * 1e3:.2f} ms (1 thread), "
+            f"{many.model_median * 1e3:.2f} vs {many.baseline_median * 1e3:.2f} ms ({args.threads} threads)"
+        )
+        rows.append(
+            {
+                "model": name,
+                "init": args.finetune_init,
+                "stage": f"after FT {run.epochs:.2g} ep",
+                "accuracy": acc,
+                "macs": prof.macs,
+                "params": prof.params,
+                "latency_ms": one.model_median * 1e3,
+                "baseline_latency_ms": one.baseline_median * 1e3,
+                "speedup": one.speedup,
+                "speedup_t": many.speedup,
+                "round_speedups": list(one.round_speedups),
+            }
+        )
         finetuned[name] = model
-        runs[name] = {"steps": run.steps, "seconds": run.seconds, "images_per_second": run.images_per_second,
-                      "first_loss": run.losses[0], "last_loss": run.losses[-1]}
+        runs[name] = {
+            "steps": run.steps,
+            "seconds": run.seconds,
+            "images_per_second": run.images_per_second,
+            "first_loss": run.losses[0],
+            "last_loss": run.losses[-1],
+        }
 
     # Training throughput side by side: the original trained plainly, each converted model fine-tuned with its teacher.
     x, y = next(iter(train_loader))
@@ -215,14 +282,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     print_table(rows, args)
     print()
-    print(f"Training throughput, batch {args.batch_size}, {args.threads} threads, interleaved, "
-          f"median of {args.throughput_rounds} rounds x {args.throughput_steps} steps (images/s):")
+    print(
+        f"Training throughput, batch {args.batch_size}, {args.threads} threads, interleaved, "
+        f"median of {args.throughput_rounds} rounds x {args.throughput_steps} steps (images/s):"
+    )
     base = throughput["resnet18 (train)"]
     for n, v in throughput.items():
         print(f"  {n:<26} {v:8.1f}   x{v / base:.2f}")
     if base_run is not None:
-        print(f"  in the runs above: original training {base_run.images_per_second:.1f} img/s; "
-              + "; ".join(f"{n} fine-tuning {r['images_per_second']:.1f} img/s" for n, r in runs.items()))
+        print(
+            f"  in the runs above: original training {base_run.images_per_second:.1f} img/s; "
+            + "; ".join(f"{n} fine-tuning {r['images_per_second']:.1f} img/s" for n, r in runs.items())
+        )
     checks = {}
     if "every_other" in finetuned:
         after = next(r for r in rows if r["model"] == "every_other" and r["stage"].startswith("after"))
@@ -237,18 +308,27 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  [{'x' if ok else ' '}] {text}")
     wall = time.perf_counter() - started
     print(f"\nwall time {wall / 60:.1f} min")
-    out = {"rows": rows, "throughput": throughput, "runs": runs, "checks": checks, "wall_seconds": wall,
-           "baseline_run": None if base_run is None else {"steps": base_run.steps, "seconds": base_run.seconds,
-                                                          "images_per_second": base_run.images_per_second},
-           "args": vars(args)}
+    out = {
+        "rows": rows,
+        "throughput": throughput,
+        "runs": runs,
+        "checks": checks,
+        "wall_seconds": wall,
+        "baseline_run": None
+        if base_run is None
+        else {"steps": base_run.steps, "seconds": base_run.seconds, "images_per_second": base_run.images_per_second},
+        "args": vars(args),
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return out
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    head = f"{'model':<12} {'init':<11} {'stage':<15} {'test acc':>8} {'vs orig':>8} {'BN recal':>8} {'MACs':>9} " \
-           f"{'params':>8} {'b1 1t ms':>9} {'speed-up':>8} {f'b1 {args.threads}t':>8}"
+    head = (
+        f"{'model':<12} {'init':<11} {'stage':<15} {'test acc':>8} {'vs orig':>8} {'BN recal':>8} {'MACs':>9} "
+        f"{'params':>8} {'b1 1t ms':>9} {'speed-up':>8} {f'b1 {args.threads}t':>8}"
+    )
     print()
     print(head)
     print("-" * len(head))
@@ -262,14 +342,21 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         spt = f"{r['speedup_t']:.2f}x" if r.get("speedup_t") else ""
         delta = "" if r is rows[0] else f"{100 * (r['accuracy'] - orig):+.2f}"
         recal = f"{100 * r['accuracy_recal']:.2f}%" if r.get("accuracy_recal") is not None else ""
-        print(f"{r['model']:<12} {r['init']:<11} {r['stage']:<15} {100 * r['accuracy']:7.2f}% {delta:>8} {recal:>8} {macs:>9} "
-              f"{params:>8} {lat_s:>9} {sp:>8} {spt:>8}")
+        print(
+            f"{r['model']:<12} {r['init']:<11} {r['stage']:<15} "
+            f"{100 * r['accuracy']:7.2f}% {delta:>8} {recal:>8} {macs:>9} "
+            f"{params:>8} {lat_s:>9} {sp:>8} {spt:>8}"
+        )
     lats = [r["baseline_latency_ms"] for r in rows if r.get("baseline_latency_ms")]
-    print("(BN recal: the same model's test accuracy after re-estimating its BatchNorm statistics on "
-          f"{args.recal_batches} training batches, weights unchanged)")
+    print(
+        "(BN recal: the same model's test accuracy after re-estimating its BatchNorm statistics on "
+        f"{args.recal_batches} training batches, weights unchanged)"
+    )
     if lats:
-        print(f"(original's batch-1 latency, 1 thread, measured beside each: {', '.join(f'{v:.2f} ms' for v in lats)}; "
-              "speed-up = original / converted, medians of interleaved rounds)")
+        print(
+            f"(original's batch-1 latency, 1 thread, measured beside each: {', '.join(f'{v:.2f} ms' for v in lats)}; "
+            "speed-up = original / converted, medians of interleaved rounds)"
+        )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 import modify  # noqa: E402
-from modify.train.data import load_dataset  # noqa: E402
-from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
 from modify.errors import ModifyError  # noqa: E402
 from modify.io.files import check_output_path  # noqa: E402
 from modify.io.weights import load_state_dict_file  # noqa: E402
+from modify.train.data import load_dataset  # noqa: E402
+from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     agree = float((after.argmax(1) == before.argmax(1)).float().mean())
     macs_before = modify.profile_model(original, input_size=args.input_size).macs
     macs_after = modify.profile_model(result.model, input_size=args.input_size).macs
-    print(f"masks {tuple(after.shape)}; MACs {macs_before / 1e9:.2f} G -> {macs_after / 1e9:.2f} G "
-          f"({macs_before / macs_after:.2f}x); pixels labelled as the original: {100 * agree:.1f}%")
+    print(
+        f"masks {tuple(after.shape)}; MACs {macs_before / 1e9:.2f} G -> {macs_after / 1e9:.2f} G "
+        f"({macs_before / macs_after:.2f}x); pixels labelled as the original: {100 * agree:.1f}%"
+    )
     with tempfile.TemporaryDirectory() as folder:
         reloaded = modify.load(modify.save(result, Path(folder) / "seg_mod.pt"))
         with torch.no_grad():

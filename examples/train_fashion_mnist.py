@@ -6,8 +6,9 @@ model" that `modify compare` and the README's comparison start from.
 
 28x28 grey images padded to 32x32 (or scaled up, ``--input-size 64``) and repeated to 3 channels
 (`modify.train.data.fashion_mnist`), a random crop after padding by an eighth of the side and a random
-horizontal flip (``--augment``), SGD with momentum, linear warm-up then cosine decay (`modify.train.finetune.finetune` with no teacher), weights
-built with ``weights=None``: nothing is downloaded. Prints the test accuracy and writes it into a
+horizontal flip (``--augment``), SGD with momentum, linear warm-up then cosine decay
+(`modify.train.finetune.finetune` with no teacher), weights built with ``weights=None``: nothing is
+downloaded. Prints the test accuracy and writes it into a
 JSON file beside the checkpoint.
 """
 
@@ -40,8 +41,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--augment", type=int, default=None, help="pad for the random crop + flip (default: input size / 8; 0: none)")
-    p.add_argument("--input-size", type=int, default=32, help="image side: 32 pads the 28x28 images, larger scales them up")
+    p.add_argument(
+        "--augment", type=int, default=None, help="pad for the random crop + flip (default: input size / 8; 0: none)"
+    )
+    p.add_argument(
+        "--input-size", type=int, default=32, help="image side: 32 pads the 28x28 images, larger scales them up"
+    )
     p.add_argument("--data-dir", default=None, help="folder with the IDX files (default: the Debian package's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = fashion_mnist(args.data_dir, split="train", limit=args.train_limit, size=args.input_size)
     test_set = fashion_mnist(args.data_dir, split="test", limit=args.test_limit, size=args.input_size)
     pad = args.input_size // 8 if args.augment is None else args.augment
-    loader = DataLoader(train_set.augmented(pad) if pad else train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(
+        train_set.augmented(pad) if pad else train_set, batch_size=args.batch_size, shuffle=True, drop_last=True
+    )
     model = modify.get_model(args.model, num_classes=10)
     config = FinetuneConfig(lr=args.lr, weight_decay=5e-4, alpha=0.0, warmup=0.03, seed=args.seed)
     last = [time.perf_counter()]
@@ -66,16 +73,32 @@ def main(argv: list[str] | None = None) -> dict:
     def progress(info) -> None:
         if time.perf_counter() - last[0] > 30 or info.step == info.total_steps:
             last[0] = time.perf_counter()
-            print(f"step {info.step}/{info.total_steps} loss {info.loss:.3f} {info.images_per_second:.0f} img/s", flush=True)
+            print(
+                f"step {info.step}/{info.total_steps} loss {info.loss:.3f} {info.images_per_second:.0f} img/s",
+                flush=True,
+            )
 
     run = finetune(model, loader, config=config, epochs=args.epochs, on_step=progress)
     accuracy = evaluate(model, DataLoader(test_set, batch_size=500))
     modify.save(model, args.output, force=True)
-    out = {"model": args.model, "epochs": args.epochs, "test_accuracy": accuracy, "test_images": len(test_set),
-           "seconds": run.seconds, "images_per_second": run.images_per_second, "seed": args.seed,
-           "input_size": args.input_size, "lr": args.lr, "batch_size": args.batch_size, "augment_pad": pad}
+    out = {
+        "model": args.model,
+        "epochs": args.epochs,
+        "test_accuracy": accuracy,
+        "test_images": len(test_set),
+        "seconds": run.seconds,
+        "images_per_second": run.images_per_second,
+        "seed": args.seed,
+        "input_size": args.input_size,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "augment_pad": pad,
+    }
     atomic_write_text(Path(args.output).with_suffix(".json"), json.dumps(out, indent=1))
-    print(f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} epochs ({run.seconds / 60:.1f} min); wrote {args.output}")
+    print(
+        f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} "
+        f"epochs ({run.seconds / 60:.1f} min); wrote {args.output}"
+    )
     return out
 
 

@@ -31,21 +31,22 @@ from modify.errors import (
 )
 
 if TYPE_CHECKING:
-    from modify.measure.benchmark import bench as bench
+    from modify.conversion.pipeline import ConversionResult as ConversionResult, convert as convert
+    from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
+    from modify.io.checkpoint import load as load, save as save
     from modify.layers import (
         BlockForm as BlockForm,
         ChannelSelector as ChannelSelector,
         Fusion as Fusion,
         FusionSlot as FusionSlot,
+        Init as Init,
         MoDBlock as MoDBlock,
         MoDConfig as MoDConfig,
         SelectionOrder as SelectionOrder,
     )
-    from modify.io.checkpoint import load as load, save as save
-    from modify.conversion.pipeline import ConversionResult as ConversionResult, convert as convert
+    from modify.measure.benchmark import bench as bench
     from modify.measure.profiling import profile_model as profile_model
-    from modify.conversion.recipe import Recipe as Recipe, load_recipe as load_recipe
-    from modify.io.names import get_model as get_model, list_models as list_models
+    from modify.models import get_model as get_model, list_models as list_models
     from modify.study.latency import Setting as Setting
     from modify.study.planner import PlanConfig as PlanConfig, PlanResult as PlanResult, plan as plan
 
@@ -56,6 +57,7 @@ _LAZY = {
     "ChannelSelector": "modify.layers",
     "Fusion": "modify.layers",
     "FusionSlot": "modify.layers",
+    "Init": "modify.layers",
     "MoDBlock": "modify.layers",
     "MoDConfig": "modify.layers",
     "SelectionOrder": "modify.layers",
@@ -66,8 +68,8 @@ _LAZY = {
     "load": "modify.io.checkpoint",
     "load_recipe": "modify.conversion.recipe",
     "Recipe": "modify.conversion.recipe",
-    "get_model": "modify.io.names",
-    "list_models": "modify.io.names",
+    "get_model": "modify.models",
+    "list_models": "modify.models",
     "plan": "modify.study.planner",
     "PlanConfig": "modify.study.planner",
     "PlanResult": "modify.study.planner",
@@ -75,8 +77,18 @@ _LAZY = {
 }
 
 __all__ = sorted(
-    [*_LAZY, "__version__", "CheckpointError", "ConversionError", "ModifyError", "NoBlocksError",
-     "PlanError", "RecipeError", "TraceError", "UnknownModelError"]
-)  # fmt: skip
+    [
+        *_LAZY,
+        "__version__",
+        "CheckpointError",
+        "ConversionError",
+        "ModifyError",
+        "NoBlocksError",
+        "PlanError",
+        "RecipeError",
+        "TraceError",
+        "UnknownModelError",
+    ]
+)
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -16,6 +16,7 @@ __all__ = [
     "PlanError",
     "SurgeryError",
     "SplitError",
+    "first_line",
 ]
 
 
@@ -78,3 +79,21 @@ class SurgeryError(Exception):
 
 class SplitError(SurgeryError):
     """A channel split whose parts do not fit the reduced width (`modify.conversion.surgery.literals`)."""
+
+
+def first_line(error: BaseException, *, limit: int | None = None, typed: bool = False) -> str:
+    """The first line of ``error``'s message, stripped and cut to ``limit`` characters, for a
+    message of one line about it; ``typed`` puts the exception's type in front. An empty
+    message gives the type's name alone (never an IndexError).
+
+    Example:
+        >>> first_line(ValueError("  bad value\\nthe traceback of a nested error"))
+        'bad value'
+        >>> first_line(ValueError("bad value"), typed=True), first_line(RuntimeError(""))
+        ('ValueError: bad value', 'RuntimeError')
+    """
+    lines = str(error).strip().splitlines()
+    text = lines[0][:limit] if lines else ""
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}" if typed else text

@@ -112,8 +112,12 @@ def test_delete_inline_blocks_keeps_a_relu_that_is_not_the_identity() -> None:
 def test_deleted_and_pruned_models_save_and_load(tmp_path) -> None:
     model = modify.get_model("resnet18", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    for i, built in enumerate([delete_blocks(model, blocks=["layer2.1", "layer3.1"], input_size=32).model,
-                               prune_channels(model, macs_ratio=1.5, input_size=32).model]):  # fmt: skip
+    for i, built in enumerate(
+        [
+            delete_blocks(model, blocks=["layer2.1", "layer3.1"], input_size=32).model,
+            prune_channels(model, macs_ratio=1.5, input_size=32).model,
+        ]
+    ):
         path = modify.save(built, tmp_path / f"m{i}.pt")
         loaded = modify.load(path)
         assert torch.equal(loaded(x), built.eval()(x))
@@ -158,4 +162,6 @@ def test_pruned_depthwise_and_se_models_save_and_load(name: str, tmp_path) -> No
 
 def test_prune_names_an_unknown_ignored_layer() -> None:
     with pytest.raises(ConversionError, match="ignored_layers names 'nope'"):
-        prune_channels(torchvision.models.resnet18(num_classes=10), macs_ratio=2.0, input_size=32, ignored_layers=["nope"])
+        prune_channels(
+            torchvision.models.resnet18(num_classes=10), macs_ratio=2.0, input_size=32, ignored_layers=["nope"]
+        )

@@ -4,7 +4,7 @@ Each toy is the smallest model with one pattern (a parameter reshaped in forward
 of fixed sizes, adds inside a branch, a residual onto part of the channels, stages of a single
 block, a channel slice with a literal end, a literal channel count in a reshape, a block module of
 two inputs, shape assertions on the branch). Where the pattern is convertible the toy goes
-through every check of `test_user_models._check` (the identity configuration reproduces the
+through every check of `zoo_checks.check_toy_model` (the identity configuration reproduces the
 original to 1e-5, gradients reach every parameter); where it is not, the refusal names it.
 """
 
@@ -13,14 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_user_models import SIZE, Net, _check, _mod
 from torch import nn
 
-from modify.conversion.surgery.literals import SplitError, scale_parts
 from modify.conversion.discover import find_blocks
-from modify.errors import RecipeError
 from modify.conversion.pipeline import convert
+from modify.conversion.surgery.literals import SplitError, scale_parts
 from modify.conversion.tracing import trace
+from modify.errors import RecipeError
+from test_user_models import SIZE, Net
+from zoo_checks import check_toy_model, mod_block
 
 
 class LayerScaleBlock(nn.Module):
@@ -192,8 +193,8 @@ def _convs(branch: nn.Module) -> dict[str, nn.Conv2d]:
 
 
 def test_a_parameter_reshaped_in_forward_shrinks_with_the_branch() -> None:
-    result = _check(Net(LayerScaleBlock(16), LayerScaleBlock(16)), k=4)
-    branch = _mod(result, "blocks.1").block.branch
+    result = check_toy_model(Net(LayerScaleBlock(16), LayerScaleBlock(16)), k=4)
+    branch = mod_block(result, "blocks.1").block.branch
     assert tuple(branch.gamma.shape) == (4,)
 
 
@@ -201,14 +202,14 @@ def test_a_parameter_reshaped_in_forward_shrinks_with_the_branch() -> None:
 def test_a_copied_layer_scale_keeps_the_leading_values(init: str) -> None:
     model = Net(LayerScaleBlock(16), LayerScaleBlock(16)).eval()
     result = convert(model, k=4, init=init, input_size=SIZE)
-    gamma = _mod(result, "blocks.1").block.branch.gamma
+    gamma = mod_block(result, "blocks.1").block.branch.gamma
     if init == "copy":
         torch.testing.assert_close(gamma.detach(), model.blocks[1].gamma.detach()[:4])
 
 
 def test_mixed_kernel_splits_scale_with_the_width() -> None:
-    result = _check(Net(MixedBlock(16), MixedBlock(16)), k=8)
-    convs = _convs(_mod(result, "blocks.1").block.branch)
+    result = check_toy_model(Net(MixedBlock(16), MixedBlock(16)), k=8)
+    convs = _convs(mod_block(result, "blocks.1").block.branch)
     # k = 8 of 16: the 1x1 splits [8, 8] -> [4, 4]; the depthwise splits of 64 -> 32 channels in four parts
     assert [convs[f"pw_convs_{i}"].in_channels for i in range(2)] == [4, 4]
     assert [(convs[f"dw_convs_{i}"].in_channels, convs[f"dw_convs_{i}"].groups) for i in range(4)] == [(8, 8)] * 4
@@ -217,8 +218,8 @@ def test_mixed_kernel_splits_scale_with_the_width() -> None:
 
 def test_uneven_widths_split_by_largest_remainder_and_still_end_at_k() -> None:
     # k = 3: the input splits [8, 8] -> [2, 1]; the output convolutions partition k = 3 as [2, 1] too
-    result = _check(Net(MixedBlock(16), MixedBlock(16)), k=3)
-    convs = _convs(_mod(result, "blocks.1").block.branch)
+    result = check_toy_model(Net(MixedBlock(16), MixedBlock(16)), k=3)
+    convs = _convs(mod_block(result, "blocks.1").block.branch)
     assert [convs[f"pw_convs_{i}"].in_channels for i in range(2)] == [2, 1]
     assert [convs[f"pwl_convs_{i}"].out_channels for i in range(2)] == [2, 1]
 
@@ -242,10 +243,12 @@ def test_adds_inside_a_branch_leave_the_blocks_residual_add_the_site() -> None:
     model = Net(HierarchicalBlock(16), HierarchicalBlock(16), HierarchicalBlock(16))
     sites = find_blocks(trace(model, input_size=SIZE))
     assert [(s.name, s.index, s.block_type) for s in sites] == [
-        ("blocks.0", 0, "HierarchicalBlock"), ("blocks.1", 1, "HierarchicalBlock"), ("blocks.2", 2, "HierarchicalBlock")
-    ]  # fmt: skip
-    result = _check(model, k=4)
-    branch = _mod(result, "blocks.1").block.branch
+        ("blocks.0", 0, "HierarchicalBlock"),
+        ("blocks.1", 1, "HierarchicalBlock"),
+        ("blocks.2", 2, "HierarchicalBlock"),
+    ]
+    result = check_toy_model(model, k=4)
+    branch = mod_block(result, "blocks.1").block.branch
     # widths(4) = 1 per chunk, so conv1 makes 4 x 1 channels and the adds between chunks fit
     convs = [getattr(branch, f"convs_{i}") for i in range(3)]  # the cut names modules relative to the block
     assert branch.conv1.out_channels == 4 and [c.in_channels for c in convs] == [1, 1, 1]
@@ -273,20 +276,23 @@ def test_stages_of_one_block_offer_the_recipe_that_selects_them() -> None:
 
     with pytest.raises(RecipeError, match=r"single block \(index 0\).*`--recipe all`.*stage1, stage2"):
         convert(OneBlockStages().eval(), input_size=SIZE)
-    assert [b.name for b in convert(OneBlockStages().eval(), recipe="all", input_size=SIZE).converted] == ["stage1", "stage2"]
+    assert [b.name for b in convert(OneBlockStages().eval(), recipe="all", input_size=SIZE).converted] == [
+        "stage1",
+        "stage2",
+    ]
 
 
 def test_a_channel_slice_with_a_literal_end_follows_the_width() -> None:
     # C = 16, k = 5: halves of widths(8) = round(2.5) = 2 would give 4 < 5 channels; the plan widens
     # them to 3 so that [:, :widths(16)] = [:, :5] is exactly k.
-    result = _check(Net(GhostBlock(16), GhostBlock(16)), k=5)
-    branch = _mod(result, "blocks.1").block.branch
+    result = check_toy_model(Net(GhostBlock(16), GhostBlock(16)), k=5)
+    branch = mod_block(result, "blocks.1").block.branch
     assert branch.primary.out_channels == 3
 
 
 def test_a_literal_channel_count_in_a_parameter_reshape_follows_the_width() -> None:
-    result = _check(Net(StandardizedBlock(16), StandardizedBlock(16)), k=4)
-    branch = _mod(result, "blocks.1").block.branch
+    result = check_toy_model(Net(StandardizedBlock(16), StandardizedBlock(16)), k=4)
+    branch = mod_block(result, "blocks.1").block.branch
     assert tuple(branch.conv1_weight.shape) == (4, 4, 3, 3)  # traced through: a functional conv
 
 
@@ -294,12 +300,12 @@ def test_a_block_module_of_two_inputs_is_rewritten_inline() -> None:
     model = Net(Tree(16))
     sites = find_blocks(trace(model, input_size=SIZE))
     assert [s.block_type for s in sites] == ["inline", "inline"] and all(s.convertible for s in sites)
-    _check(model, recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
+    check_toy_model(model, recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
 
 
 @pytest.mark.parametrize("block", [CheckedBlock, PreNormBlock])
 def test_shape_assertions_go_with_the_branch(block: type[nn.Module]) -> None:
-    result = _check(Net(block(16), block(16)), k=4)
+    result = check_toy_model(Net(block(16), block(16)), k=4)
     converted = result.model
     graph = getattr(converted, "graph", None)
     if graph is not None:  # rewritten inline: nothing of the original branch is left behind
@@ -347,15 +353,15 @@ class PositionScale(nn.Module):
 
 
 def test_computed_slice_bounds_are_left_as_computed() -> None:
-    result = _check(Net(ComputedHalves(32), ComputedHalves(32), c=32), k=8)
-    convs = _convs(_mod(result, "blocks.1").block.branch)
+    result = check_toy_model(Net(ComputedHalves(32), ComputedHalves(32), c=32), k=8)
+    convs = _convs(mod_block(result, "blocks.1").block.branch)
     assert convs["ca"].in_channels == convs["cb"].in_channels == 4  # out[:, :8 // 2] and out[:, 4:]
 
 
 def test_a_computed_channel_shuffle_converts() -> None:
-    _check(Net(Shuffled(32), Shuffled(32), c=32), k=8)
+    check_toy_model(Net(Shuffled(32), Shuffled(32), c=32), k=8)
 
 
 def test_a_parameter_broadcast_first_keeps_its_spatial_shape() -> None:
-    result = _check(Net(PositionScale(16), PositionScale(16)), k=4)
-    assert tuple(_mod(result, "blocks.1").block.branch.pos.shape) == (1, 1, SIZE, SIZE)
+    result = check_toy_model(Net(PositionScale(16), PositionScale(16)), k=4)
+    assert tuple(mod_block(result, "blocks.1").block.branch.pos.shape) == (1, 1, SIZE, SIZE)

@@ -46,9 +46,24 @@ def test_unknown_model_is_one_line_with_close_matches() -> None:
 def test_bench_reports_both_models(tmp_path) -> None:
     result = runner.invoke(
         app,
-        ["bench", "resnet18_mod", "--vs", "resnet18", "--input-size", "32", "--case", "1x1", "--case", "2x0",
-         "--rounds", "2", "--min-run-time", "0.05", "--json"],
-    )  # fmt: skip
+        [
+            "bench",
+            "resnet18_mod",
+            "--vs",
+            "resnet18",
+            "--input-size",
+            "32",
+            "--case",
+            "1x1",
+            "--case",
+            "2x0",
+            "--rounds",
+            "2",
+            "--min-run-time",
+            "0.05",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [r["batch_size"] for r in data["results"]] == [1, 2]
@@ -84,7 +99,9 @@ def test_python_dash_m_runs() -> None:
 
 def test_convert_writes_a_checkpoint_that_profile_and_bench_read(tmp_path) -> None:
     out = tmp_path / "r18_mod.pt"
-    result = runner.invoke(app, ["convert", "resnet18", "--recipe", "recipes/every_other.yaml", "--input-size", "64", "-o", str(out)])
+    result = runner.invoke(
+        app, ["convert", "resnet18", "--recipe", "recipes/every_other.yaml", "--input-size", "64", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "layer4.1" in result.output and "4 of 8 residual blocks converted" in result.output
     assert "projection shortcut" in result.output  # skipped blocks say why
@@ -92,8 +109,24 @@ def test_convert_writes_a_checkpoint_that_profile_and_bench_read(tmp_path) -> No
     profiled = runner.invoke(app, ["profile", str(out), "--input-size", "64", "--json"])
     assert profiled.exit_code == 0, profiled.output
     assert json.loads(profiled.stdout)["params"] == 5_463_902  # ResNet18-MoD, 5.46 M
-    timed = runner.invoke(app, ["bench", str(out), "--vs", "resnet18", "--input-size", "32", "--case", "1x1",
-                                "--rounds", "1", "--min-run-time", "0.02", "--json"])  # fmt: skip
+    timed = runner.invoke(
+        app,
+        [
+            "bench",
+            str(out),
+            "--vs",
+            "resnet18",
+            "--input-size",
+            "32",
+            "--case",
+            "1x1",
+            "--rounds",
+            "1",
+            "--min-run-time",
+            "0.02",
+            "--json",
+        ],
+    )
     assert timed.exit_code == 0, timed.output
     assert json.loads(timed.stdout)["results"][0]["speedup"] > 0
 
@@ -104,7 +137,9 @@ def test_convert_json_and_no_overwrite_without_force(tmp_path) -> None:
     result = runner.invoke(app, ["convert", "resnet18", "-k", "0.25", "--input-size", "64", "-o", str(out)])
     assert result.exit_code == 1 and "exists; pass --force" in result.stderr
     assert out.read_bytes() == b"keep me"
-    result = runner.invoke(app, ["convert", "resnet18", "-k", "0.25", "--input-size", "64", "-o", str(out), "--force", "--json"])
+    result = runner.invoke(
+        app, ["convert", "resnet18", "-k", "0.25", "--input-size", "64", "-o", str(out), "--force", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [r["k"] for r in data["rows"] if r["k"]] == [16, 32, 64, 128]
@@ -116,7 +151,15 @@ def test_blocks_is_a_dry_run_with_reasons() -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
     assert len(rows) == 16
-    assert [r["name"] for r in rows if r["k"]] == ["layer1.1", "layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5", "layer4.1"]
+    assert [r["name"] for r in rows if r["k"]] == [
+        "layer1.1",
+        "layer2.1",
+        "layer2.3",
+        "layer3.1",
+        "layer3.3",
+        "layer3.5",
+        "layer4.1",
+    ]
     assert rows[0]["reason"].startswith("projection shortcut")
     assert all(r["macs_after"] < r["macs_before"] for r in rows if r["k"])
 
@@ -152,8 +195,20 @@ def test_convert_loads_weights_and_import_paths(tmp_path) -> None:
 
     weights = tmp_path / "w.pt"
     torch.save(torchvision.models.resnet18(weights=None, num_classes=7).state_dict(), weights)
-    result = runner.invoke(app, ["convert", "torchvision.models:resnet18", "--num-classes", "7", "--weights", str(weights),
-                                 "--input-size", "64", "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "torchvision.models:resnet18",
+            "--num-classes",
+            "7",
+            "--weights",
+            str(weights),
+            "--input-size",
+            "64",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     wrong = runner.invoke(app, ["convert", "resnet18", "--weights", str(weights), "--input-size", "64"])
     assert wrong.exit_code == 1 and "does not fit ResNet" in wrong.stderr and "--num-classes" in wrong.stderr

@@ -51,8 +51,15 @@ def files(tmp_path_factory) -> dict[str, str]:
     }
     for name, text_ in plans.items():
         (root / f"{name}.yaml").write_text(text_)
-    return {"weights": str(weights), "text": str(text), "recipe": str(recipe), "empty": str(empty), "exists": str(existing),
-            "fresh": str(root / "fresh.pt"), **{name: str(root / f"{name}.yaml") for name in plans}}  # fmt: skip
+    return {
+        "weights": str(weights),
+        "text": str(text),
+        "recipe": str(recipe),
+        "empty": str(empty),
+        "exists": str(existing),
+        "fresh": str(root / "fresh.pt"),
+        **{name: str(root / f"{name}.yaml") for name in plans},
+    }
 
 
 BAD = [
@@ -94,7 +101,10 @@ BAD = [
     ("bench resnet18", "Missing option '--vs'"),
     ("bench resnet18 --vs resnet05", "Unknown model"),
     ("bench resnet18 --vs resnet18 --case 1y1", "1y1"),
-    ("bench resnet18 --vs resnet18 --engine tensorrt", "--engine 'tensorrt' is not one of eager, compile, onnxruntime, aoti"),
+    (
+        "bench resnet18 --vs resnet18 --engine tensorrt",
+        "--engine 'tensorrt' is not one of eager, compile, onnxruntime, aoti",
+    ),
     ("export /nonexistent.pt", "/nonexistent.pt"),
     ("export {weights}", "not a modify checkpoint"),
     ("export resnet18_mod --format tflite", "tflite"),
@@ -134,7 +144,10 @@ BAD = [
     ("plan vgg16 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 10", "nothing to plan"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 -o {exists}", "exists"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 -o {empty}", "directory"),
-    ("plan resnet18 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 10 --table {text}", "holds no measured choices"),
+    (
+        "plan resnet18 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 10 --table {text}",
+        "holds no measured choices",
+    ),
     ("convert resnet18 --speedup 1.5", "--speedup and --data go together"),
     ("convert resnet18 --data fashion-mnist", "--speedup and --data go together"),
     ("convert resnet18 --speedup 1.5 --data fashion-mnist -k 4 -o {fresh}", "drop --recipe, -k and -c"),
@@ -196,8 +209,14 @@ WRITERS = {
     "export": ("export resnet18_mod -o {out}", "file"),
     "export aoti": ("export resnet18_mod --format aoti -o {out}", "file"),
     "finetune": ("finetune resnet18_mod --data fashion-mnist -o {out}", "file"),
-    "finetune state": ("finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --checkpoint-every 5 --checkpoint-dir {out}", "folder"),
-    "finetune resume": ("finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --resume --checkpoint-dir {out}", "folder"),
+    "finetune state": (
+        "finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --checkpoint-every 5 --checkpoint-dir {out}",
+        "folder",
+    ),
+    "finetune resume": (
+        "finetune resnet18_mod --data fashion-mnist -o {root}/ft.pt --resume --checkpoint-dir {out}",
+        "folder",
+    ),
     "compare": ("compare resnet18 --data fashion-mnist --methods mod -o {out}", "folder"),
     "routes": ("routes resnet18_mod --data fashion-mnist -o {out}", "folder"),
     "plan": ("plan resnet18 --speedup 1.5 --data fashion-mnist -o {out}", "file"),
@@ -208,8 +227,16 @@ CASES = {
     # case: ({out} for a file, {out} for a folder (None: not a case there), a phrase the line must hold)
     "parent is a file": ("{text}/model.pt", "{text}/out", "'{text}' is a file, not a folder"),
     "a file further up": ("{text}/sub/model.pt", "{text}/sub/out", "'{text}' is a file, not a folder"),
-    "parent cannot be made: name too long": ("{root}/" + LONG + "/model.pt", "{root}/" + LONG + "/out", "cannot be made"),
-    "parent cannot be made: read-only folder": ("{readonly}/new/model.pt", "{readonly}/new", "'{readonly}/new' cannot be made"),
+    "parent cannot be made: name too long": (
+        "{root}/" + LONG + "/model.pt",
+        "{root}/" + LONG + "/out",
+        "cannot be made",
+    ),
+    "parent cannot be made: read-only folder": (
+        "{readonly}/new/model.pt",
+        "{readonly}/new",
+        "'{readonly}/new' cannot be made",
+    ),
     "folder not writable": ("{readonly}/model.pt", "{readonly}", "cannot write"),
     "exists without --force": ("{exists}", None, "'{exists}' exists; pass --force"),
     "output is a folder": ("{empty}", None, "'{empty}' is a directory"),
@@ -258,12 +285,17 @@ def readonly(tmp_path: Path):
     immutable = False
     if _can_create_in(folder):  # root
         folder.chmod(0o755)
-        immutable = shutil.which("chattr") is not None and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        immutable = (
+            shutil.which("chattr") is not None
+            and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        )
         if not immutable or _can_create_in(folder):
             if immutable:
                 subprocess.run(["chattr", "-i", str(folder)], check=True)
-            pytest.skip("running as root, which ignores permission bits, and `chattr +i` does not work here (not installed, "
-                        "a file system without the immutable flag, or no CAP_LINUX_IMMUTABLE): no folder root cannot write")  # fmt: skip
+            pytest.skip(
+                "running as root, which ignores permission bits, and `chattr +i` does not work here (not installed, "
+                "a file system without the immutable flag, or no CAP_LINUX_IMMUTABLE): no folder root cannot write"
+            )
     yield folder
     if immutable:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
@@ -277,7 +309,12 @@ def spots(tmp_path: Path, request: pytest.FixtureRequest):
     (tmp_path / "notes.txt").write_text("not a folder\n")
     (tmp_path / "exists.pt").write_bytes(b"keep me")
     (tmp_path / "empty").mkdir()
-    names = {"root": str(tmp_path), "text": str(tmp_path / "notes.txt"), "exists": str(tmp_path / "exists.pt"), "empty": str(tmp_path / "empty")}
+    names = {
+        "root": str(tmp_path),
+        "text": str(tmp_path / "notes.txt"),
+        "exists": str(tmp_path / "exists.pt"),
+        "empty": str(tmp_path / "empty"),
+    }
     needs_readonly = any("{readonly}" in str(v) for v in request.node.callspec.params.values())
     if needs_readonly:
         names["readonly"] = str(request.getfixturevalue("readonly"))
@@ -338,7 +375,11 @@ EXAMPLE_WRITERS = {
     "train_fashion_mnist -o": ("train_fashion_mnist", "-o {out}", "fashion_mnist"),
     "fashion_mnist --save-baseline": ("fashion_mnist", "--save-baseline {out}", "fashion_mnist"),
     "fashion_mnist --json": ("fashion_mnist", "--json {out}", "fashion_mnist"),
-    "own_weights_image_folder -o": ("own_weights_image_folder", "--model resnet18 --weights {root}/w.pth --data {root}/images -o {out}", "load_dataset"),
+    "own_weights_image_folder -o": (
+        "own_weights_image_folder",
+        "--model resnet18 --weights {root}/w.pth --data {root}/images -o {out}",
+        "load_dataset",
+    ),
     # its output is CHECKPOINT.onnx: the cases whose {out} ends in model.pt move it to model.onnx
     "serve_onnxruntime": ("serve_onnxruntime", "{out}", "modify"),
 }
@@ -346,7 +387,9 @@ EXAMPLE_OUTPUTS = [
     (f"{writer} / {case}", script, args.replace("{out}", file_out), tripwire, phrase)
     for writer, (script, args, tripwire) in EXAMPLE_WRITERS.items()
     for case, (file_out, _, phrase) in CASES.items()
-    if file_out is not None and case != "exists without --force" and (script != "serve_onnxruntime" or file_out.endswith("model.pt"))
+    if file_out is not None
+    and case != "exists without --force"
+    and (script != "serve_onnxruntime" or file_out.endswith("model.pt"))
 ]
 
 
@@ -356,7 +399,7 @@ class _Tripwire:
     def __call__(self, *args, **kwargs):
         raise WorkStarted("the example started its work before checking its output")
 
-    def __getattr__(self, name: str) -> "_Tripwire":
+    def __getattr__(self, name: str) -> _Tripwire:
         return self
 
 
@@ -368,8 +411,12 @@ def _load_example(name: str):
     return module
 
 
-@pytest.mark.parametrize(("script", "args", "tripwire", "phrase"), [o[1:] for o in EXAMPLE_OUTPUTS], ids=[o[0] for o in EXAMPLE_OUTPUTS])
-def test_an_example_refuses_an_output_that_cannot_be_written(spots, monkeypatch, script: str, args: str, tripwire: str, phrase: str) -> None:
+@pytest.mark.parametrize(
+    ("script", "args", "tripwire", "phrase"), [o[1:] for o in EXAMPLE_OUTPUTS], ids=[o[0] for o in EXAMPLE_OUTPUTS]
+)
+def test_an_example_refuses_an_output_that_cannot_be_written(
+    spots, monkeypatch, script: str, args: str, tripwire: str, phrase: str
+) -> None:
     if script == "serve_onnxruntime":
         pytest.importorskip("onnxruntime", reason="the [onnx] extra")
     example = _load_example(script)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import copy
-import pickle
-
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import modify
-from modify.errors import CheckpointError, ConversionError, RecipeError
-from modify.layers import MoDBlock
 from modify.conversion.pipeline import convert_identity
-from modify.measure.profiling import profile_model
 from modify.conversion.tracing import trace
+from modify.errors import ConversionError, RecipeError
+from modify.layers import MoDBlock
+from modify.measure.profiling import profile_model
 
 SIZE = 64
 
@@ -26,9 +23,16 @@ def _resnet(name: str = "resnet50", **kwargs) -> nn.Module:
 
 @pytest.mark.parametrize(
     "name",
-    ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
-     pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)],
-)  # fmt: skip
+    [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnext50_32x4d",
+        "wide_resnet50_2",
+        pytest.param("resnet101", marks=pytest.mark.slow),
+        pytest.param("resnet152", marks=pytest.mark.slow),
+    ],
+)
 def test_resnet_family_converts(name: str) -> None:
     model = _resnet(name, num_classes=10)
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -54,8 +58,14 @@ def test_resnet50_every_other_is_the_papers_resnet50_mod() -> None:
     assert round(report.params / 1e6, 2) == 18.11
     assert abs(report.macs / 1e9 - 2.60) / 2.60 < 0.01
     assert [(c.name, c.k) for c in result.converted] == [
-        ("layer1.1", 4), ("layer2.1", 8), ("layer2.3", 8), ("layer3.1", 16), ("layer3.3", 16), ("layer3.5", 16), ("layer4.1", 32),
-    ]  # fmt: skip
+        ("layer1.1", 4),
+        ("layer2.1", 8),
+        ("layer2.3", 8),
+        ("layer3.1", 16),
+        ("layer3.3", 16),
+        ("layer3.5", 16),
+        ("layer4.1", 32),
+    ]
 
 
 def test_the_original_model_is_untouched_and_other_modules_bit_identical() -> None:
@@ -76,9 +86,14 @@ def test_the_original_model_is_untouched_and_other_modules_bit_identical() -> No
 
 @pytest.mark.parametrize(
     ("kwargs", "ks"),
-    [({"k": 2}, [2, 2, 2, 2]), ({"k": 0.25}, [16, 32, 64, 128]), ({"c": 32}, [2, 4, 8, 16]), ({}, [1, 2, 4, 8]),
-     ({"recipe": {"version": 1, "defaults": {"k": 3}, "rules": [{"stage": [2, 3], "index": "odd"}]}}, [3, 3])],
-)  # fmt: skip
+    [
+        ({"k": 2}, [2, 2, 2, 2]),
+        ({"k": 0.25}, [16, 32, 64, 128]),
+        ({"c": 32}, [2, 4, 8, 16]),
+        ({}, [1, 2, 4, 8]),
+        ({"recipe": {"version": 1, "defaults": {"k": 3}, "rules": [{"stage": [2, 3], "index": "odd"}]}}, [3, 3]),
+    ],
+)
 def test_k_fraction_capacity_and_recipe(kwargs: dict, ks: list[int]) -> None:
     result = modify.convert(_resnet("resnet18"), input_size=SIZE, **kwargs)
     assert [c.k for c in result.converted] == ks
@@ -98,7 +113,9 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_no_blocks_is_a_clear_error() -> None:
-    with pytest.raises(modify.NoBlocksError, match="No residual Conv-Block found in VGG.*looks for residual Conv-Blocks"):
+    with pytest.raises(
+        modify.NoBlocksError, match="No residual Conv-Block found in VGG.*looks for residual Conv-Blocks"
+    ):
         modify.convert(torchvision.models.vgg11(weights=None), input_size=32)
 
 
@@ -122,7 +139,9 @@ def test_train_and_eval_modes_and_gradients(init: str) -> None:
     model = result.model.train()
     out = model(torch.randn(2, 3, SIZE, SIZE))
     out.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert missing == []
     assert model.eval()(torch.randn(1, 3, SIZE, SIZE)).shape == (1, 10)
 
@@ -134,96 +153,18 @@ def test_copy_init_takes_the_original_weights() -> None:
     torch.testing.assert_close(branch.conv1.weight, model.layer1[1].conv1.weight[:32, :32])
 
 
-def test_save_then_load_gives_identical_outputs(tmp_path) -> None:
-    result = modify.convert(modify.get_model("resnet18", num_classes=10), input_size=SIZE)
-    path = modify.save(result, tmp_path / "r18_mod.pt")
-    loaded = modify.load(path)
-    x = torch.randn(2, 3, SIZE, SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), result.model.eval()(x), atol=0, rtol=0)
-    data = torch.load(path, weights_only=True)  # plain data only
-    assert data["source"] == {"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}}
-    assert [step["method"] for step in data["steps"]] == ["convert"]
-    assert data["steps"][0]["recipe"]["rules"] == [{"index": "odd"}]
-    assert data["modify_version"] == modify.__version__
-
-
-def test_save_refuses_to_overwrite_and_writes_atomically(tmp_path) -> None:
-    result = modify.convert(modify.get_model("resnet18"), input_size=SIZE)
-    path = tmp_path / "m.pt"
-    path.write_bytes(b"precious")
-    with pytest.raises(CheckpointError, match="exists; pass --force"):
-        modify.save(result, path)
-    assert path.read_bytes() == b"precious"
-    modify.save(result, path, force=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
-
-
-def test_a_path_that_cannot_be_written_is_a_one_line_checkpoint_error(tmp_path) -> None:
-    """`atomic_write` (behind save, export and every report) checks like the CLI: one line, not a
-    FileExistsError or NotADirectoryError, before anything is written."""
-    from modify.errors import OutputPathError
-    from modify.io.files import atomic_write
-
-    (tmp_path / "notes.txt").write_text("a file")
-    calls: list[str] = []
-    for path, match in [
-        (tmp_path / "notes.txt" / "m.pt", "notes.txt' is a file, not a folder"),
-        (tmp_path / ("x" * 300) / "m.pt", "cannot be made"),
-        (tmp_path, "is a directory"),
-    ]:
-        with pytest.raises(OutputPathError, match=match) as error:
-            atomic_write(path, calls.append)
-        assert isinstance(error.value, CheckpointError) and "\n" not in str(error.value)
-    assert calls == [] and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
-def test_written_files_follow_the_umask(tmp_path, umask: int) -> None:
-    import os
-
-    previous = os.umask(umask)
-    try:
-        path = modify.save(modify.get_model("resnet18"), tmp_path / "m.pt")
-    finally:
-        os.umask(previous)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
-
-
-class _Boom:
-    def __reduce__(self):
-        return (exec, ("open('/tmp/modify_pwned', 'w').write('ran')",))
-
-
-def test_a_pickled_checkpoint_is_refused_and_nothing_runs(tmp_path) -> None:
-    import os
-
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as f:
-        pickle.dump({"format": "modify.checkpoint", "payload": _Boom()}, f)
-    if os.path.exists("/tmp/modify_pwned"):
-        os.remove("/tmp/modify_pwned")
-    with pytest.raises(CheckpointError, match="pickled Python objects.*nothing in it was run"):
-        modify.load(path)
-    assert not os.path.exists("/tmp/modify_pwned")
-    torch.save(copy.deepcopy(nn.Linear(2, 2)), tmp_path / "module.pt")  # a pickled module
-    with pytest.raises(CheckpointError, match="pickled Python objects"):
-        modify.load(tmp_path / "module.pt")
-
-
-def test_save_needs_a_rebuildable_model(tmp_path) -> None:
-    result = modify.convert(torchvision.models.resnet18(weights=None), input_size=SIZE)
-    with pytest.raises(CheckpointError, match="does not say how to rebuild"):
-        modify.save(result, tmp_path / "x.pt")
-
-
 class InlineNet(nn.Module):
     """Blocks written inline in forward: `+=`, torch.add and add_."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 32, 3, padding=1)
-        self.convs = nn.ModuleList(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)) for _ in range(4))
+        self.convs = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)
+            )
+            for _ in range(4)
+        )
         self.head = nn.Linear(32, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modify.errors import ModifyError
 from modify.train.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_ROOT,
@@ -17,10 +18,11 @@ from modify.train.data import (
     read_idx,
     write_idx,
 )
-from modify.errors import ModifyError
 
 
-def write_fashion_mnist(root: Path, n_train: int = 20, n_test: int = 10, *, gz: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def write_fashion_mnist(
+    root: Path, n_train: int = 20, n_test: int = 10, *, gz: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A Fashion-MNIST-shaped IDX set (random pixels and labels); returns the training images and labels."""
     g = torch.Generator().manual_seed(0)
     suffix = ".gz" if gz else ""
@@ -38,7 +40,11 @@ def write_fashion_mnist(root: Path, n_train: int = 20, n_test: int = 10, *, gz: 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float32])
 @pytest.mark.parametrize("name", ["a-idx-ubyte", "a-idx-ubyte.gz"])
 def test_idx_round_trip(tmp_path: Path, dtype: torch.dtype, name: str) -> None:
-    array = (torch.arange(24) * 7 - 30).reshape(2, 3, 4).to(dtype) if dtype != torch.uint8 else torch.arange(24, dtype=dtype).reshape(2, 3, 4)
+    array = (
+        (torch.arange(24) * 7 - 30).reshape(2, 3, 4).to(dtype)
+        if dtype != torch.uint8
+        else torch.arange(24, dtype=dtype).reshape(2, 3, 4)
+    )
     back = read_idx(write_idx(tmp_path / name, array))
     assert back.dtype == dtype and torch.equal(back, array)
 
@@ -114,7 +120,9 @@ def test_image_folder_standard_transform(tmp_path: Path) -> None:
         image_folder(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_ROOT / "t10k-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (FASHION_MNIST_ROOT / "t10k-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist is not installed"
+)
 def test_real_fashion_mnist_from_the_debian_package() -> None:
     """Uses the files of `apt-get install dataset-fashion-mnist` when present; skipped otherwise."""
     test = fashion_mnist(split="test")

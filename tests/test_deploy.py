@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import modify
 from modify.cli import app
 from modify.deploy.export import export_onnx, export_program, placement_fusion
-from modify.layers import MoDBlock
 from modify.deploy.optimize import enable_inplace_fusion, fold_batchnorm, optimize_for_inference
+from modify.layers import MoDBlock
 
 SIZE = 64
 
@@ -51,8 +51,14 @@ MODELS = {
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_onnx_round_trip(name: str, tmp_path) -> None:
     model = _with_statistics(MODELS[name]())
-    report = export_onnx(model, tmp_path / f"{name}.onnx", input_size=SIZE, dynamic_batch=True,
-                         batch_sizes=(1, 3), real_inputs=_real_images())  # fmt: skip
+    report = export_onnx(
+        model,
+        tmp_path / f"{name}.onnx",
+        input_size=SIZE,
+        dynamic_batch=True,
+        batch_sizes=(1, 3),
+        real_inputs=_real_images(),
+    )
     assert report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 3)
     assert {"TopK", "Gather"} <= set(report.operators), report.operators  # top-k, then k whole planes a sample
     assert not {"Concat", "Split", "ScatterND"} & set(report.operators)  # fusion as a placement conv
@@ -61,8 +67,14 @@ def test_onnx_round_trip(name: str, tmp_path) -> None:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_torch_export_round_trip(name: str, tmp_path) -> None:
     model = _with_statistics(MODELS[name]())
-    report = export_program(model, tmp_path / f"{name}.pt2", input_size=SIZE, dynamic_batch=True,
-                            batch_sizes=(1, 3), real_inputs=_real_images())  # fmt: skip
+    report = export_program(
+        model,
+        tmp_path / f"{name}.pt2",
+        input_size=SIZE,
+        dynamic_batch=True,
+        batch_sizes=(1, 3),
+        real_inputs=_real_images(),
+    )
     assert report.max_abs_diff <= 1e-5
     assert (tmp_path / f"{name}.pt2").is_file()
 
@@ -83,7 +95,11 @@ def test_export_cli_writes_checks_and_refuses_to_overwrite(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["resnet50_mod", "convert:resnet18"])
 def test_optimize_for_inference_keeps_outputs(name: str) -> None:
-    base = modify.get_model(name) if ":" not in name else modify.convert(modify.get_model("resnet18"), input_size=SIZE).model
+    base = (
+        modify.get_model(name)
+        if ":" not in name
+        else modify.convert(modify.get_model("resnet18"), input_size=SIZE).model
+    )
     model = _with_statistics(base)
     fast = optimize_for_inference(model)
     assert type(fast) is type(model)
@@ -202,21 +218,16 @@ def test_mod_block_compiles_without_graph_breaks(form: str) -> None:
     from torchvision.models.resnet import BasicBlock
 
     torch._dynamo.reset()
-    block = BasicBlock(4, 4) if form == "whole" else torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    block = (
+        BasicBlock(4, 4)
+        if form == "whole"
+        else torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    )
     mod = MoDBlock(32, 4, block, form=form, post=torch.nn.ReLU() if form == "branch" else None).eval()
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break raises
     x = torch.randn(2, 32, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), mod(x))
-
-
-def test_profile_latency_sets_time_beside_macs() -> None:
-    result = CliRunner().invoke(app, ["profile", "resnet18_mod", "--input-size", "32", "--latency", "--json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["latency_ms"] > 0
-    assert set(data["block_ms"]) == {b["name"] for b in data["blocks"]}
-    assert all(v >= 0 for v in data["block_ms"].values())
 
 
 def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -235,11 +246,15 @@ def test_onnx_export_without_its_packages_names_the_extra(monkeypatch: pytest.Mo
 # -- ONNX: the forms of the fusion into a fixed slot -----------------------------------------------
 
 
-def _resnet18_32() -> torch.nn.Module:
-    """torchvision's ResNet-18 (10 classes) converted with the default recipe for 32x32 inputs."""
+@pytest.fixture(scope="module")
+def resnet18_32() -> torch.nn.Module:
+    """torchvision's ResNet-18 (10 classes) converted with the default recipe for 32x32 inputs; built
+    once for the tests of this module, which only export it (and check that it is left as it was)."""
     import torchvision
 
-    return _with_statistics(modify.convert(torchvision.models.resnet18(weights=None, num_classes=10), input_size=32).model)
+    return _with_statistics(
+        modify.convert(torchvision.models.resnet18(weights=None, num_classes=10), input_size=32).model
+    )
 
 
 # The operators each form is written with, and those it has none of (beside what every MoD block
@@ -256,16 +271,23 @@ FORM_OPERATORS = {
 
 
 @pytest.mark.parametrize("form", list(FORM_OPERATORS))
-def test_each_onnx_fusion_form_exports_exactly(form: str, tmp_path) -> None:
+def test_each_onnx_fusion_form_exports_exactly(form: str, tmp_path, resnet18_32: torch.nn.Module) -> None:
     import onnx
 
     from modify.deploy.export import ONNX_FUSION_FORMS
     from modify.layers import Fusion
 
     assert set(FORM_OPERATORS) == set(ONNX_FUSION_FORMS)
-    model = _resnet18_32()
-    report = export_onnx(model, tmp_path / f"{form}.onnx", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
-                         tolerance=1e-5, fusion=form)  # fmt: skip
+    model = resnet18_32
+    report = export_onnx(
+        model,
+        tmp_path / f"{form}.onnx",
+        input_size=32,
+        dynamic_batch=True,
+        batch_sizes=(1, 2),
+        tolerance=1e-5,
+        fusion=form,
+    )
     assert report.max_abs_diff <= 1e-5 and report.fusion == form and report.batch_sizes == (1, 2)
     required, absent = FORM_OPERATORS[form]
     assert required <= set(report.operators) and not absent & set(report.operators), report.operators
@@ -301,8 +323,21 @@ def test_aoti_cli_round_trip_resnet18_mod(tmp_path) -> None:
     from modify.deploy.aoti import AotiModule
 
     out = tmp_path / "r18.aoti.pt2"
-    result = CliRunner().invoke(app, ["export", "resnet18_mod", "--format", "aoti", "--input-size", "32",
-                                      "--dynamic-batch", "-o", str(out), "--json"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "resnet18_mod",
+            "--format",
+            "aoti",
+            "--input-size",
+            "32",
+            "--dynamic-batch",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["format"] == "aoti" and data["batch_sizes"] == [1, 2] and data["max_abs_diff"] <= 1e-4
@@ -318,8 +353,9 @@ def test_aoti_round_trip_mobilenet_v2_mod(tmp_path) -> None:
 
     model = _with_statistics(modify.get_model("mobilenet_v2_mod", num_classes=10))
     images = torch.nn.functional.interpolate(_real_images(), size=(32, 32), mode="bilinear")
-    report = export_aoti(model, tmp_path / "mbv2.pt2", input_size=32, dynamic_batch=True, batch_sizes=(1, 2),
-                         real_inputs=images)  # fmt: skip
+    report = export_aoti(
+        model, tmp_path / "mbv2.pt2", input_size=32, dynamic_batch=True, batch_sizes=(1, 2), real_inputs=images
+    )
     assert report.format == "aoti" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 2)
 
 
@@ -337,7 +373,7 @@ def test_aoti_engine_compiles_before_the_timing(tmp_path) -> None:
 
 
 def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from torch._inductor import config
+    from torch._inductor import config  # noqa: PLC2701 (AOTInductor's compiler setting lives only there)
 
     monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-c++-compiler"))
     monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
@@ -359,12 +395,14 @@ def test_aoti_without_a_compiler_says_what_to_install(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(app, ["export", "resnet18_mod", "--format", "aoti", "-o", str(tmp_path / "r.pt2")])
     assert result.exit_code == 1 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: AOTInductor needs a C++ compiler: apt-get install g++"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: AOTInductor needs a C++ compiler: apt-get install g++"), (
+        result.stderr
+    )
 
 
 def test_aoti_compiler_failure_inside_inductor_is_the_same_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import torch._inductor
-    from torch._inductor.exc import InvalidCxxCompiler
+    from torch._inductor.exc import InvalidCxxCompiler  # noqa: PLC2701 (and its compiler error)
 
     from modify.deploy.aoti import export_aoti
     from modify.errors import ExportError
@@ -382,7 +420,7 @@ def test_aoti_compiler_failure_inside_inductor_is_the_same_line(monkeypatch: pyt
 
 
 def test_cli_engine_names_are_the_library_engines() -> None:
-    from modify.cli._common import ENGINES
+    from modify.cli._common import ENGINES  # noqa: PLC2701 (the CLI's torch-free copy of the engine names)
     from modify.deploy.engines import Engine
 
     assert ENGINES == tuple(e.value for e in Engine)

@@ -16,10 +16,10 @@ import torchvision
 from torch import fx, nn
 
 from modify.conversion.discover import BlockSite, SiteGraph, SkipKind, find_blocks, locate
+from modify.conversion.tracing import trace
 from modify.errors import ModifyError, TraceError
 from modify.layers import MoDBlock
 from modify.models.resnet_mod import resnet_mod
-from modify.conversion.tracing import trace
 from toy_models import PreActBlock
 
 SIZE = 64
@@ -344,7 +344,11 @@ def test_pre_activation_blocks() -> None:
     gm, sites = _sites(model)
     assert [s.name for s in sites] == ["blocks.0", "blocks.1", "blocks.2"]
     proj, ident = sites[0], sites[1]
-    assert proj.skip is SkipKind.PROJECTION and proj.reason is not None and proj.reason.startswith("projection shortcut (Conv2d)")
+    assert (
+        proj.skip is SkipKind.PROJECTION
+        and proj.reason is not None
+        and proj.reason.startswith("projection shortcut (Conv2d)")
+    )
     # The projection forks after bn1/relu, inside the block; the block is still named by its module.
     g = locate(gm, proj)
     assert g.fork.target is F.relu and g.fork.meta["nn_module_stack"]
@@ -393,7 +397,9 @@ def test_untraceable_module_names_itself_and_leaf_fixes_it() -> None:
     assert info.value.__cause__ is not None
     for leaf in ("blocks.1", Weird):
         gm, sites = _sites(model, leaf_modules=[leaf])
-        assert [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("blocks.1")] == ["blocks.1"]
+        assert [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("blocks.1")] == [
+            "blocks.1"
+        ]
         assert [s.name for s in sites] == ["blocks.0", "blocks.2"]
 
 
@@ -405,7 +411,9 @@ def test_trace_error_for_iteration_and_unknown_leaf() -> None:
 
 
 def test_shape_propagation_failure_names_the_node() -> None:
-    with pytest.raises(TraceError, match="failed to run on the example inputs at node 'stem_conv' in module 'stem.conv'"):
+    with pytest.raises(
+        TraceError, match="failed to run on the example inputs at node 'stem_conv' in module 'stem.conv'"
+    ):
         trace(Chain(TorchAddBlock()), torch.randn(1, 5, 32, 32))
 
 
@@ -432,7 +440,9 @@ def test_mod_blocks_trace_as_single_nodes() -> None:
     mod_paths = [name for name, m in model.named_modules() if isinstance(m, MoDBlock)]
     assert mod_paths == ["layer1.1", "layer2.1", "layer3.1", "layer4.1"]
     for path in mod_paths:
-        nodes = [n for n in gm.graph.nodes if n.op == "call_module" and (n.target == path or n.target.startswith(path + "."))]
+        nodes = [
+            n for n in gm.graph.nodes if n.op == "call_module" and (n.target == path or n.target.startswith(path + "."))
+        ]
         assert [n.target for n in nodes] == [path]
         assert tuple(nodes[0].meta["tensor_meta"].shape)[1] == model.get_submodule(path).channels
     # The converted blocks are no longer residual sites; the standard ones still are.
@@ -443,7 +453,9 @@ def test_graph_module_retrace_keeps_block_names() -> None:
     model = torchvision.models.resnet18(weights=None).eval()
     gm = trace(model, input_size=SIZE)
     again = trace(gm, input_size=32)  # a GraphModule keeps its graph and node metadata
-    assert find_blocks(again) == [dataclasses.replace(s, height=s.height // 2, width=s.width // 2) for s in find_blocks(gm)]
+    assert find_blocks(again) == [
+        dataclasses.replace(s, height=s.height // 2, width=s.width // 2) for s in find_blocks(gm)
+    ]
     x = torch.randn(1, 3, SIZE, SIZE)
     torch.testing.assert_close(again(x), model(x))
 
@@ -461,9 +473,32 @@ RESNET50_ODD = ["layer1.1", "layer2.1", "layer2.3", "layer3.1", "layer3.3", "lay
         ("resnet50", 16, 12, RESNET50_ODD),
         ("resnext50_32x4d", 16, 12, RESNET50_ODD),
         ("wide_resnet50_2", 16, 12, RESNET50_ODD),
-        ("mobilenet_v2", 10, 10, ["features.3", "features.5", "features.8", "features.10", "features.12", "features.15"]),
-        ("efficientnet_b0", 9, 9, ["features.2.1", "features.3.1", "features.4.1", "features.5.1", "features.6.1", "features.6.3"]),
-        ("convnext_tiny", 18, 18, ["features.1.1", "features.3.1", "features.5.1", "features.5.3", "features.5.5", "features.5.7", "features.7.1"]),
+        (
+            "mobilenet_v2",
+            10,
+            10,
+            ["features.3", "features.5", "features.8", "features.10", "features.12", "features.15"],
+        ),
+        (
+            "efficientnet_b0",
+            9,
+            9,
+            ["features.2.1", "features.3.1", "features.4.1", "features.5.1", "features.6.1", "features.6.3"],
+        ),
+        (
+            "convnext_tiny",
+            18,
+            18,
+            [
+                "features.1.1",
+                "features.3.1",
+                "features.5.1",
+                "features.5.3",
+                "features.5.5",
+                "features.5.7",
+                "features.7.1",
+            ],
+        ),
         ("regnet_x_400mf", 22, 18, None),
         ("vgg11", 0, 0, None),
         ("densenet121", 0, 0, None),
@@ -502,7 +537,9 @@ def test_resnet_site_details() -> None:
     g = locate(gm, sites_by_name["layer1.1"])
     assert isinstance(g, SiteGraph)
     assert g.fork.name == "layer1_0_relu_2" and g.add.target is operator.add
-    assert [n.target for n in g.branch][:2] == ["layer1.1.conv1", "layer1.1.bn1"] and g.branch[-1].target == "layer1.1.bn3"
+    assert [n.target for n in g.branch][:2] == ["layer1.1.conv1", "layer1.1.bn1"] and g.branch[
+        -1
+    ].target == "layer1.1.bn3"
     assert [n.target for n in g.post] == ["layer1.1.relu"] and g.output is g.post[-1]
     assert {u.target for u in g.users} == {"layer1.2.conv1", operator.add}
     proj = locate(gm, first)

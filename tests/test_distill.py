@@ -12,8 +12,12 @@ import torchvision
 import modify
 from modify.train.distill import distill_blocks
 
-OP = {"version": 1, "defaults": {"fraction": 0.25}, "rules": [{"index": "odd"}],
-      "mod": {"form": "branch", "fusion": "original", "order": "index"}}  # fmt: skip
+OP = {
+    "version": 1,
+    "defaults": {"fraction": 0.25},
+    "rules": [{"index": "odd"}],
+    "mod": {"form": "branch", "fusion": "original", "order": "index"},
+}
 
 
 def test_block_errors_drop_and_only_mod_blocks_change() -> None:
@@ -44,7 +48,9 @@ def test_a_block_that_fits_worse_is_put_back() -> None:
     net = torchvision.models.resnet18(num_classes=10).eval()
     result = modify.convert(net, recipe={**OP, "mod": {"form": "whole", "fusion": "first"}}, input_size=32, init="copy")
     before = copy.deepcopy(result.model.state_dict())
-    report = distill_blocks(result, net, [torch.randn(8, 3, 32, 32)], steps=5, lr=1e3)  # a step size that wrecks any fit
+    report = distill_blocks(
+        result, net, [torch.randn(8, 3, 32, 32)], steps=5, lr=1e3
+    )  # a step size that wrecks any fit
     restored = [b for b in report.blocks if not b.kept]
     assert restored and all(b.loss_after == b.loss_before and not b.at_deletion for b in restored)
     state = result.model.state_dict()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from test_data import write_fashion_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -28,17 +29,43 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def test_fashion_mnist_example_at_tiny_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str], _restore_threads: None) -> None:
+def test_fashion_mnist_example_at_tiny_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], _restore_threads: None
+) -> None:
     """The whole pipeline on a Fashion-MNIST-shaped IDX set the test writes (random pixels): train,
     convert with two recipes and three inits, fine-tune, profile, bench, throughput, table."""
     write_fashion_mnist(tmp_path / "idx", n_train=64, n_test=32)
     example = _load("fashion_mnist")
-    out = example.main([
-        "--data-dir", str(tmp_path / "idx"), "--train-limit", "64", "--test-limit", "32", "--batch-size", "16",
-        "--baseline-epochs", "1", "--finetune-epochs", "0.25", "--recal-batches", "1", "--threads", "1",
-        "--bench-rounds", "1", "--bench-time", "0.01", "--throughput-steps", "1", "--throughput-rounds", "1",
-        "--json", str(tmp_path / "out.json"),
-    ])  # fmt: skip
+    out = example.main(
+        [
+            "--data-dir",
+            str(tmp_path / "idx"),
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--batch-size",
+            "16",
+            "--baseline-epochs",
+            "1",
+            "--finetune-epochs",
+            "0.25",
+            "--recal-batches",
+            "1",
+            "--threads",
+            "1",
+            "--bench-rounds",
+            "1",
+            "--bench-time",
+            "0.01",
+            "--throughput-steps",
+            "1",
+            "--throughput-rounds",
+            "1",
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "every_other" in printed and "late_stages" in printed and "The issue's bar" in printed
     rows = out["rows"]
@@ -57,8 +84,20 @@ def test_train_fashion_mnist_example_writes_a_checkpoint(tmp_path: Path, _restor
 
     write_fashion_mnist(tmp_path / "idx", n_train=32, n_test=16)
     example = _load("train_fashion_mnist")
-    out = example.main(["--data-dir", str(tmp_path / "idx"), "--epochs", "1", "--batch-size", "16", "--threads", "1",
-                        "-o", str(tmp_path / "r18.pt")])  # fmt: skip
+    out = example.main(
+        [
+            "--data-dir",
+            str(tmp_path / "idx"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "-o",
+            str(tmp_path / "r18.pt"),
+        ]
+    )
     assert out["model"] == "resnet18" and 0 <= out["test_accuracy"] <= 1 and out["test_images"] == 16
     assert json.loads((tmp_path / "r18.json").read_text())["test_accuracy"] == out["test_accuracy"]
     assert modify.load(tmp_path / "r18.pt").fc.out_features == 10
@@ -79,17 +118,37 @@ def _image_folder(root: Path, classes: int = 2, per_class: int = 4, size: int = 
     return root
 
 
-def test_own_weights_and_image_folder_example(tmp_path: Path, capsys: pytest.CaptureFixture[str], _restore_threads: None) -> None:
+def test_own_weights_and_image_folder_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], _restore_threads: None
+) -> None:
     """A user's weights file (DDP-prefixed, inside a training checkpoint) and image folder: load,
     convert, fine-tune, save; the saved model reloads."""
     import modify
 
     data = _image_folder(tmp_path / "images")
     trained = modify.get_model("resnet18", num_classes=2)
-    torch.save({"epoch": 9, "state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "w.pth")
+    torch.save(
+        {"epoch": 9, "state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "w.pth"
+    )
     example = _load("own_weights_image_folder")
-    out = example.main(["--model", "resnet18", "--weights", str(tmp_path / "w.pth"), "--data", str(data),
-                        "--image-size", "32", "--epochs", "1", "--batch-size", "4", "-o", str(tmp_path / "r18_mod.pt")])  # fmt: skip
+    out = example.main(
+        [
+            "--model",
+            "resnet18",
+            "--weights",
+            str(tmp_path / "w.pth"),
+            "--data",
+            str(data),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "-o",
+            str(tmp_path / "r18_mod.pt"),
+        ]
+    )
     accuracy = out["accuracy"]
     assert set(accuracy) == {"original", "converted", "fine-tuned"} and all(0 <= a <= 1 for a in accuracy.values())
     assert "converted 4 blocks" in capsys.readouterr().out
@@ -101,8 +160,12 @@ def test_serve_onnxruntime_example(tmp_path: Path, capsys: pytest.CaptureFixture
     pytest.importorskip("onnxruntime", reason="the [onnx] extra")
     import modify
 
-    checkpoint = modify.save(modify.convert(modify.get_model("resnet18", num_classes=10), input_size=32), tmp_path / "r18.pt")
-    medians = _load("serve_onnxruntime").main([str(checkpoint), "--input-size", "32", "--requests", "5", "--max-batch", "3"])
+    checkpoint = modify.save(
+        modify.convert(modify.get_model("resnet18", num_classes=10), input_size=32), tmp_path / "r18.pt"
+    )
+    medians = _load("serve_onnxruntime").main(
+        [str(checkpoint), "--input-size", "32", "--requests", "5", "--max-batch", "3"]
+    )
     assert medians and all(ms > 0 for ms in medians.values())
     assert "answers match PyTorch" in capsys.readouterr().out and (tmp_path / "r18.onnx").is_file()
 

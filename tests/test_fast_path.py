@@ -15,8 +15,8 @@ import torchvision
 from torch import Tensor, nn
 
 import modify
-from modify.layers import FusionSlot, MoDBlock, SelectionOrder
 from modify.deploy.optimize import optimize_for_inference
+from modify.layers import FusionSlot, MoDBlock, SelectionOrder
 
 SIZE = 32
 

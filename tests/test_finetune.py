@@ -1,8 +1,10 @@
-"""modify.train.finetune and modify.conversion.init: the loop, its pieces, resuming after SIGKILL, torchrun/DDP, the CLI."""
+"""modify.train.finetune and modify.conversion.init: the loop, its pieces, resuming after SIGKILL,
+torchrun/DDP, the CLI."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -19,7 +21,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import modify
 import modify.io.names
+from modify.conversion.init import initialize, mod_blocks
 from modify.errors import ModifyError
+from modify.layers import MoDBlock
 from modify.train.finetune import (
     FinetuneConfig,
     distillation_loss,
@@ -29,8 +33,6 @@ from modify.train.finetune import (
     mixed_loss,
     recalibrate_bn,
 )
-from modify.conversion.init import initialize, mod_blocks
-from modify.layers import MoDBlock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def test_schedule_warmup_middle_end() -> None:
     assert lr_at(60, total_steps=110, base_lr=0.1, warmup_steps=10, min_lr=0.02) == pytest.approx(0.06)
     assert lr_at(0, total_steps=4, base_lr=1.0) == 1.0  # no warm-up
     values = [lr_at(s, **kw) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(values))  # monotone decay
 
 
 def test_distillation_loss_matches_hand_computed() -> None:
@@ -150,9 +152,14 @@ def test_finetune_lowers_the_loss_and_reports() -> None:
     data = DataLoader(synthetic(), batch_size=16, shuffle=True)
     steps_seen = []
     out = finetune(
-        result.model, data, teacher=teacher, config=FinetuneConfig(lr=0.05, alpha=0.2), epochs=4,
-        eval_data=DataLoader(synthetic(), batch_size=64), on_step=steps_seen.append,
-    )  # fmt: skip
+        result.model,
+        data,
+        teacher=teacher,
+        config=FinetuneConfig(lr=0.05, alpha=0.2),
+        epochs=4,
+        eval_data=DataLoader(synthetic(), batch_size=64),
+        on_step=steps_seen.append,
+    )
     assert out.steps == out.total_steps == 32 and out.epochs == 4 and len(out.losses) == 32
     assert sum(out.losses[-5:]) / 5 < 0.8 * sum(out.losses[:5]) / 5
     assert out.eval_accuracy_after > out.eval_accuracy_before
@@ -179,8 +186,13 @@ def test_freezing_leaves_unconverted_modules_bit_identical() -> None:
     model = result.model
     before = copy.deepcopy(model.state_dict())
     mod_prefixes = tuple(f"{c.module}." for c in result.converted)
-    finetune(model, DataLoader(synthetic(), batch_size=16), teacher=teacher,
-             config=FinetuneConfig(lr=0.1, freeze_unconverted=True), steps=4)  # fmt: skip
+    finetune(
+        model,
+        DataLoader(synthetic(), batch_size=16),
+        teacher=teacher,
+        config=FinetuneConfig(lr=0.1, freeze_unconverted=True),
+        steps=4,
+    )
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "the MoD blocks should have trained"
@@ -191,7 +203,9 @@ def test_freezing_leaves_unconverted_modules_bit_identical() -> None:
 
 def test_bn_recalibration_runs_after_training() -> None:
     _, result = converted_tiny()
-    out = finetune(result.model, DataLoader(synthetic(), batch_size=16), config=FinetuneConfig(bn_recalibration_batches=3), steps=2)
+    out = finetune(
+        result.model, DataLoader(synthetic(), batch_size=16), config=FinetuneConfig(bn_recalibration_batches=3), steps=2
+    )
     assert out.steps == 2
     assert int(result.model.stem[0].weight.shape[0]) == 16
     bn = result.model.layer[0].bn1
@@ -325,7 +339,7 @@ def test_copy_init_after_convert_equals_converting_with_copy(model_name: str) ->
     copied = modify.convert(model, input_size=64, init="copy")
     later = modify.convert(model, input_size=64, init="scratch")
     initialize(later, "copy", original=model)
-    for (path, _, a), (_, _, b) in zip(mod_blocks(copied), mod_blocks(later)):
+    for (path, _, a), (_, _, b) in zip(mod_blocks(copied), mod_blocks(later), strict=True):
         torch.testing.assert_close(a.block.state_dict(), b.block.state_dict(), msg=path)
 
 
@@ -339,8 +353,10 @@ def test_convert_applies_every_init_of_the_vocabulary(init: str) -> None:
     report = initialize(later, init, original=model)
     if init == "importance":  # the same channels preferred, the same reduced block
         (block,) = report.blocks
-        assert torch.equal(direct.model.get_submodule(block.module).block.branch.conv1.weight,
-                           later.model.get_submodule(block.module).block.branch.conv1.weight)  # fmt: skip
+        assert torch.equal(
+            direct.model.get_submodule(block.module).block.branch.conv1.weight,
+            later.model.get_submodule(block.module).block.branch.conv1.weight,
+        )
     else:
         (block,) = [b for _, _, b in mod_blocks(direct)]
         assert all(float(p.detach().abs().sum()) == 0 for p in block.block.branch.bn2.parameters())
@@ -349,7 +365,7 @@ def test_convert_applies_every_init_of_the_vocabulary(init: str) -> None:
 # -- subprocesses: SIGKILL and resume, torchrun ----------------------------------------------------
 
 WORKER = textwrap.dedent(
-    '''
+    """
     import json, os, sys, time
     import torch
     from torch.utils.data import DataLoader
@@ -377,7 +393,7 @@ WORKER = textwrap.dedent(
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save({{"state": model.state_dict(), "losses": list(out.losses), "resumed_from": out.resumed_from,
                     "steps": out.steps, "world": out.world_size}}, opts["out"])
-    '''
+    """
 )
 
 
@@ -407,7 +423,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
 
     state_dir = tmp_path / "state"
     killed = dict(base, dir=str(state_dir), every=4, sleep=0.3, out=str(tmp_path / "killed.pt"))
-    proc = subprocess.Popen([sys.executable, str(worker), json.dumps(killed)], env=_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(worker), json.dumps(killed)], env=_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -423,7 +441,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     _run([sys.executable, str(worker), json.dumps(dict(killed, sleep=0, resume=True))])
     straight = torch.load(tmp_path / "straight.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed.pt", weights_only=True)
-    assert resumed["resumed_from"] is not None and resumed["resumed_from"] % 4 == 0 and 16 <= resumed["resumed_from"] < 32
+    assert (
+        resumed["resumed_from"] is not None and resumed["resumed_from"] % 4 == 0 and 16 <= resumed["resumed_from"] < 32
+    )
     assert resumed["steps"] == straight["steps"] == 32
     assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-5)
     for key, value in straight["state"].items():
@@ -438,8 +458,17 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     worker = _worker(tmp_path)
     base = dict(bn=False, n=64, shuffle=False, epochs=1)
     _run([sys.executable, str(worker), json.dumps({**base, "batch": 8, "out": str(tmp_path / "one.pt")})])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
-          json.dumps({**base, "batch": 4, "out": str(tmp_path / "two.pt")})])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(worker),
+            json.dumps({**base, "batch": 4, "out": str(tmp_path / "two.pt")}),
+        ]
+    )
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["world"] == 2 and one["steps"] == two["steps"] == 8
@@ -451,19 +480,37 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
 
 
 def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
-    from test_data import write_fashion_mnist
     from typer.testing import CliRunner
 
     from modify.cli.finetune import app
+    from test_data import write_fashion_mnist
 
     write_fashion_mnist(tmp_path / "idx", n_train=24, n_test=16)
     original = modify.io.names.from_import_path("test_finetune:Tiny", classes=10)  # rebuilt by import path on load
     modify.save(original, tmp_path / "orig.pt")
     modify.save(modify.convert(original, k=4, input_size=32), tmp_path / "mod.pt")
     runner = CliRunner()
-    args = [str(tmp_path / "mod.pt"), "--data", "fashion-mnist", "--data-dir", str(tmp_path / "idx"),
-            "--teacher", str(tmp_path / "orig.pt"), "--steps", "2", "--batch-size", "8", "--eval-data", "fashion-mnist",
-            "--init", "importance", "--checkpoint-every", "1", "-o", str(tmp_path / "out.pt")]  # fmt: skip
+    args = [
+        str(tmp_path / "mod.pt"),
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        str(tmp_path / "idx"),
+        "--teacher",
+        str(tmp_path / "orig.pt"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--eval-data",
+        "fashion-mnist",
+        "--init",
+        "importance",
+        "--checkpoint-every",
+        "1",
+        "-o",
+        str(tmp_path / "out.pt"),
+    ]
     done = runner.invoke(app, [*args, "--json"])
     assert done.exit_code == 0, done.output
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -472,16 +519,40 @@ def test_cli_finetune_on_a_tiny_checkpoint(tmp_path: Path) -> None:
     assert isinstance(modify.load(tmp_path / "out.pt").layer[1], MoDBlock)
 
     again = runner.invoke(app, args)  # OUT exists: refused before any training, one line
-    assert again.exit_code == 1 and "exists; pass --force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (
+        again.exit_code == 1 and "exists; pass --force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    )
     resumed = runner.invoke(app, [*args, "--resume", "--force"])  # the table and the progress bar
     assert resumed.exit_code == 0, resumed.output
     assert "resumed from step" in resumed.stdout and "eval accuracy after" in resumed.stdout
 
-    no_teacher = runner.invoke(app, [str(tmp_path / "mod.pt"), "--data", "fashion-mnist", "--data-dir", str(tmp_path / "idx"),
-                                     "--init", "importance", "-o", str(tmp_path / "x.pt")])  # fmt: skip
+    no_teacher = runner.invoke(
+        app,
+        [
+            str(tmp_path / "mod.pt"),
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path / "idx"),
+            "--init",
+            "importance",
+            "-o",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert no_teacher.exit_code == 1 and "--teacher" in no_teacher.stderr
-    missing = runner.invoke(app, [str(tmp_path / "mod.pt"), "--data", "fashion-mnist", "--data-dir", str(tmp_path / "none"),
-                                  "-o", str(tmp_path / "y.pt")])  # fmt: skip
+    missing = runner.invoke(
+        app,
+        [
+            str(tmp_path / "mod.pt"),
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "-o",
+            str(tmp_path / "y.pt"),
+        ],
+    )
     assert missing.exit_code == 1 and "apt-get install -y dataset-fashion-mnist" in missing.stderr
 
 

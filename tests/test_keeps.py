@@ -12,18 +12,15 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from test_user_models import Net
 from torch import nn
-from toy_models import PreActBlock
 from typer.testing import CliRunner
 
 import modify
-from modify.conversion.backbones import convert_backbone
 from modify.cli import app
-from modify.errors import CheckpointError, UnknownModelError
 from modify.conversion.pipeline import convert
-from modify.io import provenance
+from modify.errors import CheckpointError, UnknownModelError
 from modify.io.weights import load_state_dict_file
+from test_user_models import Net
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 runner = CliRunner()
@@ -36,16 +33,25 @@ def _r18(num_classes: int = 10) -> nn.Module:
 
 @pytest.mark.parametrize(
     "wrap",
-    [lambda sd: sd,
-     lambda sd: {"state_dict": sd, "epoch": 3},
-     lambda sd: {"model": sd, "optimizer": {}},
-     lambda sd: {"model_state_dict": sd},
-     lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DistributedDataParallel
-     lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "state_dict_ema": sd},  # timm's train.py
-     lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()}],  # torch.compile
-    ids=["state_dict", "state_dict-key", "model-key", "model_state_dict-key", "ddp-prefix", "timm-checkpoint",
-         "compile-prefix"],
-)  # fmt: skip
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"model": sd, "optimizer": {}},
+        lambda sd: {"model_state_dict": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DistributedDataParallel
+        lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "state_dict_ema": sd},  # timm's train.py
+        lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},
+    ],  # torch.compile
+    ids=[
+        "state_dict",
+        "state_dict-key",
+        "model-key",
+        "model_state_dict-key",
+        "ddp-prefix",
+        "timm-checkpoint",
+        "compile-prefix",
+    ],
+)
 def test_weights_files_in_the_formats_people_have(tmp_path, wrap) -> None:
     trained = _r18()
     with torch.no_grad():
@@ -66,10 +72,15 @@ def test_safetensors_weights(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("change", "expected"),
-    [(lambda sd: {**sd, "fc.weight": torch.zeros(5, 512)}, r"'fc.weight' has shape \(5, 512\) in the file and \(10, 512\) in the model"),
-     (lambda sd: {**sd, "head.weight": torch.zeros(1)}, r"'head.weight' is in the file but not in the model"),
-     (lambda sd: {k: v for k, v in sd.items() if k != "fc.bias"}, r"'fc.bias' is in the model but not in the file")],
-)  # fmt: skip
+    [
+        (
+            lambda sd: {**sd, "fc.weight": torch.zeros(5, 512)},
+            r"'fc.weight' has shape \(5, 512\) in the file and \(10, 512\) in the model",
+        ),
+        (lambda sd: {**sd, "head.weight": torch.zeros(1)}, r"'head.weight' is in the file but not in the model"),
+        (lambda sd: {k: v for k, v in sd.items() if k != "fc.bias"}, r"'fc.bias' is in the model but not in the file"),
+    ],
+)
 def test_a_mismatch_names_the_first_key(tmp_path, change, expected) -> None:
     path = tmp_path / "w.pt"
     torch.save(change(_r18().state_dict()), path)
@@ -82,8 +93,21 @@ def test_timm_models_by_name_and_with_a_weights_file_from_the_cli(tmp_path) -> N
     weights = tmp_path / "timm_r18.pth"
     torch.save({"state_dict": trained.state_dict(), "arch": "resnet18"}, weights)  # timm's train.py layout
     out = tmp_path / "r18_mod.pt"
-    result = runner.invoke(app, ["convert", "timm:resnet18", "--weights", str(weights), "--num-classes", "10",
-                                 "--input-size", "64", "-o", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "timm:resnet18",
+            "--weights",
+            str(weights),
+            "--num-classes",
+            "10",
+            "--input-size",
+            "64",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     loaded = modify.load(out)
     assert torch.equal(loaded.conv1.weight, trained.conv1.weight)  # the user's weights, outside the MoD blocks
@@ -102,57 +126,11 @@ def test_timm_models_by_name_and_with_a_weights_file_from_the_cli(tmp_path) -> N
 def test_a_wrong_weights_file_names_its_first_key_from_the_cli(tmp_path) -> None:
     weights = tmp_path / "w.pt"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)  # 1000 classes
-    result = runner.invoke(app, ["convert", "timm:resnet18", "--weights", str(weights), "--num-classes", "10",
-                                 "--input-size", "64"])  # fmt: skip
+    result = runner.invoke(
+        app, ["convert", "timm:resnet18", "--weights", str(weights), "--num-classes", "10", "--input-size", "64"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "'fc.weight' has shape (1000, 512) in the file and (10, 512) in the model" in result.stderr
-
-
-def test_a_converted_backbone_saves_and_loads(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = modify.get_model("fcn_resnet50", weights_backbone=None, num_classes=3).eval()
-    result = convert_backbone(model, input_size=64)
-    path = modify.save(result, tmp_path / "fcn_mod.pt")
-    loaded = modify.load(path)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded(x)["out"], result.model.eval()(x)["out"])
-    assert type(loaded.backbone.layer3[1]).__name__ == "MoDBlock"
-
-
-class Gate(nn.Module):
-    """Control flow on a tensor value: torch.fx cannot trace it, so it must be a leaf."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.mean() > 0 else -x
-
-
-def gated_net() -> nn.Module:
-    """A model that converts only with ``leaf_modules=[Gate]`` (an importable factory for checkpoints)."""
-    model = Net(PreActBlock(16, 16), PreActBlock(16, 16))
-    model.stem.append(Gate())
-    return modify.io.names._tag(model, {"kind": "import", "name": "test_keeps:gated_net", "kwargs": {}})
-
-
-def test_leaf_classes_survive_a_checkpoint(tmp_path) -> None:
-    model = gated_net().eval()
-    result = convert(model, k=4, input_size=16, leaf_modules=[Gate, "stem.0"])
-    assert provenance.of(result.model).steps[-1].data["leaf_modules"] == ["test_keeps:Gate", "stem.0"]
-    loaded = modify.load(modify.save(result, tmp_path / "gated.pt"))
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), result.model.eval()(x))
-
-
-def test_a_leaf_class_that_cannot_be_imported_is_a_clear_error(tmp_path) -> None:
-    class Local(Gate):
-        pass
-
-    model = gated_net().eval()
-    model.stem[-1] = Local()
-    path = modify.save(convert(model, k=4, input_size=16, leaf_modules=[Local]), tmp_path / "local.pt")
-    with pytest.raises(CheckpointError, match=r"Local.*cannot be imported.*top level"):
-        modify.load(path)
 
 
 class NoisyInTraining(nn.Module):
@@ -172,7 +150,9 @@ class NoisyInTraining(nn.Module):
 @pytest.mark.parametrize("training", [False, True])
 def test_a_frozen_self_training_branch_is_said(training: bool) -> None:
     model = Net(NoisyInTraining(16), NoisyInTraining(16)).train(training)
-    with pytest.warns(UserWarning, match=r"blocks\.1: .*self\.training.*traced in " + ("train" if training else "eval")):
+    with pytest.warns(
+        UserWarning, match=r"blocks\.1: .*self\.training.*traced in " + ("train" if training else "eval")
+    ):
         result = convert(model, k=4, input_size=16)
     assert len(result.notes) == 1 and "blocks.1" in result.notes[0]
 

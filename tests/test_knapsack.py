@@ -26,9 +26,10 @@ def _brute(blocks: list[list[Option]], required: float, resolution: int) -> floa
 def test_the_solver_finds_the_brute_force_optimum_on_random_tables(seed: int) -> None:
     rng = random.Random(seed)
     blocks = [
-        [Option("keep", 0.0, 0.0)] + [Option(f"o{j}", rng.uniform(-0.2, 2.0), rng.uniform(0.0, 1.0)) for j in range(rng.randint(1, 4))]
+        [Option("keep", 0.0, 0.0)]
+        + [Option(f"o{j}", rng.uniform(-0.2, 2.0), rng.uniform(0.0, 1.0)) for j in range(rng.randint(1, 4))]
         for _ in range(rng.randint(1, 5))
-    ]  # fmt: skip
+    ]
     required = rng.uniform(0.1, max(0.2, max_saving(blocks)))
     resolution = rng.choice([7, 50, 1000])
     plan = solve(blocks, required, resolution=resolution)
@@ -43,7 +44,10 @@ def test_the_solver_finds_the_brute_force_optimum_on_random_tables(seed: int) ->
 
 
 def test_the_answer_is_deterministic_and_prefers_the_larger_saving_on_a_tie() -> None:
-    blocks = [[Option("keep", 0, 0), Option("a", 1.0, 0.5), Option("b", 2.0, 0.5)], [Option("keep", 0, 0), Option("c", 1.0, 0.5)]]
+    blocks = [
+        [Option("keep", 0, 0), Option("a", 1.0, 0.5), Option("b", 2.0, 0.5)],
+        [Option("keep", 0, 0), Option("c", 1.0, 0.5)],
+    ]
     first = solve(blocks, 1.0)
     assert first is not None and first.choice == (2, 0)
     assert all(solve(blocks, 1.0) == first for _ in range(5))

@@ -168,7 +168,9 @@ def test_in_place_fusion_equals_the_copy(slot: str) -> None:
 
 
 def test_bad_options_name_the_valid_values() -> None:
-    with pytest.raises(ValueError, match=r"Unknown value 'middle' for FusionSlot; expected one of 'first', 'last', 'original'"):
+    with pytest.raises(
+        ValueError, match=r"Unknown value 'middle' for FusionSlot; expected one of 'first', 'last', 'original'"
+    ):
         MoDBlock(8, 2, BasicBlock(2, 2), fusion="middle")
     with pytest.raises(ValueError, match=r"k=9 must lie in 1\.\.8"):
         ChannelSelector(8, 9)

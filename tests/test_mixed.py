@@ -18,13 +18,33 @@ from modify.measure.profiling import profile_model
 from modify.measure.routes import routes
 
 MIXED = {
-    "resnet18": (32, {"version": 2, "mod": {"form": "branch", "fusion": "original"}, "init": "importance", "zero_update": True,
-                      "rules": [{"name": "layer1.1", "action": "mod", "k": 16}, {"name": "layer2.1", "action": "narrow", "fraction": 0.25},
-                                {"name": "layer3.1", "action": "delete"}, {"name": "layer4.1", "action": "keep"}]}),
-    "mobilenet_v2": (64, {"version": 2, "rules": [{"name": "features.3", "action": "mod", "fraction": 0.25},
-                                                  {"name": "features.5", "action": "narrow", "fraction": 0.5},
-                                                  {"name": "features.6", "action": "delete"}]}),
-}  # fmt: skip
+    "resnet18": (
+        32,
+        {
+            "version": 2,
+            "mod": {"form": "branch", "fusion": "original"},
+            "init": "importance",
+            "zero_update": True,
+            "rules": [
+                {"name": "layer1.1", "action": "mod", "k": 16},
+                {"name": "layer2.1", "action": "narrow", "fraction": 0.25},
+                {"name": "layer3.1", "action": "delete"},
+                {"name": "layer4.1", "action": "keep"},
+            ],
+        },
+    ),
+    "mobilenet_v2": (
+        64,
+        {
+            "version": 2,
+            "rules": [
+                {"name": "features.3", "action": "mod", "fraction": 0.25},
+                {"name": "features.5", "action": "narrow", "fraction": 0.5},
+                {"name": "features.6", "action": "delete"},
+            ],
+        },
+    ),
+}
 
 
 def _mixed(name: str) -> tuple[modify.ConversionResult, int]:
@@ -54,7 +74,14 @@ def test_a_mixed_model_profiles_benches_and_has_gradients_everywhere(name: str) 
     before = profile_model(modify.get_model(name, num_classes=10), input_size=size)
     after = profile_model(model, input_size=size)
     assert after.macs < before.macs and after.params < before.params
-    report = bench(model, modify.get_model(name, num_classes=10), cases=[BenchCase(1, 1)], input_size=size, rounds=1, min_run_time=0.01)
+    report = bench(
+        model,
+        modify.get_model(name, num_classes=10),
+        cases=[BenchCase(1, 1)],
+        input_size=size,
+        rounds=1,
+        min_run_time=0.01,
+    )
     assert report.results[0].speedup > 0
     model.train()
     model(torch.randn(2, 3, size, size)).sum().backward()
@@ -83,7 +110,13 @@ def test_a_mixed_model_exports_to_onnx_and_runs_the_same(tmp_path) -> None:
     assert report.max_abs_diff < 1e-4 and report.batch_sizes == (1, 2)
 
 
-DELETION_ZOO = [("resnet18", 32), ("resnet50", 64), ("mobilenet_v2", 64), ("efficientnet_b0", 64), ("convnext_tiny", 64)]
+DELETION_ZOO = [
+    ("resnet18", 32),
+    ("resnet50", 64),
+    ("mobilenet_v2", 64),
+    ("efficientnet_b0", 64),
+    ("convnext_tiny", 64),
+]
 
 
 @pytest.mark.parametrize(("name", "size"), DELETION_ZOO, ids=[z[0] for z in DELETION_ZOO])
@@ -92,7 +125,12 @@ def test_a_zero_update_in_the_branch_form_is_the_deletion_bit_for_bit(name: str,
     base = torchvision.models.get_model(name, num_classes=10).eval()
     deleted = delete_blocks(base, recipe="every_other", input_size=size).model.eval()
     for init in ("copy", "importance", "zero"):
-        recipe = {"version": 1, "defaults": {"fraction": 0.25}, "mod": {"form": "branch", "fusion": "original"}, "rules": [{"index": "odd"}]}
+        recipe = {
+            "version": 1,
+            "defaults": {"fraction": 0.25},
+            "mod": {"form": "branch", "fusion": "original"},
+            "rules": [{"index": "odd"}],
+        }
         converted = modify.convert(base, recipe=recipe, input_size=size, init=init, zero_update=True).model.eval()
         x = torch.randn(2, 3, size, size)
         with torch.no_grad():
@@ -101,8 +139,9 @@ def test_a_zero_update_in_the_branch_form_is_the_deletion_bit_for_bit(name: str,
 
 def test_a_version_2_deletion_is_delete_blocks_bit_for_bit() -> None:
     base = modify.get_model("resnet50", num_classes=10).eval()
-    by_recipe = modify.convert(base, recipe={"version": 2, "rules": [{"name": ["layer2.2", "layer3.*"], "action": "delete"}]},
-                               input_size=64).model.eval()  # fmt: skip
+    by_recipe = modify.convert(
+        base, recipe={"version": 2, "rules": [{"name": ["layer2.2", "layer3.*"], "action": "delete"}]}, input_size=64
+    ).model.eval()
     blocks = ["layer2.2", *[f"layer3.{i}" for i in range(1, 6)]]
     by_baseline = delete_blocks(base, blocks=blocks, input_size=64).model.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -113,7 +152,10 @@ def test_a_version_2_deletion_is_delete_blocks_bit_for_bit() -> None:
 def test_after_a_mod_block_a_deleted_block_keeps_its_relu() -> None:
     """A MoD block's output is no ReLU's: the next block's deletion must not drop its post-add ReLU."""
     base = modify.get_model("resnet18", num_classes=10).eval()
-    recipe = {"version": 2, "rules": [{"name": "layer1.0", "action": "mod", "fraction": 0.5}, {"name": "layer1.1", "action": "delete"}]}
+    recipe = {
+        "version": 2,
+        "rules": [{"name": "layer1.0", "action": "mod", "fraction": 0.5}, {"name": "layer1.1", "action": "delete"}],
+    }
     model = modify.convert(base, recipe=recipe, input_size=32).model
     assert type(model.layer1[1]).__name__ == "Shortcut"
     assert type(delete_blocks(base, blocks=["layer1.1"], input_size=32).model.layer1[1]).__name__ == "Identity"

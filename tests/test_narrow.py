@@ -60,8 +60,14 @@ def test_the_toy_branch_has_one_inner_space_with_every_tensor_that_holds_it() ->
     spaces = ChannelSpaces(cut(gm, g.fork, g.branch, g.branch_operand))
     (inner,) = spaces.prunable()
     assert inner.size == 6 and inner.producers == ["conv1"]
-    assert sorted(inner.tensors) == [("bn1.bias", 0), ("bn1.running_mean", 0), ("bn1.running_var", 0), ("bn1.weight", 0),
-                                     ("conv1.weight", 0), ("conv2.weight", 1)]  # fmt: skip
+    assert sorted(inner.tensors) == [
+        ("bn1.bias", 0),
+        ("bn1.running_mean", 0),
+        ("bn1.running_var", 0),
+        ("bn1.weight", 0),
+        ("conv1.weight", 0),
+        ("conv2.weight", 1),
+    ]
     frozen = {s.why for s in spaces.spaces if s.frozen}
     assert frozen == {"the block input", "the block output"}
 
@@ -69,7 +75,12 @@ def test_the_toy_branch_has_one_inner_space_with_every_tensor_that_holds_it() ->
 def test_narrowing_keeps_the_channels_with_the_largest_batchnorm_scale() -> None:
     toy, gm, g = _toy_branch()
     branch = narrowed_branch(gm, g, share=0.5, height=5, width=5)
-    assert (branch.conv1.in_channels, branch.conv1.out_channels, branch.conv2.in_channels, branch.conv2.out_channels) == (8, 3, 3, 8)
+    assert (
+        branch.conv1.in_channels,
+        branch.conv1.out_channels,
+        branch.conv2.in_channels,
+        branch.conv2.out_channels,
+    ) == (8, 3, 3, 8)
     keep = [1, 3, 5]  # the three largest |bn1.weight|, most important first
     torch.testing.assert_close(branch.bn1.weight, toy.bn1.weight[keep])
     torch.testing.assert_close(branch.conv1.weight, toy.conv1.weight[keep])
@@ -150,8 +161,11 @@ def test_narrow_width_rounds_and_keeps_one() -> None:
 
 def test_a_narrow_rule_converts_and_reports_the_block() -> None:
     model = modify.get_model("resnet18", num_classes=10)
-    result = modify.convert(model, recipe={"version": 2, "rules": [{"name": "layer2.1", "action": "narrow", "fraction": 0.25}]},
-                            input_size=32)  # fmt: skip
+    result = modify.convert(
+        model,
+        recipe={"version": 2, "rules": [{"name": "layer2.1", "action": "narrow", "fraction": 0.25}]},
+        input_size=32,
+    )
     (block,) = result.converted
     assert (block.name, block.action, block.fraction, block.k) == ("layer2.1", "narrow", 0.25, 32)
     narrowed = result.model.layer2[1]

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pytest
 
 from modify.conversion.discover import BlockSite, SkipKind
-from modify.errors import ConversionError, NoBlocksError, RecipeError
 from modify.conversion.plan import NOT_SELECTED, BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import BlockRule, Capacity, Recipe, load_recipe
+from modify.errors import ConversionError, NoBlocksError, RecipeError
 
 EVERY_OTHER_R50 = {
     "layer1.1": 4,
@@ -28,19 +28,25 @@ def resnet_sites(
 ) -> list[BlockSite]:
     """Sites as discovery reports them for a torchvision ResNet: index 0 of each stage has a projection."""
     sites = []
-    for stage, (n, width) in enumerate(zip(blocks, widths)):
+    for stage, (n, width) in enumerate(zip(blocks, widths, strict=True)):
         size = 56 // 2**stage
         for index in range(n):
             entry = index == 0
             sites.append(
                 BlockSite(
-                    name=f"layer{stage + 1}.{index}", stage=stage, index=index, channels=width,
-                    height=size, width=size, stride=2 if entry and stage else 1,
+                    name=f"layer{stage + 1}.{index}",
+                    stage=stage,
+                    index=index,
+                    channels=width,
+                    height=size,
+                    width=size,
+                    stride=2 if entry and stage else 1,
                     skip=SkipKind.PROJECTION if entry else SkipKind.IDENTITY,
                     branch=("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"),
-                    block_type="Bottleneck", in_channels=width // 2 if stage else 64,
+                    block_type="Bottleneck",
+                    in_channels=width // 2 if stage else 64,
                     reason="projection shortcut" if entry else None,
-                )  # fmt: skip
+                )
             )
     return sites
 
@@ -98,7 +104,12 @@ def test_all_converts_every_convertible_block_and_reports_the_rest() -> None:
 
 
 def test_late_stages_converts_odd_blocks_of_layer3_and_layer4() -> None:
-    assert converted(plan(R50, recipe="late_stages")) == {"layer3.1": 16, "layer3.3": 16, "layer3.5": 16, "layer4.1": 32}
+    assert converted(plan(R50, recipe="late_stages")) == {
+        "layer3.1": 16,
+        "layer3.3": 16,
+        "layer3.5": 16,
+        "layer4.1": 32,
+    }
 
 
 def test_resolve_recipe_forms() -> None:
@@ -202,7 +213,9 @@ def test_a_rule_matching_no_block_is_an_error() -> None:
 
 def test_shipped_recipe_matching_no_block_names_the_recipe() -> None:
     two_stages = resnet_sites((2, 2), (64, 128))
-    with pytest.raises(RecipeError, match=r"^rules\[0\] of recipe 'late_stages' \{stage: \[2, 3\], index: odd\} matches no block"):
+    with pytest.raises(
+        RecipeError, match=r"^rules\[0\] of recipe 'late_stages' \{stage: \[2, 3\], index: odd\} matches no block"
+    ):
         plan(two_stages, recipe="late_stages")
     entries_only = resnet_sites((1, 1), (64, 128))
     with pytest.raises(RecipeError, match=r"^rules\[0\] of recipe 'every_other' .*matches no block"):
@@ -214,9 +227,15 @@ def test_shipped_recipe_matching_no_block_names_the_recipe() -> None:
 @pytest.mark.parametrize(
     ("entries", "match"),
     [
-        ([{"index": "odd", "k": 256}], r"^block 'layer1\.1' has 256 channels; k=256 \(from rules\[0\], k=256\) must be at least 1 and below 256"),
+        (
+            [{"index": "odd", "k": 256}],
+            r"^block 'layer1\.1' has 256 channels; k=256 \(from rules\[0\], k=256\) must be at least 1 and below 256",
+        ),
         ([{"index": "odd", "c": 1}], r"^block 'layer1\.1' has 256 channels; k=256 \(from rules\[0\], c=1\)"),
-        ([{"index": "odd"}, {"stage": 3, "k": 4096}], r"^block 'layer4\.1' has 2048 channels; k=4096 \(from rules\[1\], k=4096\)"),
+        (
+            [{"index": "odd"}, {"stage": 3, "k": 4096}],
+            r"^block 'layer4\.1' has 2048 channels; k=4096 \(from rules\[1\], k=4096\)",
+        ),
     ],
 )
 def test_k_not_below_the_width_is_a_recipe_error(entries: list[dict], match: str) -> None:
@@ -225,7 +244,9 @@ def test_k_not_below_the_width_is_a_recipe_error(entries: list[dict], match: str
 
 
 def test_k_too_large_from_defaults_says_so() -> None:
-    with pytest.raises(RecipeError, match=r"k=300 \(from rules\[0\], k=300 from defaults\).*\{name: 'layer1\.1', skip: true\}"):
+    with pytest.raises(
+        RecipeError, match=r"k=300 \(from rules\[0\], k=300 from defaults\).*\{name: 'layer1\.1', skip: true\}"
+    ):
         plan(R50, recipe=rules({"index": "odd"}, defaults={"k": 300}))
 
 
@@ -237,7 +258,10 @@ def test_k_too_large_on_a_skipped_block_is_fine() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": 300}, r"^block 'layer1\.1' has 256 channels; k=300 must be at least 1 and below 256\..*Run `modify blocks MODEL`"),
+        (
+            {"k": 300},
+            r"^block 'layer1\.1' has 256 channels; k=300 must be at least 1 and below 256\..*Run `modify blocks MODEL`",
+        ),
         ({"k": 256}, r"^block 'layer1\.1' has 256 channels; k=256 must be"),
         ({"c": 1}, r"^block 'layer1\.1' has 256 channels; k=256 \(from c=1\) must be"),
         ({"k": 0}, r"^k=0 is below 1; expected an integer channel count"),

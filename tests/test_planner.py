@@ -20,7 +20,6 @@ from modify.errors import PlanError
 from modify.study import planner
 from modify.study.latency import Setting
 from modify.study.planner import PlanConfig, plan
-
 from test_data import write_fashion_mnist
 
 SIZE = 16
@@ -81,7 +80,11 @@ def test_the_toy_deletes_the_block_that_adds_nothing_and_keeps_the_other() -> No
     assert rows["idle", "delete"].kl < rows["busy", "delete"].kl / 5  # the sensitivities the toy was built with
     assert rows["idle", "delete"].saving_ms > 0 and rows["busy", "delete"].saving_ms > 0
     assert result.met and result.measured_speedup >= 1.3
-    assert result.recipe == {"version": 2, "mod": planner.DEFAULT_MOD.as_dict(), "rules": [{"name": "idle", "action": "delete"}]}
+    assert result.recipe == {
+        "version": 2,
+        "mod": planner.DEFAULT_MOD.as_dict(),
+        "rules": [{"name": "idle", "action": "delete"}],
+    }
     assert dict((b, label) for b, label, _ in result.runner_up)["idle"] in ("keep", "none reaches the target")
 
 
@@ -93,7 +96,9 @@ def test_every_choice_is_measured_and_the_plan_applies_with_convert() -> None:
     }
     assert all(r.error is None and r.kl is not None and r.kl >= 0 for r in result.rows)
     converted = modify.convert(model, recipe=result.recipe, input_size=SIZE)
-    assert {c.name: c.action for c in converted.converted} == {r.block: r.action for r in result.chosen if r.action != "keep"}
+    assert {c.name: c.action for c in converted.converted} == {
+        r.block: r.action for r in result.chosen if r.action != "keep"
+    }
 
 
 def test_a_plan_that_measures_below_the_target_asks_for_more(monkeypatch) -> None:
@@ -121,11 +126,14 @@ def test_a_target_out_of_reach_says_the_fastest_reachable() -> None:
         plan(_toy(), speedup=40.0, data=_data(), setting=Setting(input_size=SIZE), actions=("delete",), **QUICK)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"speedup": 1.0}, "not above 1"),
-    ({"speedup": 1.5, "actions": ("prune",)}, "'prune' is not one the planner knows"),
-    ({"speedup": 1.5, "fractions": (0.5, 1.0)}, r"must each lie in \(0, 1\)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"speedup": 1.0}, "not above 1"),
+        ({"speedup": 1.5, "actions": ("prune",)}, "'prune' is not one the planner knows"),
+        ({"speedup": 1.5, "fractions": (0.5, 1.0)}, r"must each lie in \(0, 1\)"),
+    ],
+)
 def test_bad_plan_settings_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(PlanError, match=match):
         PlanConfig(**kwargs)
@@ -141,7 +149,9 @@ def test_images_of_another_size_are_refused() -> None:
         plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=32), **QUICK)
 
 
-def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_convert_applies(tmp_path, monkeypatch) -> None:
+def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_convert_applies(
+    tmp_path, monkeypatch
+) -> None:
     write_fashion_mnist(tmp_path / "idx", n_train=96, n_test=16)
     real = modify.train.data.fashion_mnist
 
@@ -154,8 +164,28 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     toy = "test_planner:TwoBlocks"  # an import path: the toy, built by the command
     out = tmp_path / "plans" / "plan.yaml"
     runner = CliRunner()
-    args = ["plan", toy, "--speedup", "1.2", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "idx"), "-o", str(out),
-            "--calib-images", "32", "--distill-steps", "2", "--rounds", "2", "--fractions", "0.25", "--actions", "delete,narrow"]  # fmt: skip
+    args = [
+        "plan",
+        toy,
+        "--speedup",
+        "1.2",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        str(tmp_path / "idx"),
+        "-o",
+        str(out),
+        "--calib-images",
+        "32",
+        "--distill-steps",
+        "2",
+        "--rounds",
+        "2",
+        "--fractions",
+        "0.25",
+        "--actions",
+        "delete,narrow",
+    ]
     result = runner.invoke(app, args, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert "runner-up" in result.stdout and "measured" in result.stdout
@@ -181,7 +211,9 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
 def test_compare_plans_once_and_reuses_the_stored_plans_on_resume(tmp_path, monkeypatch) -> None:
     from modify.study import planned
 
-    config = PlanConfig(speedup=1.3, setting=Setting(input_size=SIZE), actions=("delete", "narrow"), fractions=(0.25,), **QUICK)
+    config = PlanConfig(
+        speedup=1.3, setting=Setting(input_size=SIZE), actions=("delete", "narrow"), fractions=(0.25,), **QUICK
+    )
     first, problems = planned.planned_candidates(_toy(), _data(), targets=(1.3,), config=config, out_dir=tmp_path)
     assert not problems
     assert [c.label for c in first] == list(planned.plan_labels(1.3))

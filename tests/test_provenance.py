@@ -23,7 +23,9 @@ def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_the_record_is_plain_data_that_round_trips() -> None:
     p = provenance.Provenance(source={"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}})
-    p = p.then("convert", {"recipe": {"version": 1, "rules": [{"index": "odd"}]}}).then("delete", {"blocks": ["layer4.1"]})
+    p = p.then("convert", {"recipe": {"version": 1, "rules": [{"index": "odd"}]}}).then(
+        "delete", {"blocks": ["layer4.1"]}
+    )
     assert p.methods() == ("convert", "delete")
     assert provenance.Provenance.from_dict(p.as_dict()) == p
     assert provenance.of(object()) == provenance.Provenance()
@@ -31,8 +33,9 @@ def test_the_record_is_plain_data_that_round_trips() -> None:
 
 def test_every_surgery_appends_to_the_history_of_the_model_it_started_from() -> None:
     base = modify.get_model("resnet18", num_classes=10)
-    converted = modify.convert(base, recipe={"version": 1, "defaults": {"c": 64}, "rules": [{"name": "layer1.1"}]},
-                               input_size=SIZE).model  # fmt: skip
+    converted = modify.convert(
+        base, recipe={"version": 1, "defaults": {"c": 64}, "rules": [{"name": "layer1.1"}]}, input_size=SIZE
+    ).model
     deleted = delete_blocks(converted, blocks=["layer4.1"], input_size=SIZE).model
     assert provenance.of(base).methods() == ()
     assert provenance.of(converted).methods() == ("convert",)
@@ -42,8 +45,9 @@ def test_every_surgery_appends_to_the_history_of_the_model_it_started_from() -> 
 
 def test_convert_then_delete_saves_and_loads_bit_identical(tmp_path) -> None:
     base = modify.get_model("resnet18", num_classes=10)
-    converted = modify.convert(base, recipe={"version": 1, "defaults": {"c": 64}, "rules": [{"name": "layer1.1"}]},
-                               input_size=SIZE).model  # fmt: skip
+    converted = modify.convert(
+        base, recipe={"version": 1, "defaults": {"c": 64}, "rules": [{"name": "layer1.1"}]}, input_size=SIZE
+    ).model
     model = delete_blocks(converted, blocks=["layer4.1"], input_size=SIZE).model
     path = modify.save(model, tmp_path / "both.pt")
     data = torch.load(path, weights_only=True)
@@ -59,10 +63,13 @@ def test_checkpoints_of_the_earlier_formats_still_load(tmp_path, version: int) -
     result = modify.convert(modify.get_model("resnet18", num_classes=10), input_size=SIZE)
     step = provenance.of(result.model).steps[0]
     payload = {
-        "format": FORMAT, "format_version": version, "modify_version": "0.1.0",
+        "format": FORMAT,
+        "format_version": version,
+        "modify_version": "0.1.0",
         "source": {"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}},
-        "conversion": dict(step.data), "state_dict": result.model.state_dict(),
-    }  # fmt: skip
+        "conversion": dict(step.data),
+        "state_dict": result.model.state_dict(),
+    }
     if version == 2:
         payload["baseline"] = None
     path = tmp_path / f"v{version}.pt"
@@ -73,10 +80,14 @@ def test_checkpoints_of_the_earlier_formats_still_load(tmp_path, version: int) -
 def test_a_version_2_deletion_checkpoint_still_loads(tmp_path) -> None:
     model = delete_blocks(modify.get_model("resnet18", num_classes=10), blocks=["layer3.1"], input_size=SIZE).model
     payload = {
-        "format": FORMAT, "format_version": 2, "modify_version": "0.1.0",
-        "source": {"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}}, "conversion": None,
-        "baseline": {"method": "delete", **provenance.of(model).steps[0].data}, "state_dict": model.state_dict(),
-    }  # fmt: skip
+        "format": FORMAT,
+        "format_version": 2,
+        "modify_version": "0.1.0",
+        "source": {"kind": "name", "name": "resnet18", "kwargs": {"num_classes": 10}},
+        "conversion": None,
+        "baseline": {"method": "delete", **provenance.of(model).steps[0].data},
+        "state_dict": model.state_dict(),
+    }
     torch.save(payload, tmp_path / "v2.pt")
     _same_outputs(modify.load(tmp_path / "v2.pt"), model)
 

@@ -12,8 +12,6 @@ import pytest
 import yaml
 
 from modify.conversion.discover import BlockSite, SkipKind
-from modify.errors import RecipeError
-from modify.layers.options import FusionSlot, MoDConfig
 from modify.conversion.recipe import (
     BlockAction,
     BlockRule,
@@ -23,6 +21,8 @@ from modify.conversion.recipe import (
     shipped_recipe_path,
     shipped_recipes,
 )
+from modify.errors import RecipeError
+from modify.layers.options import FusionSlot, MoDConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_RECIPES = ROOT / "modify" / "recipes"
@@ -32,9 +32,17 @@ SHIPPED = ("all", "every_other", "late_stages")
 
 def _site(name: str, stage: int, index: int, channels: int = 256) -> BlockSite:
     return BlockSite(
-        name=name, stage=stage, index=index, channels=channels, height=56, width=56, stride=1,
-        skip=SkipKind.IDENTITY, branch=("conv1", "bn1"), block_type="Bottleneck",
-    )  # fmt: skip
+        name=name,
+        stage=stage,
+        index=index,
+        channels=channels,
+        height=56,
+        width=56,
+        stride=1,
+        skip=SkipKind.IDENTITY,
+        branch=("conv1", "bn1"),
+        block_type="Bottleneck",
+    )
 
 
 def _recipe(**overrides: object) -> dict:
@@ -192,14 +200,23 @@ def test_select_takes_the_last_matching_rule() -> None:
         # misspelt keys, anywhere, with the close valid key suggested
         (_recipe(rule=[{"index": "odd"}]), r"^rule: unknown key 'rule' in a recipe .*Did you mean 'rules'\?"),
         (_recipe(defualts={"c": 64}), r"^defualts: unknown key .*Did you mean 'defaults'\?"),
-        (_recipe(rules=[{"indx": "odd"}]), r"^rules\[0\]\.indx: unknown key 'indx' in a rule \(value 'odd'\).*Did you mean 'index'\?"),
+        (
+            _recipe(rules=[{"indx": "odd"}]),
+            r"^rules\[0\]\.indx: unknown key 'indx' in a rule \(value 'odd'\).*Did you mean 'index'\?",
+        ),
         (_recipe(rules=[{"index": "odd"}, {"stages": 3}]), r"^rules\[1\]\.stages: .*Did you mean 'stage'\?"),
         (_recipe(rules=[{"index": "odd", "skp": True}]), r"^rules\[0\]\.skp: .*Did you mean 'skip'\?"),
         (_recipe(defaults={"frac": 0.25}), r"^defaults\.frac: unknown key .*valid keys: k, fraction, c"),
         (_recipe(mod={"fusoin": "last"}), r"^mod\.fusoin: unknown key .*Did you mean 'fusion'\?"),
         # wrong types
-        (_recipe(rules=[{"index": 3.5}]), r"^rules\[0\]\.index: 3\.5 is not a valid index selector; expected 'odd', 'even', 'all'"),
-        (_recipe(rules=[{"index": "od"}]), r"^rules\[0\]\.index: 'od' is not a valid index selector.*Did you mean 'odd'\?"),
+        (
+            _recipe(rules=[{"index": 3.5}]),
+            r"^rules\[0\]\.index: 3\.5 is not a valid index selector; expected 'odd', 'even', 'all'",
+        ),
+        (
+            _recipe(rules=[{"index": "od"}]),
+            r"^rules\[0\]\.index: 'od' is not a valid index selector.*Did you mean 'odd'\?",
+        ),
         (_recipe(rules=[{"index": [1, "x"]}]), r"^rules\[0\]\.index\[1\]: 'x' is not an integer"),
         (_recipe(rules=[{"index": [-1]}]), r"^rules\[0\]\.index\[0\]: -1 is too small"),
         (_recipe(rules=[{"index": []}]), r"^rules\[0\]\.index: \[\] is an empty list"),
@@ -209,18 +226,27 @@ def test_select_takes_the_last_matching_rule() -> None:
         (_recipe(rules=[{"name": ["layer1.*", None]}]), r"^rules\[0\]\.name\[1\]: None is not a non-empty string"),
         (_recipe(rules=[{"index": "odd", "skip": "yes"}]), r"^rules\[0\]\.skip: 'yes' is not a boolean"),
         (_recipe(rules=[{"index": "odd", "k": True}]), r"^rules\[0\]\.k: True is not an integer"),
-        (_recipe(rules=[{"index": "odd", "k": 0.25}]), r"^rules\[0\]\.k: 0\.25 is not an integer.*write `fraction: 0\.25`"),
+        (
+            _recipe(rules=[{"index": "odd", "k": 0.25}]),
+            r"^rules\[0\]\.k: 0\.25 is not an integer.*write `fraction: 0\.25`",
+        ),
         (_recipe(rules=[{"index": "odd", "c": "64"}]), r"^rules\[0\]\.c: '64' is not an integer"),
         (_recipe(rules=[{"index": "odd", "fraction": "half"}]), r"^rules\[0\]\.fraction: 'half' is not a number"),
         (_recipe(rules="odd"), r"^rules: 'odd' is not a non-empty list"),
         (_recipe(rules=["odd"]), r"^rules\[0\]: 'odd' is not a mapping"),
         (_recipe(defaults=64), r"^defaults: 64 is not a mapping; expected .*\{c: 64\}"),
-        (_recipe(mod={"fusion": "middle"}), r"^mod\.fusion: 'middle' is not a valid fusion; expected one of first, last, original"),
+        (
+            _recipe(mod={"fusion": "middle"}),
+            r"^mod\.fusion: 'middle' is not a valid fusion; expected one of first, last, original",
+        ),
         (_recipe(mod={"form": "wole"}), r"^mod\.form: 'wole' .*Did you mean 'whole'\?"),
         (_recipe(mod={"scale": "yes"}), r"^mod\.scale: 'yes' is not a boolean"),
         (_recipe(mod={"reduction": 0}), r"^mod\.reduction: 0 is too small"),
         # impossible values
-        (_recipe(rules=[{"index": "odd"}, {"stage": 3, "k": 0}]), r"^rules\[1\]\.k: 0 is too small; expected a channel count k >= 1"),
+        (
+            _recipe(rules=[{"index": "odd"}, {"stage": 3, "k": 0}]),
+            r"^rules\[1\]\.k: 0 is too small; expected a channel count k >= 1",
+        ),
         (_recipe(defaults={"k": -4}), r"^defaults\.k: -4 is too small"),
         (_recipe(rules=[{"index": "odd", "fraction": 1.5}]), r"^rules\[0\]\.fraction: 1\.5 is outside \(0, 1\)"),
         (_recipe(rules=[{"index": "odd", "fraction": 0}]), r"^rules\[0\]\.fraction: 0 is outside \(0, 1\)"),
@@ -228,27 +254,66 @@ def test_select_takes_the_last_matching_rule() -> None:
         (_recipe(rules=[{"index": "odd", "c": 0}]), r"^rules\[0\]\.c: 0 is too small; expected a capacity c >= 1"),
         (_recipe(defaults={"c": 0}), r"^defaults\.c: 0 is too small"),
         # two capacities in one entry
-        (_recipe(rules=[{"index": "odd", "k": 8, "c": 64}]), r"^rules\[0\]: gives 2 capacities \(k: 8, c: 64\); expected at most one.*Split it"),
-        (_recipe(rules=[{"index": "odd", "k": 8, "skip": True}]), r"^rules\[0\]: gives 2 capacities \(k: 8, skip: True\)"),
+        (
+            _recipe(rules=[{"index": "odd", "k": 8, "c": 64}]),
+            r"^rules\[0\]: gives 2 capacities \(k: 8, c: 64\); expected at most one.*Split it",
+        ),
+        (
+            _recipe(rules=[{"index": "odd", "k": 8, "skip": True}]),
+            r"^rules\[0\]: gives 2 capacities \(k: 8, skip: True\)",
+        ),
         (_recipe(defaults={"c": 64, "fraction": 0.5}), r"^defaults: gives 2 capacities \(fraction: 0\.5, c: 64\)"),
         (_recipe(defaults={}), r"^defaults: gives no capacity; expected one of k, fraction or c"),
         (_recipe(defaults={"skip": True}), r"^defaults\.skip: True: defaults cannot skip"),
         # version
         ({"defaults": {"c": 64}, "rules": [{"index": "odd"}]}, r"^version: missing; expected `version: 1`"),
-        (_recipe(version=3), r"^version: 3 is not a supported recipe version; expected `version: 1` .* or `version: 2`"),
+        (
+            _recipe(version=3),
+            r"^version: 3 is not a supported recipe version; expected `version: 1` .* or `version: 2`",
+        ),
         (_recipe(version="1"), r"^version: '1' is not a supported recipe version"),
         (_recipe(version=True), r"^version: True is not a supported"),
         # version 2: per-block actions
-        (_recipe(rules=[{"index": "odd", "action": "delete"}]), r"^rules\[0\]\.action: 'delete': per-block actions .* need `version: 2`"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "prune"}]), r"^rules\[0\]\.action: 'prune' is not an action; expected one of keep, mod, narrow, delete"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "delte"}]), r"^rules\[0\]\.action: 'delte' .*Did you mean 'delete'\?"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "delete", "k": 8}]), r"^rules\[0\]\.k: 8: action delete takes no capacity; remove k"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "keep", "fraction": 0.5}]), r"^rules\[0\]\.fraction: 0\.5: action keep takes no capacity"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "narrow", "c": 64}]), r"^rules\[0\]\.c: 64: action narrow takes a fraction"),
-        (_recipe(version=2, rules=[{"index": "odd", "skip": True}]), r"^rules\[0\]\.skip: True: version 2 says `action: keep`"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "narrow", "fraction": 1.0}]), r"^rules\[0\]\.fraction: 1\.0 is outside \(0, 1\)"),
-        (_recipe(version=2, rules=[{"index": "odd", "action": "mod", "k": 8, "fraction": 0.5}]), r"^rules\[0\]: gives 2 capacities"),
-        (_recipe(version=2, rules=[{"index": "odd", "acton": "mod"}]), r"^rules\[0\]\.acton: unknown key .*Did you mean 'action'\?"),
+        (
+            _recipe(rules=[{"index": "odd", "action": "delete"}]),
+            r"^rules\[0\]\.action: 'delete': per-block actions .* need `version: 2`",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "prune"}]),
+            r"^rules\[0\]\.action: 'prune' is not an action; expected one of keep, mod, narrow, delete",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "delte"}]),
+            r"^rules\[0\]\.action: 'delte' .*Did you mean 'delete'\?",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "delete", "k": 8}]),
+            r"^rules\[0\]\.k: 8: action delete takes no capacity; remove k",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "keep", "fraction": 0.5}]),
+            r"^rules\[0\]\.fraction: 0\.5: action keep takes no capacity",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "narrow", "c": 64}]),
+            r"^rules\[0\]\.c: 64: action narrow takes a fraction",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "skip": True}]),
+            r"^rules\[0\]\.skip: True: version 2 says `action: keep`",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "narrow", "fraction": 1.0}]),
+            r"^rules\[0\]\.fraction: 1\.0 is outside \(0, 1\)",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "action": "mod", "k": 8, "fraction": 0.5}]),
+            r"^rules\[0\]: gives 2 capacities",
+        ),
+        (
+            _recipe(version=2, rules=[{"index": "odd", "acton": "mod"}]),
+            r"^rules\[0\]\.acton: unknown key .*Did you mean 'action'\?",
+        ),
         # structure
         ({"version": 1, "defaults": {"c": 64}}, r"^rules: missing; expected a non-empty list"),
         (_recipe(rules=[]), r"^rules: \[\] is not a non-empty list"),
@@ -376,7 +441,9 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 
 def test_misspelt_shipped_name_is_suggested() -> None:
     names = r"\(all, every_other, late_stages\)"
-    match = rf"^recipe 'every_othr' is neither a shipped recipe {names} nor an existing file.*Did you mean 'every_other'\?"
+    match = (
+        rf"^recipe 'every_othr' is neither a shipped recipe {names} nor an existing file.*Did you mean 'every_other'\?"
+    )
     with pytest.raises(RecipeError, match=match):
         load_recipe("every_othr")
     with pytest.raises(RecipeError, match=r"'evry' is not a shipped recipe; expected one of all, every_other, late"):
@@ -415,10 +482,17 @@ def test_errors_in_a_file_name_the_file_and_the_yaml_path(tmp_path: Path) -> Non
 
 def test_a_version_2_recipe_round_trips_and_each_rule_says_its_action() -> None:
     raw = {
-        "version": 2, "defaults": {"fraction": 0.25}, "mod": {"form": "branch", "fusion": "original"},
-        "rules": [{"name": "layer1.1", "action": "mod", "k": 16}, {"name": "layer2.1", "action": "narrow", "fraction": 0.25},
-                  {"name": "layer3.1", "action": "delete"}, {"name": "layer4.1", "action": "keep"}, {"name": "layer1.0"}],
-    }  # fmt: skip
+        "version": 2,
+        "defaults": {"fraction": 0.25},
+        "mod": {"form": "branch", "fusion": "original"},
+        "rules": [
+            {"name": "layer1.1", "action": "mod", "k": 16},
+            {"name": "layer2.1", "action": "narrow", "fraction": 0.25},
+            {"name": "layer3.1", "action": "delete"},
+            {"name": "layer4.1", "action": "keep"},
+            {"name": "layer1.0"},
+        ],
+    }
     r = Recipe.from_dict(raw)
     assert [rule.effective_action().value for rule in r.rules] == ["mod", "narrow", "delete", "keep", "mod"]
     assert Recipe.from_dict(r.to_dict()) == r

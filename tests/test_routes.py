@@ -77,11 +77,29 @@ def test_cli_routes_on_a_converted_checkpoint(tmp_path) -> None:
     from test_data import write_fashion_mnist
 
     write_fashion_mnist(tmp_path / "idx", n_train=8, n_test=12)
-    modify.save(modify.convert(modify.get_model("resnet18", num_classes=10), k=0.25, input_size=32), tmp_path / "mod.pt")
-    done = CliRunner().invoke(app, ["routes", str(tmp_path / "mod.pt"), "--data", "fashion-mnist", "--data-dir",
-                                    str(tmp_path / "idx"), "-o", str(tmp_path / "out")])  # fmt: skip
+    modify.save(
+        modify.convert(modify.get_model("resnet18", num_classes=10), k=0.25, input_size=32), tmp_path / "mod.pt"
+    )
+    done = CliRunner().invoke(
+        app,
+        [
+            "routes",
+            str(tmp_path / "mod.pt"),
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path / "idx"),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     data = json.loads((tmp_path / "out" / "routes.json").read_text())
-    assert data["images"] == 12 and [b["module"] for b in data["blocks"]] == ["layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert data["images"] == 12 and [b["module"] for b in data["blocks"]] == [
+        "layer1.1",
+        "layer2.1",
+        "layer3.1",
+        "layer4.1",
+    ]
     assert all(abs(sum(b["frequency"]) - b["k"]) < 1e-4 for b in data["blocks"])
     assert (tmp_path / "out" / "routes.png").is_file()

@@ -57,7 +57,10 @@ def test_a_load_that_leaves_fewer_free_cores_than_timing_threads_is_a_busy_machi
     monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.0, 3.0))  # two training jobs, plus the timing's thread
     line = busy_warning(QUIET, threads=1, cores=2)
     assert line is not None and "\n" not in line
-    assert "other processes keep 2.5 cores busy (load average 3.5 less the timing's own 1), leaving 0.0 of 2 for 1 timing thread" in line
+    assert (
+        "other processes keep 2.5 cores busy (load average 3.5 less "
+        "the timing's own 1), leaving 0.0 of 2 for 1 timing thread" in line
+    )
     # 4 cores: 2.5 busy, 1.5 free, enough for one thread but not for two
     assert busy_warning(QUIET, threads=1, cores=4) is None
     monkeypatch.setattr(os, "getloadavg", lambda: (4.5, 3.0, 3.0))
@@ -92,14 +95,28 @@ def test_bench_and_bench_many_warn_when_the_load_says_so(monkeypatch) -> None:
     monkeypatch.setattr(os, "getloadavg", lambda: (1e4, 1e4, 1e4))
     report = bench(model, baseline, cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
     assert "load average 10000.0" in report.results[0].warning
-    many = bench_many({"a": model, "b": model}, baseline, cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
+    many = bench_many(
+        {"a": model, "b": model}, baseline, cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01
+    )
     assert many["a"][0].warning == many["b"][0].warning and "load average 10000.0" in many["a"][0].warning
 
 
 def test_modify_bench_prints_the_spread_and_the_busy_line(monkeypatch) -> None:
     monkeypatch.setattr(os, "getloadavg", lambda: (1e4, 1e4, 1e4))
-    args = ["bench", "resnet18_mod", "--vs", "resnet18", "--input-size", "32", "--case", "1x1", "--rounds", "2",
-            "--min-run-time", "0.02"]  # fmt: skip
+    args = [
+        "bench",
+        "resnet18_mod",
+        "--vs",
+        "resnet18",
+        "--input-size",
+        "32",
+        "--case",
+        "1x1",
+        "--rounds",
+        "2",
+        "--min-run-time",
+        "0.02",
+    ]
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
     assert "±" in shown.stdout
@@ -112,14 +129,14 @@ def test_modify_bench_prints_the_spread_and_the_busy_line(monkeypatch) -> None:
 
 def test_the_sweep_stores_the_spread_and_the_warning(monkeypatch, tmp_path) -> None:
     from modify.study.store import SweepStore
-    from modify.study.sweep import CompareConfig, _time_all
+    from modify.study.sweep import CompareConfig, time_candidates
 
     monkeypatch.setattr(os, "getloadavg", lambda: (1e4, 1e4, 1e4))
     model, baseline = _tiny()
     store = SweepStore(tmp_path)
     store.create()
     config = CompareConfig(input_size=8, bench_rounds=2, bench_seconds=0.01, throughput_batch=2)
-    (record,) = _time_all({"arch": model}, baseline, config, store)
+    (record,) = time_candidates({"arch": model}, baseline, config, store)
     stored = json.loads((tmp_path / "speed" / "arch.json").read_text())
     assert stored["spread"] == pytest.approx(spread(stored["round_speedups"]))
     assert stored["spread_batch"] is not None
@@ -144,7 +161,9 @@ def test_onnxruntime_engine_times_both_exports_and_says_how_long_preparing_took(
     block = MoDBlock(16, 4, torch.nn.Conv2d(4, 4, 3, padding=1), reduction=1)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), block)
     baseline = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1))
-    report = bench(model, baseline, cases=[BenchCase(2, 1)], input_size=8, rounds=2, min_run_time=0.01, engine="onnxruntime")
+    report = bench(
+        model, baseline, cases=[BenchCase(2, 1)], input_size=8, rounds=2, min_run_time=0.01, engine="onnxruntime"
+    )
     (result,) = report.results
     assert report.engine == "onnxruntime" and all(s > 0 for s in result.prepare_seconds)
     assert report.as_dict()["results"][0]["model_prepare_s"] == result.prepare_seconds[0]

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
-from toy_models import PreActBlock
 
+from modify.conversion.pipeline import convert
+from modify.conversion.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
 from modify.errors import TraceError
 from modify.layers import MoDBlock
-from modify.conversion.pipeline import convert, convert_identity
-from modify.conversion.surgery import SHRINKERS, SurgeryError, Widths, cut, shrink
-from modify.conversion.tracing import trace
+from toy_models import PreActBlock
+from zoo_checks import check_toy_model, mod_block
 
 SIZE = 16
 
@@ -42,34 +42,6 @@ class Net(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))  # (N, 10)
 
 
-def _check(model: nn.Module, **kwargs):
-    """Converts ``model`` and runs every check; returns the `ConversionResult`."""
-    model.eval()
-    x = torch.randn(2, 3, SIZE, SIZE)
-    result = convert(model, example_inputs=x[:1], **kwargs)
-    assert result.converted
-    converted = result.model.eval()
-    with torch.no_grad():
-        expected, out = model(x), converted(x)
-    assert out.shape == expected.shape and torch.isfinite(out).all()
-    trace(converted, x[:1], leaf_modules=kwargs.get("leaf_modules", ()))
-
-    identity = convert_identity(model, example_inputs=x[:1], leaf_modules=kwargs.get("leaf_modules", ()))
-    assert [s for s in identity.skipped if s.selected] == []
-    with torch.no_grad():
-        torch.testing.assert_close(identity.model.eval()(x), expected, atol=1e-5, rtol=1e-5)
-
-    converted.train()
-    converted(x).square().mean().backward()
-    assert [n for n, p in converted.named_parameters() if p.requires_grad and p.grad is None] == []
-    return result
-
-
-def _mod(result, name: str) -> MoDBlock:
-    block = next(b for b in result.converted if b.name == name)
-    return result.model.get_submodule(block.module)
-
-
 # ---------------------------------------------------------------------------------------------
 # Blocks as modules
 
@@ -86,16 +58,22 @@ class CifarBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         if self.stride != 1 or self.pad:
-            shortcut = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad))  # (N, cout, H', W')
+            shortcut = F.pad(
+                x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad)
+            )  # (N, cout, H', W')
         return F.relu(self.body(x) + shortcut)
 
 
 def test_option_a_shortcuts_are_skipped_with_a_reason() -> None:
-    model = Net(CifarBlock(16, 16), CifarBlock(16, 16), CifarBlock(16, 32, 2), CifarBlock(32, 32), CifarBlock(32, 32), out=32)
-    result = _check(model, k=4)
+    model = Net(
+        CifarBlock(16, 16), CifarBlock(16, 16), CifarBlock(16, 32, 2), CifarBlock(32, 32), CifarBlock(32, 32), out=32
+    )
+    result = check_toy_model(model, k=4)
     assert [b.name for b in result.converted] == ["blocks.1", "blocks.3"]
     (entry,) = [s for s in result.sites if s.name == "blocks.2"]
-    assert not entry.convertible and entry.reason.startswith("parameter-free shortcut changes the shape (16x16x16 -> 32x8x8")
+    assert not entry.convertible and entry.reason.startswith(
+        "parameter-free shortcut changes the shape (16x16x16 -> 32x8x8"
+    )
     assert result.default_reason is None
     default = convert(model, input_size=SIZE)  # no family default for CifarBlock: every_other's c = 64
     assert default.default_reason.startswith("c=64, the every_other recipe's: no block of a known family (CifarBlock)")
@@ -103,9 +81,9 @@ def test_option_a_shortcuts_are_skipped_with_a_reason() -> None:
 
 def test_pre_activation_blocks() -> None:
     model = Net(PreActBlock(16, 32, 2), PreActBlock(32, 32), PreActBlock(32, 32), out=32)
-    result = _check(model, k=8)
+    result = check_toy_model(model, k=8)
     assert [b.name for b in result.converted] == ["blocks.1"]
-    branch = _mod(result, "blocks.1").block.branch
+    branch = mod_block(result, "blocks.1").block.branch
     assert [type(m).__name__ for m in branch.children()] == ["BatchNorm2d", "Conv2d", "BatchNorm2d", "Conv2d"]
     assert branch.bn1.num_features == 8 and branch.conv2.out_channels == 8
     assert [s.reason for s in result.sites if s.name == "blocks.0"][0].startswith("projection shortcut (Conv2d)")
@@ -114,16 +92,21 @@ def test_pre_activation_blocks() -> None:
 class DilatedBlock(nn.Module):
     def __init__(self, c: int, dilation: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(c, c // 2, dilation=dilation), nn.ReLU(), _conv_bn(c // 2, c, dilation=dilation))
+        self.body = nn.Sequential(
+            _conv_bn(c, c // 2, dilation=dilation), nn.ReLU(), _conv_bn(c // 2, c, dilation=dilation)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
 
 
 def test_dilated_branches_keep_dilation_and_padding() -> None:
-    result = _check(Net(DilatedBlock(16, 2), DilatedBlock(16, 2), DilatedBlock(16, 4)), k=4)
-    convs = [m for m in _mod(result, "blocks.1").block.branch.modules() if isinstance(m, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.dilation, c.padding) for c in convs] == [(4, 2, (2, 2), (2, 2)), (2, 4, (2, 2), (2, 2))]
+    result = check_toy_model(Net(DilatedBlock(16, 2), DilatedBlock(16, 2), DilatedBlock(16, 4)), k=4)
+    convs = [m for m in mod_block(result, "blocks.1").block.branch.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.dilation, c.padding) for c in convs] == [
+        (4, 2, (2, 2), (2, 2)),
+        (2, 4, (2, 2), (2, 2)),
+    ]
 
 
 class SqueezeExcite(nn.Module):
@@ -163,9 +146,11 @@ class SEBlock(nn.Module):
 
 @pytest.mark.parametrize("se", [SqueezeExcite, LinearSE])
 def test_hand_written_se_squeeze_scales_with_k(se: type[nn.Module]) -> None:
-    result = _check(Net(SEBlock(32, se), SEBlock(32, se), SEBlock(32, se), c=32), k=8)
-    layers = [m for m in _mod(result, "blocks.1").block.branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    widths = [(m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features) for m in layers]
+    result = check_toy_model(Net(SEBlock(32, se), SEBlock(32, se), SEBlock(32, se), c=32), k=8)
+    layers = [m for m in mod_block(result, "blocks.1").block.branch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    widths = [
+        (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features) for m in layers
+    ]
     # 32 -> 128 -> SE(128 -> 8 -> 128) -> 32 at k = 8 (k/C = 1/4): 8 -> 32 -> SE(32 -> 2 -> 32) -> 8
     assert widths == [(8, 32), (32, 2), (2, 32), (32, 8)]
     one = convert(Net(SEBlock(32, se), SEBlock(32, se), c=32), k=1, input_size=SIZE)  # the squeeze stays >= 1
@@ -190,10 +175,12 @@ class TrainingBlock(nn.Module):
 
 def test_training_paths_and_functional_dropout() -> None:
     model = Net(TrainingBlock(16), TrainingBlock(16), TrainingBlock(16))
-    with pytest.warns(UserWarning, match=r"blocks\.1: the block's forward branches on self\.training; it was traced in eval"):
-        result = _check(model, k=4)  # the `if self.training` multiply is frozen out, and the report says so
+    with pytest.warns(
+        UserWarning, match=r"blocks\.1: the block's forward branches on self\.training; it was traced in eval"
+    ):
+        result = check_toy_model(model, k=4)  # the `if self.training` multiply is frozen out, and the report says so
     assert len(result.notes) == 1
-    mod = _mod(result, "blocks.1")
+    mod = mod_block(result, "blocks.1")
     # F.dropout(training=self.training) was traced as training=False; in the reduced block it is an
     # nn.Dropout again, so it drops in train mode and not in eval mode.
     assert any(isinstance(m, nn.Dropout) for m in mod.block.modules())
@@ -220,7 +207,7 @@ class ReusedNet(nn.Module):
 
 def test_a_block_module_called_twice() -> None:
     model = ReusedNet()
-    result = _check(model, recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
+    result = check_toy_model(model, recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
     assert [b.name for b in result.converted] == ["block:add", "block:add_1"]
     assert isinstance(result.model, fx.GraphModule)  # each call becomes its own MoD block in the graph
     assert sum(isinstance(m, MoDBlock) for m in result.model.modules()) == 2
@@ -251,7 +238,7 @@ class InlineNet(nn.Module):
 
 
 def test_inline_blocks() -> None:
-    result = _check(InlineNet(), recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
+    result = check_toy_model(InlineNet(), recipe={"version": 1, "defaults": {"k": 4}, "rules": [{"index": "all"}]})
     assert len(result.converted) == 6 and {b.block_type for b in result.converted} == {"inline"}
     assert isinstance(result.model, fx.GraphModule)
 
@@ -291,8 +278,8 @@ class InceptionResBlock(nn.Module):
 
 
 def test_group_norm_layer_norm_prelu_and_layer_scale() -> None:
-    result = _check(Net(NormZoo(16), NormZoo(16), c=16), k=8)
-    branch = _mod(result, "blocks.1").block.branch
+    result = check_toy_model(Net(NormZoo(16), NormZoo(16), c=16), k=8)
+    branch = mod_block(result, "blocks.1").block.branch
     shapes = {name: tuple(t.shape) for name, t in branch.named_parameters()}
     assert shapes["gamma"] == (8, 1, 1) and shapes["act.weight"] == (8,)
     assert branch.gn.num_channels == 8 and branch.gn.num_groups == 4 and branch.conv1.groups == 4
@@ -302,8 +289,8 @@ def test_group_norm_layer_norm_prelu_and_layer_scale() -> None:
 def test_inception_style_concat_in_the_branch() -> None:
     # The concat's width is the sum of its paths' scaled widths, whatever their rounding: the
     # 1x1 conv after it is rebuilt for the width that actually arrives.
-    result = _check(Net(InceptionResBlock(16), InceptionResBlock(16), c=16), k=4)
-    assert _mod(result, "blocks.1").block.branch.up.in_channels == 1 + 2 + 2
+    result = check_toy_model(Net(InceptionResBlock(16), InceptionResBlock(16), c=16), k=4)
+    assert mod_block(result, "blocks.1").block.branch.up.in_channels == 1 + 2 + 2
 
 
 class Opaque(nn.Module):
@@ -330,14 +317,18 @@ class OpaqueBlock(nn.Module):
 
 def test_untraceable_module_needs_a_leaf_then_the_rest_converts() -> None:
     model = Net(CifarBlock(16, 16), CifarBlock(16, 16), OpaqueBlock(16), OpaqueBlock(16), CifarBlock(16, 16))
-    with pytest.raises(TraceError, match=r"'blocks\.2\.body\.2' \(Opaque\): control flow.*leaf_modules=\['blocks\.2\.body\.2'\]"):
+    with pytest.raises(
+        TraceError, match=r"'blocks\.2\.body\.2' \(Opaque\): control flow.*leaf_modules=\['blocks\.2\.body\.2'\]"
+    ):
         convert(model, k=4, input_size=SIZE)
-    result = _check(model, k=4, leaf_modules=[Opaque])
+    result = check_toy_model(model, k=4, leaf_modules=[Opaque])
     assert [b.name for b in result.converted] == ["blocks.1"]
     # blocks.3 holds the leaf, which no rule can shrink: skipped with the reason, left as it was.
     (skipped,) = [s for s in result.skipped if s.selected]
     assert skipped.name == "blocks.3"
-    assert skipped.reason.startswith("no rule shrinks a Opaque") and "channel-sized state (conv.weight" in skipped.reason
+    assert (
+        skipped.reason.startswith("no rule shrinks a Opaque") and "channel-sized state (conv.weight" in skipped.reason
+    )
     assert type(result.model.blocks[3]) is OpaqueBlock
 
 
@@ -347,7 +338,9 @@ def test_shrink_without_shapes_scales_by_widths_and_refuses_unknown_state() -> N
     sub = shrink(cut(gm, placeholder, tuple(body), add.args[1]), Widths(32, 8))
     assert [m.out_channels for m in sub.modules() if isinstance(m, nn.Conv2d)] == [32, 2, 32, 8]
     assert sub(torch.randn(1, 8, 4, 4)).shape == (1, 8, 4, 4)
-    with pytest.raises(SurgeryError, match=r"no rule shrinks a Bilinear \(bil\), which holds channel-sized state \(weight"):
+    with pytest.raises(
+        SurgeryError, match=r"no rule shrinks a Bilinear \(bil\), which holds channel-sized state \(weight"
+    ):
         shrink(fx.symbolic_trace(_BilinearBranch()), Widths(8, 2))
     assert nn.Bilinear not in SHRINKERS
 

@@ -6,6 +6,8 @@ parameter, and the MACs drop."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -50,3 +52,34 @@ def check_zoo_model(model: nn.Module, size: int) -> ConversionResult:
     converted.eval()
     assert profile_model(converted, input_size=size).macs < profile_model(model, input_size=size).macs
     return result
+
+
+def check_toy_model(model: nn.Module, size: int = 16, **kwargs: Any) -> ConversionResult:
+    """The checks of a hand-written model (test_user_models.py, test_block_patterns.py): it converts
+    with ``kwargs``, keeps its output shape, re-traces, the identity configuration reproduces it to
+    1e-5, and gradients reach every trainable parameter. Returns the `ConversionResult`."""
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    result = convert(model, example_inputs=x[:1], **kwargs)
+    assert result.converted
+    converted = result.model.eval()
+    with torch.no_grad():
+        expected, out = model(x), converted(x)
+    assert out.shape == expected.shape and torch.isfinite(out).all()
+    trace(converted, x[:1], leaf_modules=kwargs.get("leaf_modules", ()))
+
+    identity = convert_identity(model, example_inputs=x[:1], leaf_modules=kwargs.get("leaf_modules", ()))
+    assert [s for s in identity.skipped if s.selected] == []
+    with torch.no_grad():
+        torch.testing.assert_close(identity.model.eval()(x), expected, atol=1e-5, rtol=1e-5)
+
+    converted.train()
+    converted(x).square().mean().backward()
+    assert [n for n, p in converted.named_parameters() if p.requires_grad and p.grad is None] == []
+    return result
+
+
+def mod_block(result: ConversionResult, name: str) -> MoDBlock:
+    """The MoD block that replaced the block ``name``."""
+    block = next(b for b in result.converted if b.name == name)
+    return result.model.get_submodule(block.module)

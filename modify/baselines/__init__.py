@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING
 from modify._lazy import lazy_getattr
 
 if TYPE_CHECKING:
-    from modify.baselines.delete import DeletionResult as DeletionResult, Shortcut as Shortcut, delete_blocks as delete_blocks
+    from modify.baselines.delete import (
+        DeletionResult as DeletionResult,
+        Shortcut as Shortcut,
+        delete_blocks as delete_blocks,
+    )
     from modify.baselines.prune import PruningResult as PruningResult, prune_channels as prune_channels
 
 _LAZY = {

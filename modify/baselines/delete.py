@@ -23,11 +23,11 @@ from torch import nn
 
 from modify.conversion.actions import BlockBuilder
 from modify.conversion.discover import BlockSite
-from modify.conversion.pipeline import _example, traced_sites
+from modify.conversion.pipeline import traced_sites
 from modify.conversion.plan import plan, resolve_recipe
 from modify.conversion.recipe import BlockAction, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.conversion.tracing import LeafSpec
+from modify.conversion.tracing import LeafSpec, inputs_for
 from modify.errors import ConversionError, RecipeError
 from modify.io import provenance
 from modify.layers import Shortcut
@@ -86,7 +86,9 @@ def delete_blocks(
     if blocks is not None:
         names = sorted(set(blocks))
         if not names:
-            raise ConversionError("delete_blocks: blocks= is empty; name at least one block (see `modify blocks MODEL`).")
+            raise ConversionError(
+                "delete_blocks: blocks= is empty; name at least one block (see `modify blocks MODEL`)."
+            )
         recipe = {"version": 1, "rules": [{"name": names}]}
     resolved = resolve_recipe(recipe=recipe)
     if resolved.version >= 2:
@@ -97,7 +99,7 @@ def delete_blocks(
             "(modify.convert(model, recipe=...)), or pass the blocks to delete as blocks=[...]."
         )
     model = copy.deepcopy(model)
-    inputs = _example(model, example_inputs, input_size)
+    inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
     if blocks is not None:
         known = {s.name for s in sites if s.convertible}
@@ -107,21 +109,35 @@ def delete_blocks(
                 f"delete_blocks: {unknown[0]!r} is not a block that can be deleted; choose from "
                 f"{sorted(known)} (`modify blocks MODEL` lists them)."
             )
-    plans = [dataclasses.replace(p, k=None, action=BlockAction.DELETE) if p.converted else p for p in plan(sites, recipe=resolved)]
+    plans = [
+        dataclasses.replace(p, k=None, action=BlockAction.DELETE) if p.converted else p
+        for p in plan(sites, recipe=resolved)
+    ]
     out, deleted, skipped = rewrite(model, gm, plans, config=resolved.mod, build=BlockBuilder(gm, config=resolved.mod))
     if not deleted:
         first = next((s for s in skipped if s.selected), None)
         why = f"; first selected: {first.name!r}: {first.reason}" if first else ""
-        raise ConversionError(f"delete_blocks: no block was deleted{why}. Run `modify blocks MODEL` to see which blocks can be.")
-    provenance.record(out, "delete", {
-        "blocks": [d.name for d in deleted],
-        "input_shape": list(inputs[0].shape),
-        "leaf_modules": [m for m in leaf_modules if isinstance(m, str)],
-    }, base=model)  # fmt: skip
+        raise ConversionError(
+            f"delete_blocks: no block was deleted{why}. Run `modify blocks MODEL` to see which blocks can be."
+        )
+    provenance.record(
+        out,
+        "delete",
+        {
+            "blocks": [d.name for d in deleted],
+            "input_shape": list(inputs[0].shape),
+            "leaf_modules": [m for m in leaf_modules if isinstance(m, str)],
+        },
+        base=model,
+    )
     return DeletionResult(out, deleted, skipped, resolved, tuple(inputs[0].shape), tuple(sites))
 
 
 def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
     """A recorded deletion (a `modify.io.provenance` step) run again on the rebuilt model."""
-    return delete_blocks(model, blocks=data["blocks"], example_inputs=torch.zeros(data["input_shape"]),
-                         leaf_modules=tuple(data.get("leaf_modules") or ())).model  # fmt: skip
+    return delete_blocks(
+        model,
+        blocks=data["blocks"],
+        example_inputs=torch.zeros(data["input_shape"]),
+        leaf_modules=tuple(data.get("leaf_modules") or ()),
+    ).model

@@ -20,15 +20,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from modify.errors import ConversionError, ModifyError, first_line
 from modify.io import provenance
-from modify.errors import ConversionError, ModifyError
 
-__all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "BASELINES_HINT"]
+__all__ = ["PruningResult", "prune_channels", "reshape_like", "replay", "require_torch_pruning", "BASELINES_HINT"]
 
 BASELINES_HINT = "pip install 'modify[baselines]'"
 # The layer attributes Torch-Pruning changes, per layer type; enough to rebuild the pruned layers.
-_SHAPE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features", "num_channels",
-                     "num_parameters", "normalized_shape", "embed_dim")  # fmt: skip
+_SHAPE_ATTRIBUTES = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "num_features",
+    "in_features",
+    "out_features",
+    "num_channels",
+    "num_parameters",
+    "normalized_shape",
+    "embed_dim",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +72,8 @@ class PruningResult:
         return ()
 
 
-def _tp() -> Any:
+def require_torch_pruning() -> Any:
+    """The torch_pruning module; a `ModifyError` with the line that installs it where it is missing."""
     try:
         import torch_pruning
     except ImportError:
@@ -88,9 +99,17 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
     return last[-1:] if last else []
 
 
-def _prune_copy(model: nn.Module, x: torch.Tensor, ratio: float, *, importance: str, round_to: int | None,
-                ignored: Collection[str] | None, global_pruning: bool) -> nn.Module:  # fmt: skip
-    tp = _tp()
+def _prune_copy(
+    model: nn.Module,
+    x: torch.Tensor,
+    ratio: float,
+    *,
+    importance: str,
+    round_to: int | None,
+    ignored: Collection[str] | None,
+    global_pruning: bool,
+) -> nn.Module:
+    tp = require_torch_pruning()
     pruned = copy.deepcopy(model).eval()
     names = dict(pruned.named_modules())
     unknown = [n for n in ignored or () if n not in names]
@@ -100,30 +119,41 @@ def _prune_copy(model: nn.Module, x: torch.Tensor, ratio: float, *, importance: 
     if ratio > 0:
         try:
             pruner = tp.pruner.MetaPruner(
-                pruned, x, importance=_importance(tp, importance), pruning_ratio=ratio, ignored_layers=skip,
-                round_to=round_to, global_pruning=global_pruning,
-            )  # fmt: skip
+                pruned,
+                x,
+                importance=_importance(tp, importance),
+                pruning_ratio=ratio,
+                ignored_layers=skip,
+                round_to=round_to,
+                global_pruning=global_pruning,
+            )
             pruner.step()
         except ModifyError:
             raise
         except Exception as e:
             raise ConversionError(
-                f"Torch-Pruning could not prune {type(model).__name__} at ratio {ratio:.3f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                f"Torch-Pruning could not prune {type(model).__name__} at ratio {ratio:.3f}: {first_line(e)}. "
                 "Name the layers it cannot handle in ignored_layers=."
             ) from e
     return pruned
 
 
 def _count(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    macs, params = _tp().utils.count_ops_and_params(model, x)
+    macs, params = require_torch_pruning().utils.count_ops_and_params(model, x)
     return int(macs), int(params)
 
 
 def _measured_speedup(model: nn.Module, original: nn.Module, x: torch.Tensor, rounds: int, seconds: float) -> float:
     from modify.measure.benchmark import BenchCase, bench
 
-    report = bench(model, original, cases=[BenchCase(batch_size=1, threads=1)], input_size=x.shape[-1],
-                   rounds=rounds, min_run_time=seconds)  # fmt: skip
+    report = bench(
+        model,
+        original,
+        cases=[BenchCase(batch_size=1, threads=1)],
+        input_size=x.shape[-1],
+        rounds=rounds,
+        min_run_time=seconds,
+    )
     return report.results[0].speedup
 
 
@@ -167,33 +197,58 @@ def prune_channels(
     if sum(v is not None for v in (macs_ratio, speedup, ratio)) != 1:
         raise ConversionError("prune_channels: give exactly one of macs_ratio=, speedup= and ratio=.")
     if ratio is not None and not 0 <= ratio < 1:
-        raise ConversionError(f"prune_channels: ratio={ratio} must lie in [0, 1) (the share of channels removed per layer).")
+        raise ConversionError(
+            f"prune_channels: ratio={ratio} must lie in [0, 1) (the share of channels removed per layer)."
+        )
     goal = macs_ratio if macs_ratio is not None else speedup
     if goal is not None and not goal > 1:
         which = "macs_ratio" if macs_ratio is not None else "speedup"
         raise ConversionError(f"prune_channels: {which}={goal} must be above 1 (1 = the unpruned model).")
-    from modify.conversion.tracing import default_input
+    from modify.conversion.tracing import inputs_for
 
-    x = default_input(model, input_size) if example_inputs is None else (
-        example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0])  # fmt: skip
+    x = inputs_for(model, example_inputs, input_size)[0]
     was_training = model.training
     model.eval()
     try:
-        return _prune(model, x, macs_ratio, speedup, ratio, importance, round_to, ignored_layers, global_pruning,
-                      bench_rounds, bench_seconds, tolerance)  # fmt: skip
+        return _prune(
+            model,
+            x,
+            macs_ratio,
+            speedup,
+            ratio,
+            importance,
+            round_to,
+            ignored_layers,
+            global_pruning,
+            bench_rounds,
+            bench_seconds,
+            tolerance,
+        )
     finally:
         model.train(was_training)  # the caller's model keeps its mode
 
 
-def _prune(model: nn.Module, x: torch.Tensor, macs_ratio: float | None, speedup: float | None, ratio: float | None,
-           importance: str, round_to: int | None, ignored_layers: Collection[str] | None, global_pruning: bool,
-           bench_rounds: int, bench_seconds: float, tolerance: float) -> PruningResult:  # fmt: skip
+def _prune(
+    model: nn.Module,
+    x: torch.Tensor,
+    macs_ratio: float | None,
+    speedup: float | None,
+    ratio: float | None,
+    importance: str,
+    round_to: int | None,
+    ignored_layers: Collection[str] | None,
+    global_pruning: bool,
+    bench_rounds: int,
+    bench_seconds: float,
+    tolerance: float,
+) -> PruningResult:
     goal = macs_ratio if macs_ratio is not None else speedup
     macs_before, params_before = _count(model, x)
 
     def pruned_at(r: float) -> nn.Module:
-        return _prune_copy(model, x, r, importance=importance, round_to=round_to, ignored=ignored_layers,
-                           global_pruning=global_pruning)  # fmt: skip
+        return _prune_copy(
+            model, x, r, importance=importance, round_to=round_to, ignored=ignored_layers, global_pruning=global_pruning
+        )
 
     def measure(r: float) -> tuple[nn.Module, float]:
         pruned = pruned_at(r)
@@ -217,10 +272,25 @@ def _prune(model: nn.Module, x: torch.Tensor, macs_ratio: float | None, speedup:
     ratio, pruned, reached = best
     macs, params = _count(pruned, x)
     _record_shapes(pruned, model)
-    target = (f"macs_ratio={macs_ratio:g}" if macs_ratio is not None else
-              f"speedup={speedup:g}" if speedup is not None else f"ratio={ratio:g}")  # fmt: skip
-    return PruningResult(pruned, ratio, macs, macs_before, params, params_before, target,
-                         speedup=reached if speedup is not None else None, importance=importance, round_to=round_to)  # fmt: skip
+    target = (
+        f"macs_ratio={macs_ratio:g}"
+        if macs_ratio is not None
+        else f"speedup={speedup:g}"
+        if speedup is not None
+        else f"ratio={ratio:g}"
+    )
+    return PruningResult(
+        pruned,
+        ratio,
+        macs,
+        macs_before,
+        params,
+        params_before,
+        target,
+        speedup=reached if speedup is not None else None,
+        importance=importance,
+        round_to=round_to,
+    )
 
 
 def _record_shapes(pruned: nn.Module, original: nn.Module) -> None:
@@ -229,12 +299,17 @@ def _record_shapes(pruned: nn.Module, original: nn.Module) -> None:
     attributes: dict[str, dict[str, int]] = {}
     for name, module in pruned.named_modules():
         base = before.get(name)
-        changed = {a: getattr(module, a) for a in _SHAPE_ATTRIBUTES
-                   if hasattr(module, a) and base is not None and getattr(base, a, None) != getattr(module, a)}  # fmt: skip
+        changed = {
+            a: getattr(module, a)
+            for a in _SHAPE_ATTRIBUTES
+            if hasattr(module, a) and base is not None and getattr(base, a, None) != getattr(module, a)
+        }
         if changed:
             attributes[name] = changed
     base_state = original.state_dict()
-    shapes = {k: list(v.shape) for k, v in pruned.state_dict().items() if k in base_state and base_state[k].shape != v.shape}
+    shapes = {
+        k: list(v.shape) for k, v in pruned.state_dict().items() if k in base_state and base_state[k].shape != v.shape
+    }
     provenance.record(pruned, "prune", {"attributes": attributes, "shapes": shapes}, base=original)
 
 

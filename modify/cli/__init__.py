@@ -1,4 +1,4 @@
-"""The `modify` command line: one file per command; only `render.py` imports rich.
+"""The `modify` command line: one file per command; only the `render` package imports rich.
 
 Importing this package imports typer alone, so `modify --help` answers without loading torch.
 """
@@ -14,6 +14,7 @@ import typer.core
 
 from modify.cli import (
     bench,
+    blocks,
     compare,
     convert,
     export,
@@ -35,6 +36,7 @@ __all__ = ["app", "main"]
 # torchvision scripts a few ops at import; torch 2.14 calls torch.jit.script deprecated. Not ours
 # to fix, and not the user's concern.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
 
 class _Group(typer.core.TyperGroup):
     """The root command: a usage error (missing argument, unknown option, a value of the wrong
@@ -69,8 +71,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _sub in (plan.app, convert.app, convert.blocks_app, finetune.app, compare.app, routes.app, profile.app, bench.app, export.app,
-             models.app):  # fmt: skip
+for _sub in (
+    plan.app,
+    convert.app,
+    blocks.app,
+    finetune.app,
+    compare.app,
+    routes.app,
+    profile.app,
+    bench.app,
+    export.app,
+    models.app,
+):
     app.add_typer(_sub)
 
 

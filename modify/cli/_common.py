@@ -6,16 +6,27 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+from modify.layers.options import Init
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Options every command that takes a MODEL shares.
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict / model / model_state_dict keys, module. prefixes) or .safetensors.")]  # noqa: E501
-ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="Your weights for MODEL: a state_dict, a training checkpoint (state_dict "
+        "/ model / model_state_dict keys, module. prefixes) or .safetensors.",
+    ),
+]
+ClassesOpt = Annotated[
+    int | None, typer.Option("--num-classes", help="Classes of the model's head (a MODEL given by name).", min=1)
+]
 
 
 def fail(message: str) -> typer.Exit:
@@ -30,7 +41,7 @@ def fail(message: str) -> typer.Exit:
 ENGINES = ("eager", "compile", "onnxruntime", "aoti")
 ENGINE_HELP = "Where the model runs: eager, compile (torch.compile), onnxruntime or aoti (an AOTInductor package)."
 
-INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, without importing torch
+INITS = tuple(i.value for i in Init)  # modify.layers.options imports no torch
 INIT_HELP = "How the MoD blocks start: scratch (the paper), copy (the original's weights), zero, importance."
 
 
@@ -107,3 +118,34 @@ def load_base(spec: str, *, weights: str | None, num_classes: int | None) -> tup
 
         load_state_dict_file(module, weights)
     return module, label
+
+
+# -- modify convert and modify blocks
+
+RecipeOpt = Annotated[
+    str | None, typer.Option("--recipe", "-r", help="A recipe file or shipped name (every_other, all, late_stages).")
+]
+KOpt = Annotated[
+    str | None, typer.Option("-k", help="Channels per converted block (16) or a fraction of its width (0.25).")
+]
+COpt = Annotated[int | None, typer.Option("-c", help="The paper's capacity: k = max(1, C // c).", min=1)]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Full skip reasons in the table instead of below it.")
+]
+SizeOpt = Annotated[int, typer.Option("--input-size", help="Input height and width for tracing and MACs.", min=8)]
+LeafOpt = Annotated[
+    list[str] | None, typer.Option("--leaf", help="A module (qualified name) fx must not trace into; repeatable.")
+]
+
+
+def run_conversion(model, recipe, k, c, weights, num_classes, input_size, leaf, init="scratch"):
+    """The conversion `modify convert` and `modify blocks` run: (original, result, label)."""
+    from modify.conversion.pipeline import convert as convert_model
+
+    if sum(v is not None for v in (recipe, k, c)) > 1:
+        raise fail("give at most one of --recipe, -k and -c.")
+    original, label = load_base(model, weights=str(weights) if weights else None, num_classes=num_classes)
+    result = convert_model(
+        original, recipe=recipe, k=parse_k(k), c=c, input_size=input_size, leaf_modules=tuple(leaf or ()), init=init
+    )
+    return original, result, label

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,8 +17,15 @@ app = typer.Typer()
 @user_errors
 def export(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint from `modify convert -o`, or a model name.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, torch-export or aoti (an AOTInductor package; needs a C++ compiler).")] = "onnx",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2 / .aoti.pt2.")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="onnx, torch-export or aoti (an AOTInductor package; needs a C++ compiler)."
+        ),
+    ] = "onnx",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Default: CHECKPOINT with .onnx / .pt2 / .aoti.pt2.")
+    ] = None,
     input_size: Annotated[int, typer.Option("--input-size", help="Input height and width.", min=8)] = 224,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Allow any batch size.")] = False,
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convolutions first.")] = False,
@@ -51,7 +58,9 @@ def export(
     if fmt == "aoti":
         from modify.deploy.aoti import export_aoti
 
-        report = export_aoti(model, target, input_size=input_size, dynamic_batch=dynamic_batch, device=device, force=force)
+        report = export_aoti(
+            model, target, input_size=input_size, dynamic_batch=dynamic_batch, device=device, force=force
+        )
     else:
         run = export_onnx if fmt == "onnx" else export_program
         report = run(model, target, input_size=input_size, dynamic_batch=dynamic_batch, force=force)
@@ -63,5 +72,6 @@ def export(
     ops = f"; operators: {', '.join(report.operators)}" if report.operators else ""
     console().print(
         f"wrote {report.path} ({report.format}); max |export - PyTorch| = {report.max_abs_diff:.2e} "
-        f"at batch {', '.join(map(str, report.batch_sizes))}{ops}", highlight=False,
-    )  # fmt: skip
+        f"at batch {', '.join(map(str, report.batch_sizes))}{ops}",
+        highlight=False,
+    )

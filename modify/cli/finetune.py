@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,8 +19,12 @@ from modify.cli._common import (
     user_errors,
 )
 
-app = typer.Typer()
+if TYPE_CHECKING:  # the CLI imports torch only inside a command
+    from torch.utils.data import DataLoader, Dataset
 
+    from modify.train.config import FinetuneResult
+
+app = typer.Typer()
 
 
 def _default_output(checkpoint: str) -> Path:
@@ -33,32 +37,81 @@ def _default_output(checkpoint: str) -> Path:
 @user_errors
 def finetune(
     checkpoint: Annotated[str, typer.Argument(help="The converted model: a modify checkpoint (modify convert -o).")],
-    data: Annotated[str, typer.Option("--data", help="Training data: 'fashion-mnist' or an image folder (ROOT/CLASS/IMG).")],
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The original model to distil from: a checkpoint, name or import path.")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Epochs to train (may be a fraction); default 1.", min=0)] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps instead of epochs.", min=1)] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Where to write the fine-tuned checkpoint [CHECKPOINT_ft.pt].")] = None,
+    data: Annotated[
+        str, typer.Option("--data", help="Training data: 'fashion-mnist' or an image folder (ROOT/CLASS/IMG).")
+    ],
+    teacher: Annotated[
+        str | None,
+        typer.Option("--teacher", help="The original model to distil from: a checkpoint, name or import path."),
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", help="Epochs to train (may be a fraction); default 1.", min=0)
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimisation steps instead of epochs.", min=1)] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Where to write the fine-tuned checkpoint [CHECKPOINT_ft.pt].")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the state in --checkpoint-dir, if any.")] = False,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Data to measure accuracy on before and after (test split).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step (per process under torchrun).", min=1)] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine schedule, linear warm-up).", min=0)] = 0.01,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the state in --checkpoint-dir, if any.")
+    ] = False,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option("--eval-data", help="Data to measure accuracy on before and after (test split).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per step (per process under torchrun).", min=1)
+    ] = 128,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak learning rate (cosine schedule, linear warm-up).", min=0)
+    ] = 0.01,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
-    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the distillation loss (1 - alpha: cross-entropy).", min=0, max=1)] = 0.5,
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="Weight of the distillation loss (1 - alpha: cross-entropy).", min=0, max=1)
+    ] = 0.5,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T.", min=0)] = 4.0,
-    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Write a resumable state every N steps.", min=1)] = None,
-    checkpoint_dir: Annotated[Optional[str], typer.Option("--checkpoint-dir", help="Folder of the resumable state [OUTPUT.state].")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help=f"{INIT_HELP} Re-initialises them first (copy and importance need --teacher); default: as they are.")] = None,
-    freeze: Annotated[bool, typer.Option("--freeze", help="Train only the MoD blocks; the rest stays bit-identical.")] = False,
-    bn_recalibrate: Annotated[int, typer.Option("--bn-recalibrate", help="Re-estimate BatchNorm statistics on N batches after training.", min=0)] = 0,
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N evaluation images.", min=1)] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Write a resumable state every N steps.", min=1)
+    ] = None,
+    checkpoint_dir: Annotated[
+        str | None, typer.Option("--checkpoint-dir", help="Folder of the resumable state [OUTPUT.state].")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help=f"{INIT_HELP} Re-initialises them first (copy and importance need --teacher); default: as they are.",
+        ),
+    ] = None,
+    freeze: Annotated[
+        bool, typer.Option("--freeze", help="Train only the MoD blocks; the rest stays bit-identical.")
+    ] = False,
+    bn_recalibrate: Annotated[
+        int,
+        typer.Option("--bn-recalibrate", help="Re-estimate BatchNorm statistics on N batches after training.", min=0),
+    ] = 0,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), off, bf16, fp16.")
+    ] = "auto",
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training images.", min=1)] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", help="Use only the first N evaluation images.", min=1)
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Image side (image folders: 224; fashion-mnist: 32).", min=1)
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.", min=0)] = 0,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes of a --teacher given by name.", min=1)] = None,
-    teacher_weights: Annotated[Optional[Path], typer.Option("--teacher-weights", help="Your weights for --teacher (a state_dict file, as convert's --weights).")] = None,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", help="Classes of a --teacher given by name.", min=1)
+    ] = None,
+    teacher_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher-weights", help="Your weights for --teacher (a state_dict file, as convert's --weights)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of a fresh run (shuffling, initialisation).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print one JSON object at the end.")] = False,
 ) -> None:
@@ -81,24 +134,35 @@ def finetune(
     from torch.utils.data import DataLoader
 
     from modify.io.checkpoint import save
-    from modify.train.data import load_dataset
-    from modify.train.finetune import FinetuneConfig
-    from modify.train.finetune import finetune as run_finetune
+    from modify.train.finetune import FinetuneConfig, finetune as run_finetune
 
     # Configuration errors surface before anything heavy is loaded.
     config = FinetuneConfig(
-        lr=lr, optimizer=optimizer, alpha=alpha, temperature=temperature, freeze_unconverted=freeze,
-        bn_recalibration_batches=bn_recalibrate, precision=precision, seed=seed,
-    )  # fmt: skip
+        lr=lr,
+        optimizer=optimizer,
+        alpha=alpha,
+        temperature=temperature,
+        freeze_unconverted=freeze,
+        bn_recalibration_batches=bn_recalibrate,
+        precision=precision,
+        seed=seed,
+    )
     model, label = load_model(checkpoint)
-    teacher_model = (load_base(teacher, weights=str(teacher_weights) if teacher_weights else None, num_classes=num_classes)[0]
-                     if teacher is not None else None)  # fmt: skip
-    train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=image_size)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size, num_workers=workers)
-    eval_loader = None
-    if eval_data is not None:
-        eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=image_size)
-        eval_loader = DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
+    teacher_model = (
+        load_base(teacher, weights=str(teacher_weights) if teacher_weights else None, num_classes=num_classes)[0]
+        if teacher is not None
+        else None
+    )
+    train_set, loader, eval_loader = _loaders(
+        data,
+        eval_data,
+        data_dir=data_dir,
+        limit=limit,
+        eval_limit=eval_limit,
+        size=image_size,
+        batch_size=batch_size,
+        workers=workers,
+    )
     if init is not None:
         from modify.conversion.init import initialize
 
@@ -109,9 +173,15 @@ def finetune(
     from modify.cli.render import FinetuneProgress, console, finetune_table
 
     kwargs = dict(
-        teacher=teacher_model, config=config, epochs=epochs, steps=steps, eval_data=eval_loader,
-        checkpoint_dir=state_dir if (checkpoint_every or resume) else None, checkpoint_every=checkpoint_every, resume=resume,
-    )  # fmt: skip
+        teacher=teacher_model,
+        config=config,
+        epochs=epochs,
+        steps=steps,
+        eval_data=eval_loader,
+        checkpoint_dir=state_dir if (checkpoint_every or resume) else None,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
     if as_json:
         result = run_finetune(model, loader, **kwargs)
     else:
@@ -120,13 +190,51 @@ def finetune(
             result = run_finetune(model, loader, on_step=bar.update, **kwargs)
     written = save(model, out, force=force)
     if as_json:
-        data_out = {
-            "output": str(written), "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs,
-            "first_loss": result.losses[0] if result.losses else None, "last_loss": result.losses[-1] if result.losses else None,
-            "train_accuracy": result.train_accuracy, "eval_accuracy_before": result.eval_accuracy_before,
-            "eval_accuracy_after": result.eval_accuracy_after, "images_per_second": result.images_per_second,
-            "seconds": result.seconds, "resumed_from": result.resumed_from, "state": result.checkpoint,
-        }  # fmt: skip
-        typer.echo(json.dumps(data_out))
+        typer.echo(json.dumps(_json(result, written)))
         return
     console().print(finetune_table(result, str(written)))
+
+
+def _loaders(
+    data: str,
+    eval_data: str | None,
+    *,
+    data_dir: str | None,
+    limit: int | None,
+    eval_limit: int | None,
+    size: int | None,
+    batch_size: int,
+    workers: int,
+) -> tuple[Dataset, DataLoader, DataLoader | None]:
+    """(training set, its shuffled loader, the evaluation loader or None)."""
+    from torch.utils.data import DataLoader
+
+    from modify.train.data import load_dataset
+
+    train_set = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=size)
+    loader = DataLoader(
+        train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size, num_workers=workers
+    )
+    if eval_data is None:
+        return train_set, loader, None
+    eval_set = load_dataset(eval_data, split="test", data_dir=data_dir, limit=eval_limit, size=size)
+    return train_set, loader, DataLoader(eval_set, batch_size=max(batch_size, 256), num_workers=workers)
+
+
+def _json(result: FinetuneResult, written: Path) -> dict[str, object]:
+    """What --json prints: the run's numbers and where the model went."""
+    return {
+        "output": str(written),
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "epochs": result.epochs,
+        "first_loss": result.losses[0] if result.losses else None,
+        "last_loss": result.losses[-1] if result.losses else None,
+        "train_accuracy": result.train_accuracy,
+        "eval_accuracy_before": result.eval_accuracy_before,
+        "eval_accuracy_after": result.eval_accuracy_after,
+        "images_per_second": result.images_per_second,
+        "seconds": result.seconds,
+        "resumed_from": result.resumed_from,
+        "state": result.checkpoint,
+    }

@@ -15,9 +15,7 @@ def models(
 ) -> None:
     """List the paper's MoD architectures (and, with --all, torchvision's model names)."""
     from modify.cli.render import console, models_table
-    from modify.models import PAPER_BASELINES
-    from modify.io.names import list_models
-    from modify.models import list_mod_models
+    from modify.models import PAPER_BASELINES, list_mod_models, list_models
 
     names = list_models() if all_models else list_mod_models()
     console().print(models_table(names, PAPER_BASELINES))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,11 +23,25 @@ from modify.cli._common import (
 
 app = typer.Typer()
 
-SpeedupOpt = Annotated[float, typer.Option("--speedup", help="The speed-up to reach, measured in the setting below (1.5 = 1.5 times faster).")]
-DataOpt = Annotated[str, typer.Option("--data", help="Training images: 'fashion-mnist' or an image folder (ROOT/CLASS/IMG, or ROOT/train/...). Never the test split.")]
-BatchOpt = Annotated[int, typer.Option("--batch", help="Images per forward pass in the setting the speed is for.", min=1)]
+SpeedupOpt = Annotated[
+    float,
+    typer.Option("--speedup", help="The speed-up to reach, measured in the setting below (1.5 = 1.5 times faster)."),
+]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Training images: 'fashion-mnist' or an image folder "
+        "(ROOT/CLASS/IMG, or ROOT/train/...). Never the test split.",
+    ),
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch", help="Images per forward pass in the setting the speed is for.", min=1)
+]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Threads in that setting (0 = every core).", min=0)]
-SizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Image side in that setting (default: the data's).", min=8)]
+SizeOpt = Annotated[
+    int | None, typer.Option("--input-size", help="Image side in that setting (default: the data's).", min=8)
+]
 EngineOpt = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
 
 
@@ -44,7 +58,10 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 def plan_options(speedup: float, batch: int, threads: int, engine: str, fractions: str, actions: str) -> dict[str, Any]:
     """The command line's planning options, checked before anything is loaded."""
     if speedup <= 1.0:
-        raise fail(f"--speedup {speedup:g} is not above 1; ask for the speed-up you need, such as --speedup 1.5 (1.5 times faster).")
+        raise fail(
+            f"--speedup {speedup:g} is not above 1; ask for the speed-up "
+            "you need, such as --speedup 1.5 (1.5 times faster)."
+        )
     if engine not in ENGINES:
         raise fail(f"--engine {engine!r} is not one of {', '.join(ENGINES)}.")
     chosen = tuple(a.strip() for a in actions.split(",") if a.strip())
@@ -54,12 +71,32 @@ def plan_options(speedup: float, batch: int, threads: int, engine: str, fraction
     shares = _floats(fractions, "--fractions")
     if any(not 0 < f < 1 for f in shares):
         raise fail(f"--fractions {fractions!r}: each must lie strictly between 0 and 1 (such as 0.5,0.25,0.125).")
-    return {"speedup": speedup, "batch": batch, "threads": threads, "engine": engine, "fractions": shares, "actions": chosen}
+    return {
+        "speedup": speedup,
+        "batch": batch,
+        "threads": threads,
+        "engine": engine,
+        "fractions": shares,
+        "actions": chosen,
+    }
 
 
-def run_plan(model: str, data: str, options: dict[str, Any], *, weights: Path | None, num_classes: int | None,
-             input_size: int | None, data_dir: str | None, limit: int | None, calib_images: int, distill_steps: int,
-             rounds: int, quiet: bool, table: Path | None = None) -> tuple[Any, Any, str, Any]:  # fmt: skip
+def run_plan(
+    model: str,
+    data: str,
+    options: dict[str, Any],
+    *,
+    weights: Path | None,
+    num_classes: int | None,
+    input_size: int | None,
+    data_dir: str | None,
+    limit: int | None,
+    calib_images: int,
+    distill_steps: int,
+    rounds: int,
+    quiet: bool,
+    table: Path | None = None,
+) -> tuple[Any, Any, str, Any]:
     """Loads MODEL and the training data, plans with progress; returns (the original, the
     PlanResult, MODEL's label, the training data)."""
     quiet_torch_logs()
@@ -71,15 +108,29 @@ def run_plan(model: str, data: str, options: dict[str, Any], *, weights: Path | 
     train = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=input_size)  # never the test split
     size = int(train[0][0].shape[-1])
     setting = Setting(batch=options["batch"], threads=options["threads"], input_size=size, engine=options["engine"])
-    config = PlanConfig(speedup=options["speedup"], setting=setting, actions=options["actions"], fractions=options["fractions"],
-                        calib_images=calib_images, distill_steps=distill_steps, rounds=rounds)  # fmt: skip
+    config = PlanConfig(
+        speedup=options["speedup"],
+        setting=setting,
+        actions=options["actions"],
+        fractions=options["fractions"],
+        calib_images=calib_images,
+        distill_steps=distill_steps,
+        rounds=rounds,
+    )
     measured = _read_table(table, config) if table is not None else None
     if quiet:
-        return original, plan(original.eval(), speedup=config.speedup, data=train, config=config, table=measured), label, train
+        return (
+            original,
+            plan(original.eval(), speedup=config.speedup, data=train, config=config, table=measured),
+            label,
+            train,
+        )
     from modify.cli.render import PlanProgress
 
     with PlanProgress() as bar:
-        result = plan(original.eval(), speedup=config.speedup, data=train, config=config, table=measured, on_event=bar.event)
+        result = plan(
+            original.eval(), speedup=config.speedup, data=train, config=config, table=measured, on_event=bar.event
+        )
     return original, result, label, train
 
 
@@ -92,10 +143,14 @@ def _read_table(path: Path, config: Any) -> Any:
         raw = json.loads(Path(path).read_text())
         table = ChoiceTable.from_dict(raw.get("table") or raw)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PlanError(f"--table {str(path)!r} holds no measured choices ({type(e).__name__}); give the .json an earlier plan wrote.") from None
+        raise PlanError(
+            f"--table {str(path)!r} holds no measured choices "
+            f"({type(e).__name__}); give the .json an earlier plan wrote."
+        ) from None
     if table.setting != config.setting or table.calib_images != config.calib_images:
         raise PlanError(
-            f"--table {str(path)!r} was measured at {table.setting.describe()} on {table.calib_images} calibration images, "
+            f"--table {str(path)!r} was measured at {table.setting.describe()} "
+            f"on {table.calib_images} calibration images, "
             f"not at {config.setting.describe()} on {config.calib_images}; plan again without --table."
         )
     return table
@@ -104,10 +159,15 @@ def _read_table(path: Path, config: Any) -> Any:
 @app.command("plan")
 @user_errors
 def plan_command(
-    model: Annotated[str, typer.Argument(help="The trained model: a modify checkpoint, a torchvision name, timm:NAME or an import path.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="The trained model: a modify checkpoint, a torchvision name, timm:NAME or an import path."),
+    ],
     speedup: SpeedupOpt,
     data: DataOpt,
-    output: Annotated[Path, typer.Option("-o", "--output", help="The plan (YAML); its JSON and PNG go beside it.")] = Path("plan.yaml"),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The plan (YAML); its JSON and PNG go beside it.")
+    ] = Path("plan.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing plan file.")] = False,
     batch: BatchOpt = 1,
     threads: ThreadsOpt = 1,
@@ -115,15 +175,33 @@ def plan_command(
     engine: EngineOpt = "eager",
     weights: WeightsOpt = None,
     num_classes: ClassesOpt = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training images.", min=2)] = None,
-    fractions: Annotated[str, typer.Option("--fractions", help="MoD k and narrow widths as shares of C.")] = "0.5,0.25,0.125",
-    actions: Annotated[str, typer.Option("--actions", help="What a block may become besides kept.")] = "delete,mod,narrow",
-    calib_images: Annotated[int, typer.Option("--calib-images", help="Training images held out to score every choice on.", min=1)] = 1024,
-    distill_steps: Annotated[int, typer.Option("--distill-steps", help="Block-local distillation steps per MoD or narrowed block.", min=0)] = 200,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Folder of the data set files (fashion-mnist: the IDX files).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training images.", min=2)] = None,
+    fractions: Annotated[
+        str, typer.Option("--fractions", help="MoD k and narrow widths as shares of C.")
+    ] = "0.5,0.25,0.125",
+    actions: Annotated[
+        str, typer.Option("--actions", help="What a block may become besides kept.")
+    ] = "delete,mod,narrow",
+    calib_images: Annotated[
+        int, typer.Option("--calib-images", help="Training images held out to score every choice on.", min=1)
+    ] = 1024,
+    distill_steps: Annotated[
+        int, typer.Option("--distill-steps", help="Block-local distillation steps per MoD or narrowed block.", min=0)
+    ] = 200,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds.", min=1)] = 7,
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object instead of the table.")] = False,
-    table: Annotated[Optional[Path], typer.Option("--table", help="Solve from the choices an earlier plan measured (its .json), without timing and scoring them again.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print everything as one JSON object instead of the table.")
+    ] = False,
+    table: Annotated[
+        Path | None,
+        typer.Option(
+            "--table",
+            help="Solve from the choices an earlier plan measured (its .json), without timing and scoring them again.",
+        ),
+    ] = None,
 ) -> None:
     """Plan per block (keep, delete, MoD, narrow) for a speed-up measured on this machine; write the plan."""
     options = plan_options(speedup, batch, threads, engine, fractions, actions)
@@ -132,14 +210,30 @@ def plan_command(
 
     for kind, path in paths_beside(output).items():
         check_output(path, force=force or kind != "yaml")  # before anything is timed or trained
-    _, result, label, _ = run_plan(model, data, options, weights=weights, num_classes=num_classes, input_size=input_size,
-                                data_dir=data_dir, limit=limit, calib_images=calib_images, distill_steps=distill_steps,
-                                rounds=rounds, quiet=as_json, table=table)  # fmt: skip
+    _, result, label, _ = run_plan(
+        model,
+        data,
+        options,
+        weights=weights,
+        num_classes=num_classes,
+        input_size=input_size,
+        data_dir=data_dir,
+        limit=limit,
+        calib_images=calib_images,
+        distill_steps=distill_steps,
+        rounds=rounds,
+        quiet=as_json,
+        table=table,
+    )
     from modify.study.plan_report import write_plan
 
     paths = write_plan(result, output, model=label, force=force)
     if as_json:
-        typer.echo(json.dumps({**result.as_dict(), "model": label, "written": {k: str(v) for k, v in paths.items()}}, default=str))
+        typer.echo(
+            json.dumps(
+                {**result.as_dict(), "model": label, "written": {k: str(v) for k, v in paths.items()}}, default=str
+            )
+        )
         return
     from modify.cli.render import console, plan_summary, plan_table
 
@@ -147,5 +241,9 @@ def plan_command(
     out.print(plan_table(result))
     for line in plan_summary(result):
         out.print(line, highlight=False)
-    out.print(f"wrote {paths['yaml']} (apply: modify convert {model} --recipe {paths['yaml']}), {paths['json']}, {paths['png']}",
-              highlight=False, soft_wrap=True)  # fmt: skip
+    out.print(
+        f"wrote {paths['yaml']} (apply: modify convert {model} "
+        f"--recipe {paths['yaml']}), {paths['json']}, {paths['png']}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,11 +17,13 @@ app = typer.Typer()
 def profile(
     model: Annotated[str, typer.Argument(help="A model name (resnet50, resnet50_mod, ...).")],
     input_size: Annotated[int, typer.Option("--input-size", help="Input height and width.", min=1)] = 224,
-    compare: Annotated[Optional[str], typer.Option("--compare", help="A second model, profiled beside it.")] = None,
+    compare: Annotated[str | None, typer.Option("--compare", help="A second model, profiled beside it.")] = None,
     num_classes: ClassesOpt = None,
     weights: WeightsOpt = None,
     depth: Annotated[int, typer.Option("--depth", help="Module depth of the per-block rows.", min=1)] = 2,
-    latency: Annotated[bool, typer.Option("--latency", help="Also measure each block's time (batch 1, one thread) beside its MACs.")] = False,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="Also measure each block's time (batch 1, one thread) beside its MACs.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Count parameters and MACs (fvcore convention, MoD operators included), per block."""

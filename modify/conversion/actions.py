@@ -51,7 +51,9 @@ def build_mod_block(
     """The MoD block replacing one discovered block, its reduced block cut from ``gm``."""
     site = plan.site
     assert plan.k is not None
-    branch, post_k, post_full = reduced_parts(gm, graph, site.channels, plan.k, site.height, site.width, init)
+    branch, post_k, post_full = reduced_parts(
+        gm, graph, channels=site.channels, k=plan.k, height=site.height, width=site.width, init=init
+    )
     if config.form is BlockForm.WHOLE:
         mod = MoDBlock.from_config(site.channels, plan.k, ReducedBlock(branch, post_k, source=site.block_type), config)
     else:

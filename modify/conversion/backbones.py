@@ -19,7 +19,7 @@ Example:
     >>> result = convert_backbone(model, input_size=64)
     >>> type(result.model).__name__, result.converted[0].name
     ('FCN', 'layer1.1')
-"""
+"""  # noqa: E501 (a Markdown table keeps one row per line)
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from typing import Any
 
 from torch import nn
 
-from modify.errors import ConversionError
 from modify.conversion.pipeline import ConversionResult, convert
+from modify.errors import ConversionError
 from modify.io import provenance
 
 __all__ = ["BACKBONE_PATHS", "find_backbone", "convert_backbone"]

@@ -23,7 +23,7 @@ Example:
     (16, 'MobileNet')
     >>> default_capacity(["MyBlock"]) is None
     True
-"""
+"""  # noqa: E501 (a Markdown table keeps one row per line)
 
 from __future__ import annotations
 
@@ -47,21 +47,42 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family(
         "ResNet",
-        ("BasicBlock", "Bottleneck", "QuantizableBasicBlock", "QuantizableBottleneck",
-         # timm's ResNet relatives: Res2Net, ResNeSt, SK-, SE- and NF-ResNets, pre-activation ResNet-V2,
-         # byobnet's and CSPNet's bottlenecks, DarkNet, DLA, aligned Xception
-         "Bottle2neck", "ResNestBottleneck", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "SEResNetBlock",
-         "SEResNetBottleneck", "SEResNeXtBottleneck", "NormFreeBlock", "PreActBasic", "PreActBottleneck",
-         "BottleneckBlock", "DarkBlock", "DlaBasic", "DlaBottleneck", "XceptionModule"),
+        (
+            "BasicBlock",
+            "Bottleneck",
+            "QuantizableBasicBlock",
+            "QuantizableBottleneck",
+            # timm's ResNet relatives: Res2Net, ResNeSt, SK-, SE- and NF-ResNets, pre-activation ResNet-V2,
+            # byobnet's and CSPNet's bottlenecks, DarkNet, DLA, aligned Xception
+            "Bottle2neck",
+            "ResNestBottleneck",
+            "SelectiveKernelBasic",
+            "SelectiveKernelBottleneck",
+            "SEResNetBlock",
+            "SEResNetBottleneck",
+            "SEResNeXtBottleneck",
+            "NormFreeBlock",
+            "PreActBasic",
+            "PreActBottleneck",
+            "BottleneckBlock",
+            "DarkBlock",
+            "DlaBasic",
+            "DlaBottleneck",
+            "XceptionModule",
+        ),
         64,
         "the paper's c for every ResNet (Sec. 3.2)",
     ),
     Family("RegNet", ("ResBottleneckBlock",), 64, "RegNet's block is a ResNet Bottleneck; the paper's ResNet c"),
     Family(
         "MobileNet",
-        ("InvertedResidual", "QuantizableInvertedResidual",
-         # timm's: MobileNetV4's universal block, GhostNet's (stages of 16..160 channels)
-         "UniversalInvertedResidual", "GhostBottleneck"),
+        (
+            "InvertedResidual",
+            "QuantizableInvertedResidual",
+            # timm's: MobileNetV4's universal block, GhostNet's (stages of 16..160 channels)
+            "UniversalInvertedResidual",
+            "GhostBottleneck",
+        ),
         16,
         "the paper's c for MobileNetV2 (Sec. 3.2); c = 64 would give k = 1 to every block narrower than 128",
     ),
@@ -70,7 +91,8 @@ FAMILIES: tuple[Family, ...] = (
         "EfficientNet",
         ("MBConv", "FusedMBConv", "DepthwiseSeparableConv", "EdgeResidual"),  # torchvision's; timm's
         16,
-        "MobileNetV2's block with SE, so the paper's MobileNetV2 c; c = 64 would give k = 1 to every block narrower than 128",
+        "MobileNetV2's block with SE, so the paper's MobileNetV2 c; "
+        "c = 64 would give k = 1 to every block narrower than 128",
     ),
     Family(
         "ConvNeXt",
@@ -117,7 +139,7 @@ def default_capacity(block_types: Iterable[str]) -> DefaultCapacity | None:
         16
         >>> print(default_capacity(["Bottleneck", "Bottleneck", "InvertedResidual"]))
         c=64, the default for ResNet blocks (BasicBlock, Bottleneck): the paper's c for every ResNet (Sec. 3.2); most of the model's blocks are ResNet blocks (also: MobileNet)
-    """
+    """  # noqa: E501 (the sentence the example prints is one line)
     votes = collections.Counter(f.name for f in map(family_of, block_types) if f is not None)
     if not votes:
         return None

@@ -2,10 +2,15 @@
 important channels, with a selector that prefers them (``importance``), or its leading channels
 (``copy``). Each reduced layer is matched to the original layer it was cut from, and every
 channel width of the block gets one ranking, so consecutive layers stay consistent.
+
+The seam `modify.conversion.init` calls, one MoD block at a time: `copy_important`,
+`copy_leading`, then `scale_selectors` for the whole model; `reduced_branch` is the part of a
+MoD block both strategies (and ``zero``) write into.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from typing import Any
@@ -15,10 +20,10 @@ from torch import Tensor, fx, nn
 
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock
-from modify.layers.selector import StaticSelector
 from modify.layers.options import StrChoice
+from modify.layers.selector import StaticSelector
 
-__all__ = ["ImportanceBy"]
+__all__ = ["ImportanceBy", "reduced_branch", "copy_leading", "copy_important", "scale_selectors"]
 
 
 class ImportanceBy(StrChoice):
@@ -28,7 +33,7 @@ class ImportanceBy(StrChoice):
     L1 = "l1"  # L1 norm of the filters producing the channel
 
 
-def _branch(mod: MoDBlock) -> nn.Module:
+def reduced_branch(mod: MoDBlock) -> nn.Module:
     """The reduced block's residual branch (the whole form wraps it in a ReducedBlock)."""
     return mod.block.branch if mod.form is BlockForm.WHOLE and hasattr(mod.block, "branch") else mod.block
 
@@ -43,7 +48,7 @@ def _counterparts(reduced: nn.Module, original: nn.Module, scope: str) -> dict[s
     if not wanted:
         return {}
     root = original.get_submodule(scope) if scope else original
-    for prefix, candidate in root.named_modules():
+    for _prefix, candidate in root.named_modules():
         table = {rel.replace(".", "_"): m for rel, m in candidate.named_modules() if rel}
         if all(n in table and type(table[n]) is type(m) for n, m in wanted.items()):
             return {n: table[n] for n in wanted}
@@ -136,7 +141,9 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
     for i, (name, orig) in enumerate(order):
         new = reduced.get_submodule(name)
         if isinstance(orig, nn.modules.conv._ConvNd):
-            out_set = _ensure(ranks, orig.out_channels, lambda: _producer_ranking(order, i, orig.out_channels, ranks.by))
+            out_set = _ensure(
+                ranks, orig.out_channels, functools.partial(_producer_ranking, order, i, orig.out_channels, ranks.by)
+            )
             rows = out_set[: new.out_channels]
             if orig.groups == 1:
                 cols = ranks.take(orig.in_channels, new.in_channels)
@@ -149,16 +156,21 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
             if orig.bias is not None:
                 new.bias.copy_(orig.bias[rows])
         elif isinstance(orig, nn.Linear):
-            out_set = _ensure(ranks, orig.out_features, lambda: _producer_ranking(order, i, orig.out_features, ranks.by))
+            out_set = _ensure(
+                ranks, orig.out_features, functools.partial(_producer_ranking, order, i, orig.out_features, ranks.by)
+            )
             rows = out_set[: new.out_features]
             cols = ranks.take(orig.in_features, new.in_features)
             new.weight.copy_(orig.weight[rows][:, cols])
             if orig.bias is not None:
                 new.bias.copy_(orig.bias[rows])
         elif isinstance(orig, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-            size = orig.num_features if hasattr(orig, "num_features") else (
-                orig.num_channels if isinstance(orig, nn.GroupNorm) else orig.normalized_shape[-1])  # fmt: skip
-            keep = _ensure(ranks, size, lambda: _producer_ranking(order, i, size, ranks.by))
+            size = (
+                orig.num_features
+                if hasattr(orig, "num_features")
+                else (orig.num_channels if isinstance(orig, nn.GroupNorm) else orig.normalized_shape[-1])
+            )
+            keep = _ensure(ranks, size, functools.partial(_producer_ranking, order, i, size, ranks.by))
             state = {}
             for key, value in orig.state_dict().items():
                 target = new.state_dict()[key]
@@ -170,14 +182,20 @@ def _copy_part(reduced: nn.Module, original: nn.Module, scope: str, ranks: _Rank
                     state[key] = value[keep[: target.shape[0]]].clone()
             new.load_state_dict(state)
         else:  # a layer type without a channel rule: the leading slice of every tensor
-            state = {k: v[tuple(slice(0, s) for s in new.state_dict()[k].shape)].clone() for k, v in orig.state_dict().items()}
+            state = {
+                k: v[tuple(slice(0, s) for s in new.state_dict()[k].shape)].clone()
+                for k, v in orig.state_dict().items()
+            }
             new.load_state_dict(state)
     if isinstance(reduced, fx.GraphModule):  # get_attr tensors (ConvNeXt's layer scale)
         for name, p in reduced.named_parameters(recurse=False):
             source = _find_tensor(original, scope, name)
             if source is None:
                 continue
-            index = tuple(ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s) for d, s in zip(source.shape, p.shape))
+            index = tuple(
+                ranks.take(d, s) if d > 1 and d in ranks.sets else slice(0, s)
+                for d, s in zip(source.shape, p.shape, strict=True)
+            )
             value = source
             for axis, ix in enumerate(index):
                 value = value.index_select(axis, ix) if isinstance(ix, Tensor) else value.narrow(axis, 0, p.shape[axis])
@@ -203,15 +221,20 @@ def _scope(name: str) -> str:
     return name.partition(":")[0] if ":" in name else name
 
 
-def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy, noise: float) -> tuple[list[int], Tensor]:
+def copy_important(
+    mod: MoDBlock, original: nn.Module, name: str, *, by: ImportanceBy, noise: float
+) -> tuple[list[int], Tensor]:
+    """``importance``: the reduced block takes the original block's most important channels and the
+    selector is set to prefer them. Returns (the k preferred channels in order, the prior logits (C,))."""
     scope = _scope(name)
     try:
         original.get_submodule(scope) if scope else original
     except AttributeError:
         raise ModifyError(
-            f"the original model has no module {scope!r} (MoD block {name!r}); pass the model that was converted as original=."
+            f"the original model has no module {scope!r} (MoD block "
+            f"{name!r}); pass the model that was converted as original=."
         ) from None
-    branch = _branch(mod)
+    branch = reduced_branch(mod)
     pairs = _counterparts(branch, original, scope)
     ranks = _Rankings(by)
     inputs = _input_layers(branch.graph, pairs) if isinstance(branch, fx.GraphModule) else list(pairs.values())[:1]
@@ -225,16 +248,18 @@ def _importance(mod: MoDBlock, original: nn.Module, name: str, by: ImportanceBy,
     return [int(i) for i in preferred], prior
 
 
-def _copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
+def copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
     """``copy``: the reduced block takes the original block's leading channels (what `modify.convert`
     with init="copy" cuts), and the selector starts fresh."""
     scope = _scope(name)
-    branch = _branch(mod)
+    branch = reduced_branch(mod)
     ranks = _Rankings(ImportanceBy.BN)
     pairs = _counterparts(branch, original, scope)
     tensors = [t for m in pairs.values() for t in m.state_dict().values()]
     if isinstance(branch, fx.GraphModule):
-        tensors += [t for n, _ in branch.named_parameters(recurse=False) if (t := _find_tensor(original, scope, n)) is not None]
+        tensors += [
+            t for n, _ in branch.named_parameters(recurse=False) if (t := _find_tensor(original, scope, n)) is not None
+        ]
     for t in tensors:
         for d in t.shape:
             ranks.sets.setdefault(int(d), torch.arange(int(d)))  # every ranking the identity: leading channels
@@ -283,7 +308,7 @@ def _set_prior(sel: nn.Module, v: Tensor, *, sign: float, magnitude: float) -> N
     sel.fc2.weight[:, 0].copy_(v / (magnitude * balance))
 
 
-def _scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
+def scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
     """Measures each block's pooled input mean on ``data`` and scales its prior to it."""
     means: dict[int, list[float]] = {id(b): [] for b in blocks}
 

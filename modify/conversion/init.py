@@ -73,15 +73,24 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from modify.layers.fresh import fresh_conv_
+from modify.conversion.from_original import ImportanceBy, copy_important, copy_leading, reduced_branch, scale_selectors
+from modify.conversion.surgery import get_attribute
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
+from modify.layers.fresh import fresh_conv_
 from modify.layers.options import Init
-from modify.conversion.from_original import ImportanceBy, _branch, _copy_leading, _importance, _scale_selectors
-from modify.conversion.surgery import get_attribute
 
-__all__ = ["Init", "ImportanceBy", "BlockInit", "InitReport", "initialize", "mod_blocks", "replaced_blocks", "zero_updates",
-           "set_to_deletion"]
+__all__ = [
+    "Init",
+    "ImportanceBy",
+    "BlockInit",
+    "InitReport",
+    "initialize",
+    "mod_blocks",
+    "replaced_blocks",
+    "zero_updates",
+    "set_to_deletion",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,21 +191,23 @@ def initialize(
             base = dict(module=path, name=name, channels=mod.channels, k=mod.k, form=mod.form.value)
             if strategy is Init.IMPORTANCE:
                 assert original is not None
-                preferred, priors[id(mod)] = _importance(mod, original, name, by, selector_noise)
+                preferred, priors[id(mod)] = copy_important(mod, original, name, by=by, noise=selector_noise)
                 done.append(BlockInit(**base, preferred=tuple(preferred)))
             elif strategy is Init.COPY:
                 assert original is not None
-                _copy_leading(mod, original, name)
+                copy_leading(mod, original, name)
                 done.append(BlockInit(**base))
             else:
                 _scratch(mod)
                 if strategy is Init.ZERO:
-                    zeroed = _zero_branch(_branch(mod))
-                    done.append(BlockInit(**base, zeroed=zeroed, exact_zero=mod.form is BlockForm.BRANCH and zeroed is not None))
+                    zeroed = _zero_branch(reduced_branch(mod))
+                    done.append(
+                        BlockInit(**base, zeroed=zeroed, exact_zero=mod.form is BlockForm.BRANCH and zeroed is not None)
+                    )
                 else:
                     done.append(BlockInit(**base))
         if strategy is Init.IMPORTANCE and data is not None:
-            _scale_selectors(model, [b for _, _, b in blocks], priors, data)
+            scale_selectors(model, [b for _, _, b in blocks], priors, data)
     return InitReport(strategy=strategy, blocks=tuple(done))
 
 
@@ -217,7 +228,7 @@ def zero_updates(result_or_model: Any) -> dict[str, str | None]:
     weights were (copied, important channels): in the ``branch`` form each block then starts
     as its deletion, bit for bit, and trains away from it. Returns block -> the layer zeroed."""
     with torch.no_grad():
-        return {path: _zero_branch(_branch(mod)) for path, _, mod in mod_blocks(result_or_model)}
+        return {path: _zero_branch(reduced_branch(mod)) for path, _, mod in mod_blocks(result_or_model)}
 
 
 # -- scratch and zero ----------------------------------------------------------------------------

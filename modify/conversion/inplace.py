@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import inspect
 import operator
 from collections.abc import Collection
@@ -19,32 +18,79 @@ from collections.abc import Collection
 import torch
 from torch import fx, nn
 
+from modify.conversion.graph import module_calls
 from modify.conversion.tracing import LeafSpec, ModifyTracer
 from modify.layers import MoDBlock
 
 __all__ = ["enable_inplace_fusion"]
 
 
-def _module_calls(graph: fx.Graph) -> collections.Counter[str]:
-    """How many times the graph calls each submodule (a module called twice is shared)."""
-    return collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
-
-
 # Ops whose output may be (a view of) their input: a MoD block reading their output shares its
 # storage with their input, so in-place fusion is safe only if that input is unshared too.
-_VIEW_METHODS = frozenset({
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "t",
-    "contiguous", "expand", "expand_as", "squeeze", "unsqueeze", "narrow", "chunk", "split", "unbind",
-    "select", "as_strided", "detach", "to", "type", "float", "__getitem__",
-})  # fmt: skip
-_VIEW_FUNCTIONS = frozenset({
-    operator.getitem, torch.flatten, torch.reshape, torch.narrow, torch.squeeze, torch.unsqueeze,
-    torch.permute, torch.transpose, torch.t, torch.chunk, torch.split, torch.unbind, torch.select,
-    torch.detach, nn.functional.dropout, nn.functional.dropout2d, nn.functional.dropout3d,
-    nn.functional.alpha_dropout, nn.functional.feature_alpha_dropout,
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
-    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
-})  # fmt: skip
+_VIEW_METHODS = frozenset(
+    {
+        "view",
+        "view_as",
+        "reshape",
+        "reshape_as",
+        "flatten",
+        "unflatten",
+        "permute",
+        "transpose",
+        "t",
+        "contiguous",
+        "expand",
+        "expand_as",
+        "squeeze",
+        "unsqueeze",
+        "narrow",
+        "chunk",
+        "split",
+        "unbind",
+        "select",
+        "as_strided",
+        "detach",
+        "to",
+        "type",
+        "float",
+        "__getitem__",
+    }
+)
+_VIEW_FUNCTIONS = frozenset(
+    {
+        operator.getitem,
+        torch.flatten,
+        torch.reshape,
+        torch.narrow,
+        torch.squeeze,
+        torch.unsqueeze,
+        torch.permute,
+        torch.transpose,
+        torch.t,
+        torch.chunk,
+        torch.split,
+        torch.unbind,
+        torch.select,
+        torch.detach,
+        nn.functional.dropout,
+        nn.functional.dropout2d,
+        nn.functional.dropout3d,
+        nn.functional.alpha_dropout,
+        nn.functional.feature_alpha_dropout,
+        operator.iadd,
+        operator.isub,
+        operator.imul,
+        operator.itruediv,
+        operator.ifloordiv,
+        operator.imod,
+        operator.ipow,
+        operator.iand,
+        operator.ior,
+        operator.ixor,
+        operator.ilshift,
+        operator.irshift,
+    }
+)
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd, MoDBlock)
 
 
@@ -119,7 +165,7 @@ def enable_inplace_fusion(model: nn.Module, *, leaf_modules: Collection[LeafSpec
         graph = ModifyTracer(leaf_modules).trace(model)
     except Exception:
         return []
-    calls = _module_calls(graph)
+    calls = module_calls(graph)
     enabled = []
     for node in graph.nodes:
         if node.op == "call_module" and node.target in blocks and node.args and isinstance(node.args[0], fx.Node):

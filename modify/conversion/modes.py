@@ -27,15 +27,23 @@ from collections.abc import Collection, Iterable
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.layers.fresh import kept_modes
 from modify.conversion.tracing import LeafSpec, trace_graph
+from modify.module_state import kept_modes
 
 __all__ = ["frozen_branches", "mode_note"]
 
 # Calls `modify.conversion.surgery.cut` rebuilds as modules that follow the block's mode.
-_FOLLOWS_MODE = frozenset({
-    F.batch_norm, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-})  # fmt: skip
+_FOLLOWS_MODE = frozenset(
+    {
+        F.batch_norm,
+        F.dropout,
+        F.dropout1d,
+        F.dropout2d,
+        F.dropout3d,
+        F.alpha_dropout,
+        F.feature_alpha_dropout,
+    }
+)
 
 
 def _follows_mode(node: fx.Node) -> bool:
@@ -65,7 +73,7 @@ def _trace(model: nn.Module, training: bool, leaf_modules: Collection[LeafSpec])
         return trace_graph(model.train(training), leaf_modules=leaf_modules)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reads_training(cls: type[nn.Module]) -> bool:
     """Whether ``cls.forward`` mentions ``training`` (torch.nn's own modules are leaves: never traced)."""
     if cls.__module__.startswith("torch.nn.") or cls.forward is nn.Module.forward:
@@ -87,7 +95,10 @@ def frozen_branches(model: nn.Module, blocks: Iterable[str], leaf_modules: Colle
     if not blocks or not any(_reads_training(type(m)) for m in model.modules()):
         return []
     try:
-        train, evaluation = _signature(_trace(model, True, leaf_modules)), _signature(_trace(model, False, leaf_modules))
+        train, evaluation = (
+            _signature(_trace(model, True, leaf_modules)),
+            _signature(_trace(model, False, leaf_modules)),
+        )
     except Exception:  # it traced in its own mode; the other one is not ours to judge
         return []
     names = []

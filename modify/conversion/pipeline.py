@@ -2,6 +2,8 @@
 
     model -trace-> GraphModule (+ shapes) -find_blocks-> [BlockSite] -plan-> [BlockPlan]
           -rewrite-> ConversionResult
+
+Each stage is a module of `modify.conversion` (see its package docstring).
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ import torch
 from torch import fx, nn
 
 from modify.conversion.discover import BlockSite, find_blocks
-from modify.errors import ConversionError, NoBlocksError
 from modify.conversion.families import default_capacity
-from modify.layers import MoDConfig
-from modify.layers.options import Init
-from modify.conversion.modes import frozen_branches, mode_note
 from modify.conversion.inplace import enable_inplace_fusion
+from modify.conversion.modes import frozen_branches, mode_note
 from modify.conversion.plan import BlockPlan, plan, resolve_recipe
 from modify.conversion.recipe import Capacity, Recipe
 from modify.conversion.rewrite import ConvertedBlock, SkippedBlock, rewrite
-from modify.conversion.tracing import LeafSpec, default_input, leaf_from_record, leaf_record, trace
+from modify.conversion.tracing import LeafSpec, inputs_for, leaf_from_record, leaf_record, trace
+from modify.errors import ConversionError, NoBlocksError
 from modify.io import provenance
+from modify.layers import MoDConfig
+from modify.layers.options import Init
 
 __all__ = ["ConversionResult", "convert", "convert_identity", "replay", "IDENTITY_CONFIG", "NO_BLOCKS_HINT"]
 
@@ -60,14 +62,6 @@ class ConversionResult:
     plans: tuple[BlockPlan, ...] = ()
     default_reason: str | None = None  # why this c, when none of recipe/k/c was given (`modify.conversion.families`)
     notes: tuple[str, ...] = ()  # what the user should know: blocks whose self.training branch was frozen
-
-
-def _example(model: nn.Module, example_inputs: Any, input_size: int) -> tuple[torch.Tensor, ...]:
-    if example_inputs is None:
-        return (default_input(model, input_size),)
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
 
 
 def traced_sites(
@@ -139,7 +133,7 @@ def convert(
     zero_update = resolved.zero_update if zero_update is None else zero_update
     original = model
     model = copy.deepcopy(model)  # the caller's model stays bit-identical
-    inputs = _example(model, example_inputs, input_size)
+    inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
     default_reason = None
     if recipe is None and k is None and c is None:
@@ -171,11 +165,16 @@ def convert(
                 f"'{first.name}': {first.reason}. Drop strict, or exclude them in the recipe (skip: true)."
             )
     # What `modify.save` needs to replay this conversion (the weights go in the state_dict).
-    provenance.record(converted_model, "convert", {
-        "recipe": resolved.to_dict(),
-        "input_shape": list(inputs[0].shape),
-        "leaf_modules": [leaf_record(m) for m in leaf_modules],  # classes by import path
-    }, base=model)  # fmt: skip
+    provenance.record(
+        converted_model,
+        "convert",
+        {
+            "recipe": resolved.to_dict(),
+            "input_shape": list(inputs[0].shape),
+            "leaf_modules": [leaf_record(m) for m in leaf_modules],  # classes by import path
+        },
+        base=model,
+    )
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)  # no full-tensor copy at inference
     result = ConversionResult(
         model=converted_model,
@@ -208,9 +207,13 @@ def replay(model: nn.Module, data: Mapping[str, Any]) -> nn.Module:
     part_name = data.get("module")
     part = model.get_submodule(part_name) if part_name else model
     converted = convert(
-        part, recipe=data["recipe"], example_inputs=torch.zeros(data["input_shape"]), leaf_modules=leaves,
-        init=Init.SCRATCH, zero_update=False,  # the weights come from the state_dict
-    ).model  # fmt: skip
+        part,
+        recipe=data["recipe"],
+        example_inputs=torch.zeros(data["input_shape"]),
+        leaf_modules=leaves,
+        init=Init.SCRATCH,
+        zero_update=False,  # the weights come from the state_dict
+    ).model
     if not part_name:
         return converted
     model.set_submodule(part_name, converted)
@@ -243,12 +246,17 @@ def convert_identity(
         True
     """
     model = copy.deepcopy(model)
-    inputs = _example(model, example_inputs, input_size)
+    inputs = inputs_for(model, example_inputs, input_size)
     gm, sites = traced_sites(model, inputs, leaf_modules)
-    plans = [BlockPlan(s, k=s.channels, rule="identity", reason=None) if s.convertible
-             else BlockPlan(s, k=None, rule=None, reason=s.reason) for s in sites]  # fmt: skip
+    plans = [
+        BlockPlan(s, k=s.channels, rule="identity", reason=None)
+        if s.convertible
+        else BlockPlan(s, k=None, rule=None, reason=s.reason)
+        for s in sites
+    ]
     converted_model, converted, skipped = rewrite(model, gm, plans, config=IDENTITY_CONFIG, init=Init.COPY)
     enable_inplace_fusion(converted_model, leaf_modules=leaf_modules)
     recipe = Recipe(mod=IDENTITY_CONFIG)
-    return ConversionResult(converted_model, converted, skipped, recipe, Init.COPY, tuple(inputs[0].shape),
-                            tuple(sites), tuple(plans))  # fmt: skip
+    return ConversionResult(
+        converted_model, converted, skipped, recipe, Init.COPY, tuple(inputs[0].shape), tuple(sites), tuple(plans)
+    )

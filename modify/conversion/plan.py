@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modify.errors import ConversionError, NoBlocksError, RecipeError
 from modify.conversion.recipe import BlockAction, BlockRule, Capacity, Recipe, load_recipe
+from modify.errors import ConversionError, NoBlocksError, RecipeError
 
 if TYPE_CHECKING:  # discovery needs torch; planning does not
     from modify.conversion.discover import BlockSite
@@ -227,7 +227,11 @@ def plan(
         i, action, capacity = decided
         rule_path = f"rules[{i}]"
         if action is BlockAction.KEEP:
-            said = f"skipped by {rule_path} (skip: true)" if resolved.version == 1 else f"kept by {rule_path} (action: keep)"
+            said = (
+                f"skipped by {rule_path} (skip: true)"
+                if resolved.version == 1
+                else f"kept by {rule_path} (action: keep)"
+            )
             plans.append(BlockPlan(site, k=None, rule=rule_path, reason=said))
         elif not site.convertible:
             plans.append(BlockPlan(site, k=None, rule=rule_path, reason=site.reason))

@@ -84,9 +84,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from modify.conversion.recipe_parts import BlockAction, BlockRule, Capacity, mod_config_from
-from modify.conversion.validation import INDEX_KEYWORDS, _as_mapping, _check_keys, _fail, _is_int, _suggest
+from modify.conversion.validation import INDEX_KEYWORDS, as_mapping, check_keys, fail, is_int, suggest
 from modify.errors import RecipeError
-from modify.layers.options import MoDConfig
+from modify.layers.options import Init, MoDConfig
 
 if TYPE_CHECKING:
     from modify.conversion.discover import BlockSite
@@ -110,7 +110,7 @@ RECIPE_VERSIONS = (1, 2)  # the versions this modify reads; 2 adds per-block act
 _RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: the canonical shipped recipes
 _TOP_KEYS = ("version", "defaults", "mod", "rules")
 _TOP_KEYS_V2 = (*_TOP_KEYS, "init", "zero_update")
-_INITS = ("scratch", "copy", "zero", "importance")  # modify.layers.Init, spelt here to stay torch-free
+_INITS = tuple(i.value for i in Init)  # modify.layers.options is torch-free
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,20 +139,20 @@ class Recipe:
     def __post_init__(self) -> None:
         _check_version(self.version, "Recipe.version")
         if not isinstance(self.defaults, Capacity) or self.defaults.skip:
-            raise _fail(
+            raise fail(
                 "Recipe.defaults",
                 f"{self.defaults!r} is not a k, fraction or c capacity; expected Capacity(c=64), say.",
             )
         object.__setattr__(self, "rules", tuple(self.rules))
         for i, rule in enumerate(self.rules):
             if not isinstance(rule, BlockRule):
-                raise _fail(f"Recipe.rules[{i}]", f"{rule!r} is not a BlockRule.")
+                raise fail(f"Recipe.rules[{i}]", f"{rule!r} is not a BlockRule.")
             if rule.action is not None and self.version < 2:
-                raise _fail(f"Recipe.rules[{i}].action", f"{rule.action.value!r}: per-block actions need version=2.")
+                raise fail(f"Recipe.rules[{i}].action", f"{rule.action.value!r}: per-block actions need version=2.")
         if isinstance(self.mod, Mapping):
             object.__setattr__(self, "mod", mod_config_from(self.mod, "Recipe.mod"))
         elif not isinstance(self.mod, MoDConfig):
-            raise _fail("Recipe.mod", f"{self.mod!r} is not a MoDConfig or a mapping of its options.")
+            raise fail("Recipe.mod", f"{self.mod!r} is not a MoDConfig or a mapping of its options.")
 
     def where(self, path: str) -> str:
         """``path`` with the recipe's source, for messages: ``rules[0] of recipe 'late_stages'``."""
@@ -211,8 +211,8 @@ class Recipe:
 
 
 def _check_version(value: object, path: str) -> None:
-    if not _is_int(value) or value not in RECIPE_VERSIONS:
-        raise _fail(
+    if not is_int(value) or value not in RECIPE_VERSIONS:
+        raise fail(
             path,
             f"{value!r} is not a supported recipe version; expected `version: 1` (MoD blocks) or `version: 2` "
             "(per-block actions), the versions this modify reads. Upgrade modify, or rewrite the recipe in one "
@@ -221,37 +221,41 @@ def _check_version(value: object, path: str) -> None:
 
 
 def _recipe_from(raw: object, source: str | None) -> Recipe:
-    raw = _as_mapping(raw, "", "a mapping with version, defaults, mod and rules (see `modify.conversion.recipe`)")
-    _check_keys(raw, _TOP_KEYS_V2, "", "a recipe")
+    raw = as_mapping(raw, "", "a mapping with version, defaults, mod and rules (see `modify.conversion.recipe`)")
+    check_keys(raw, _TOP_KEYS_V2, "", "a recipe")
     if "version" not in raw:
-        raise _fail("version", "missing; expected `version: 1` (or 2, for per-block actions) at the top of the recipe.")
+        raise fail("version", "missing; expected `version: 1` (or 2, for per-block actions) at the top of the recipe.")
     _check_version(raw["version"], "version")
     version = int(raw["version"])
     init, zero_update = _start_from(raw, version)
     defaults = Capacity.from_dict(raw["defaults"], "defaults") if "defaults" in raw else Capacity(c=64)
     mod = mod_config_from(raw["mod"], "mod") if "mod" in raw else MoDConfig()
     if "rules" not in raw:
-        raise _fail("rules", "missing; expected a non-empty list of rules such as `rules: [{index: odd}]`.")
+        raise fail("rules", "missing; expected a non-empty list of rules such as `rules: [{index: odd}]`.")
     rules_raw = raw["rules"]
     if not isinstance(rules_raw, list) or not rules_raw:
-        raise _fail(
+        raise fail(
             "rules", f"{rules_raw!r} is not a non-empty list; expected a list of rules such as [{{index: odd}}]."
         )
     rules = tuple(BlockRule.from_dict(entry, f"rules[{i}]", version=version) for i, entry in enumerate(rules_raw))
-    return Recipe(version=version, defaults=defaults, rules=rules, mod=mod, init=init, zero_update=zero_update, source=source)
+    return Recipe(
+        version=version, defaults=defaults, rules=rules, mod=mod, init=init, zero_update=zero_update, source=source
+    )
 
 
 def _start_from(raw: Mapping[str, Any], version: int) -> tuple[str | None, bool]:
     """A version-2 recipe's ``init`` and ``zero_update`` (how its MoD blocks start)."""
     for key in ("init", "zero_update"):
         if key in raw and version < 2:
-            raise _fail(key, f"{raw[key]!r}: how MoD blocks start is part of a version-2 recipe; write `version: 2`.")
+            raise fail(key, f"{raw[key]!r}: how MoD blocks start is part of a version-2 recipe; write `version: 2`.")
     init = raw.get("init")
     if init is not None and (not isinstance(init, str) or init not in _INITS):
-        raise _fail("init", f"{init!r} is not an init; expected one of {', '.join(_INITS)}." + _suggest(str(init), _INITS))
+        raise fail(
+            "init", f"{init!r} is not an init; expected one of {', '.join(_INITS)}." + suggest(str(init), _INITS)
+        )
     zero_update = raw.get("zero_update", False)
     if not isinstance(zero_update, bool):
-        raise _fail("zero_update", f"{zero_update!r} is not a boolean; expected true or false.")
+        raise fail("zero_update", f"{zero_update!r} is not a boolean; expected true or false.")
     return init, zero_update
 
 
@@ -278,7 +282,7 @@ def shipped_recipe_path(name: str) -> Path:
     if name not in names:
         raise RecipeError(
             f"{name!r} is not a shipped recipe; expected one of {', '.join(names)}, or a path to a YAML file."
-            + _suggest(name, names)
+            + suggest(name, names)
         )
     return _RECIPES_DIR / f"{name}.yaml"
 
@@ -337,7 +341,7 @@ def load_recipe(source: str | os.PathLike[str] | Mapping[str, Any] | Recipe) -> 
         if isinstance(source, str) and not path.suffix and os.sep not in source and "/" not in source:
             raise RecipeError(
                 f"recipe '{source}' is neither a shipped recipe ({', '.join(names)}) nor an existing file; "
-                "expected one of those names or a path to a YAML file." + _suggest(source, names)
+                "expected one of those names or a path to a YAML file." + suggest(source, names)
             )
         raise RecipeError(f"recipe file '{path}' does not exist; expected a path to a YAML file.")
     return Recipe.from_dict(_read_yaml(path, f"'{path}'"), source=str(path))

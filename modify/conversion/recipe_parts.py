@@ -17,15 +17,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from modify.conversion.validation import (
-    _as_mapping,
-    _check_fraction,
-    _check_index,
-    _check_int,
-    _check_int_list,
-    _check_keys,
-    _check_names,
-    _fail,
-    _suggest,
+    as_mapping,
+    check_fraction,
+    check_index,
+    check_int,
+    check_int_list,
+    check_keys,
+    check_names,
+    fail,
+    suggest,
 )
 from modify.layers.options import BlockForm, FusionSlot, MoDConfig, Selection, SelectionOrder, StrChoice
 
@@ -48,7 +48,9 @@ class BlockAction(StrChoice):
 
     KEEP = "keep"  # the block stays as it is
     MOD = "mod"  # a MoD block with k channels (k, fraction or c)
-    NARROW = "narrow"  # the branch's inner widths cut to a share (fraction, or k: the share k / C), in and out kept at C
+    NARROW = (
+        "narrow"  # the branch's inner widths cut to a share (fraction, or k: the share k / C), in and out kept at C
+    )
     DELETE = "delete"  # the block replaced by its shortcut (`modify.baselines.delete_blocks`)
 
 
@@ -74,22 +76,22 @@ class Capacity:
     def _validate(self, path: str) -> None:
         given = [key for key in _CAPACITY_KEYS if getattr(self, key) is not None]
         if not isinstance(self.skip, bool):
-            raise _fail(f"{path}.skip", f"{self.skip!r} is not a boolean; expected true or false.")
+            raise fail(f"{path}.skip", f"{self.skip!r} is not a boolean; expected true or false.")
         if self.skip:
             given.append("skip")
         if len(given) != 1:
             shown = ", ".join(f"{key}: {getattr(self, key)!r}" for key in given) or "none"
-            raise _fail(
+            raise fail(
                 path,
                 f"gives {len(given)} capacities ({shown}); expected exactly one of "
                 "k (channels), fraction (share of C) or c (k = C // c), or skip: true.",
             )
         if self.k is not None:
-            _check_int(self.k, f"{path}.k", minimum=1, expected="a channel count k >= 1")
+            check_int(self.k, f"{path}.k", minimum=1, expected="a channel count k >= 1")
         if self.fraction is not None:
-            object.__setattr__(self, "fraction", _check_fraction(self.fraction, f"{path}.fraction"))
+            object.__setattr__(self, "fraction", check_fraction(self.fraction, f"{path}.fraction"))
         if self.c is not None:
-            _check_int(self.c, f"{path}.c", minimum=1, expected="a capacity c >= 1 (k = C // c; 64 for ResNets)")
+            check_int(self.c, f"{path}.c", minimum=1, expected="a capacity c >= 1 (k = C // c; 64 for ResNets)")
 
     def k_for(self, channels: int) -> int | None:
         """k for a block of ``channels`` channels; None when the capacity is ``skip``.
@@ -115,17 +117,17 @@ class Capacity:
 
     def describe(self) -> str:
         """Short text for messages: ``c=64``, ``k=8``, ``fraction=0.25``, ``skip``."""
-        (key, value), = self.to_dict().items()
+        ((key, value),) = self.to_dict().items()
         return "skip" if key == "skip" else f"{key}={value}"
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], path: str = "defaults", *, allow_skip: bool = False) -> Capacity:
         """Validate ``{c: 64}``-style YAML; errors name ``path``."""
-        raw = _as_mapping(raw, path, "a mapping with one of k, fraction or c, such as {c: 64}")
+        raw = as_mapping(raw, path, "a mapping with one of k, fraction or c, such as {c: 64}")
         valid = (*_CAPACITY_KEYS, "skip") if allow_skip else _CAPACITY_KEYS
         if not allow_skip and "skip" in raw:
-            raise _fail(f"{path}.skip", f"{raw['skip']!r}: {path} cannot skip; expected one of k, fraction or c.")
-        _check_keys(raw, valid, path, "a capacity")
+            raise fail(f"{path}.skip", f"{raw['skip']!r}: {path} cannot skip; expected one of k, fraction or c.")
+        check_keys(raw, valid, path, "a capacity")
         return capacity_from(raw, path, required=True)  # type: ignore[return-value]
 
 
@@ -133,29 +135,29 @@ def capacity_from(raw: Mapping[str, Any], path: str, *, required: bool) -> Capac
     """The capacity given by the capacity keys of ``raw`` (None if none and not ``required``)."""
     skip = raw.get("skip", False)
     if not isinstance(skip, bool):
-        raise _fail(f"{path}.skip", f"{skip!r} is not a boolean; expected true or false.")
+        raise fail(f"{path}.skip", f"{skip!r} is not a boolean; expected true or false.")
     given = [key for key in _CAPACITY_KEYS if key in raw] + (["skip"] if skip else [])
     if len(given) > 1:
         shown = ", ".join(f"{key}: {raw[key]!r}" for key in given)
         split = " Split it into two rules if you meant both (later rules override earlier ones)."
-        raise _fail(
+        raise fail(
             path,
             f"gives {len(given)} capacities ({shown}); expected at most one of k, fraction, c or skip."
             + (split if path.startswith("rules") else ""),
         )
     if not given:
         if required:
-            raise _fail(path, "gives no capacity; expected one of k, fraction or c, such as {c: 64}.")
+            raise fail(path, "gives no capacity; expected one of k, fraction or c, such as {c: 64}.")
         return None
     key = given[0]
     value = raw.get(key, True)
     if key == "k":
-        return Capacity(k=_check_int(value, f"{path}.k", minimum=1, expected="a channel count k >= 1"))
+        return Capacity(k=check_int(value, f"{path}.k", minimum=1, expected="a channel count k >= 1"))
     if key == "fraction":
-        return Capacity(fraction=_check_fraction(value, f"{path}.fraction"))
+        return Capacity(fraction=check_fraction(value, f"{path}.fraction"))
     if key == "c":
         expected = "a capacity c >= 1 (k = C // c; 64 for ResNets)"
-        return Capacity(c=_check_int(value, f"{path}.c", minimum=1, expected=expected))
+        return Capacity(c=check_int(value, f"{path}.c", minimum=1, expected=expected))
     return Capacity(skip=True)
 
 
@@ -182,13 +184,13 @@ class BlockRule:
             object.__setattr__(self, "action", BlockAction.from_str(self.action))
             _check_action_capacity(self.action, self.capacity, "BlockRule")
         if self.stage is not None:
-            object.__setattr__(self, "stage", _check_int_list(self.stage, "BlockRule.stage", what="stage"))
+            object.__setattr__(self, "stage", check_int_list(self.stage, "BlockRule.stage", what="stage"))
         if self.index is not None:
-            object.__setattr__(self, "index", _check_index(self.index, "BlockRule.index"))
+            object.__setattr__(self, "index", check_index(self.index, "BlockRule.index"))
         if self.name is not None:
-            object.__setattr__(self, "name", _check_names(self.name, "BlockRule.name"))
+            object.__setattr__(self, "name", check_names(self.name, "BlockRule.name"))
         if self.capacity is not None and not isinstance(self.capacity, Capacity):
-            raise _fail("BlockRule.capacity", f"{self.capacity!r} is not a Capacity; expected Capacity(...) or None.")
+            raise fail("BlockRule.capacity", f"{self.capacity!r} is not a Capacity; expected Capacity(...) or None.")
 
     def effective_action(self) -> BlockAction:
         """What the rule does: its action, or for a version-1 rule mod (keep when it skips)."""
@@ -229,29 +231,35 @@ class BlockRule:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], path: str = "rules[0]", *, version: int = 1) -> BlockRule:
         """Validate one entry of ``rules`` of a recipe of ``version``; errors name ``path`` (``rules[1].index``)."""
-        raw = _as_mapping(raw, path, "a mapping of selectors (stage, index, name) and at most one capacity")
+        raw = as_mapping(raw, path, "a mapping of selectors (stage, index, name) and at most one capacity")
         if version == 1 and "action" in raw:
-            raise _fail(
+            raise fail(
                 f"{path}.action",
-                f"{raw['action']!r}: per-block actions (keep, mod, narrow, delete) need `version: 2` at the top of the recipe.",
+                f"{raw['action']!r}: per-block actions (keep, mod, narrow, "
+                "delete) need `version: 2` at the top of the recipe.",
             )
         if version >= 2 and "skip" in raw:
-            raise _fail(f"{path}.skip", f"{raw['skip']!r}: version 2 says `action: keep` for a block that stays as it is.")
-        _check_keys(raw, _RULE_KEYS if version == 1 else _RULE_KEYS_V2, path, "a rule")
+            raise fail(
+                f"{path}.skip", f"{raw['skip']!r}: version 2 says `action: keep` for a block that stays as it is."
+            )
+        check_keys(raw, _RULE_KEYS if version == 1 else _RULE_KEYS_V2, path, "a rule")
         action = None
         if version >= 2:
             value = raw.get("action", BlockAction.MOD.value)
             valid = [m.value for m in BlockAction]
             if not isinstance(value, str) or value not in valid:
-                raise _fail(f"{path}.action", f"{value!r} is not an action; expected one of {', '.join(valid)}." + _suggest(value, valid))
+                raise fail(
+                    f"{path}.action",
+                    f"{value!r} is not an action; expected one of {', '.join(valid)}." + suggest(value, valid),
+                )
             action = BlockAction(value)
         capacity = capacity_from(raw, path, required=False)
         if action is not None:
             _check_action_capacity(action, capacity, path)
         return cls(
-            stage=_check_int_list(raw["stage"], f"{path}.stage", what="stage") if "stage" in raw else None,
-            index=_check_index(raw["index"], f"{path}.index") if "index" in raw else None,
-            name=_check_names(raw["name"], f"{path}.name") if "name" in raw else None,
+            stage=check_int_list(raw["stage"], f"{path}.stage", what="stage") if "stage" in raw else None,
+            index=check_index(raw["index"], f"{path}.index") if "index" in raw else None,
+            name=check_names(raw["name"], f"{path}.name") if "name" in raw else None,
             capacity=capacity,
             action=action,
         )
@@ -261,32 +269,31 @@ def _check_action_capacity(action: BlockAction, capacity: Capacity | None, path:
     """keep and delete take no capacity; narrow takes k or a fraction (a share of the inner widths)."""
     if capacity is None:
         return
-    (key, value), = capacity.to_dict().items()
+    ((key, value),) = capacity.to_dict().items()
     if action in (BlockAction.KEEP, BlockAction.DELETE):
-        raise _fail(f"{path}.{key}", f"{value!r}: action {action.value} takes no capacity; remove {key}.")
+        raise fail(f"{path}.{key}", f"{value!r}: action {action.value} takes no capacity; remove {key}.")
     if action is BlockAction.NARROW and key not in ("k", "fraction"):
-        raise _fail(
+        raise fail(
             f"{path}.{key}",
-            f"{value!r}: action narrow takes a fraction of the block's inner widths (fraction: 0.25) or k (the share k / C).",
+            f"{value!r}: action narrow takes a fraction of the block's "
+            "inner widths (fraction: 0.25) or k (the share k / C).",
         )
 
 
 def mod_config_from(raw: object, path: str = "mod") -> MoDConfig:
-    raw = _as_mapping(raw, path, f"a mapping with some of {', '.join(_MOD_KEYS)}")
-    _check_keys(raw, _MOD_KEYS, path, "the MoD options")
+    raw = as_mapping(raw, path, f"a mapping with some of {', '.join(_MOD_KEYS)}")
+    check_keys(raw, _MOD_KEYS, path, "the MoD options")
     for key, choice in _MOD_CHOICES.items():
         if key in raw:
             valid = [m.value for m in choice]
             if not isinstance(raw[key], str) or raw[key] not in valid:
-                raise _fail(
+                raise fail(
                     f"{path}.{key}",
                     f"{raw[key]!r} is not a valid {key}; expected one of {', '.join(valid)}."
-                    + _suggest(raw[key], valid),
+                    + suggest(raw[key], valid),
                 )
     if "scale" in raw and not isinstance(raw["scale"], bool):
-        raise _fail(f"{path}.scale", f"{raw['scale']!r} is not a boolean; expected true or false.")
+        raise fail(f"{path}.scale", f"{raw['scale']!r} is not a boolean; expected true or false.")
     if "reduction" in raw:
-        _check_int(raw["reduction"], f"{path}.reduction", minimum=1, expected="the selector's ratio r, an integer >= 1")
+        check_int(raw["reduction"], f"{path}.reduction", minimum=1, expected="the selector's ratio r, an integer >= 1")
     return MoDConfig(**dict(raw))
-
-

@@ -69,9 +69,9 @@ def _inline_target(site: BlockSite) -> str:
 def _replace_in_graph(
     gm: fx.GraphModule, graph: SiteGraph, target: str, mod: nn.Module, replaced: dict[fx.Node, fx.Node]
 ) -> None:
-    """Swaps one block's nodes for a call of ``mod`` (a MoD block, or a deleted block's shortcut). ``graph`` was located before any edit;
-    ``replaced`` maps the outputs of blocks already swapped to their MoD calls, since a block's
-    input may be the previous block's output."""
+    """Swaps one block's nodes for a call of ``mod`` (a MoD block, or a deleted block's shortcut).
+    ``graph`` was located before any edit; ``replaced`` maps the outputs of blocks already swapped
+    to their MoD calls, since a block's input may be the previous block's output."""
     fork = replaced.get(graph.fork, graph.fork)
     gm.set_submodule(target, mod)  # replaces the block module, or adds one beside inline code
     with gm.graph.inserting_after(graph.output):
@@ -153,5 +153,15 @@ def rewrite(
 
 def _record(plan: BlockPlan, target: str) -> ConvertedBlock:
     s = plan.site
-    return ConvertedBlock(s.name, target, s.block_type, s.stage, s.index, s.channels, planned_k(plan), plan.rule,
-                          action=str(plan.action), fraction=plan.fraction)  # fmt: skip
+    return ConvertedBlock(
+        s.name,
+        target,
+        s.block_type,
+        s.stage,
+        s.index,
+        s.channels,
+        planned_k(plan),
+        plan.rule,
+        action=str(plan.action),
+        fraction=plan.fraction,
+    )

@@ -31,14 +31,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC2701 (FakeTensorMode has no public home in torch)
 from torch.fx.passes.shape_prop import ShapeProp
 
-from modify.layers.fresh import kept_modes
-from modify.errors import ModifyError, TraceError
+from modify.errors import ModifyError, TraceError, first_line
 from modify.layers import MoDBlock
+from modify.module_state import kept_modes
 
-__all__ = ["ModifyTracer", "trace", "trace_graph", "default_input", "LeafSpec", "leaf_record", "leaf_from_record"]
+__all__ = [
+    "ModifyTracer",
+    "trace",
+    "trace_graph",
+    "default_input",
+    "inputs_for",
+    "LeafSpec",
+    "leaf_record",
+    "leaf_from_record",
+]
 
 # A leaf is named by module class (matched with isinstance) or by qualified name ("layer1.0").
 LeafSpec = type[nn.Module] | str
@@ -48,7 +57,10 @@ _CONSTRUCTS: tuple[tuple[str, str], ...] = (
     ("cannot be used as inputs to control flow", "control flow on a tensor value (if/while/bool() on a traced tensor)"),
     ("cannot be iterated", "iteration over a Proxy (a for loop or *-unpacking of a traced value)"),
     ("'len' is not supported", "len() of a traced value"),
-    ("found element of type Proxy", "a traced value passed where a plain Python number is needed (e.g. torch.rand(x.shape[0]))"),
+    (
+        "found element of type Proxy",
+        "a traced value passed where a plain Python number is needed (e.g. torch.rand(x.shape[0]))",
+    ),
     ("must be tuple of ints, but found", "a traced value passed where a plain Python number is needed"),
 )
 
@@ -80,7 +92,8 @@ class ModifyTracer(fx.Tracer):
                 types.append(leaf)
             else:
                 raise TypeError(
-                    f"leaf_modules holds {leaf!r}; expected nn.Module subclasses or qualified module names like 'layer1.0'."
+                    f"leaf_modules holds {leaf!r}; expected nn.Module "
+                    "subclasses or qualified module names like 'layer1.0'."
                 )
         self.leaf_types: tuple[type[nn.Module], ...] = tuple(types)
         self.leaf_names: frozenset[str] = frozenset(names)
@@ -185,8 +198,10 @@ def _note_batchnorm_modules(gm: fx.GraphModule, model: nn.Module) -> None:
             continue
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             node.meta[BATCHNORM_META] = {
-                "momentum": module.momentum, "affine": module.affine, "track_running_stats": module.track_running_stats,
-            }  # fmt: skip
+                "momentum": module.momentum,
+                "affine": module.affine,
+                "track_running_stats": module.track_running_stats,
+            }
 
 
 def leaf_record(spec: LeafSpec) -> str:
@@ -220,7 +235,8 @@ def leaf_from_record(record: str) -> LeafSpec:
     except (ImportError, AttributeError) as e:
         raise ModifyError(
             f"the leaf module class {record!r} cannot be imported ({type(e).__name__}); define it at the top level "
-            "of an importable module (a class made inside a function cannot be found again), or name the leaf by its path."
+            "of an importable module (a class made inside a function "
+            "cannot be found again), or name the leaf by its path."
         ) from None
     if not (isinstance(value, type) and issubclass(value, nn.Module)):
         raise ModifyError(f"the leaf {record!r} is not an nn.Module class.")
@@ -244,13 +260,15 @@ def _describe_construct(e: BaseException) -> str:
     for needle, construct in _CONSTRUCTS:
         if needle in text:
             return construct
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first_line(e)
     if len(first) > 160:
         first = first[:157] + "..."
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"{type(e).__name__}: {first}" if text.strip() else first
 
 
-def trace_graph(model: nn.Module, *, leaf_modules: Collection[LeafSpec] = (), into_mod_blocks: bool = False) -> fx.Graph:
+def trace_graph(
+    model: nn.Module, *, leaf_modules: Collection[LeafSpec] = (), into_mod_blocks: bool = False
+) -> fx.Graph:
     """The fx graph of ``model`` without shapes (`trace` adds them); a failure is a `TraceError`
     naming the module. ``into_mod_blocks`` traces the reduced blocks too (BatchNorm folding).
 
@@ -299,6 +317,24 @@ def default_input(model: nn.Module, input_size: int) -> torch.Tensor:
     return x.to(device)
 
 
+def inputs_for(
+    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor] | None, input_size: int
+) -> tuple[torch.Tensor, ...]:
+    """The positional inputs a surgery runs ``model`` on: the user's example inputs as a tuple, or
+    one `default_input` image of ``input_size`` when there are none.
+
+    Example:
+        >>> from torch import nn
+        >>> [tuple(x.shape) for x in inputs_for(nn.Conv2d(3, 8, 3), None, 32)]
+        [(1, 3, 32, 32)]
+    """
+    if example_inputs is None:
+        return (default_input(model, input_size),)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
 @contextlib.contextmanager
 def _untouched(gm: fx.GraphModule) -> Iterator[None]:
     """Runs the body with all modules in eval mode; restores modes, buffers and the RNG after."""
@@ -323,12 +359,7 @@ def _propagate_shapes(
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None,
     input_size: int,
 ) -> None:
-    if example_inputs is None:
-        inputs: tuple[Any, ...] = (default_input(model, input_size),)
-    elif isinstance(example_inputs, torch.Tensor):
-        inputs = (example_inputs,)
-    else:
-        inputs = tuple(example_inputs)
+    inputs = inputs_for(model, example_inputs, input_size)
     with _untouched(gm), _quiet():
         # Fake tensors carry shapes without computing anything: ResNet50 at 224x224 propagates in
         # ~0.15 s instead of a full forward pass. Ops without a fake implementation fall back
@@ -374,13 +405,14 @@ class _ShapeProp(ShapeProp):
 def _shape_error(prop: _ShapeProp, e: BaseException) -> TraceError:
     node = prop.current
     cause = e.__cause__ if e.__cause__ is not None else e
-    first = (str(cause).strip().splitlines() or [""])[0][:160]
+    first = first_line(cause, limit=160, typed=True)
     where = ""
     if node is not None:
         stack = node.meta.get("nn_module_stack") or {}
         path = next(reversed(stack.values()))[0] if stack else ""
         where = f" at node '{node.name}'" + (f" in module '{path}'" if path else "")
     return TraceError(
-        f"The traced graph failed to run on the example inputs{where}: {type(cause).__name__}: {first}. "
-        "Check example_inputs / input_size, or mark the module a leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
+        f"The traced graph failed to run on the example inputs{where}: {first}. "
+        "Check example_inputs / input_size, or mark the module a "
+        "leaf (leaf_modules= in the API, --leaf NAME in the CLI)."
     )

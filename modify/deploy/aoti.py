@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from modify.deploy.export import ExportReport, _failing_part, _max_difference, _trace_setup
+from modify.deploy.export import ExportReport, failing_part, max_difference, trace_setup
 from modify.errors import ExportError
 from modify.io.files import atomic_write
 
@@ -49,7 +49,7 @@ def cxx_compiler() -> str:
     Raises:
         ExportError: none is installed; the message names what to install.
     """
-    from torch._inductor import config
+    from torch._inductor import config  # noqa: PLC2701 (AOTInductor's compiler setting lives only there)
 
     search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
     named = [c for c in search if c]
@@ -77,7 +77,7 @@ def check_toolchain(device: str = "cpu") -> str:
 
 def _is_missing_compiler(e: BaseException) -> bool:
     """Whether inductor failed for want of a C++ compiler (possibly wrapped by its callers)."""
-    from torch._inductor.exc import InvalidCxxCompiler
+    from torch._inductor.exc import InvalidCxxCompiler  # noqa: PLC2701 (and its compiler error)
 
     seen: BaseException | None = e
     for _ in range(8):
@@ -150,13 +150,13 @@ def export_aoti(
     """
     check_toolchain(device)  # before minutes of work
     model = model.eval()
-    sizes, example, dynamic = _trace_setup(batch_sizes, dynamic_batch, input_size)
+    sizes, example, dynamic = trace_setup(batch_sizes, dynamic_batch, input_size)
     target_model = model if device == "cpu" else copy.deepcopy(model).to(device)
     try:
         with torch.no_grad():
             program = torch.export.export(target_model, (example.to(device),), dynamic_shapes=dynamic)
     except Exception as e:
-        raise ExportError(f"torch.export could not export {type(model).__name__}: {_failing_part(e)}.") from e
+        raise ExportError(f"torch.export could not export {type(model).__name__}: {failing_part(e)}.") from e
 
     def write(tmp: str) -> None:
         import torch._inductor
@@ -167,12 +167,14 @@ def export_aoti(
         except Exception as e:
             if _is_missing_compiler(e):
                 raise _missing_compiler([]) from e
-            raise ExportError(f"AOTInductor could not compile {type(model).__name__}: {_failing_part(e)}.") from e
+            raise ExportError(f"AOTInductor could not compile {type(model).__name__}: {failing_part(e)}.") from e
 
     with _fp32(device):
         target = atomic_write(path, write, force=force)
         compiled = AotiModule(target, device)
-        worst = _max_difference(model, compiled, sizes, input_size, real_inputs)
+        worst = max_difference(model, compiled, sizes, input_size, real_inputs)
     if worst > tolerance:
-        raise ExportError(f"the AOTInductor package differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
+        raise ExportError(
+            f"the AOTInductor package differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}."
+        )
     return ExportReport(str(target), "aoti", sizes, worst, (), dynamic_batch)

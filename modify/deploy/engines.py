@@ -52,7 +52,9 @@ class OrtModule(nn.Module):
     unless ``export=False`` (then the file at ``path`` is used).
     """
 
-    def __init__(self, model: nn.Module, path: str, threads: int, *, input_size: int = 224, export: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, path: str, threads: int, *, input_size: int = 224, export: bool = True
+    ) -> None:
         super().__init__()
         try:
             import onnxruntime as ort
@@ -96,7 +98,9 @@ def prepare(
     threads = threads or os.cpu_count() or 1
     if engine is Engine.ONNXRUNTIME:
         folder = workdir or tempfile.mkdtemp(prefix="modify-ort-")
-        return OrtModule(model, os.path.join(folder, f"{tag}-{time.monotonic_ns()}.onnx"), threads, input_size=input_size)
+        return OrtModule(
+            model, os.path.join(folder, f"{tag}-{time.monotonic_ns()}.onnx"), threads, input_size=input_size
+        )
     from modify.deploy.aoti import AotiModule, cxx_compiler, export_aoti
 
     cxx_compiler()  # inductor's CPU kernels are C++: say what to install rather than fail deep inside

@@ -24,13 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from modify.errors import ExportError, first_line
 from modify.io.files import atomic_write
-from modify.errors import ExportError
 
 __all__ = [
-    "ExportError", "ExportReport", "export_onnx", "export_program", "fusion_form", "placement_fusion", "FORMATS",
+    "ExportError",
+    "ExportReport",
+    "export_onnx",
+    "export_program",
+    "fusion_form",
+    "placement_fusion",
+    "FORMATS",
     "ONNX_FUSION_FORMS",
-]  # fmt: skip
+    "max_difference",
+    "trace_setup",
+    "failing_part",
+]
 
 FORMATS = ("onnx", "torch-export", "aoti")  # aoti: modify.deploy.aoti.export_aoti
 # How `export_onnx` writes a fusion into a fixed slot: `modify.layers.fusion.FIXED_SLOT_FORMS`, and
@@ -61,8 +70,11 @@ def _inputs(batch: int, input_size: int, real: torch.Tensor | None) -> list[torc
     return xs
 
 
-def _max_difference(
-    model: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor], sizes: Sequence[int], input_size: int,
+def max_difference(
+    model: nn.Module,
+    exported: Callable[[torch.Tensor], torch.Tensor],
+    sizes: Sequence[int],
+    input_size: int,
     real: torch.Tensor | None,
 ) -> float:
     """The largest |exported(x) - model(x)| over random (and real) inputs at every batch size."""
@@ -74,7 +86,7 @@ def _max_difference(
     return worst
 
 
-def _trace_setup(
+def trace_setup(
     batch_sizes: Sequence[int], dynamic_batch: bool, input_size: int
 ) -> tuple[tuple[int, ...], torch.Tensor, tuple[dict, ...] | None]:
     """(batch sizes to compare, example input to trace with, torch.export dynamic_shapes or None)."""
@@ -85,13 +97,14 @@ def _trace_setup(
     return sizes, example, dynamic
 
 
-def _failing_part(e: BaseException) -> str:
+def failing_part(e: BaseException) -> str:
+    """The line of an exporter's error that names the unsupported operator, else its first line."""
     text = str(e).strip().splitlines()
     for line in text:
         low = line.lower()
         if "unsupported" in low or "not supported" in low or "aten::" in low or "aten." in low:
             return line.strip()[:200]
-    return (text[0] if text else type(e).__name__)[:200]
+    return first_line(e, limit=200)
 
 
 @contextlib.contextmanager
@@ -177,7 +190,7 @@ def export_onnx(
     onnx, ort = _onnx_packages()
 
     model = model.eval()
-    sizes, example, dynamic = _trace_setup(batch_sizes, dynamic_batch, input_size)
+    sizes, example, dynamic = trace_setup(batch_sizes, dynamic_batch, input_size)
     kwargs: dict = {"dynamo": True, "input_names": ["input"], "output_names": ["output"]}
     if dynamic is not None:
         kwargs["dynamic_shapes"] = dynamic
@@ -190,7 +203,7 @@ def export_onnx(
             program.save(tmp)
         except Exception as e:
             raise ExportError(
-                f"torch.onnx could not export {type(model).__name__}: {_failing_part(e)}. "
+                f"torch.onnx could not export {type(model).__name__}: {failing_part(e)}. "
                 "Try --format torch-export, or report the operator."
             ) from e
 
@@ -206,12 +219,13 @@ def export_onnx(
     try:
         onnx.checker.check_model(str(target))
     except Exception as e:
-        raise ExportError(f"onnx.checker rejected {str(target)!r}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"onnx.checker rejected {str(target)!r}: {first_line(e)}") from e
     proto = onnx.load(str(target))
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    worst = _max_difference(model, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]),
-                            sizes, input_size, real_inputs)  # fmt: skip
+    worst = max_difference(
+        model, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]), sizes, input_size, real_inputs
+    )
     if worst > tolerance:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance:.0e}) on {str(target)!r}.")
     ops = tuple(sorted({n.op_type for n in proto.graph.node}))
@@ -231,15 +245,15 @@ def export_program(
 ) -> ExportReport:
     """`torch.export.export`, saved with `torch.export.save`, reloaded and compared with eager."""
     model = model.eval()
-    sizes, example, dynamic = _trace_setup(batch_sizes, dynamic_batch, input_size)
+    sizes, example, dynamic = trace_setup(batch_sizes, dynamic_batch, input_size)
     try:
         with torch.no_grad():
             program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
     except Exception as e:
-        raise ExportError(f"torch.export could not export {type(model).__name__}: {_failing_part(e)}.") from e
+        raise ExportError(f"torch.export could not export {type(model).__name__}: {failing_part(e)}.") from e
     target = atomic_write(path, lambda tmp: torch.export.save(program, tmp), force=force)
     reloaded = torch.export.load(str(target)).module()
-    worst = _max_difference(model, reloaded, sizes, input_size, real_inputs)
+    worst = max_difference(model, reloaded, sizes, input_size, real_inputs)
     if worst > tolerance:
         raise ExportError(f"the reloaded program differs from eager by {worst:.2e} (> {tolerance:.0e}).")
     return ExportReport(str(target), "torch-export", sizes, worst, (), dynamic_batch)

@@ -110,7 +110,13 @@ def _foldable(conv: Any, data: str, inits: dict[str, Any]) -> bool:
     """A Conv whose data input (only) is ``data`` and whose weight is a constant, without groups."""
     from onnx import helper
 
-    if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[0] != data or data in conv.input[1:] or conv.input[1] not in inits:
+    if (
+        conv.op_type != "Conv"
+        or len(conv.input) < 2
+        or conv.input[0] != data
+        or data in conv.input[1:]
+        or conv.input[1] not in inits
+    ):
         return False
     group = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
     return group == 1

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from modify.layers import MoDBlock
-from modify.conversion.inplace import _module_calls, enable_inplace_fusion
+from modify.conversion.graph import module_calls
+from modify.conversion.inplace import enable_inplace_fusion
 from modify.conversion.tracing import trace_graph
+from modify.layers import MoDBlock
 
 __all__ = ["optimize_for_inference", "fold_batchnorm", "enable_inplace_fusion"]  # the last from conversion.inplace
 
@@ -40,7 +41,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     """
     model.eval()
     graph = trace_graph(model, into_mod_blocks=True)  # through MoD blocks: their reduced blocks fold too
-    calls = _module_calls(graph)
+    calls = module_calls(graph)
     folded = 0
     for node in graph.nodes:
         if node.op != "call_module" or len(node.users) != 1:

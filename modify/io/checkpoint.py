@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from modify._version import __version__
-from modify.errors import CheckpointError, ModifyError
+from modify.errors import CheckpointError, ModifyError, first_line
 from modify.io import provenance
 from modify.io.files import atomic_write
 from modify.io.names import build_source, model_source
@@ -50,7 +50,9 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise CheckpointError(f"cannot store the builder argument {value!r} ({type(value).__name__}) in a checkpoint; use plain values.")
+    raise CheckpointError(
+        f"cannot store the builder argument {value!r} ({type(value).__name__}) in a checkpoint; use plain values."
+    )
 
 
 def _unplain(value: Any) -> Any:
@@ -101,15 +103,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint's dict, read with ``weights_only=True``: a pickled object is refused unrun."""
     p = Path(path)
     data = safe_load(
-        p, what="checkpoint file",
+        p,
+        what="checkpoint file",
         hint="save models with `modify.save` / `modify convert -o`, or load a plain state_dict with --weights.",
-    )  # fmt: skip
+    )
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(p)!r} is not a modify checkpoint (no 'format': {FORMAT!r}); a plain state_dict loads with --weights."
         )
     if data.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{str(p)!r} was written by a newer modify ({data.get('modify_version')}); upgrade modify.")
+        raise CheckpointError(
+            f"{str(p)!r} was written by a newer modify ({data.get('modify_version')}); upgrade modify."
+        )
     return data
 
 
@@ -142,5 +147,5 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     try:
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{str(path)!r} does not match the model it describes: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"{str(path)!r} does not match the model it describes: {first_line(e)}") from e
     return model.eval()

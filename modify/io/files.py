@@ -70,7 +70,7 @@ def check_output_path(
         >>> open(os.path.join(root, "notes.txt"), "w").close()
         >>> check_output_path(os.path.join(root, "notes.txt", "model.pt"), option="-o")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        modify.errors.OutputPathError: cannot write '...model.pt': '...notes.txt' is a file, not a folder; choose another path with -o.
+        modify.errors.OutputPathError: cannot write '...model.pt': '...notes.txt' is a file, not a folder; ...
     """
     if kind not in ("file", "folder"):
         raise ChoiceError(f"kind={kind!r} is not one of file, folder.")
@@ -79,14 +79,19 @@ def check_output_path(
     if kind == "file":
         for_option = f" for {option}" if option else ""
         if mode is not None and stat.S_ISDIR(mode):
-            raise OutputPathError(f"{str(target)!r} is a directory; give a file path{for_option}, such as {str(target / 'model.pt')!r}.")
+            raise OutputPathError(
+                f"{str(target)!r} is a directory; give a file path{for_option}, such as {str(target / 'model.pt')!r}."
+            )
         if mode is not None and not force:
             flag, where = ("--force", f" with {option}") if option else ("--force (force=True)", "")
             raise OutputPathError(f"{str(target)!r} exists; pass {flag} to replace it, or choose another path{where}.")
         folder = target.parent
     else:
         if mode is not None and not stat.S_ISDIR(mode):
-            raise OutputPathError(f"{str(target)!r} is a file, not a folder; give a folder path{f' for {option}' if option else ''}, or move the file away.")
+            raise OutputPathError(
+                f"{str(target)!r} is a file, not a folder; give a folder "
+                f"path{f' for {option}' if option else ''}, or move the file away."
+            )
         folder = target
     existing, missing = _nearest_folder(target, folder, option)
     # A file output is tried under the temporary name atomic_write gives it, the longer of the two.
@@ -114,7 +119,9 @@ def _mode(path: Path, target: Path, option: str | None) -> int | None:
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
             return None
-        raise OutputPathError(f"cannot write {str(target)!r}: {str(path)!r} cannot be read ({e.strerror}); {_next_step(option)}.") from None
+        raise OutputPathError(
+            f"cannot write {str(target)!r}: {str(path)!r} cannot be read ({e.strerror}); {_next_step(option)}."
+        ) from None
 
 
 def _nearest_folder(target: Path, folder: Path, option: str | None) -> tuple[Path, list[Path]]:
@@ -128,7 +135,9 @@ def _nearest_folder(target: Path, folder: Path, option: str | None) -> tuple[Pat
         elif stat.S_ISDIR(mode):
             return candidate, missing[::-1]
         else:
-            raise OutputPathError(f"cannot write {str(target)!r}: {str(candidate)!r} is a file, not a folder; {_next_step(option)}.")
+            raise OutputPathError(
+                f"cannot write {str(target)!r}: {str(candidate)!r} is a file, not a folder; {_next_step(option)}."
+            )
     raise OutputPathError(f"cannot write {str(target)!r}: no folder on its path exists; {_next_step(option)}.")
 
 
@@ -144,13 +153,17 @@ def _try_writing(target: Path, existing: Path, missing: list[Path], option: str 
             except OSError as e:
                 step = shorter if e.errno == errno.ENAMETOOLONG else f"{_next_step(option)}, or create the folder first"
                 where = "" if folder == target else f"cannot write {str(target)!r}: "
-                raise OutputPathError(f"{where}the folder {str(folder)!r} cannot be made ({e.strerror}); {step}.") from None
+                raise OutputPathError(
+                    f"{where}the folder {str(folder)!r} cannot be made ({e.strerror}); {step}."
+                ) from None
             made.append(folder)
         inside = missing[-1] if missing else existing
         try:
             fd, probe = tempfile.mkstemp(prefix=name[0], suffix=name[1], dir=inside)
         except OSError as e:
-            step = shorter if e.errno == errno.ENAMETOOLONG else f"{_next_step(option)}, or make {str(inside)!r} writable"
+            step = (
+                shorter if e.errno == errno.ENAMETOOLONG else f"{_next_step(option)}, or make {str(inside)!r} writable"
+            )
             what = f"{str(target)!r}" if inside != target else f"in {str(inside)!r}"
             raise OutputPathError(f"cannot write {what} ({e.strerror}); {step}.") from None
         os.close(fd)

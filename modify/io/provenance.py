@@ -45,7 +45,9 @@ class Step:
         data = dict(raw)
         method = data.pop("method", None)
         if not isinstance(method, str):
-            raise CheckpointError(f"a provenance step without a method ({sorted(raw)}); the file is damaged or not modify's.")
+            raise CheckpointError(
+                f"a provenance step without a method ({sorted(raw)}); the file is damaged or not modify's."
+            )
         return cls(method, data)
 
 
@@ -64,7 +66,10 @@ class Provenance:
         return tuple(step.method for step in self.steps)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": None if self.source is None else dict(self.source), "steps": [s.as_dict() for s in self.steps]}
+        return {
+            "source": None if self.source is None else dict(self.source),
+            "steps": [s.as_dict() for s in self.steps],
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Provenance:
@@ -110,7 +115,9 @@ def register_replay(method: str, replay_fn: str | Callable[[Any, Mapping[str, An
             what existing checkpoints mean).
     """
     if method in REPLAYS:
-        raise CheckpointError(f"a replay for {method!r} is registered already ({REPLAYS[method]!r}); choose another method name.")
+        raise CheckpointError(
+            f"a replay for {method!r} is registered already ({REPLAYS[method]!r}); choose another method name."
+        )
     REPLAYS[method] = replay_fn
 
 
@@ -119,7 +126,9 @@ def replay(model: Any, step: Step) -> Any:
     target = REPLAYS.get(step.method)
     if target is None:
         known = ", ".join(sorted(REPLAYS))
-        raise CheckpointError(f"the step {step.method!r} is not known to this modify (it knows {known}); upgrade modify.")
+        raise CheckpointError(
+            f"the step {step.method!r} is not known to this modify (it knows {known}); upgrade modify."
+        )
     if isinstance(target, str):
         module_name, _, name = target.partition(":")
         target = getattr(importlib.import_module(module_name), name)

@@ -39,5 +39,7 @@ def resolve_model(spec: str | nn.Module, **kwargs: Any) -> tuple[nn.Module, str]
     if ":" in spec:
         return from_import_path(spec, **kwargs), spec
     if spec.endswith((".pt", ".pth", ".ckpt")):
-        raise ModifyError(f"No checkpoint file at {spec!r}; check the path (MODEL is a file, a model name or package.module:factory).")
+        raise ModifyError(
+            f"No checkpoint file at {spec!r}; check the path (MODEL is a file, a model name or package.module:factory)."
+        )
     return get_model(spec, **kwargs), spec

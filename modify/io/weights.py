@@ -82,7 +82,9 @@ def _read(p: Path) -> object:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise CheckpointError(f"{str(p)!r} is a safetensors file; install it with: pip install safetensors") from None
+            raise CheckpointError(
+                f"{str(p)!r} is a safetensors file; install it with: pip install safetensors"
+            ) from None
         try:
             return load_file(str(p))
         except Exception as e:

@@ -35,7 +35,7 @@ class Fusion(nn.Module):
     """Adds ``y`` (N, k, H, W) into ``x`` (N, C, H, W) at a fixed slot; returns (N, C, H, W).
 
     The result is a new tensor: ``x`` is left untouched, so autograd and any other reader of
-    the block input stay correct. With ``inplace=True`` (set by `modify.deploy.optimize.enable_inplace_fusion`
+    the block input stay correct. With ``inplace=True`` (set by `modify.conversion.inplace.enable_inplace_fusion`
     where the block is the input's only reader) and gradients off, the k channels are added into
     ``x`` itself, which saves a copy of the whole tensor.
 

@@ -22,9 +22,17 @@ from torch import nn
 from torch.utils import benchmark
 
 __all__ = [
-    "BenchCase", "BenchResult", "BenchReport", "bench", "bench_many", "DEFAULT_CASES", "spread", "noise",
-    "busy_warning", "MAX_NOISE",
-]  # fmt: skip
+    "BenchCase",
+    "BenchResult",
+    "BenchReport",
+    "bench",
+    "bench_many",
+    "DEFAULT_CASES",
+    "spread",
+    "noise",
+    "busy_warning",
+    "MAX_NOISE",
+]
 
 
 def spread(values: Sequence[float]) -> float:
@@ -145,7 +153,7 @@ class BenchResult:
 
     @property
     def round_speedups(self) -> tuple[float, ...]:
-        return tuple(b / m for m, b in zip(self.model_rounds, self.baseline_rounds))
+        return tuple(b / m for m, b in zip(self.model_rounds, self.baseline_rounds, strict=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +250,8 @@ def bench(
             before its timing starts; each result keeps how long that took.
 
     Example:
-        >>> r = bench(nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
+        >>> r = bench(nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2,
+        ...           min_run_time=0.01)
         >>> r.results[0].speedup > 0
         True
     """
@@ -311,7 +320,8 @@ def bench_many(
     ratio of medians, `BenchResult.speedup`, mixes rounds).
 
     Example:
-        >>> r = bench_many({"a": nn.Conv2d(3, 4, 1)}, nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8, rounds=2, min_run_time=0.01)
+        >>> r = bench_many({"a": nn.Conv2d(3, 4, 1)}, nn.Conv2d(3, 8, 1), cases=[BenchCase(1, 1)], input_size=8,
+        ...                rounds=2, min_run_time=0.01)
         >>> len(r["a"]), r["a"][0].speedup > 0
         (1, True)
     """
@@ -337,7 +347,7 @@ def bench_many(
                 base: dict[str, list[float]] = {k: [] for k in names}
                 for r in range(rounds):
                     first = timers["__baseline__"].blocked_autorange(min_run_time=min_run_time).median
-                    order = names[r % len(names):] + names[: r % len(names)]
+                    order = names[r % len(names) :] + names[: r % len(names)]
                     measured = {k: timers[k].blocked_autorange(min_run_time=min_run_time).median for k in order}
                     last = timers["__baseline__"].blocked_autorange(min_run_time=min_run_time).median
                     for k in names:
@@ -347,8 +357,16 @@ def bench_many(
                 # same for every model: base[k] is the round's baseline time).
                 warning = busy_warning([*own.values(), base[names[0]]], threads=threads)
                 for k in names:
-                    out[k].append(BenchResult(case, statistics.median(own[k]), statistics.median(base[k]), tuple(own[k]),
-                                              tuple(base[k]), warning=warning))  # fmt: skip
+                    out[k].append(
+                        BenchResult(
+                            case,
+                            statistics.median(own[k]),
+                            statistics.median(base[k]),
+                            tuple(own[k]),
+                            tuple(base[k]),
+                            warning=warning,
+                        )
+                    )
     finally:
         torch.set_num_threads(previous_threads)
         for k, m in everything.items():

@@ -123,9 +123,7 @@ def _block_rows(model: nn.Module, macs_by_module: dict[str, int], depth: int) ->
         is_mod = isinstance(module, MoDBlock)
         # A row per module down to `depth` levels, and every MoD block wherever it sits; nothing
         # inside a MoD block (its parts are in its own row).
-        if (level <= depth or is_mod) and not any(
-            name.startswith(r.name + ".") and r.type == "MoDBlock" for r in rows
-        ):
+        if (level <= depth or is_mod) and not any(name.startswith(r.name + ".") and r.type == "MoDBlock" for r in rows):
             if level < depth and any(True for _ in module.children()) and not is_mod:
                 continue  # a container whose children are listed below it
             rows.append(

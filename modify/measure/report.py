@@ -93,11 +93,16 @@ def block_report(
                 k=k,
                 reason=reason,
                 macs_before=None if inline else before.macs_by_module.get(site.name),
-                macs_after=(after.macs_by_module.get(target, 0) if done is not None else
-                            None if inline else after.macs_by_module.get(target)),
+                macs_after=(
+                    after.macs_by_module.get(target, 0)
+                    if done is not None
+                    else None
+                    if inline
+                    else after.macs_by_module.get(target)
+                ),
                 action=done.action if done is not None else "keep",
                 fraction=done.fraction if done is not None else None,
-            )  # fmt: skip
+            )
         )
     return rows
 
@@ -112,5 +117,6 @@ def summarize(original: nn.Module, result: ConversionResult, *, input_size: int 
         macs_before=before.macs,
         macs_after=after.macs,
         rows=tuple(block_report(original, result, input_size=input_size, before=before, after=after)),
-        note="; ".join(n for n in (getattr(result, "default_reason", None), *getattr(result, "notes", ())) if n) or None,
+        note="; ".join(n for n in (getattr(result, "default_reason", None), *getattr(result, "notes", ())) if n)
+        or None,
     )

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -55,7 +56,9 @@ class BlockRoutes:
     k: int
     frequency: tuple[float, ...]  # (C,) share of images that selected each channel
     class_frequency: dict[int, tuple[float, ...]]  # class -> (C,) the same within the class
-    class_divergence: float  # size-weighted mean total-variation distance of the classes' selections from the overall one
+    class_divergence: (
+        float  # size-weighted mean total-variation distance of the classes' selections from the overall one
+    )
     entropy: float  # 0 = the same k channels for every image, 1 = every channel equally often
     never: tuple[int, ...]  # channels no image selected
     always: tuple[int, ...]  # channels every image selected
@@ -92,12 +95,19 @@ def selection_stats(module: str, channels: int, indices: Tensor, labels: Tensor,
     counts = torch.histc(scores.float().flatten(), bins=SCORE_BINS, min=0.0, max=1.0)
     edges = torch.linspace(0, 1, SCORE_BINS + 1)
     return BlockRoutes(
-        module=module, channels=channels, k=k, frequency=tuple(frequency.tolist()),
-        class_frequency={y: tuple(f.tolist()) for y, f in per_class.items()}, class_divergence=float(divergence),
-        entropy=float(max(0.0, entropy)), never=tuple(int(c) for c in (frequency == 0).nonzero().flatten()),
-        always=tuple(int(c) for c in (frequency == 1).nonzero().flatten()), distinct_sets=len(sets),
-        score_edges=tuple(edges.tolist()), score_counts=tuple(int(c) for c in counts.tolist()),
-    )  # fmt: skip
+        module=module,
+        channels=channels,
+        k=k,
+        frequency=tuple(frequency.tolist()),
+        class_frequency={y: tuple(f.tolist()) for y, f in per_class.items()},
+        class_divergence=float(divergence),
+        entropy=float(max(0.0, entropy)),
+        never=tuple(int(c) for c in (frequency == 0).nonzero().flatten()),
+        always=tuple(int(c) for c in (frequency == 1).nonzero().flatten()),
+        distinct_sets=len(sets),
+        score_edges=tuple(edges.tolist()),
+        score_counts=tuple(int(c) for c in counts.tolist()),
+    )
 
 
 @torch.no_grad()
@@ -137,7 +147,9 @@ def routes(model: nn.Module, data: Iterable[Any], *, batches: int | None = None)
     if not labels:
         raise ModifyError("the data held no batch; give a data set with at least one image.")
     y = torch.cat(labels)
-    out = [selection_stats(name, m.channels, torch.cat(seen[name][0]), y, torch.cat(seen[name][1])) for name, m in blocks]
+    out = [
+        selection_stats(name, m.channels, torch.cat(seen[name][0]), y, torch.cat(seen[name][1])) for name, m in blocks
+    ]
     return RoutesReport(tuple(out), images=len(y))
 
 
@@ -151,16 +163,19 @@ def write_routes(report: RoutesReport, out_dir: str | os.PathLike[str]) -> dict[
     out = Path(out_dir)
     n = len(report.blocks)
     fig, axes = plt.subplots(n, 2, figsize=(11, 1.2 + 1.6 * n), squeeze=False, gridspec_kw={"width_ratios": [4, 1]})
-    for row, b in zip(axes, report.blocks):
+    for row, b in zip(axes, report.blocks, strict=True):
         classes = sorted(b.class_frequency)
         matrix = [list(b.frequency)] + [list(b.class_frequency[c]) for c in classes]
         image = row[0].imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         row[0].set_yticks(range(len(matrix)), ["all"] + [str(c) for c in classes], fontsize=6)
-        row[0].set_title(f"{b.module}: k={b.k} of C={b.channels}, entropy {b.entropy:.2f}, "
-                         f"class divergence {b.class_divergence:.2f}, {b.distinct_sets} distinct sets", fontsize=8)  # fmt: skip
+        row[0].set_title(
+            f"{b.module}: k={b.k} of C={b.channels}, entropy {b.entropy:.2f}, "
+            f"class divergence {b.class_divergence:.2f}, {b.distinct_sets} distinct sets",
+            fontsize=8,
+        )
         row[0].set_xlabel("channel", fontsize=7)
         fig.colorbar(image, ax=row[0], fraction=0.02)
-        centres = [(a + z) / 2 for a, z in zip(b.score_edges[:-1], b.score_edges[1:])]
+        centres = [(a + z) / 2 for a, z in itertools.pairwise(b.score_edges)]
         row[1].bar(centres, b.score_counts, width=1 / len(centres))
         row[1].set_title("selected scores", fontsize=8)
         row[1].set_xlim(0, 1)

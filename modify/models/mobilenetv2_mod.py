@@ -18,8 +18,24 @@ from modify.layers import BlockForm, MoDBlock, MoDConfig, capacity_to_k
 __all__ = ["mobilenet_v2_mod", "reduced_inverted_residual", "MOBILENET_V2_SETTING", "MOBILENET_V2_L_SETTING"]
 
 # [t, c, n, s] per stage: torchvision's (= the paper's "standard") and the paper's MoD-L widths.
-MOBILENET_V2_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
-MOBILENET_V2_L_SETTING = [[1, 16, 1, 1], [6, 32, 2, 2], [6, 64, 3, 2], [6, 96, 4, 2], [6, 128, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+MOBILENET_V2_SETTING = [
+    [1, 16, 1, 1],
+    [6, 24, 2, 2],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
+MOBILENET_V2_L_SETTING = [
+    [1, 16, 1, 1],
+    [6, 32, 2, 2],
+    [6, 64, 3, 2],
+    [6, 96, 4, 2],
+    [6, 128, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
 
 
 def reduced_inverted_residual(k: int, expand_ratio: int) -> InvertedResidual:

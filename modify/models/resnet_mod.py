@@ -88,12 +88,16 @@ def resnet_mod(depth: int, *, c: int = 64, config: MoDConfig | None = None, **kw
         ('MoDBlock', 16)
     """
     if depth not in RESNET_MOD_LAYERS:
-        raise ValueError(f"depth={depth} is not a ResNet-MoD of the paper; expected one of {sorted(RESNET_MOD_LAYERS)}.")
+        raise ValueError(
+            f"depth={depth} is not a ResNet-MoD of the paper; expected one of {sorted(RESNET_MOD_LAYERS)}."
+        )
     config = config or MoDConfig()
     block_type, layers = RESNET_MOD_LAYERS[depth]
     make_reduced = reduced_bottleneck if block_type is Bottleneck else reduced_basic_block
     model = ResNet(block_type, layers, **kwargs)
-    for stage, planes in zip((model.layer1, model.layer2, model.layer3, model.layer4), (64, 128, 256, 512)):
+    for stage, planes in zip(
+        (model.layer1, model.layer2, model.layer3, model.layer4), (64, 128, 256, 512), strict=True
+    ):
         channels = planes * block_type.expansion
         k = capacity_to_k(channels, c)
         for i in range(1, len(stage), 2):

@@ -37,11 +37,14 @@ class Candidate:
     """One configuration of the sweep.
 
     Example:
-        >>> Candidate("delete", "delete layer4.1", blocks=("layer4.1",)).key == Candidate("delete", "other label", blocks=("layer4.1",)).key
+        >>> a = Candidate("delete", "delete layer4.1", blocks=("layer4.1",))
+        >>> a.key == Candidate("delete", "other label", blocks=("layer4.1",)).key
         True
     """
 
-    method: str  # "mod", "delete", "prune", "mixed" (a version-2 recipe: each block its own action) or "plan" (one `modify plan` chose)
+    # "mod", "delete", "prune", "mixed" (a version-2 recipe: each block its own action) or "plan"
+    # (one `modify plan` chose)
+    method: str
     label: str  # shown in the table and the plot (not part of the key)
     recipe: dict[str, Any] | None = None  # mod / delete / mixed: a recipe dict (None: every_other)
     blocks: tuple[str, ...] | None = None  # delete: the block names (instead of a recipe)
@@ -97,16 +100,19 @@ def _digest(method: str, spec: dict[str, Any]) -> str:
 
 
 def default_candidates(
-    *, blocks: Sequence[str], prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9), prune_macs: Sequence[float] = (2.5, 3.0)
+    *,
+    blocks: Sequence[str],
+    prune_speedups: Sequence[float] = (1.3, 1.5, 1.7, 1.9),
+    prune_macs: Sequence[float] = (2.5, 3.0),
 ) -> list[Candidate]:
     """The sweep a user should see for a model whose every_other blocks are ``blocks``.
 
     MoD: the paper's (c = 64, first slot, fresh blocks); what `modify plan` builds (the "branch"
     form fused into the selected channels' own positions, the original block's weights, then
-    block-local distillation) at k = C/4 and C/2; the fraction k = C/4 with the original
-    block's most important channels, block-local distillation (`modify.train.distill`) on top, and the
-    "branch" form fused into the selected channels' own positions ("OP") with the original
-    weights (leading or most important channels) at k = C/4 and C/2. Deletion: all those blocks,
+    block-local distillation that never leaves a block below its deletion) at k = C/4 and C/2; the
+    fraction k = C/4 with the original block's most important channels, with and without
+    block-local distillation (`modify.train.distill`); and the "OP" form with the original weights
+    (leading or most important channels, or from a zero update) at k = C/4 and C/2. Deletion: all those blocks,
     every set but one, the first two and the last two. Torch-Pruning at matched speed-ups (a
     search on measured latency) and at two MAC ratios beyond them.
     Every attempt stays a row, win or lose.
@@ -115,26 +121,31 @@ def default_candidates(
     op_importance = {"form": "branch", "fusion": "original"}  # its most important channels, in score order
     every_other_c64 = {"version": 1, "defaults": {"c": 64}, "rules": [{"index": "odd"}]}
     names = list(blocks)
+
+    def op(fraction: float) -> dict[str, Any]:  # OP, the most important channels
+        return _every_other(fraction, op_importance)
+
+    def copied(fraction: float) -> dict[str, Any]:  # OP, the leading channels
+        return _every_other(fraction, op_copy)
+
+    kd, imp = {"block_distill_steps": 300}, "importance"
     out = [
         Candidate("mod", "MoD every_other c=64", recipe=every_other_c64),
-        # What `modify plan` builds: the branch form, fused into the selected channels' positions,
-        # the original block's weights, block-local distillation (never below its deletion).
-        Candidate("mod", "MoD-OP k=0.25 as modify plan builds it", recipe=_every_other(0.25, op_importance), init="copy",
-                  block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 as modify plan builds it", recipe=_every_other(0.5, op_importance), init="copy",
-                  block_distill_steps=300),
-        Candidate("mod", "MoD k=0.25 importance", recipe=_every_other(0.25), init="importance"),
-        Candidate("mod", "MoD k=0.25 importance + block KD", recipe=_every_other(0.25), init="importance", block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.25 copy + block KD", recipe=_every_other(0.25, op_copy), init="copy", block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 copy + block KD", recipe=_every_other(0.5, op_copy), init="copy", block_distill_steps=300),
-        Candidate("mod", "MoD every_other c=64 + block KD", recipe=every_other_c64, block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.25 importance + block KD", recipe=_every_other(0.25, op_importance), init="importance",
-                  block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=_every_other(0.5, op_importance), init="importance",
-                  block_distill_steps=300),
-        Candidate("mod", "MoD-OP k=0.25 importance + routed block KD", recipe=_every_other(0.25, op_importance),
-                  init="importance", block_distill_steps=300, route_weight=1.0),
-    ]  # fmt: skip
+        # What `modify plan` builds: the branch form fused into the selected channels' positions, the
+        # original block's weights, block-local distillation (never below its deletion).
+        Candidate("mod", "MoD-OP k=0.25 as modify plan builds it", recipe=op(0.25), init="copy", **kd),
+        Candidate("mod", "MoD-OP k=0.5 as modify plan builds it", recipe=op(0.5), init="copy", **kd),
+        Candidate("mod", "MoD k=0.25 importance", recipe=_every_other(0.25), init=imp),
+        Candidate("mod", "MoD k=0.25 importance + block KD", recipe=_every_other(0.25), init=imp, **kd),
+        Candidate("mod", "MoD-OP k=0.25 copy + block KD", recipe=copied(0.25), init="copy", **kd),
+        Candidate("mod", "MoD-OP k=0.5 copy + block KD", recipe=copied(0.5), init="copy", **kd),
+        Candidate("mod", "MoD every_other c=64 + block KD", recipe=every_other_c64, **kd),
+        Candidate("mod", "MoD-OP k=0.25 importance + block KD", recipe=op(0.25), init=imp, **kd),
+        Candidate("mod", "MoD-OP k=0.5 importance + block KD", recipe=op(0.5), init=imp, **kd),
+        Candidate(
+            "mod", "MoD-OP k=0.25 importance + routed block KD", recipe=op(0.25), init=imp, route_weight=1.0, **kd
+        ),
+    ]
     # Deleting one block of four is below the speed-ups worth a conversion; the pairs at both ends,
     # every triple and the whole set span the range.
     subsets: list[tuple[str, ...]] = [tuple(names)]
@@ -156,9 +167,16 @@ def _every_other(fraction: float, mod: dict[str, Any] | None = None) -> dict[str
     return recipe
 
 
-def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int, calib: torch.Tensor | None = None,
-                    train_loader: Iterable[Any] | None = None, pruning_ratio: float | None = None,
-                    weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+def build_candidate(
+    candidate: Candidate,
+    teacher: nn.Module,
+    *,
+    input_size: int,
+    calib: torch.Tensor | None = None,
+    train_loader: Iterable[Any] | None = None,
+    pruning_ratio: float | None = None,
+    weights: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
     """The candidate's model, built from a copy of ``teacher``, and what building it reported.
 
     ``pruning_ratio`` rebuilds a pruned candidate found earlier without searching again;
@@ -177,9 +195,14 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
         if pruning_ratio is not None:
             pruned = prune_channels(teacher, ratio=pruning_ratio, input_size=input_size)
         else:
-            pruned = prune_channels(teacher, speedup=candidate.speedup, macs_ratio=candidate.macs_ratio, input_size=input_size)
-        return pruned.model, {"pruning_ratio": pruned.pruning_ratio, "search_speedup": pruned.speedup,
-                              "macs_ratio_tp": pruned.macs_ratio}  # fmt: skip
+            pruned = prune_channels(
+                teacher, speedup=candidate.speedup, macs_ratio=candidate.macs_ratio, input_size=input_size
+            )
+        return pruned.model, {
+            "pruning_ratio": pruned.pruning_ratio,
+            "search_speedup": pruned.speedup,
+            "macs_ratio_tp": pruned.macs_ratio,
+        }
     import modify
     from modify.conversion.init import initialize, replaced_blocks, zero_updates
 
@@ -188,8 +211,9 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
 
     convert_init = "copy" if candidate.init == "copy" else "scratch"
     result = modify.convert(teacher, recipe=candidate.recipe, input_size=input_size, init=convert_init)
-    details: dict[str, Any] = {"converted": [(b.name, b.action, b.k) if b.action != "mod" else (b.name, b.k)
-                                             for b in result.converted]}  # fmt: skip
+    details: dict[str, Any] = {
+        "converted": [(b.name, b.action, b.k) if b.action != "mod" else (b.name, b.k) for b in result.converted]
+    }
     if candidate.init not in ("copy", "scratch"):
         initialize(result, candidate.init, original=teacher, data=calib)
     if candidate.zero_update:
@@ -199,10 +223,9 @@ def build_candidate(candidate: Candidate, teacher: nn.Module, *, input_size: int
             raise ModifyError(f"{candidate.label}: block-local distillation needs train_loader=.")
         from modify.train.distill import distill_blocks
 
-        report = distill_blocks(result, teacher, train_loader, steps=candidate.block_distill_steps,
-                                route_weight=candidate.route_weight)  # fmt: skip
+        report = distill_blocks(
+            result, teacher, train_loader, steps=candidate.block_distill_steps, route_weight=candidate.route_weight
+        )
         details["block_distill"] = [dataclasses.asdict(b) for b in report.blocks]
         details["block_distill_seconds"] = report.seconds  # extra training time the table shows beside the fine-tune
     return result.model, details
-
-

@@ -97,7 +97,9 @@ def solve(blocks: Sequence[Sequence[Option]], required: float, *, resolution: in
                 t = min(s + weights[b][j], size - 1)
                 cost = best[s] + o.cost
                 # Ties: the larger real saving, then the earlier option, so the answer is deterministic.
-                if cost < new[t] - 1e-12 or (abs(cost - new[t]) <= 1e-12 and _better(blocks, b, j, pick[t], s, came[t], picks, previous)):
+                if cost < new[t] - 1e-12 or (
+                    abs(cost - new[t]) <= 1e-12 and _better(blocks, b, j, pick[t], s, came[t], picks, previous)
+                ):
                     new[t], pick[t], came[t] = cost, j, s
         best = new
         picks.append(pick)
@@ -123,8 +125,16 @@ def steps(saving: float, unit: float) -> int:
     return math.floor(saving / unit + 0.5)
 
 
-def _better(blocks: Sequence[Sequence[Option]], b: int, j: int, other_j: int, s: int, other_s: int,
-            picks: list[list[int]], previous: list[list[int]]) -> bool:  # fmt: skip
+def _better(
+    blocks: Sequence[Sequence[Option]],
+    b: int,
+    j: int,
+    other_j: int,
+    s: int,
+    other_s: int,
+    picks: list[list[int]],
+    previous: list[list[int]],
+) -> bool:
     """Between two equal-cost ways into one state: the one with the larger real saving so far."""
     if other_j < 0:
         return True
@@ -135,7 +145,9 @@ def _better(blocks: Sequence[Sequence[Option]], b: int, j: int, other_j: int, s:
     return j < other_j
 
 
-def _real_saving(blocks: Sequence[Sequence[Option]], b: int, state: int, picks: list[list[int]], previous: list[list[int]]) -> float:
+def _real_saving(
+    blocks: Sequence[Sequence[Option]], b: int, state: int, picks: list[list[int]], previous: list[list[int]]
+) -> float:
     """The undiscretised saving of the path that reached ``state`` after blocks 0..b-1."""
     total = 0.0
     for i in reversed(range(b)):

@@ -47,11 +47,18 @@ class Setting:
 
     def describe(self) -> str:
         threads = self.case.resolved_threads()
-        return f"batch {self.batch}, {threads} thread{'s' * (threads > 1)}, {self.engine.value}, {self.input_size}x{self.input_size}"
+        return (
+            f"batch {self.batch}, {threads} thread{'s' * (threads > 1)}, "
+            f"{self.engine.value}, {self.input_size}x{self.input_size}"
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {"batch": self.batch, "threads": self.case.resolved_threads(), "input_size": self.input_size,
-                "engine": self.engine.value}  # fmt: skip
+        return {
+            "batch": self.batch,
+            "threads": self.case.resolved_threads(),
+            "input_size": self.input_size,
+            "engine": self.engine.value,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,19 +90,39 @@ def time_savings(
     returns model key -> `Timing`. Models are prepared for ``setting.engine`` first (compiled,
     exported), outside the timing.
     """
-    base = prepare(original, setting.engine, input_size=setting.input_size, batch=setting.batch,
-                   threads=setting.threads, tag="original")  # fmt: skip
+    base = prepare(
+        original,
+        setting.engine,
+        input_size=setting.input_size,
+        batch=setting.batch,
+        threads=setting.threads,
+        tag="original",
+    )
     out: dict[str, Timing] = {}
     for group, models in groups.items():
-        ready = {key: prepare(m, setting.engine, input_size=setting.input_size, batch=setting.batch,
-                              threads=setting.threads, tag=key.replace(":", "_"))
-                 for key, m in models.items()}  # fmt: skip
-        results = bench_many(ready, base, cases=[setting.case], input_size=setting.input_size, rounds=rounds,
-                             min_run_time=seconds)  # fmt: skip
+        ready = {
+            key: prepare(
+                m,
+                setting.engine,
+                input_size=setting.input_size,
+                batch=setting.batch,
+                threads=setting.threads,
+                tag=key.replace(":", "_"),
+            )
+            for key, m in models.items()
+        }
+        results = bench_many(
+            ready, base, cases=[setting.case], input_size=setting.input_size, rounds=rounds, min_run_time=seconds
+        )
         for key, (result,) in results.items():
-            savings = [(b - m) * 1e3 for m, b in zip(result.model_rounds, result.baseline_rounds)]
-            out[key] = Timing(statistics.median(savings), spread(savings), result.model_median * 1e3,
-                              result.baseline_median * 1e3, result.round_speedups)  # fmt: skip
+            savings = [(b - m) * 1e3 for m, b in zip(result.model_rounds, result.baseline_rounds, strict=True)]
+            out[key] = Timing(
+                statistics.median(savings),
+                spread(savings),
+                result.model_median * 1e3,
+                result.baseline_median * 1e3,
+                result.round_speedups,
+            )
         if on_group is not None:
             on_group(group)
     return out

@@ -17,7 +17,7 @@ Example of what it writes::
     zero_update: true
     rules:
     - {name: layer1.1, action: narrow, fraction: 0.25}  # 0.41 +- 0.02 ms, KL 0.0031; runner-up MoD k=16 (+0.0020)
-"""
+"""  # noqa: E501 (the example shows a line of the file as it is written)
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def plan_yaml(result: PlanResult, *, model: str = "the model") -> str:
     lines = [
         f"# modify plan for {model}: {config.speedup:g}x at {config.setting.describe()}",
         f"# measured {result.measured_speedup:.2f}x (the summed savings predicted {result.predicted_speedup:.2f}x); "
-        f"the original takes {result.original_ms:.2f} ms" + ("" if result.met else "; BELOW THE TARGET: nothing faster was found"),
-        f"# KL to the original on {config.calib_images} held-out training images: {result.measured_kl:.4f} (the blocks alone, "
+        f"the original takes {result.original_ms:.2f} ms"
+        + ("" if result.met else "; BELOW THE TARGET: nothing faster was found"),
+        f"# KL to the original on {config.calib_images} held-out "
+        f"training images: {result.measured_kl:.4f} (the blocks alone, "
         f"summed: {result.predicted_kl:.4f}); top-1 agreement {100 * result.measured_agreement:.1f}%",
         "# per block: saving alone (ms, +- half the interquartile range of the rounds), KL alone, and the runner-up",
         f"version: {result.recipe['version']}",
@@ -54,7 +56,10 @@ def plan_yaml(result: PlanResult, *, model: str = "the model") -> str:
         rule = row.choice.rule(row.channels) if row.action != "keep" else {"name": row.block, "action": "keep"}
         label, extra = runner.get(row.block, ("-", None))
         extra_text = f" ({extra:+.4f})" if extra is not None else ""
-        note = f"{row.saving_ms or 0.0:.2f} +- {row.spread_ms or 0.0:.2f} ms, KL {row.kl or 0.0:.4f}; runner-up {label}{extra_text}"
+        note = (
+            f"{row.saving_ms or 0.0:.2f} +- {row.spread_ms or 0.0:.2f} "
+            f"ms, KL {row.kl or 0.0:.4f}; runner-up {label}{extra_text}"
+        )
         rules.append((f"- {_flow(rule)}", note))
     width = max(len(text) for text, _ in rules)
     lines += [f"{text.ljust(width)}  # {note}" for text, note in rules]

@@ -37,24 +37,52 @@ def plot_choices(result: PlanResult, path: str | os.PathLike[str], *, title: str
     for action, color in colors.items():
         rows = [r for r in result.rows if r.action == action and r.error is None]
         if rows:
-            ax.scatter([r.saving_ms for r in rows], [max(r.kl or 0.0, floor) for r in rows], color=color, alpha=0.75, s=28, label=action)
+            ax.scatter(
+                [r.saving_ms for r in rows],
+                [max(r.kl or 0.0, floor) for r in rows],
+                color=color,
+                alpha=0.75,
+                s=28,
+                label=action,
+            )
     picked = [r for r in result.rows if (r.block, r.action, r.fraction) in chosen and r.action != "keep"]
-    ax.scatter([r.saving_ms for r in picked], [max(r.kl or 0.0, floor) for r in picked], facecolors="none", edgecolors="black",
-               s=110, linewidths=1.5, label="chosen")  # fmt: skip
+    ax.scatter(
+        [r.saving_ms for r in picked],
+        [max(r.kl or 0.0, floor) for r in picked],
+        facecolors="none",
+        edgecolors="black",
+        s=110,
+        linewidths=1.5,
+        label="chosen",
+    )
     for r in picked:
-        ax.annotate(f"{r.block} {r.label}", (r.saving_ms, max(r.kl or 0.0, floor)), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"{r.block} {r.label}",
+            (r.saving_ms, max(r.kl or 0.0, floor)),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_yscale("log")
     ax.set_xlabel(f"saving alone (ms), {result.config.setting.describe()}")
     ax.set_ylabel("KL to the original alone, after the cheap repair (nats, log)")
-    ax.set_title(title or f"choices per block; plan for {result.config.speedup:g}x: measured {result.measured_speedup:.2f}x")
+    ax.set_title(
+        title or f"choices per block; plan for {result.config.speedup:g}x: measured {result.measured_speedup:.2f}x"
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_png(fig, path, dpi=120)
 
 
-def write_plan(result: PlanResult, path: str | os.PathLike[str], *, model: str = "the model", force: bool = False,
-               plot: bool = True) -> dict[str, Path]:  # fmt: skip
+def write_plan(
+    result: PlanResult,
+    path: str | os.PathLike[str],
+    *,
+    model: str = "the model",
+    force: bool = False,
+    plot: bool = True,
+) -> dict[str, Path]:
     """Writes the plan's YAML at ``path`` and its JSON and PNG beside it (atomically); returns the paths."""
     from modify.io.files import atomic_write_text
 

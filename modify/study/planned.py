@@ -40,8 +40,14 @@ def _candidate(kind: str, target: float, recipe: dict[str, Any], config: Any) ->
     if kind == "delete":
         blocks = tuple(r["name"] for r in recipe["rules"] if r.get("action") == "delete")
         return Candidate("delete", deletion, blocks=blocks)
-    return Candidate("plan", full, recipe=recipe, init=config.init, zero_update=config.zero_update,
-                     block_distill_steps=config.distill_steps)  # fmt: skip
+    return Candidate(
+        "plan",
+        full,
+        recipe=recipe,
+        init=config.init,
+        zero_update=config.zero_update,
+        block_distill_steps=config.distill_steps,
+    )
 
 
 def planned_candidates(
@@ -79,14 +85,23 @@ def planned_candidates(
                 emit("plan", {"target": target, "kind": kind})
                 this = dataclasses.replace(config, speedup=target, actions=tuple(actions))
                 try:
-                    table = table or _table(original, data, dataclasses.replace(config, speedup=max(targets)), store, on_event)
-                    result = planner.plan(original, speedup=target, data=data, config=this, table=table, on_event=on_event)
+                    table = table or _table(
+                        original, data, dataclasses.replace(config, speedup=max(targets)), store, on_event
+                    )
+                    result = planner.plan(
+                        original, speedup=target, data=data, config=this, table=table, on_event=on_event
+                    )
                 except PlanError as e:
                     problems.append(f"{plan_labels(target)[kind == 'delete']}: {e}")
                     continue
-                stored = {"recipe": result.recipe, "measured_speedup": result.measured_speedup,
-                          "predicted_speedup": result.predicted_speedup, "measured_kl": result.measured_kl,
-                          "predicted_kl": result.predicted_kl, "chosen": [dataclasses.asdict(r) for r in result.chosen]}  # fmt: skip
+                stored = {
+                    "recipe": result.recipe,
+                    "measured_speedup": result.measured_speedup,
+                    "predicted_speedup": result.predicted_speedup,
+                    "measured_kl": result.measured_kl,
+                    "predicted_kl": result.predicted_kl,
+                    "chosen": [dataclasses.asdict(r) for r in result.chosen],
+                }
                 store.write(f"{stem}.json", stored)
                 atomic_write_text(store.root / f"{stem}.yaml", plan_yaml(result, model="the compared model"))
             candidates.append(_candidate(kind, target, stored["recipe"], config))

@@ -18,10 +18,8 @@ The plan is a version-2 recipe (`PlanResult.recipe`; `modify.study.plan_file` wr
 block's numbers as comments), which `modify.convert` applies. Seeds fix every draw, so the same
 data, model and machine give the same plan up to timing noise.
 
-Example:
-    >>> config = PlanConfig(speedup=1.5, setting=Setting(input_size=32))
-    >>> config.setting.describe(), config.actions
-    ('batch 1, 1 thread, eager, 32x32', ('delete', 'mod', 'narrow'))
+Its records (`PlanConfig`, `ChoiceRow`, `ChoiceTable`, `Attempt`, `PlanResult`) live in
+`modify.study.plan_records` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -37,146 +35,47 @@ from torch.utils.data import Dataset, Subset
 
 from modify.conversion.pipeline import traced_sites
 from modify.errors import ModifyError, NoBlocksError, PlanError
-from modify.layers.options import MoDConfig
 from modify.study.candidates import Candidate, build_candidate
-from modify.study.choices import ACTIONS, FRACTIONS, Choice, block_choices, choice_recipe
+from modify.study.choices import Choice, block_choices, choice_recipe
 from modify.study.knapsack import Option, max_saving, solve
-from modify.study.latency import Setting, Timing, time_savings
+from modify.study.latency import Timing, time_savings
+from modify.study.plan_records import (
+    DEFAULT_MOD as DEFAULT_MOD,
+    Attempt as Attempt,
+    ChoiceRow as ChoiceRow,
+    ChoiceTable as ChoiceTable,
+    PlanConfig as PlanConfig,
+    PlanResult as PlanResult,
+)
 from modify.study.sensitivity import Score, calibration_batch, calibration_split, reference_outputs, repair, score
 
-__all__ = ["PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult", "plan", "measure_choices", "build_plan", "DEFAULT_MOD"]
+__all__ = [
+    "PlanConfig",
+    "ChoiceRow",
+    "ChoiceTable",
+    "Attempt",
+    "PlanResult",
+    "plan",
+    "measure_choices",
+    "build_plan",
+    "DEFAULT_MOD",
+]
 
-# How the planner builds a MoD block from a trained one (issue 21, benchmarks/results/mod_middle_r18):
-# the branch form fused into the selected channels' own positions, so a zero update is exactly the
-# deletion; the original block's weights, then block-local distillation, which never leaves a block
-# below its deletion. Of the starts measured it ended closest to the original after fine-tuning.
-DEFAULT_MOD = MoDConfig(form="branch", fusion="original")
 Event = Callable[[str, dict[str, Any]], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanConfig:
-    """What to plan for and how hard to measure."""
-
-    speedup: float  # the target: original time / planned time, in `setting`
-    setting: Setting = Setting()  # batch, threads, input size and engine the speed-up is for
-    actions: tuple[str, ...] = ACTIONS  # what a block may become besides kept: delete, mod, narrow
-    fractions: tuple[float, ...] = FRACTIONS  # MoD k = C * f; narrow keeps f of every inner width
-    mod: MoDConfig = DEFAULT_MOD  # how MoD blocks are built
-    init: str = "copy"  # how MoD blocks start (`modify.layers.Init`): the original block's weights
-    zero_update: bool = False  # ... or with their branch's last layer at zero: each starts as its deletion
-    distill_steps: int = 200  # block-local distillation steps per MoD or narrowed block (the cheap repair)
-    repair_images: int = 1024  # images whose activations the distillation fits
-    bn_batches: int = 8  # batches of BatchNorm re-estimation after it
-    calib_images: int = 1024  # training images held out to score choices on (never repaired on)
-    batch_size: int = 64  # repair and scoring batch
-    rounds: int = 7  # interleaved timing rounds
-    seconds: float = 0.3  # timing per model per round
-    resolution: int = 1000  # the solver's steps within the saving the target needs
-    tolerance: float = 0.0  # a plan meets the target when it measures >= (1 - tolerance) * speedup
-    max_repairs: int = 8  # re-solves after a plan measures below the target
-    seed: int = 0  # the calibration split, the repair's sampling, fresh weights
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.speedup, (int, float)) or not self.speedup > 1.0:
-            raise PlanError(f"speed-up {self.speedup!r} is not above 1; ask for the speed-up you need, such as 1.5 (1.5 times faster).")
-        unknown = [a for a in self.actions if a not in ACTIONS]
-        if unknown:
-            raise PlanError(f"action {unknown[0]!r} is not one the planner knows; choose from {', '.join(ACTIONS)}.")
-        if any(not 0.0 < f < 1.0 for f in self.fractions):
-            raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChoiceRow:
-    """One (block, choice), measured alone."""
-
-    block: str
-    channels: int
-    action: str  # keep | delete | mod | narrow
-    fraction: float | None
-    label: str  # "MoD k=16", "narrow 1/4", "delete", "keep"
-    saving_ms: float | None = None  # the original's time minus the time with this change alone
-    spread_ms: float | None = None  # half the interquartile range of that saving over rounds
-    kl: float | None = None  # KL(original || with this change, repaired), on the calibration images
-    agreement: float | None = None  # top-1 agreement with the original
-    error: str | None = None  # why it could not be built (then it is not a choice)
-
-    @property
-    def choice(self) -> Choice:
-        return Choice(self.block, self.action, self.fraction)
-
-
-@dataclasses.dataclass(frozen=True)
-class Attempt:
-    """One solve and the measurement of what it chose."""
-
-    required_ms: float  # the saving asked of the solver
-    chosen: tuple[str, ...]  # choice keys
-    predicted_speedup: float  # from the summed savings
-    measured_speedup: float  # the planned model against the original, interleaved
-    spread: float  # half the interquartile range of the per-round speed-ups
-
-
-@dataclasses.dataclass(frozen=True)
-class ChoiceTable:
-    """Every (block, choice) measured once: what any number of plans (targets, allowed actions)
-    are solved from. Plain data: `as_dict` / `from_dict` keep it in a file between runs."""
-
-    setting: Setting  # where the savings were timed
-    original_ms: float  # the original's time there
-    rows: tuple[ChoiceRow, ...]  # every (block, choice): saving, spread, KL, agreement (or why it failed)
-    calib_images: int  # the held-out images the KLs are measured on
-    seed: int  # of the calibration split and the repairs
-
-    def allowed(self, actions: Sequence[str], fractions: Sequence[float]) -> list[ChoiceRow]:
-        """The rows a plan of ``actions`` at ``fractions`` may choose from (keep always)."""
-        return [r for r in self.rows if r.action == "keep" or (r.action in actions and (r.fraction is None or r.fraction in fractions))]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"setting": self.setting.as_dict(), "original_ms": self.original_ms, "calib_images": self.calib_images,
-                "seed": self.seed, "rows": [dataclasses.asdict(r) for r in self.rows]}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> ChoiceTable:
-        return cls(Setting(**raw["setting"]), raw["original_ms"], tuple(ChoiceRow(**r) for r in raw["rows"]),
-                   raw["calib_images"], raw["seed"])  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanResult:
-    """What `plan` found, and the numbers behind it."""
-
-    config: PlanConfig
-    original_ms: float  # the original's time in the setting (median over the timing rounds)
-    rows: tuple[ChoiceRow, ...]  # every (block, choice) measured
-    chosen: tuple[ChoiceRow, ...]  # one per block, in model order
-    runner_up: tuple[tuple[str, str, float | None], ...]  # per block: (block, the runner-up's label, the summed KL it adds)
-    predicted_speedup: float  # original / (original - summed savings)
-    measured_speedup: float  # the planned model, timed against the original
-    measured_spread: float
-    predicted_kl: float  # the chosen choices' KL, summed
-    measured_kl: float  # the planned model's KL after the same repair
-    measured_agreement: float
-    met: bool  # measured_speedup >= (1 - tolerance) * target
-    attempts: tuple[Attempt, ...]
-    recipe: dict[str, Any]  # the version-2 recipe (`modify.convert(model, recipe=...)`)
-    seconds: float
-    table: ChoiceTable | None = None  # every choice measured (the plan's rows are those its actions allow)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["config"] = {**out["config"], "setting": self.config.setting.as_dict(), "mod": self.config.mod.as_dict()}
-        out["table"] = self.table.as_dict() if self.table is not None else None
-        return out
 
 
 def _candidate(recipe: dict[str, Any], config: PlanConfig) -> Candidate:
     return Candidate("mixed", "plan", recipe=recipe, init=config.init, zero_update=config.zero_update)
 
 
-def build_plan(original: nn.Module, recipe: Mapping[str, Any], config: PlanConfig, *, weights: bool,
-               repair_set: Dataset | None = None) -> nn.Module:  # fmt: skip
+def build_plan(
+    original: nn.Module,
+    recipe: Mapping[str, Any],
+    config: PlanConfig,
+    *,
+    weights: bool,
+    repair_set: Dataset | None = None,
+) -> nn.Module:
     """A model of ``recipe`` built from ``original``: the architecture alone (``weights=False``),
     or initialised as the plan says and given its cheap repair on ``repair_set`` (whose first
     images also scale the MoD selectors' prior; the calibration images are only ever scored on)."""
@@ -186,8 +85,16 @@ def build_plan(original: nn.Module, recipe: Mapping[str, Any], config: PlanConfi
         prior = calibration_batch(Subset(repair_set, range(min(256, len(repair_set)))))  # type: ignore[arg-type]
     model, _ = build_candidate(candidate, original, input_size=config.setting.input_size, calib=prior, weights=weights)
     if weights and repair_set is not None:
-        repair(model, original, repair_set, distill_steps=config.distill_steps, images=config.repair_images,
-               bn_batches=config.bn_batches, batch_size=config.batch_size, seed=config.seed)  # fmt: skip
+        repair(
+            model,
+            original,
+            repair_set,
+            distill_steps=config.distill_steps,
+            images=config.repair_images,
+            bn_batches=config.bn_batches,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
     return model.eval()
 
 
@@ -198,12 +105,15 @@ def _blocks(original: nn.Module, size: int) -> dict[str, int]:
         raise PlanError(f"nothing to plan: {e}") from None
     blocks = {s.name: s.channels for s in sites if s.convertible}
     if not blocks:
-        raise PlanError("nothing to plan: no residual block of this model can be changed (`modify blocks MODEL` says why).")
+        raise PlanError(
+            "nothing to plan: no residual block of this model can be changed (`modify blocks MODEL` says why)."
+        )
     return blocks
 
 
-def _time_choices(original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig,
-                  emit: Event) -> tuple[dict[str, Timing], dict[str, str]]:  # fmt: skip
+def _time_choices(
+    original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig, emit: Event
+) -> tuple[dict[str, Timing], dict[str, str]]:
     """Each choice's timing (key -> Timing), and the choices that could not be built (key -> why)."""
     groups: dict[str, dict[str, nn.Module]] = {}
     failed: dict[str, str] = {}
@@ -211,25 +121,46 @@ def _time_choices(original: nn.Module, options: dict[str, list[Choice]], channel
         groups[block] = {}
         for c in choices[1:]:  # keep is the original
             try:
-                groups[block][c.key] = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=False)
+                groups[block][c.key] = build_plan(
+                    original, choice_recipe([c], channels, config.mod), config, weights=False
+                )
             except ModifyError as e:
                 failed[c.key] = str(e)
     emit("stage", {"name": "timing", "total": len(groups), "setting": config.setting.describe()})
-    timings = time_savings(original, groups, config.setting, rounds=config.rounds, seconds=config.seconds,
-                           on_group=lambda block: emit("timed", {"block": block}))  # fmt: skip
+    timings = time_savings(
+        original,
+        groups,
+        config.setting,
+        rounds=config.rounds,
+        seconds=config.seconds,
+        on_group=lambda block: emit("timed", {"block": block}),
+    )
     return timings, failed
 
 
-def _score_choices(original: nn.Module, options: dict[str, list[Choice]], channels: dict[str, int], config: PlanConfig,
-                   failed: dict[str, str], repair_set: Dataset, calib: torch.Tensor, emit: Event) -> dict[str, Score]:  # fmt: skip
+def _score_choices(
+    original: nn.Module,
+    options: dict[str, list[Choice]],
+    channels: dict[str, int],
+    config: PlanConfig,
+    failed: dict[str, str],
+    repair_set: Dataset,
+    calib: torch.Tensor,
+    emit: Event,
+) -> dict[str, Score]:
     reference = reference_outputs(original, calib)
     todo = [c for choices in options.values() for c in choices[1:] if c.key not in failed]
     emit("stage", {"name": "scoring", "total": len(todo)})
     scores: dict[str, Score] = {}
     for c in todo:
         try:
-            model = build_plan(original, choice_recipe([c], channels, config.mod), config, weights=True,
-                               repair_set=repair_set)  # fmt: skip
+            model = build_plan(
+                original,
+                choice_recipe([c], channels, config.mod),
+                config,
+                weights=True,
+                repair_set=repair_set,
+            )
         except ModifyError as e:
             failed[c.key] = str(e)
             continue
@@ -238,19 +169,32 @@ def _score_choices(original: nn.Module, options: dict[str, list[Choice]], channe
     return scores
 
 
-def _rows(options: dict[str, list[Choice]], channels: dict[str, int], timings: dict[str, Timing],
-          scores: dict[str, Score], failed: dict[str, str]) -> list[ChoiceRow]:  # fmt: skip
+def _rows(
+    options: dict[str, list[Choice]],
+    channels: dict[str, int],
+    timings: dict[str, Timing],
+    scores: dict[str, Score],
+    failed: dict[str, str],
+) -> list[ChoiceRow]:
     rows = []
     for block, choices in options.items():
         for c in choices:
-            base = dict(block=block, channels=channels[block], action=c.action, fraction=c.fraction, label=c.label(channels[block]))
+            base = dict(
+                block=block,
+                channels=channels[block],
+                action=c.action,
+                fraction=c.fraction,
+                label=c.label(channels[block]),
+            )
             if c.action == "keep":
                 rows.append(ChoiceRow(**base, saving_ms=0.0, spread_ms=0.0, kl=0.0, agreement=1.0))
             elif c.key in failed or c.key not in scores:
                 rows.append(ChoiceRow(**base, error=failed.get(c.key, "not measured")))
             else:
                 t, s = timings[c.key], scores[c.key]
-                rows.append(ChoiceRow(**base, saving_ms=t.saving_ms, spread_ms=t.spread_ms, kl=s.kl, agreement=s.agreement))
+                rows.append(
+                    ChoiceRow(**base, saving_ms=t.saving_ms, spread_ms=t.spread_ms, kl=s.kl, agreement=s.agreement)
+                )
     return rows
 
 
@@ -269,11 +213,20 @@ def _table(rows: Sequence[ChoiceRow]) -> tuple[list[str], list[list[ChoiceRow]],
 
 def _measure(original: nn.Module, recipe: dict[str, Any], config: PlanConfig) -> Timing:
     model = build_plan(original, recipe, config, weights=False)
-    return time_savings(original, {"plan": {"plan": model}}, config.setting, rounds=config.rounds, seconds=config.seconds)["plan"]
+    return time_savings(
+        original, {"plan": {"plan": model}}, config.setting, rounds=config.rounds, seconds=config.seconds
+    )["plan"]
 
 
-def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], options: list[list[Option]], channels: dict[str, int],
-                       original_ms: float, config: PlanConfig, emit: Event) -> tuple[list[int], list[Attempt], Timing]:  # fmt: skip
+def _solve_and_measure(
+    original: nn.Module,
+    grouped: list[list[ChoiceRow]],
+    options: list[list[Option]],
+    channels: dict[str, int],
+    original_ms: float,
+    config: PlanConfig,
+    emit: Event,
+) -> tuple[list[int], list[Attempt], Timing]:
     """Solves for the saving the target needs and measures the plan; while it measures below the
     target, asks for more saving; once a plan meets it, bisects the saving asked between the last
     plan that fell short and the first that met it, to find the cheapest plan that still meets it
@@ -292,11 +245,11 @@ def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], opti
         if solution is None:
             break
         if solution.choice not in measured:
+            keys = tuple(grouped[i][j].choice.key for i, j in enumerate(solution.choice))
             recipe = choice_recipe([grouped[i][j].choice for i, j in enumerate(solution.choice)], channels, config.mod)
-            measured[solution.choice] = _measure(original, recipe, config)
-            attempts.append(Attempt(required, tuple(grouped[i][j].choice.key for i, j in enumerate(solution.choice)),
-                                    original_ms / (original_ms - solution.saving), measured[solution.choice].speedup,
-                                    _speedup_spread(measured[solution.choice])))  # fmt: skip
+            timing = measured[solution.choice] = _measure(original, recipe, config)
+            predicted = original_ms / (original_ms - solution.saving)
+            attempts.append(Attempt(required, keys, predicted, timing.speedup, _speedup_spread(timing)))
             emit("attempt", dataclasses.asdict(attempts[-1]))
         timing = measured[solution.choice]
         if timing.speedup >= (1 - config.tolerance) * target:
@@ -311,23 +264,34 @@ def _solve_and_measure(original: nn.Module, grouped: list[list[ChoiceRow]], opti
             # Short of the target: ask for the saving needed times the share the sums overstated
             # this plan by, and at least one step more than it had.
             measured_saving = max(1e-9, original_ms - original_ms / timing.speedup)
-            required = max(needed * solution.saving / measured_saving, required + (needed - measured_saving), solution.saving + step)
+            required = max(
+                needed * solution.saving / measured_saving,
+                required + (needed - measured_saving),
+                solution.saving + step,
+            )
         else:
             if low is None or high - low <= 2 * step:
                 break
             required = (low + high) / 2
-    return _best_attempt(grouped, options, measured, attempts, original_ms, reachable, config)
+    return _best_attempt(options, measured, attempts, original_ms, reachable, config)
 
 
-def _best_attempt(grouped: list[list[ChoiceRow]], options: list[list[Option]], measured: dict[tuple[int, ...], Timing],
-                  attempts: list[Attempt], original_ms: float, reachable: float,
-                  config: PlanConfig) -> tuple[list[int], list[Attempt], Timing]:  # fmt: skip
+def _best_attempt(
+    options: list[list[Option]],
+    measured: dict[tuple[int, ...], Timing],
+    attempts: list[Attempt],
+    original_ms: float,
+    reachable: float,
+    config: PlanConfig,
+) -> tuple[list[int], list[Attempt], Timing]:
     """The measured plan with the least summed KL among those that met the target, else the fastest."""
     if not measured:
         fastest = original_ms / max(1e-9, original_ms - reachable)
         raise PlanError(
-            f"speed-up {config.speedup:g}x is out of reach in {config.setting.describe()}: the fastest choices together predict "
-            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions or smaller fractions."
+            f"speed-up {config.speedup:g}x is out of reach in "
+            f"{config.setting.describe()}: the fastest choices together predict "
+            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most "
+            f"{fastest:.2f}x, or allow more actions or smaller fractions."
         )
 
     def cost(choice: tuple[int, ...]) -> float:
@@ -344,8 +308,9 @@ def _speedup_spread(timing: Timing) -> float:
     return spread(list(timing.round_speedups))
 
 
-def _runner_ups(grouped: list[list[ChoiceRow]], options: list[list[Option]], picks: list[int], required: float,
-                config: PlanConfig) -> list[tuple[str, str, float | None]]:  # fmt: skip
+def _runner_ups(
+    grouped: list[list[ChoiceRow]], options: list[list[Option]], picks: list[int], required: float, config: PlanConfig
+) -> list[tuple[str, str, float | None]]:
     """Per block: what it would be if its chosen option were not allowed, and the KL that adds."""
     base = sum(options[i][j].cost for i, j in enumerate(picks))
     out = []
@@ -364,7 +329,9 @@ def _runner_ups(grouped: list[list[ChoiceRow]], options: list[list[Option]], pic
     return out
 
 
-def measure_choices(model: nn.Module, data: Dataset, config: PlanConfig, *, on_event: Event | None = None) -> ChoiceTable:
+def measure_choices(
+    model: nn.Module, data: Dataset, config: PlanConfig, *, on_event: Event | None = None
+) -> ChoiceTable:
     """Steps 1-3 of the module docstring: every (block, choice) of ``config`` timed and scored
     (the speed-up of ``config`` only decides whether the fastest choices can reach it at all)."""
     emit: Event = on_event or (lambda kind, info: None)
@@ -385,7 +352,8 @@ def _split(data: Dataset, config: PlanConfig) -> tuple[Dataset, Dataset, torch.T
     calib = calibration_batch(calib_set)  # (N, 3, H, W)
     if calib.shape[-1] != config.setting.input_size:
         raise PlanError(
-            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} and the plan is for {config.setting.input_size}x"
+            f"the data's images are {calib.shape[-1]}x{calib.shape[-2]} "
+            f"and the plan is for {config.setting.input_size}x"
             f"{config.setting.input_size}; pass --input-size {calib.shape[-1]} (or data of the size you deploy at)."
         )
     return repair_set, calib_set, calib
@@ -427,10 +395,11 @@ def plan(
     Example:
         >>> import torchvision, torch
         >>> from torch.utils.data import TensorDataset
+        >>> from modify.study.latency import Setting
         >>> net = torchvision.models.resnet18(num_classes=10).eval()
         >>> data = TensorDataset(torch.randn(96, 3, 32, 32), torch.zeros(96, dtype=torch.long))
-        >>> result = plan(net, speedup=1.2, data=data, setting=Setting(input_size=32), calib_images=32, repair_images=32,
-        ...               distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,))
+        >>> result = plan(net, speedup=1.2, data=data, setting=Setting(input_size=32), calib_images=32,
+        ...               repair_images=32, distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,))
         >>> len(result.chosen), result.recipe["version"]
         (5, 2)
     """
@@ -453,34 +422,53 @@ def plan(
     joint = score(planned, calib, reference_outputs(original, calib))
     emit("stage", {"name": "done"})
     return PlanResult(
-        config=config, original_ms=table.original_ms, rows=tuple(rows), chosen=tuple(chosen),
+        config=config,
+        original_ms=table.original_ms,
+        rows=tuple(rows),
+        chosen=tuple(chosen),
         runner_up=tuple(_runner_ups(grouped, opts, picks, final.required_ms, config)),
-        predicted_speedup=final.predicted_speedup, measured_speedup=timing.speedup,
-        measured_spread=_speedup_spread(timing), predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
-        measured_kl=joint.kl, measured_agreement=joint.agreement,
-        met=timing.speedup >= (1 - config.tolerance) * config.speedup, attempts=tuple(attempts), recipe=recipe,
-        seconds=time.perf_counter() - started, table=table,
-    )  # fmt: skip
+        predicted_speedup=final.predicted_speedup,
+        measured_speedup=timing.speedup,
+        measured_spread=_speedup_spread(timing),
+        predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
+        measured_kl=joint.kl,
+        measured_agreement=joint.agreement,
+        met=timing.speedup >= (1 - config.tolerance) * config.speedup,
+        attempts=tuple(attempts),
+        recipe=recipe,
+        seconds=time.perf_counter() - started,
+        table=table,
+    )
 
 
 def _original_ms(timings: Mapping[str, Timing]) -> float:
     import statistics
 
     if not timings:
-        raise PlanError("no choice could be built for any block, so there is nothing to plan (`modify blocks MODEL` says why).")
+        raise PlanError(
+            "no choice could be built for any block, so there is nothing to plan (`modify blocks MODEL` says why)."
+        )
     return statistics.median(t.original_ms for t in timings.values())
 
 
-def _check_reachable(choices: dict[str, list[Choice]], timings: dict[str, Timing], failed: dict[str, str],
-                     original_ms: float, config: PlanConfig) -> None:  # fmt: skip
+def _check_reachable(
+    choices: dict[str, list[Choice]],
+    timings: dict[str, Timing],
+    failed: dict[str, str],
+    original_ms: float,
+    config: PlanConfig,
+) -> None:
     """Refuses, before the sensitivity work, a target the fastest choices cannot reach."""
-    reachable = sum(max([0.0] + [timings[c.key].saving_ms for c in cs if c.key in timings and c.key not in failed])
-                    for cs in choices.values())  # fmt: skip
+    reachable = sum(
+        max([0.0] + [timings[c.key].saving_ms for c in cs if c.key in timings and c.key not in failed])
+        for cs in choices.values()
+    )
     fastest = original_ms / max(1e-9, original_ms - reachable)
     if fastest < config.speedup * (1 - config.tolerance):
         raise PlanError(
-            f"speed-up {config.speedup:g}x is out of reach in {config.setting.describe()}: every block at its fastest choice "
-            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most {fastest:.2f}x, or allow more actions "
+            f"speed-up {config.speedup:g}x is out of reach in "
+            f"{config.setting.describe()}: every block at its fastest choice "
+            f"measures about {fastest:.2f}x ({original_ms:.2f} ms now). "
+            f"Ask for at most {fastest:.2f}x, or allow more actions "
             "(--actions) or smaller fractions (--fractions)."
         )
-

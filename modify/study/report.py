@@ -84,10 +84,13 @@ class Summary:
     plans: tuple[PlanMatch, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"teacher_accuracy": self.teacher_accuracy, "window": self.window,
-                "rows": [dataclasses.asdict(r) for r in self.rows],
-                "matches": [dataclasses.asdict(m) for m in self.matches],
-                "plans": [dataclasses.asdict(m) for m in self.plans]}  # fmt: skip
+        return {
+            "teacher_accuracy": self.teacher_accuracy,
+            "window": self.window,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+            "matches": [dataclasses.asdict(m) for m in self.matches],
+            "plans": [dataclasses.asdict(m) for m in self.plans],
+        }
 
 
 def _demo(method: str, label: str, accuracy: float, speedup: float) -> RunRecord:
@@ -109,10 +112,26 @@ def _rows(records: Sequence[RunRecord]) -> list[Row]:
             continue
         accs = tuple(r.accuracy for r in runs)
         first = runs[0]
-        seconds = statistics.fmean(r.finetune_seconds + float(r.details.get("block_distill_seconds", 0.0)) for r in runs)
-        rows.append(Row(key, first.method, first.label, statistics.fmean(accs), (max(accs) - min(accs)) / 2, accs,
-                        tuple(r.seed for r in runs), statistics.fmean(r.accuracy_before for r in runs), first.speedup,
-                        first.speedup_batch, first.macs, first.params, seconds))  # fmt: skip
+        seconds = statistics.fmean(
+            r.finetune_seconds + float(r.details.get("block_distill_seconds", 0.0)) for r in runs
+        )
+        rows.append(
+            Row(
+                key,
+                first.method,
+                first.label,
+                statistics.fmean(accs),
+                (max(accs) - min(accs)) / 2,
+                accs,
+                tuple(r.seed for r in runs),
+                statistics.fmean(r.accuracy_before for r in runs),
+                first.speedup,
+                first.speedup_batch,
+                first.macs,
+                first.params,
+                seconds,
+            )
+        )
     return rows
 
 
@@ -135,9 +154,16 @@ def summarize(records: Sequence[RunRecord], *, teacher_accuracy: float | None = 
     for m in (r for r in rows if r.method == "mod"):
         near = [b for b in baselines if abs(b.speedup - m.speedup) <= window]
         best = max(near, key=lambda b: b.accuracy, default=None)
-        matches.append(Match(m.label, m.speedup, best.label if best else None, best.speedup if best else None,
-                             m.accuracy - best.accuracy if best else float("nan"),
-                             max(m.spread, best.spread) if best else m.spread))  # fmt: skip
+        matches.append(
+            Match(
+                m.label,
+                m.speedup,
+                best.label if best else None,
+                best.speedup if best else None,
+                m.accuracy - best.accuracy if best else float("nan"),
+                max(m.spread, best.spread) if best else m.spread,
+            )
+        )
     return Summary(tuple(rows), tuple(matches), teacher_accuracy, window, tuple(_plan_matches(rows)))
 
 
@@ -147,9 +173,18 @@ def _plan_matches(rows: Sequence[Row]) -> list[PlanMatch]:
     for p in (r for r in rows if r.method == "plan"):
         faster = [b for b in rows if b.method in ("delete", "prune") and b.speedup >= p.speedup]
         best = max(faster, key=lambda b: (b.accuracy, b.speedup), default=None)
-        out.append(PlanMatch(p.label, p.speedup, p.accuracy, p.spread, best.label if best else None,
-                             best.speedup if best else None, best.accuracy if best else None,
-                             p.accuracy - best.accuracy if best else float("nan")))  # fmt: skip
+        out.append(
+            PlanMatch(
+                p.label,
+                p.speedup,
+                p.accuracy,
+                p.spread,
+                best.label if best else None,
+                best.speedup if best else None,
+                best.accuracy if best else None,
+                p.accuracy - best.accuracy if best else float("nan"),
+            )
+        )
     return out
 
 
@@ -157,25 +192,36 @@ def markdown_table(summary: Summary) -> str:
     """The rows as a Markdown table, fastest first within each method."""
     teacher = summary.teacher_accuracy
     lines = [
-        "| method | configuration | test acc. (mean ± half range) | vs original | before FT | speed-up b1/1t | b32/all | MACs | params | train s | frontier |",
+        "| method | configuration | test acc. (mean ± half range) | vs original | "
+        "before FT | speed-up b1/1t | b32/all | MACs | params | train s | frontier |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.rows:
         delta = f"{100 * (r.accuracy - teacher):+.2f}" if teacher is not None else ""
         batch = f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else ""
         lines.append(
-            f"| {r.method} | {r.label} | {100 * r.accuracy:.2f} ± {100 * r.spread:.2f} | {delta} | {100 * r.accuracy_before:.1f} "
+            f"| {r.method} | {r.label} | {100 * r.accuracy:.2f} ± "
+            f"{100 * r.spread:.2f} | {delta} | {100 * r.accuracy_before:.1f} "
             f"| {r.speedup:.2f}x | {batch} | {r.macs / 1e6:.1f} M | {r.params / 1e6:.2f} M | {r.train_seconds:.0f} "
             f"| {'*' if r.frontier else ''} |"
         )
     if summary.plans:
-        lines += ["", "| plan | speed-up | accuracy | most accurate delete / prune row at least as fast | its speed-up | its accuracy | plan - it |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| plan | speed-up | accuracy | most accurate delete / prune row "
+            "at least as fast | its speed-up | its accuracy | plan - it |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for m in summary.plans:
-            other = (f"{m.baseline} | {m.baseline_speedup:.2f}x | {100 * m.baseline_accuracy:.2f}" if m.baseline is not None
-                     else "none as fast | | ")  # fmt: skip
+            other = (
+                f"{m.baseline} | {m.baseline_speedup:.2f}x | {100 * m.baseline_accuracy:.2f}"
+                if m.baseline is not None
+                else "none as fast | | "
+            )
             margin = f"{100 * m.margin:+.2f}" if m.baseline is not None else ""
-            lines.append(f"| {m.plan} | {m.speedup:.2f}x | {100 * m.accuracy:.2f} ± {100 * m.spread:.2f} | {other} | {margin} |")
+            lines.append(
+                f"| {m.plan} | {m.speedup:.2f}x | {100 * m.accuracy:.2f} ± {100 * m.spread:.2f} | {other} | {margin} |"
+            )
     return "\n".join(lines)
 
 
@@ -188,33 +234,52 @@ def recommendation(summary: Summary) -> list[str]:
     wins = [m for m in inside if m.margin > max(m.spread, 0.0)]
     if wins:
         best = max(wins, key=lambda m: m.margin)
-        spread = (f"beyond the seed spread ({100 * best.spread:.2f})" if seeds > 1 else
-                  "with one seed, so no spread to judge it by: run more seeds")  # fmt: skip
-        lines.append(f"MoD wins: {best.mod} at {best.speedup:.2f}x is {100 * best.margin:.2f} points above {best.baseline} "
-                     f"({best.baseline_speedup:.2f}x), {spread}.")  # fmt: skip
+        spread = (
+            f"beyond the seed spread ({100 * best.spread:.2f})"
+            if seeds > 1
+            else "with one seed, so no spread to judge it by: run more seeds"
+        )
+        lines.append(
+            f"MoD wins: {best.mod} at {best.speedup:.2f}x is {100 * best.margin:.2f} points above {best.baseline} "
+            f"({best.baseline_speedup:.2f}x), {spread}."
+        )
     elif inside:
         best = max(inside, key=lambda m: m.margin)
-        lines.append(f"MoD does not win on this model: its best match, {best.mod} at {best.speedup:.2f}x, is "
-                     f"{100 * best.margin:+.2f} points against {best.baseline} ({best.baseline_speedup:.2f}x).")  # fmt: skip
+        lines.append(
+            f"MoD does not win on this model: its best match, {best.mod} at {best.speedup:.2f}x, is "
+            f"{100 * best.margin:+.2f} points against {best.baseline} ({best.baseline_speedup:.2f}x)."
+        )
     else:
-        lines.append(f"No MoD candidate has a deletion or pruning candidate within {summary.window:.2f}x of its speed-up in "
-                     f"{low:g}-{high:g}x: add baselines at those speeds to judge it.")  # fmt: skip
+        lines.append(
+            f"No MoD candidate has a deletion or pruning candidate within {summary.window:.2f}x of its speed-up in "
+            f"{low:g}-{high:g}x: add baselines at those speeds to judge it."
+        )
     for method in ("delete", "prune", "mod"):
         found = [r for r in summary.rows if r.method == method and low <= r.speedup <= high]
         if found:
             best = max(found, key=lambda r: r.accuracy)
-            lines.append(f"Most accurate {method} candidate in {low:g}-{high:g}x: {best.label}, "
-                         f"{100 * best.accuracy:.2f}% at {best.speedup:.2f}x.")  # fmt: skip
+            lines.append(
+                f"Most accurate {method} candidate in {low:g}-{high:g}x: {best.label}, "
+                f"{100 * best.accuracy:.2f}% at {best.speedup:.2f}x."
+            )
     for m in summary.plans:
         if m.baseline is None:
-            lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x; no deletion or pruning row is as fast.")
+            lines.append(
+                f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x; no deletion or pruning row is as fast."
+            )
         else:
-            lines.append(f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x, {100 * m.margin:+.2f} points against {m.baseline} "
-                         f"({100 * m.baseline_accuracy:.2f}% at {m.baseline_speedup:.2f}x), seed spread {100 * m.spread:.2f}.")  # fmt: skip
+            lines.append(
+                f"{m.plan}: {100 * m.accuracy:.2f}% at {m.speedup:.2f}x, "
+                f"{100 * m.margin:+.2f} points against {m.baseline} "
+                f"({100 * m.baseline_accuracy:.2f}% at {m.baseline_speedup:.2f}x), seed spread {100 * m.spread:.2f}."
+            )
     everything = [r for r in summary.rows if low <= r.speedup <= high]
     if everything:
         pick = max(everything, key=lambda r: (r.accuracy, r.speedup))
-        lines.append(f"Pick: {pick.label} ({pick.method}) for accuracy in that range; for a given speed, read the plot's frontiers.")
+        lines.append(
+            f"Pick: {pick.label} ({pick.method}) for accuracy in that "
+            "range; for a given speed, read the plot's frontiers."
+        )
     return lines
 
 
@@ -229,8 +294,16 @@ def plot(summary: Summary, path: str | os.PathLike[str], *, title: str = "") -> 
         rows = [r for r in summary.rows if r.method == method]
         if not rows:
             continue
-        ax.errorbar([r.speedup for r in rows], [100 * r.accuracy for r in rows], yerr=[100 * r.spread for r in rows],
-                    fmt="o", color=color, alpha=0.8, capsize=2, label=method)  # fmt: skip
+        ax.errorbar(
+            [r.speedup for r in rows],
+            [100 * r.accuracy for r in rows],
+            yerr=[100 * r.spread for r in rows],
+            fmt="o",
+            color=color,
+            alpha=0.8,
+            capsize=2,
+            label=method,
+        )
         front = sorted((r for r in rows if r.frontier), key=lambda r: r.speedup)
         ax.plot([r.speedup for r in front], [100 * r.accuracy for r in front], "-", color=color, alpha=0.6)
     if summary.teacher_accuracy is not None:

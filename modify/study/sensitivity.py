@@ -55,7 +55,8 @@ def calibration_split(data: Dataset, *, calib_images: int, seed: int = 0) -> tup
     n = len(data)  # type: ignore[arg-type]
     if calib_images < 1 or n < calib_images + 1:
         raise ModifyError(
-            f"the data holds {n} images; scoring needs {calib_images} calibration images held out and at least one more "
+            f"the data holds {n} images; scoring needs {calib_images} "
+            "calibration images held out and at least one more "
             "to repair with. Pass a larger training set, or fewer calibration images (--calib-images)."
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -73,7 +74,9 @@ def reference_outputs(model: nn.Module, images: Tensor, batch_size: int = 256) -
     was = model.training
     model.eval()
     try:
-        return torch.cat([F.log_softmax(model(images[i : i + batch_size]).float(), dim=1) for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [F.log_softmax(model(images[i : i + batch_size]).float(), dim=1) for i in range(0, len(images), batch_size)]
+        )
     finally:
         model.train(was)
 

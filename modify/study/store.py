@@ -30,7 +30,16 @@ from torch import nn
 from modify.errors import ModifyError
 from modify.io.files import atomic_write_text, check_output_path
 
-__all__ = ["RunRecord", "SweepStore", "fingerprint", "load_runs", "load_failures", "teacher_accuracy", "retime", "RUN_FORMAT"]
+__all__ = [
+    "RunRecord",
+    "SweepStore",
+    "fingerprint",
+    "load_runs",
+    "load_failures",
+    "teacher_accuracy",
+    "retime",
+    "RUN_FORMAT",
+]
 
 RUN_FORMAT = "modify.compare_run"
 
@@ -98,9 +107,12 @@ class SweepStore:
             if speed_path.is_file():
                 speed = json.loads(speed_path.read_text())
                 record = dataclasses.replace(
-                    record, speedup=speed["speedup"], speedup_batch=speed["speedup_batch"], latency_ms=speed["latency_ms"],
+                    record,
+                    speedup=speed["speedup"],
+                    speedup_batch=speed["speedup_batch"],
+                    latency_ms=speed["latency_ms"],
                     teacher_latency_ms=speed["teacher_latency_ms"],
-                )  # fmt: skip
+                )
             records.append(record)
         return records
 
@@ -175,5 +187,3 @@ def fingerprint(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-

@@ -31,7 +31,7 @@ from modify.study.store import RUN_FORMAT, RunRecord, SweepStore, fingerprint
 from modify.train.evaluation import compare_outputs
 from modify.train.finetune import FinetuneConfig, evaluate, finetune
 
-__all__ = ["CompareConfig", "run_sweep"]
+__all__ = ["CompareConfig", "run_sweep", "time_candidates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,9 @@ class CompareConfig:
         return out
 
 
-def _time_all(models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, store: SweepStore) -> list[dict[str, Any]]:
+def time_candidates(
+    models: dict[str, nn.Module], original: nn.Module, config: CompareConfig, store: SweepStore
+) -> list[dict[str, Any]]:
     """Every architecture's latency against the original, all in shared rounds, each written to
     ``speed/<arch key>.json``."""
     from modify.measure.benchmark import BenchCase, bench_many, spread
@@ -78,23 +80,70 @@ def _time_all(models: dict[str, nn.Module], original: nn.Module, config: Compare
     cases = [BenchCase(batch_size=1, threads=1)]
     if config.throughput_batch:
         cases.append(BenchCase(batch_size=config.throughput_batch, threads=0))
-    results = bench_many(models, original, cases=cases, input_size=config.input_size, rounds=config.bench_rounds,
-                         min_run_time=config.bench_seconds)  # fmt: skip
+    results = bench_many(
+        models,
+        original,
+        cases=cases,
+        input_size=config.input_size,
+        rounds=config.bench_rounds,
+        min_run_time=config.bench_seconds,
+    )
     written = []
     for key, (one, *many) in results.items():
         speed = {
-            "speedup": statistics.median(one.round_speedups), "latency_ms": one.model_median * 1e3,
-            "teacher_latency_ms": one.baseline_median * 1e3, "round_speedups": list(one.round_speedups),
+            "speedup": statistics.median(one.round_speedups),
+            "latency_ms": one.model_median * 1e3,
+            "teacher_latency_ms": one.baseline_median * 1e3,
+            "round_speedups": list(one.round_speedups),
             "speedup_batch": statistics.median(many[0].round_speedups) if many else None,
             "timed_with": len(models),  # architectures timed in the same rounds
             # How far to trust them: half the interquartile range of the per-round speed-ups, and
             # why the machine was too busy for these figures (None when it was not).
-            "spread": spread(one.round_speedups), "spread_batch": spread(many[0].round_speedups) if many else None,
+            "spread": spread(one.round_speedups),
+            "spread_batch": spread(many[0].round_speedups) if many else None,
             "warning": "; ".join(f"{r.case.label()}: {r.warning}" for r in (one, *many) if r.warning) or None,
-        }  # fmt: skip
+        }
         store.write(f"speed/{key}.json", speed)
         written.append({"key": key, **speed})
     return written
+
+
+def _record(
+    candidate: Candidate,
+    seed: int,
+    model: nn.Module,
+    original: nn.Module,
+    test_loader: DataLoader,
+    config: CompareConfig,
+    *,
+    before: float,
+    seconds: float,
+    details: dict[str, Any],
+) -> RunRecord:
+    """One fine-tuned candidate's record: test accuracy, NLL and KL to the original (steadier than
+    accuracy), MACs and parameters; its speed comes later, timed with the others."""
+    from modify.measure.profiling import profile_model
+
+    against = compare_outputs(model, original, test_loader)
+    accuracy = against.pop("accuracy")
+    profile = profile_model(model, input_size=config.input_size)
+    return RunRecord(
+        key=candidate.key,
+        method=candidate.method,
+        label=candidate.label,
+        seed=seed,
+        accuracy_before=before,
+        accuracy=accuracy,
+        macs=profile.macs,
+        params=profile.params,
+        speedup=None,
+        speedup_batch=None,
+        latency_ms=None,
+        teacher_latency_ms=None,
+        finetune_seconds=seconds,
+        details={**details, "spec": candidate.spec(), "test": against},
+        arch_key=candidate.arch_key,
+    )
 
 
 def run_sweep(
@@ -140,8 +189,14 @@ def run_sweep(
         train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True)
         ratio = store.stored_ratio(candidate.arch_key)
         try:
-            model, details = build_candidate(candidate, original, input_size=config.input_size, calib=calib,
-                                             train_loader=train_loader, pruning_ratio=ratio)  # fmt: skip
+            model, details = build_candidate(
+                candidate,
+                original,
+                input_size=config.input_size,
+                calib=calib,
+                train_loader=train_loader,
+                pruning_ratio=ratio,
+            )
         except ModifyError as e:
             # A candidate this model cannot take (a capacity too large, a block Torch-Pruning cannot
             # handle) is a row of its own, not the end of the sweep.
@@ -149,41 +204,51 @@ def run_sweep(
             emit("failed", {"label": candidate.label, "seed": seed, "error": str(e)})
             continue
         if candidate.method == "prune" and ratio is None:
-            store.write(f"arch/{candidate.arch_key}.json", {"pruning_ratio": details["pruning_ratio"], "label": candidate.label})
+            store.write(
+                f"arch/{candidate.arch_key}.json", {"pruning_ratio": details["pruning_ratio"], "label": candidate.label}
+            )
         before = evaluate(model, test_loader)
         ft_config = dataclasses.replace(config.finetune, seed=seed, **dict(candidate.finetune))
         started = time.perf_counter()
-        finetune(model, train_loader, teacher=teacher, config=ft_config, epochs=config.epochs,
-                 on_step=lambda info: emit("step", dataclasses.asdict(info)))  # fmt: skip
+        finetune(
+            model,
+            train_loader,
+            teacher=teacher,
+            config=ft_config,
+            epochs=config.epochs,
+            on_step=lambda info: emit("step", dataclasses.asdict(info)),
+        )
         seconds = time.perf_counter() - started
         for m in (model, teacher, original):
             m.cpu()  # fine-tuning may have used a GPU; evaluation, counting and timing here are on the CPU
-        against = compare_outputs(model, original, test_loader)  # accuracy, and NLL / KL: steadier than accuracy
-        accuracy = against.pop("accuracy")
-        from modify.measure.profiling import profile_model
-
-        profile = profile_model(model, input_size=config.input_size)
-        record = RunRecord(
-            key=candidate.key, method=candidate.method, label=candidate.label, seed=seed,
-            accuracy_before=before, accuracy=accuracy, macs=profile.macs, params=profile.params,
-            speedup=None, speedup_batch=None, latency_ms=None, teacher_latency_ms=None, finetune_seconds=seconds,
-            details={**details, "spec": candidate.spec(), "test": against}, arch_key=candidate.arch_key,
-        )  # fmt: skip
+        record = _record(
+            candidate, seed, model, original, test_loader, config, before=before, seconds=seconds, details=details
+        )
         store.write(f"runs/{path.name}", {"format": RUN_FORMAT, "record": record.as_dict()})
         emit("done", record.as_dict())
 
-    # Timing last, once per architecture that has a finished run, all in shared rounds, with
-    # nothing training beside them.
-    finished = {r.arch_key for r in store.runs()}
-    todo = {c.arch_key: c for c in candidates if c.arch_key in finished and not store.has_speed(c.arch_key)}
-    if todo:
-        models = {}
-        for key, candidate in todo.items():
-            models[key] = build_candidate(candidate, original, input_size=config.input_size,
-                                          pruning_ratio=store.stored_ratio(key), weights=False)[0]  # fmt: skip
-        for speed in _time_all(models, original, config, store):
-            emit("speed", {"label": todo[speed["key"]].label, **speed})
+    _time_finished(candidates, original, config, store, emit)
     keys = {c.key for c in candidates}
     return [r for r in store.runs() if r.key in keys]
 
 
+def _time_finished(
+    candidates: Sequence[Candidate],
+    original: nn.Module,
+    config: CompareConfig,
+    store: SweepStore,
+    emit: Callable[[str, dict[str, Any]], None],
+) -> None:
+    """Timing last, once per architecture that has a finished run, all in shared rounds, with
+    nothing training beside them."""
+    finished = {r.arch_key for r in store.runs()}
+    todo = {c.arch_key: c for c in candidates if c.arch_key in finished and not store.has_speed(c.arch_key)}
+    if not todo:
+        return
+    models = {}
+    for key, candidate in todo.items():
+        models[key] = build_candidate(
+            candidate, original, input_size=config.input_size, pruning_ratio=store.stored_ratio(key), weights=False
+        )[0]
+    for speed in time_candidates(models, original, config, store):
+        emit("speed", {"label": todo[speed["key"]].label, **speed})

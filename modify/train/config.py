@@ -57,7 +57,9 @@ class FinetuneConfig:
     grad_clip: float | None = 5.0
     freeze_unconverted: bool = False  # train only the MoD blocks; the rest stays bit-identical
     block_lr_scale: float = 1.0  # learning rate of the replaced blocks' parameters (MoD, narrowed) / the rest's
-    block_norms: str = "train"  # BatchNorms inside MoD blocks: "train" (batch statistics) or "frozen" (running ones, fixed)
+    block_norms: str = (
+        "train"  # BatchNorms inside MoD blocks: "train" (batch statistics) or "frozen" (running ones, fixed)
+    )
     bn_recalibration_batches: int = 0  # after training, re-estimate BatchNorm statistics on N batches
     precision: Precision = Precision.AUTO  # mixed precision of the forward passes
     seed: int = 0  # seeds the RNGs at the start of a fresh run; DistributedSampler's seed
@@ -75,7 +77,10 @@ class FinetuneConfig:
             (self.warmup >= 0, f"warmup={self.warmup} must be >= 0 (a fraction below 1, or a step count)"),
             (0 <= self.alpha <= 1, f"alpha={self.alpha} must lie in 0..1"),
             (self.temperature > 0, f"temperature={self.temperature} must be positive"),
-            (self.bn_recalibration_batches >= 0, f"bn_recalibration_batches={self.bn_recalibration_batches} must be >= 0"),
+            (
+                self.bn_recalibration_batches >= 0,
+                f"bn_recalibration_batches={self.bn_recalibration_batches} must be >= 0",
+            ),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip} must be positive or None"),
             (self.block_lr_scale > 0, f"block_lr_scale={self.block_lr_scale} must be positive"),
             (self.block_norms in ("train", "frozen"), f"block_norms={self.block_norms!r} must be 'train' or 'frozen'"),
@@ -88,7 +93,10 @@ class FinetuneConfig:
         return int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: (v.value if isinstance(v := getattr(self, f.name), StrChoice) else v) for f in dataclasses.fields(self)}
+        return {
+            f.name: (v.value if isinstance(v := getattr(self, f.name), StrChoice) else v)
+            for f in dataclasses.fields(self)
+        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from modify.errors import ModifyError
+from modify.errors import ModifyError, first_line
 
 __all__ = [
     "FASHION_MNIST_ROOT",
@@ -38,16 +38,31 @@ __all__ = [
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Mean and standard deviation of the 60k training images' pixels, in [0, 1].
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 # IDX type codes -> (torch dtype, bytes per element); the data is big-endian.
-_IDX_TYPES = {0x08: (torch.uint8, 1), 0x09: (torch.int8, 1), 0x0B: (torch.int16, 2), 0x0C: (torch.int32, 4),
-              0x0D: (torch.float32, 4), 0x0E: (torch.float64, 8)}  # fmt: skip
+_IDX_TYPES = {
+    0x08: (torch.uint8, 1),
+    0x09: (torch.int8, 1),
+    0x0B: (torch.int16, 2),
+    0x0C: (torch.int32, 4),
+    0x0D: (torch.float32, 4),
+    0x0E: (torch.float64, 8),
+}
 
 
 def _open(path: Path) -> bytes:
@@ -64,7 +79,10 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     p = Path(path)
     data = _open(p)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ModifyError(f"{str(p)!r} is not an IDX file (bad magic number {data[:4].hex()}); expected Fashion-MNIST's *-ubyte files.")
+        raise ModifyError(
+            f"{str(p)!r} is not an IDX file (bad magic number "
+            f"{data[:4].hex()}); expected Fashion-MNIST's *-ubyte files."
+        )
     dtype, size = _IDX_TYPES[data[2]]
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
@@ -73,7 +91,9 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     for d in dims:
         count *= d
     if len(data) - offset < count * size:
-        raise ModifyError(f"{str(p)!r} is truncated: its header promises shape {tuple(dims)}; reinstall or re-copy the file.")
+        raise ModifyError(
+            f"{str(p)!r} is truncated: its header promises shape {tuple(dims)}; reinstall or re-copy the file."
+        )
     body = bytearray(data[offset : offset + count * size])
     t = torch.frombuffer(body, dtype=torch.uint8) if dtype == torch.uint8 else torch.frombuffer(body, dtype=dtype)
     if size > 1:  # big-endian on disk
@@ -87,7 +107,8 @@ def write_idx(path: str | os.PathLike[str], array: Tensor, *, compress: bool | N
 
     Example:
         >>> import tempfile
-        >>> p = write_idx(os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte.gz"), torch.tensor([3, 1, 4], dtype=torch.uint8))
+        >>> p = write_idx(os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte.gz"),
+        ...               torch.tensor([3, 1, 4], dtype=torch.uint8))
         >>> read_idx(p).tolist()
         [3, 1, 4]
     """
@@ -118,7 +139,15 @@ class ImageTensorDataset(Dataset):
     """
 
     def __init__(
-        self, images: Tensor, targets: Tensor, *, classes: Sequence[str], mean: float, std: float, channels: int = 3, augment: int = 0
+        self,
+        images: Tensor,
+        targets: Tensor,
+        *,
+        classes: Sequence[str],
+        mean: float,
+        std: float,
+        channels: int = 3,
+        augment: int = 0,
     ) -> None:
         self.images = images  # (N, 1, H, W) uint8
         self.targets = targets  # (N,) int64
@@ -141,8 +170,15 @@ class ImageTensorDataset(Dataset):
     def augmented(self, pad: int = 4) -> ImageTensorDataset:
         """The same images with training augmentation (a random crop after padding ``pad``
         pixels, a random horizontal flip); draws from torch's global random state."""
-        return ImageTensorDataset(self.images, self.targets, classes=self.classes, mean=self.mean, std=self.std,
-                                  channels=self.channels, augment=pad)  # fmt: skip
+        return ImageTensorDataset(
+            self.images,
+            self.targets,
+            classes=self.classes,
+            mean=self.mean,
+            std=self.std,
+            channels=self.channels,
+            augment=pad,
+        )
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """Every image, normalised, as one (N, 3, H, W) float tensor, and the labels."""
@@ -222,7 +258,12 @@ def fashion_mnist(
     if size > side:
         padded = _upscale(padded, size)  # (N, 1, size, size)
     return ImageTensorDataset(
-        padded, labels.long(), classes=FASHION_MNIST_CLASSES, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, channels=channels
+        padded,
+        labels.long(),
+        classes=FASHION_MNIST_CLASSES,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+        channels=channels,
     )
 
 
@@ -231,7 +272,9 @@ def _upscale(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor
     out = torch.empty(len(images), 1, size, size, dtype=torch.uint8)
     for start in range(0, len(images), chunk):
         part = images[start : start + chunk].float()
-        scaled = torch.nn.functional.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        scaled = torch.nn.functional.interpolate(
+            part, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out[start : start + chunk] = scaled.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -251,7 +294,9 @@ def image_folder(root: str | os.PathLike[str], *, train: bool = True, size: int 
 
     folder = Path(root)
     if not folder.is_dir():
-        raise ModifyError(f"Image folder {str(folder)!r} does not exist; pass a folder with one sub-folder of images per class.")
+        raise ModifyError(
+            f"Image folder {str(folder)!r} does not exist; pass a folder with one sub-folder of images per class."
+        )
     if train:
         steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
     else:
@@ -260,7 +305,9 @@ def image_folder(root: str | os.PathLike[str], *, train: bool = True, size: int 
     try:
         dataset = datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
-        raise ModifyError(f"{str(folder)!r} is not an image folder ({str(e).splitlines()[0]}); expected ROOT/CLASS/IMAGE.jpg.") from e
+        raise ModifyError(
+            f"{str(folder)!r} is not an image folder ({first_line(e)}); expected ROOT/CLASS/IMAGE.jpg."
+        ) from e
     if limit is not None and limit < len(dataset):
         step = len(dataset) / limit
         return torch.utils.data.Subset(dataset, [int(i * step) for i in range(limit)])

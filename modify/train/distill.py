@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modify.errors import ModifyError
-from modify.train.evaluation import recalibrate_bn
 from modify.conversion.init import replaced_blocks, set_to_deletion
+from modify.errors import ModifyError
 from modify.layers import FusionSlot, MoDBlock
+from modify.train.evaluation import recalibrate_bn
 
-__all__ = ["BlockFit", "DistillReport", "distill_blocks"]
+__all__ = ["BlockFit", "DistillReport", "distill_blocks", "record_blocks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,9 @@ def _images(batch: Any) -> Tensor:
 
 
 @torch.no_grad()
-def _record(original: nn.Module, names: list[str], data: Iterable[Any], images: int) -> dict[str, tuple[Tensor, Tensor]]:
+def record_blocks(
+    original: nn.Module, names: list[str], data: Iterable[Any], images: int
+) -> dict[str, tuple[Tensor, Tensor]]:
     """(inputs, outputs) of the named modules of ``original`` over the first ``images`` images
     of ``data``, in eval mode."""
     modules = dict(original.named_modules())
@@ -104,8 +106,10 @@ def _record(original: nn.Module, names: list[str], data: Iterable[Any], images: 
 def _error(block: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
     # Clones: without autograd a MoD block set for in-place fusion adds into its input.
     with torch.no_grad():
-        total = sum(F.mse_loss(block(x[i : i + batch].clone()), y[i : i + batch], reduction="sum").item()
-                    for i in range(0, len(x), batch))  # fmt: skip
+        total = sum(
+            F.mse_loss(block(x[i : i + batch].clone()), y[i : i + batch], reduction="sum").item()
+            for i in range(0, len(x), batch)
+        )
     return total / y.numel()
 
 
@@ -168,7 +172,7 @@ def distill_blocks(
     blocks = replaced_blocks(result_or_model)
     if not blocks:
         raise ModifyError("block-local distillation found no MoD or narrowed block in the model; convert it first.")
-    recorded = _record(original, [name for _, name, _ in blocks], data, images)
+    recorded = record_blocks(original, [name for _, name, _ in blocks], data, images)
     generator = torch.Generator().manual_seed(seed)
     fits = []
     for path, name, block in blocks:
@@ -203,5 +207,6 @@ def distill_blocks(
             after, at_deletion = _error(block.eval(), x, y, batch_size), True
         block.train(was_training)
         fits.append(BlockFit(path, name, deleted, before, after, kept, at_deletion))
-    return DistillReport(tuple(fits), images=len(next(iter(recorded.values()))[0]), steps=steps,
-                         seconds=time.perf_counter() - started)  # fmt: skip
+    return DistillReport(
+        tuple(fits), images=len(next(iter(recorded.values()))[0]), steps=steps, seconds=time.perf_counter() - started
+    )

@@ -43,7 +43,12 @@ def setup_distributed(device_hint: str | None) -> Dist:
         use_cuda = torch.cuda.is_available() and (device_hint is None or device_hint.startswith("cuda"))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         owned = True
-    return Dist(world=dist.get_world_size(), rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), owned=owned)
+    return Dist(
+        world=dist.get_world_size(),
+        rank=dist.get_rank(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        owned=owned,
+    )
 
 
 def pick_device(config: FinetuneConfig, d: Dist) -> torch.device:
@@ -65,14 +70,23 @@ def shard(train_data: Iterable[Any], d: Dist, seed: int) -> Iterable[Any]:
         if isinstance(train_data.sampler, DistributedSampler):
             return train_data
         sampler = DistributedSampler(
-            train_data.dataset, num_replicas=d.world, rank=d.rank,
-            shuffle=isinstance(train_data.sampler, RandomSampler), seed=seed, drop_last=train_data.drop_last,
-        )  # fmt: skip
+            train_data.dataset,
+            num_replicas=d.world,
+            rank=d.rank,
+            shuffle=isinstance(train_data.sampler, RandomSampler),
+            seed=seed,
+            drop_last=train_data.drop_last,
+        )
         return DataLoader(
-            train_data.dataset, batch_size=train_data.batch_size, sampler=sampler, num_workers=train_data.num_workers,
-            collate_fn=train_data.collate_fn, pin_memory=train_data.pin_memory, drop_last=train_data.drop_last,
+            train_data.dataset,
+            batch_size=train_data.batch_size,
+            sampler=sampler,
+            num_workers=train_data.num_workers,
+            collate_fn=train_data.collate_fn,
+            pin_memory=train_data.pin_memory,
+            drop_last=train_data.drop_last,
             persistent_workers=train_data.persistent_workers if train_data.num_workers > 0 else False,
-        )  # fmt: skip
+        )
     return _EveryNth(train_data, d.world, d.rank)
 
 

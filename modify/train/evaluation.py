@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modify.layers.fresh import kept_modes
 from modify.errors import ModifyError
+from modify.module_state import kept_modes
 
-__all__ = ["evaluate", "recalibrate_bn", "compare_outputs"]
+__all__ = ["evaluate", "recalibrate_bn", "compare_outputs", "labelled_batches", "autocast_for"]
 
 
-def _batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def labelled_batches(data: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images, labels) of each of the first ``limit`` batches of ``data``; a batch that is no such pair is an error."""
     for i, batch in enumerate(data):
         if limit is not None and i >= limit:
             return
@@ -37,14 +38,17 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on ``device`` for "bf16" or "fp16"; nothing for "fp32"."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, device: torch.device | str | None = None) -> int:
+def recalibrate_bn(
+    model: nn.Module, data: Iterable[Any], batches: int, *, device: torch.device | str | None = None
+) -> int:
     """Re-estimates every BatchNorm's running statistics from ``batches`` batches of ``data``.
 
     The statistics are reset and accumulated as a cumulative average (``momentum=None``) in
@@ -63,7 +67,7 @@ def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, devic
             m.momentum = None
         with kept_modes(model), torch.no_grad():
             model.train()
-            for images, _ in _batches(data, batches):
+            for images, _ in labelled_batches(data, batches):
                 model(images.to(device, non_blocking=True))
                 used += 1
     finally:
@@ -72,15 +76,17 @@ def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int, *, devic
     return used
 
 
-def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None, precision: str = "fp32") -> float:
+def evaluate(
+    model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None, precision: str = "fp32"
+) -> float:
     """Top-1 accuracy (fraction) of ``model`` on ``data``, in eval mode without gradients."""
     device = torch.device(device) if device is not None else _device_of(model)
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
-        with torch.no_grad(), _autocast(device, precision):
-            for images, labels in _batches(data):
+        with torch.no_grad(), autocast_for(device, precision):
+            for images, labels in labelled_batches(data):
                 logits = model(images.to(device, non_blocking=True))
                 correct += int((logits.argmax(1) == labels.to(device)).sum())
                 total += len(labels)
@@ -89,7 +95,9 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: torch.device | st
     return correct / max(1, total)
 
 
-def compare_outputs(model: nn.Module, reference: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None) -> dict[str, float]:
+def compare_outputs(
+    model: nn.Module, reference: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None
+) -> dict[str, float]:
     """``model`` against ``reference`` (its teacher, the original) on ``data``, in eval mode:
     top-1 ``accuracy``, the labels' negative log-likelihood ``nll``, the mean KL divergence
     ``kl`` from the reference's output distribution to the model's, and top-1 ``agreement``.
@@ -105,7 +113,7 @@ def compare_outputs(model: nn.Module, reference: nn.Module, data: Iterable[Any],
     total = 0
     try:
         with torch.no_grad():
-            for images, labels in _batches(data):
+            for images, labels in labelled_batches(data):
                 images, labels = images.to(device, non_blocking=True), labels.to(device)
                 mine = torch.log_softmax(model(images).float(), dim=1)  # (N, classes)
                 theirs = torch.log_softmax(reference(images).float(), dim=1)  # (N, classes)

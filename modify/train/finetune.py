@@ -11,7 +11,8 @@ and only rank 0 reports progress, evaluates and writes checkpoints.
 The loss is ``alpha * KD + (1 - alpha) * CE`` with KD the KL divergence between the teacher's and
 the student's softened distributions at temperature T, times T^2 (Hinton et al. 2015), so its
 gradients keep their size across temperatures; without a teacher it is plain cross-entropy.
-The learning rate follows `lr_at`, a pure function: linear warm-up, then cosine decay.
+The learning rate follows `lr_at`, a pure function: linear warm-up, then cosine decay (both in
+`modify.train.objective`).
 
 Resuming: with ``checkpoint_dir`` and ``checkpoint_every``, a state file (model, optimizer,
 grad scaler, step, RNG states, data position, losses) is replaced atomically every N steps, so a
@@ -26,7 +27,6 @@ shuffled or not) or on nothing (a deterministic generator).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,16 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.errors import ModifyError
-from modify.train.evaluation import _autocast, _batches, evaluate, recalibrate_bn
-from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
 from modify.train.config import FinetuneConfig, FinetuneResult, Precision, StepInfo
 from modify.train.distributed import Dist, pick_device, setup_distributed, shard
+from modify.train.evaluation import autocast_for, evaluate, labelled_batches, recalibrate_bn
+from modify.train.objective import distillation_loss, lr_at, mixed_loss
+from modify.train.optim import freeze_unconverted, frozen_block_norms, make_optimizer
 from modify.train.state import (
     STATE_FILE,
+    SavedRun,
     check_same_run,
     read_state,
     rng_state,
@@ -68,52 +69,6 @@ __all__ = [
 ]
 
 
-# -- pure pieces ---------------------------------------------------------------------------------
-
-
-def lr_at(step: int, *, total_steps: int, base_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
-    """The learning rate of 0-based ``step``: linear warm-up to ``base_lr`` over ``warmup_steps``,
-    then cosine decay to ``min_lr`` at ``total_steps``.
-
-    Example:
-        >>> [round(lr_at(s, total_steps=10, base_lr=1.0, warmup_steps=2), 3) for s in (0, 1, 2, 6, 9)]
-        [0.5, 1.0, 1.0, 0.5, 0.038]
-    """
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)) * T^2, averaged over the batch.
-
-    Example:
-        >>> z = torch.tensor([[1.0, 2.0, 3.0]])
-        >>> float(distillation_loss(z, z, 2.0))
-        0.0
-    """
-    t = temperature
-    log_p = F.log_softmax(student.float() / t, dim=1)  # (N, classes)
-    log_q = F.log_softmax(teacher.float() / t, dim=1)  # (N, classes)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
-
-
-def mixed_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, *, alpha: float, temperature: float) -> Tensor:
-    """``alpha * distillation_loss + (1 - alpha) * cross_entropy``; plain cross-entropy without a teacher.
-
-    Example:
-        >>> z, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
-        >>> float(mixed_loss(z, y, None, alpha=0.5, temperature=4.0)) == float(F.cross_entropy(z, y))
-        True
-    """
-    ce = F.cross_entropy(logits.float(), labels)
-    if teacher_logits is None:
-        return ce
-    return alpha * distillation_loss(logits, teacher_logits, temperature) + (1 - alpha) * ce
-
-
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -135,7 +90,9 @@ def _total_steps(data: Iterable[Any], epochs: float | None, steps: int | None) -
     except TypeError:
         per_epoch = None
     if per_epoch == 0:
-        raise ModifyError("the training data holds no batch; check its size and batch size (drop_last with too few images?).")
+        raise ModifyError(
+            "the training data holds no batch; check its size and batch size (drop_last with too few images?)."
+        )
     if steps is not None and epochs is not None:
         raise ModifyError(f"give epochs ({epochs}) or steps ({steps}), not both.")
     if steps is not None:
@@ -146,7 +103,9 @@ def _total_steps(data: Iterable[Any], epochs: float | None, steps: int | None) -
     if epochs <= 0:
         raise ModifyError(f"epochs={epochs} must be positive.")
     if per_epoch is None:
-        raise ModifyError("the training data has no length, so epochs cannot be turned into steps; pass steps= instead.")
+        raise ModifyError(
+            "the training data has no length, so epochs cannot be turned into steps; pass steps= instead."
+        )
     return max(1, int(round(epochs * per_epoch))), per_epoch
 
 
@@ -195,8 +154,20 @@ def finetune(
         raise ModifyError(f"checkpoint_every={checkpoint_every} must be at least 1.")
     if resume and checkpoint_dir is None:
         raise ModifyError("resume=True needs checkpoint_dir= (where the state of the earlier run is).")
-    request = _Request(model, train_data, teacher, config, epochs, steps, eval_data, on_step, checkpoint_dir,
-                       checkpoint_every, resume, started)  # fmt: skip
+    request = _Request(
+        model=model,
+        train_data=train_data,
+        teacher=teacher,
+        config=config,
+        epochs=epochs,
+        steps=steps,
+        eval_data=eval_data,
+        on_step=on_step,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        started=started,
+    )
     d = setup_distributed(config.device)
     try:
         return _run(request, d)
@@ -262,13 +233,24 @@ class _Loop:
         if self.path is None or not self.d.main:
             return
         model = self.request.model
-        progress.written = write_state(self.path, {
-            "config": self.request.config.as_dict(), "total_steps": self.total_steps, "step": progress.step,
-            "epoch": progress.epoch, "position": progress.position, "epoch_rng": progress.epoch_rng, "rng": rng_state(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "losses": list(progress.losses), "lrs": list(progress.lrs), "eval_before": self.eval_before,
-        })  # fmt: skip
+        progress.written = write_state(
+            self.path,
+            SavedRun(
+                config=self.request.config.as_dict(),
+                total_steps=self.total_steps,
+                step=progress.step,
+                epoch=progress.epoch,
+                position=progress.position,
+                epoch_rng=progress.epoch_rng,
+                rng=rng_state(),
+                model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                losses=list(progress.losses),
+                lrs=list(progress.lrs),
+                eval_before=self.eval_before,
+            ),
+        )
 
 
 def _run(request: _Request, d: Dist) -> FinetuneResult:
@@ -288,15 +270,25 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
     state = read_state(path) if request.resume and path is not None and path.is_file() else None
     if state is not None:
         check_same_run(state, config, total_steps, path)  # type: ignore[arg-type]
-        model.load_state_dict(state["model"])
-        eval_before = state.get("eval_before")
+        model.load_state_dict(state.model)
+        eval_before = state.eval_before
     else:
         seed_all(config.seed)  # a fresh run is reproducible whatever the caller's RNG state
         eval_before = _evaluate_on_main(request, d, device, precision)
     loop = _Loop(
-        request, d, data, device, precision, total_steps, config.warmup_steps(total_steps), _wrap(model, d, device),
-        make_optimizer(model, config), torch.amp.GradScaler(device.type, enabled=precision == "fp16"), path, eval_before,
-    )  # fmt: skip
+        request=request,
+        d=d,
+        data=data,
+        device=device,
+        precision=precision,
+        total_steps=total_steps,
+        warmup=config.warmup_steps(total_steps),
+        net=_wrap(model, d, device),
+        optimizer=make_optimizer(model, config),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        path=path,
+        eval_before=eval_before,
+    )
     progress = _restore(loop, state)
     model.train()
     for m in (*frozen, *(frozen_block_norms(model) if config.block_norms == "frozen" else ())):
@@ -308,7 +300,7 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
     model.eval()
     for p, flag in grad_flags:
         p.requires_grad_(flag)
-    return _result(loop, progress, per_epoch, resumed_from=state["step"] if state is not None else None)
+    return _result(loop, progress, per_epoch, resumed_from=state.step if state is not None else None)
 
 
 def _wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
@@ -325,16 +317,22 @@ def _evaluate_on_main(request: _Request, d: Dist, device: torch.device, precisio
     return evaluate(request.model, request.eval_data, device=device, precision=precision)
 
 
-def _restore(loop: _Loop, state: dict[str, Any] | None) -> _Progress:
+def _restore(loop: _Loop, state: SavedRun | None) -> _Progress:
     if state is None:
         return _Progress()
-    loop.optimizer.load_state_dict(state["optimizer"])
-    loop.scaler.load_state_dict(state["scaler"])
-    return _Progress(step=state["step"], epoch=state["epoch"], position=state["position"], losses=list(state["losses"]),
-                     lrs=list(state["lrs"]), epoch_rng=state["epoch_rng"])  # fmt: skip
+    loop.optimizer.load_state_dict(state.optimizer)
+    loop.scaler.load_state_dict(state.scaler)
+    return _Progress(
+        step=state.step,
+        epoch=state.epoch,
+        position=state.position,
+        losses=list(state.losses),
+        lrs=list(state.lrs),
+        epoch_rng=state.epoch_rng,
+    )
 
 
-def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> None:
+def _train(loop: _Loop, progress: _Progress, state: SavedRun | None) -> None:
     """Epochs until the planned steps are done (or a one-pass iterable runs out). A resumed run
     first replays the interrupted epoch's data order and skips the batches it already used."""
     single_pass = isinstance(loop.request.train_data, Iterator)  # a generator: one pass, whatever the epochs
@@ -352,7 +350,7 @@ def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> No
             for _ in range(progress.position):  # the batches the interrupted run already used
                 if next(iterator, None) is None:
                     break
-            set_rng_state(state["rng"])
+            set_rng_state(state.rng)
             state = None
         _epoch(loop, progress, iterator)
         if progress.step >= loop.total_steps or progress.position == 0 or single_pass:
@@ -364,17 +362,24 @@ def _train(loop: _Loop, progress: _Progress, state: dict[str, Any] | None) -> No
 def _epoch(loop: _Loop, progress: _Progress, iterator: Iterator[Any]) -> None:
     every = loop.request.checkpoint_every
     tick = time.perf_counter()
-    for images, labels in _batches(iterator):
+    for images, labels in labelled_batches(iterator):
         hits, n = _step(loop, progress, images, labels)
         now = time.perf_counter()
         progress.train_seconds += now - tick
         on_step = loop.request.on_step
         if on_step is not None and loop.d.main:
-            on_step(StepInfo(
-                step=progress.step, total_steps=loop.total_steps, epoch=progress.epoch, loss=progress.losses[-1],
-                accuracy=hits / n, lr=progress.lrs[-1], seconds=now - loop.request.started,
-                images_per_second=progress.seen * loop.d.world / max(progress.train_seconds, 1e-9),
-            ))  # fmt: skip
+            on_step(
+                StepInfo(
+                    step=progress.step,
+                    total_steps=loop.total_steps,
+                    epoch=progress.epoch,
+                    loss=progress.losses[-1],
+                    accuracy=hits / n,
+                    lr=progress.lrs[-1],
+                    seconds=now - loop.request.started,
+                    images_per_second=progress.seen * loop.d.world / max(progress.train_seconds, 1e-9),
+                )
+            )
         if every is not None and progress.step % every == 0 and progress.step < loop.total_steps:
             loop.save(progress)
         if progress.step >= loop.total_steps:
@@ -387,10 +392,12 @@ def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> t
     config, teacher, optimizer, scaler = loop.request.config, loop.request.teacher, loop.optimizer, loop.scaler
     images = images.to(loop.device, non_blocking=True)  # (N, 3, H, W)
     labels = labels.to(loop.device, non_blocking=True)  # (N,)
-    lr = lr_at(progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr)
+    lr = lr_at(
+        progress.step, total_steps=loop.total_steps, base_lr=config.lr, warmup_steps=loop.warmup, min_lr=config.min_lr
+    )
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    with _autocast(loop.device, loop.precision):
+    with autocast_for(loop.device, loop.precision):
         logits = loop.net(images)  # (N, classes)
         target = None
         if teacher is not None and config.alpha > 0:  # alpha = 0 is plain training: no teacher pass
@@ -401,7 +408,9 @@ def _step(loop: _Loop, progress: _Progress, images: Tensor, labels: Tensor) -> t
     scaler.scale(loss).backward()
     if config.grad_clip is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in loop.request.model.parameters() if p.requires_grad], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in loop.request.model.parameters() if p.requires_grad], config.grad_clip
+        )
     scaler.step(optimizer)
     scaler.update()
     hits = int((logits.detach().argmax(1) == labels).sum())

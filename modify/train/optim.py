@@ -33,7 +33,9 @@ def freeze_unconverted(model: nn.Module) -> list[nn.Module]:
         if isinstance(m, MoDBlock):
             inside.update(id(x) for x in m.modules())
     if not inside:
-        raise ModifyError("freeze_unconverted=True but the model has no MoD block; convert it first or drop the freezing.")
+        raise ModifyError(
+            "freeze_unconverted=True but the model has no MoD block; convert it first or drop the freezing."
+        )
     frozen = [m for m in model.modules() if id(m) not in inside]
     for m in frozen:
         for p in m.parameters(recurse=False):
@@ -45,8 +47,13 @@ def frozen_block_norms(model: nn.Module) -> list[nn.Module]:
     """The BatchNorms inside MoD blocks' reduced blocks (kept in eval mode with ``block_norms="frozen"``)."""
     from modify.layers import MoDBlock
 
-    return [bn for m in model.modules() if isinstance(m, MoDBlock)
-            for bn in m.block.modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+    return [
+        bn
+        for m in model.modules()
+        if isinstance(m, MoDBlock)
+        for bn in m.block.modules()
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 def param_groups(model: nn.Module, weight_decay: float, block_lr_scale: float = 1.0) -> list[dict[str, Any]]:
@@ -62,7 +69,9 @@ def param_groups(model: nn.Module, weight_decay: float, block_lr_scale: float = 
     for scale, params in parts:
         trainable = [p for p in params if p.requires_grad]
         no_decay = [p for p in trainable if p.dim() <= 1]
-        groups.append({"params": [p for p in trainable if p.dim() > 1], "weight_decay": weight_decay, "lr_scale": scale})
+        groups.append(
+            {"params": [p for p in trainable if p.dim() > 1], "weight_decay": weight_decay, "lr_scale": scale}
+        )
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale})
     return groups
@@ -71,7 +80,9 @@ def param_groups(model: nn.Module, weight_decay: float, block_lr_scale: float = 
 def make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, config.weight_decay, config.block_lr_scale)
     if not any(g["params"] for g in groups):
-        raise ModifyError("the model has no trainable parameter; unfreeze some (freeze_unconverted=False) before fine-tuning.")
+        raise ModifyError(
+            "the model has no trainable parameter; unfreeze some (freeze_unconverted=False) before fine-tuning."
+        )
     if config.optimizer is Optimizer.ADAMW:
         return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)

@@ -16,10 +16,12 @@ against, and functional layers (``F.layer_norm`` with a constant normalized shap
 torchvision's LayerNorm2d traces to; ``F.conv2d(x, self.weight)``) get their constants and
 parameters rewritten the same way.
 
-Each module type has a shrinker in `SHRINKERS`; a module that holds channel-sized state and has
-no shrinker, a layer that would degenerate at width k (a LayerNorm over one channel), or a
-block that does not run at width k makes the block unconvertible: `SurgeryError`, whose message
-is the reason the conversion report shows. A block is never half-converted.
+Each module type has a shrinker in `SHRINKERS`, each functional layer a rule in
+`FUNCTIONAL_SHRINKERS`; `register_shrinker` (and `register_functional_shrinker`) adds one for a
+layer type of your own. A module that holds channel-sized state and has no shrinker, a layer that
+would degenerate at width k (a LayerNorm over one channel), or a block that does not run at width
+k makes the block unconvertible: `SurgeryError`, whose message is the reason the conversion
+report shows. A block is never half-converted.
 
 Training-time randomness written functionally (torchvision's ``stochastic_depth(x, p, mode,
 self.training)``, ``F.dropout(x, p, training=self.training)``) is traced with ``training`` frozen
@@ -35,14 +37,37 @@ from __future__ import annotations
 
 from modify.conversion.surgery.cut import cut as cut, get_attribute as get_attribute
 from modify.conversion.surgery.rules import (
+    FUNCTIONAL_SHRINKERS as FUNCTIONAL_SHRINKERS,
     SHRINKERS as SHRINKERS,
+    FunctionalCall as FunctionalCall,
     LayerInput as LayerInput,
     Shrinker as Shrinker,
     Widths as Widths,
+    register_functional_shrinker as register_functional_shrinker,
+    register_shrinker as register_shrinker,
 )
-from modify.conversion.surgery.shrink import check_shape as check_shape, reduced_parts as reduced_parts, shrink as shrink
+from modify.conversion.surgery.shrink import (
+    check_shape as check_shape,
+    reduced_parts as reduced_parts,
+    shrink as shrink,
+)
 from modify.errors import SurgeryError as SurgeryError
 from modify.layers.options import Init as Init
 
-__all__ = ["SurgeryError", "Init", "Widths", "LayerInput", "Shrinker", "cut", "get_attribute", "shrink", "check_shape",
-           "reduced_parts", "SHRINKERS"]
+__all__ = [
+    "SurgeryError",
+    "Init",
+    "Widths",
+    "LayerInput",
+    "Shrinker",
+    "FunctionalCall",
+    "cut",
+    "get_attribute",
+    "shrink",
+    "check_shape",
+    "reduced_parts",
+    "SHRINKERS",
+    "FUNCTIONAL_SHRINKERS",
+    "register_shrinker",
+    "register_functional_shrinker",
+]

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.errors import SurgeryError
-from modify.conversion.graph import _shape_ints as _shape
+from modify.conversion.graph import shape_of
 from modify.conversion.tracing import BATCHNORM_META
+from modify.errors import SurgeryError
 
-__all__ = ["cut", "get_attribute"]
+__all__ = ["cut", "get_attribute", "set_attribute"]
 
 
 def _local_names(targets: list[str]) -> dict[str, str]:
@@ -87,7 +87,11 @@ def _mode_module(node: fx.Node) -> nn.Module | None:
     module_type = _DROPOUTS.get(node.target)  # type: ignore[arg-type]
     if module_type is not None:
         args = _bound(node.target, node)  # type: ignore[arg-type]
-        if args is not None and "training" in args and not any(isinstance(v, fx.Node) for k, v in args.items() if k != "input"):
+        if (
+            args is not None
+            and "training" in args
+            and not any(isinstance(v, fx.Node) for k, v in args.items() if k != "input")
+        ):
             return module_type(float(args.get("p", 0.5)), inplace=bool(args.get("inplace", False)))
     return None
 
@@ -101,7 +105,7 @@ def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     ``self.training`` again. Its state is copied from the call's parameters and buffers."""
     settings = node.meta.get(BATCHNORM_META)
     args = _bound(F.batch_norm, node) if settings is not None else None
-    shape = _shape(node)
+    shape = shape_of(node)
     if args is None or shape is None or len(shape) not in _BATCHNORMS:
         return None
     tensors = {k: args.get(k) for k in ("running_mean", "running_var", "weight", "bias")}
@@ -112,9 +116,14 @@ def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     values = {k: get_attribute(gm, str(t.target)) for k, t in tensors.items() if isinstance(t, fx.Node)}
     mean = values["running_mean"]
     bn = _BATCHNORMS[len(shape)](
-        mean.numel(), eps=float(args.get("eps", 1e-5)), momentum=settings["momentum"],
-        affine=values.get("weight") is not None, track_running_stats=True, device=mean.device, dtype=mean.dtype,
-    )  # fmt: skip
+        mean.numel(),
+        eps=float(args.get("eps", 1e-5)),
+        momentum=settings["momentum"],
+        affine=values.get("weight") is not None,
+        track_running_stats=True,
+        device=mean.device,
+        dtype=mean.dtype,
+    )
     with torch.no_grad():
         for key, value in values.items():
             getattr(bn, key).copy_(value)
@@ -136,13 +145,15 @@ def cut(
     env: dict[fx.Node, fx.Node] = {start: placeholder}
     as_modules = {n: m for n in nodes if (m := _mode_module(n) or _batchnorm_module(gm, n)) is not None}
     copied = [n for n in nodes if n not in as_modules]  # a call rebuilt as a module brings its own state
-    attrs = sorted({n.target for n in copied if n.op == "call_module"}
-                   | {a.target for n in copied for a in n.all_input_nodes if a.op == "get_attr"})  # fmt: skip
+    attrs = sorted(
+        {n.target for n in copied if n.op == "call_module"}
+        | {a.target for n in copied for a in n.all_input_nodes if a.op == "get_attr"}
+    )
     local = _local_names(attrs)
     root = nn.Module()
     for target, local_name in local.items():
         value = gm.get_submodule(target) if _is_module(gm, target) else get_attribute(gm, target)
-        _set(root, local_name, copy.deepcopy(value))
+        set_attribute(root, local_name, copy.deepcopy(value))
 
     def arg(n: fx.Node) -> fx.Node:
         if n not in env:
@@ -191,7 +202,8 @@ def get_attribute(root: nn.Module, target: str) -> Any:
     return getattr(root.get_submodule(owner) if owner else root, leaf)
 
 
-def _set(root: nn.Module, target: str, value: nn.Module | nn.Parameter | torch.Tensor) -> None:
+def set_attribute(root: nn.Module, target: str, value: nn.Module | nn.Parameter | torch.Tensor) -> None:
+    """Puts ``value`` where a ``get_attr`` or ``call_module`` node with this dotted ``target`` finds it."""
     parent, _, leaf = target.rpartition(".")
     owner = root.get_submodule(parent) if parent else root
     if isinstance(value, nn.Module):

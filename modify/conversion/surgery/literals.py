@@ -35,12 +35,20 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from modify.conversion.graph import _arg, split_sizes
-from modify.conversion.graph import _shape_ints as _shape
+from modify.conversion.graph import argument, shape_of, split_sizes
 from modify.errors import SplitError
 
-__all__ = ["SplitPlan", "SplitError", "scale_parts", "plan_splits", "split_sizes", "rescale_split", "rescale_slice",
-           "rescale_shape", "is_reshape"]
+__all__ = [
+    "SplitPlan",
+    "SplitError",
+    "scale_parts",
+    "plan_splits",
+    "split_sizes",
+    "rescale_split",
+    "rescale_slice",
+    "rescale_shape",
+    "is_reshape",
+]
 
 
 def scale_parts(parts: Sequence[int], total: int) -> list[int]:
@@ -75,13 +83,15 @@ def _cat_of_convs(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node] | None:
     """The inputs of ``torch.cat([...], 1)`` if each is a (non-depthwise) convolution module."""
     if node.op != "call_function" or node.target not in _CAT_FUNCTIONS:
         return None
-    tensors, dim = node.args[0], _arg(node, 1, "dim", 0)
+    tensors, dim = node.args[0], argument(node, 1, "dim", 0)
     if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3):
         return None
     convs = []
     for t in tensors:
         module = gm.get_submodule(str(t.target)) if isinstance(t, fx.Node) and t.op == "call_module" else None
-        if not isinstance(module, nn.modules.conv._ConvNd) or (module.groups > 1 and module.groups == module.in_channels):
+        if not isinstance(module, nn.modules.conv._ConvNd) or (
+            module.groups > 1 and module.groups == module.in_channels
+        ):
             return None
         convs.append(t)
     return convs
@@ -94,7 +104,11 @@ def _is_width_setting(gm: fx.GraphModule, node: fx.Node) -> bool:
         if isinstance(module, nn.modules.conv._ConvNd):
             return not (module.groups > 1 and module.groups == module.in_channels)
         return isinstance(module, nn.Linear)
-    return node.op == "call_function" and node.target in (nn.functional.linear, nn.functional.conv2d, nn.functional.conv1d)
+    return node.op == "call_function" and node.target in (
+        nn.functional.linear,
+        nn.functional.conv2d,
+        nn.functional.conv1d,
+    )
 
 
 def _width_is_pinned(gm: fx.GraphModule, cat: fx.Node) -> bool:
@@ -121,9 +135,9 @@ def _sliced_cat(node: fx.Node) -> tuple[int, list[int]] | None:
     if not isinstance(index, tuple) or len(index) < 2 or index[0] != slice(None) or not isinstance(index[1], slice):
         return None
     stop, tensors = index[1].stop, source.args[0]
-    if index[1].start not in (None, 0) or not isinstance(stop, int) or _arg(source, 1, "dim", 0) not in (1, -3):
+    if index[1].start not in (None, 0) or not isinstance(stop, int) or argument(source, 1, "dim", 0) not in (1, -3):
         return None
-    shapes = [_shape(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
+    shapes = [shape_of(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
     if any(shape is None or len(shape) < 2 for shape in shapes):
         return None
     return stop, [shape[1] for shape in shapes if shape is not None]
@@ -182,7 +196,7 @@ def plan_splits(gm: fx.GraphModule, widths: Callable[[int], int], channels: int)
             parts = scale_parts(sizes, reduced(total))
         except SplitError:
             continue  # the concatenation's own width is too small: shrinking it reports that
-        for conv, part in zip(convs, parts):
+        for conv, part in zip(convs, parts, strict=True):
             outputs[str(conv.target)] = part
     return SplitPlan(totals=totals, conv_outputs=outputs, splits=tuple(names))
 
@@ -207,7 +221,6 @@ def rescale_split(node: fx.Node, width: int) -> int | list[int] | None:
     return new
 
 
-
 def rescale_slice(node: fx.Node, index: Any, width: int, widths: Callable[[int], int]) -> Any:
     """The index of ``x[:, a:b]`` (``node`` a getitem on a channel-first tensor) for the reduced
     width ``width``: bounds scaled by ``widths``, the end clipped to the width; None if ``node``
@@ -218,7 +231,7 @@ def rescale_slice(node: fx.Node, index: Any, width: int, widths: Callable[[int],
     """
     if node.op != "call_function" or node.target is not operator.getitem:
         return None
-    before = _shape(node.args[0])
+    before = shape_of(node.args[0])
     if before is None or len(before) < 3 or before[1] == width or not isinstance(index, tuple) or len(index) < 2:
         return None
     first, channel = index[0], index[1]
@@ -244,7 +257,9 @@ def is_reshape(node: fx.Node) -> bool:
     )
 
 
-def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, batch_first: bool = True) -> list[Any] | None:
+def rescale_shape(
+    node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, batch_first: bool = True
+) -> list[Any] | None:
     """The size arguments of ``t.reshape(...)`` / ``t.view(...)`` as written in the graph
     (``sizes``: ints, or nodes the graph computes), each int that was a non-batch dimension of
     ``t`` replaced by what that dimension is now (``now``, the reduced shape); None if ``node``
@@ -254,10 +269,10 @@ def rescale_shape(node: fx.Node, sizes: Sequence[Any], now: Sequence[int], *, ba
     Example: NF-ResNet's ``self.weight.reshape(1, self.out_channels, -1)`` on a (64, 32, 3, 3)
     weight cut to (4, 2, 3, 3) becomes ``reshape(1, 4, -1)``.
     """
-    before = _shape(node.args[0]) if node.args else None
+    before = shape_of(node.args[0]) if node.args else None
     if not is_reshape(node) or before is None or len(before) != len(now) or tuple(before) == tuple(now):
         return None
     first = 1 if batch_first else 0
-    changed = {b: n for b, n in zip(before[first:], now[first:]) if b != n}
+    changed = {b: n for b, n in zip(before[first:], now[first:], strict=True) if b != n}
     new = [changed.get(v, v) if isinstance(v, int) and v > 1 else v for v in sizes]
     return new if new != list(sizes) else None

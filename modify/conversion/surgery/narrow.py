@@ -94,7 +94,13 @@ def narrowed_branch(gm: fx.GraphModule, graph: SiteGraph, *, share: float, heigh
     channels = _input_channels(sub)
     sizes = reorder_by_importance(sub)
     if not sizes:
-        why = sorted({s.why for s in ChannelSpaces(sub).spaces if s.frozen and s.why not in ("the block input", "the block output")})
+        why = sorted(
+            {
+                s.why
+                for s in ChannelSpaces(sub).spaces
+                if s.frozen and s.why not in ("the block input", "the block output")
+            }
+        )
         raise SurgeryError("the branch has no inner width that can be narrowed" + (f" ({why[0]})" if why else ""))
     outputs = {target: narrow_width(size, share) for target, size in sizes.items()}
     shrink(sub, Widths(channels, channels), Init.COPY, outputs=outputs)

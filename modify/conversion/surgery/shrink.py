@@ -8,7 +8,7 @@ Example:
     >>> from modify.conversion.discover import find_blocks, locate
     >>> gm = trace(torchvision.models.resnet18(weights=None), input_size=32)
     >>> g = locate(gm, find_blocks(gm)[1])
-    >>> branch, _, _ = reduced_parts(gm, g, 64, 4, 8, 8, "copy")
+    >>> branch, _, _ = reduced_parts(gm, g, channels=64, k=4, height=8, width=8, init="copy")
     >>> branch.conv1.in_channels, branch.conv2.out_channels
     (4, 4)
 """
@@ -16,20 +16,13 @@ Example:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from modify.layers.fresh import kept_modes
-from modify.errors import SurgeryError
-from modify.layers.options import Init
-from modify.conversion.graph import SiteGraph
-from modify.conversion.surgery.cut import _set, cut, get_attribute
-from modify.conversion.graph import _shape_ints as _shape
-from modify.conversion.graph import split_sizes
+from modify.conversion.graph import SiteGraph, shape_of, split_sizes
+from modify.conversion.surgery.cut import cut, set_attribute
 from modify.conversion.surgery.literals import (
     SplitError,
     is_reshape,
@@ -39,22 +32,38 @@ from modify.conversion.surgery.literals import (
     rescale_split,
 )
 from modify.conversion.surgery.rules import (
+    FUNCTIONAL_SHRINKERS,
     LayerInput,
     Widths,
-    _channel_state,
-    _check_not_degenerate,
-    _groups,
-    _shrinker_for,
-    _take,
+    channel_state,
+    leading_slice,
+    shrinker_for,
 )
+from modify.errors import SurgeryError, first_line
+from modify.layers.options import Init
+from modify.module_state import kept_modes
 
 __all__ = ["shrink", "check_shape", "reduced_parts"]
 
 
 _BROADCASTING = frozenset(
-    {operator.mul, operator.add, operator.sub, operator.truediv, operator.iadd, operator.imul,
-     torch.mul, torch.add, torch.sub, torch.div, torch.addcmul, torch.where, torch.maximum, torch.minimum}
-)  # fmt: skip
+    {
+        operator.mul,
+        operator.add,
+        operator.sub,
+        operator.truediv,
+        operator.iadd,
+        operator.imul,
+        torch.mul,
+        torch.add,
+        torch.sub,
+        torch.div,
+        torch.addcmul,
+        torch.where,
+        torch.maximum,
+        torch.minimum,
+    }
+)
 _BROADCASTING_METHODS = frozenset({"mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul", "expand_as"})
 
 
@@ -66,10 +75,21 @@ class _Pending:
         self.tensor = tensor
 
 
-class _Pass:
-    """Runs a cut block once at width k, rebuilding each layer for its actual input."""
+class _ShrinkPass(fx.Interpreter):
+    """Runs a cut block once at width k, as torch.fx's `Interpreter` runs a graph (and as its
+    `ShapeProp` does, node by node), rebuilding each layer for the input it actually receives:
+    modules by their `SHRINKERS` rule before they run, functional layers by their
+    `FUNCTIONAL_SHRINKERS` rule, channel counts written into the code (splits, slices, reshape
+    sizes) for the width that arrives, and parameters read through ``get_attr`` cut by their
+    first reader."""
 
-    def __init__(self, sub: fx.GraphModule, widths: Widths, init: Init, conv_outputs: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, sub: fx.GraphModule, widths: Widths, init: Init, conv_outputs: dict[str, int] | None = None
+    ) -> None:
+        # Every value stays in `env` to the end: a parameter is cut when its first reader runs.
+        super().__init__(sub, garbage_collect_values=False)
+        self.extra_traceback = False  # a layer's own error is the reason the conversion report shows
+        self.static = False  # no input shape to go by: every layer rebuilt by the widths alone, nothing run
         self.sub = sub
         self.widths = widths
         self.init = init
@@ -78,12 +98,14 @@ class _Pass:
         self.channel_sizes = {widths.channels}
         self.parameter_chain: set[str] = set()  # calls computed from parameters alone (their dim 0 is no batch)
         for node in sub.graph.nodes:
-            shape = _shape(node)
+            shape = shape_of(node)
             if shape is not None and len(shape) >= 3:
                 self.channel_sizes.add(shape[1])
             inputs = node.all_input_nodes
-            if node.op in ("call_function", "call_method") and inputs and all(
-                i.op == "get_attr" or i.name in self.parameter_chain for i in inputs
+            if (
+                node.op in ("call_function", "call_method")
+                and inputs
+                and all(i.op == "get_attr" or i.name in self.parameter_chain for i in inputs)
             ):
                 self.parameter_chain.add(node.name)
 
@@ -92,7 +114,7 @@ class _Pass:
     def _store(self, pending: _Pending, value: torch.Tensor) -> torch.Tensor:
         old = pending.tensor
         value = nn.Parameter(value, old.requires_grad) if isinstance(old, nn.Parameter) else value
-        _set(self.sub, pending.node.target, value)
+        set_attribute(self.sub, pending.node.target, value)
         self.done.add(pending.node.target)
         self.env[pending.node] = value
         return value
@@ -102,18 +124,18 @@ class _Pass:
         t = pending.tensor
         target = list(t.shape)
         node, value = max(others, key=lambda item: item[1].dim())
-        before = _shape(node)
+        before = shape_of(node)
         if before is None:
             return self._slice_by_widths(pending)
         for i in range(1, t.dim() + 1):
             if i <= len(before) and i <= value.dim() and t.shape[-i] == before[-i] and t.shape[-i] > 1:
                 target[-i] = int(value.shape[-i])
-        return self._store(pending, _take(t.data, tuple(target)))
+        return self._store(pending, leading_slice(t.data, tuple(target)))
 
     def _slice_by_widths(self, pending: _Pending) -> torch.Tensor:
         t = pending.tensor
         sizes = tuple(self.widths(d) if d > 1 and d in self.channel_sizes else d for d in t.shape)
-        return self._store(pending, _take(t.data, sizes))
+        return self._store(pending, leading_slice(t.data, sizes))
 
     def _resolve(self, value: Any, others: list[tuple[fx.Node, torch.Tensor]] | None = None) -> Any:
         if isinstance(value, _Pending):
@@ -122,153 +144,91 @@ class _Pass:
             return self._slice_by_broadcast(value, others) if others else self._slice_by_widths(value)
         return value
 
-    # -- functional layers -----------------------------------------------------------------
+    # -- the pass, node by node ----------------------------------------------------------------
 
-    def _functional(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> bool:
-        """Rewrites constants and parameters of a functional layer for its reduced input."""
-        fn = node.target
-        names = _FUNCTIONAL_ARGS.get(fn)  # type: ignore[arg-type]
-        if names is None:
-            return False
-        values = dict(zip(names, args))
-        values.update(kwargs)
-        x = self._resolve(values[names[0]])
-        if not isinstance(x, torch.Tensor):
-            return False
+    def placeholder(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x = super().placeholder(target, args, kwargs)
+        self.static = x is None  # a graph that never went through shape propagation
+        return x
 
-        def put(name: str, value: Any) -> None:
-            # The run gets the new value; the graph too, unless it is a tensor (its get_attr now
-            # reads the sliced one) or the graph computes it (a node stays a node).
-            position = names.index(name)
-            in_args = position < len(args)
-            original = node.args[position] if in_args else node.kwargs.get(name)
-            if in_args:
-                args[position] = value
-            else:
-                kwargs[name] = value
-            if isinstance(value, torch.Tensor) or isinstance(original, fx.Node):
-                return
-            if in_args:
-                node.update_arg(position, value)
-            else:
-                node.update_kwarg(name, value)
+    def run_node(self, node: fx.Node) -> Any:
+        if node.op == "get_attr":  # a parameter is cut when its first reader decides its shape
+            value = self.fetch_attr(str(node.target))
+            return value if node.target in self.done else _Pending(node, value)
+        if node.op not in ("call_module", "call_function", "call_method"):
+            return super().run_node(node)  # placeholder: the (1, k, H, W) input; output
+        fetched_args, fetched_kwargs = self.fetch_args_kwargs_from_env(node)
+        args, kwargs = list(fetched_args), dict(fetched_kwargs)
+        if self.static:
+            self._static(node, args, kwargs)
+            return None
+        if node.op == "call_module":
+            args = [self._resolve(a) for a in args]
+            kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
+            self._rebuild_module(node, tuple(args), kwargs)
+        else:
+            self._rescale_split(node, args, kwargs)
+            self._rescale_literals(node, args)
+            if not self._functional(node, args, kwargs):
+                tensors = [(n, self.env[n]) for n in node.all_input_nodes if isinstance(self.env.get(n), torch.Tensor)]
+                broadcast = node.target in _BROADCASTING or (
+                    node.op == "call_method" and node.target in _BROADCASTING_METHODS
+                )
+                args = [self._resolve(a, tensors if broadcast else None) for a in args]
+                kwargs = {k: self._resolve(v, tensors if broadcast else None) for k, v in kwargs.items()}
+        return getattr(self, node.op)(node.target, tuple(args), kwargs)
 
-        def param(name: str, sizes: tuple[int, ...]) -> None:
-            value = values.get(name)
-            if isinstance(value, _Pending):
-                put(name, self._store(value, _take(value.tensor.data, sizes)))
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The rebuilt module, run in eval mode (its modes put back after): the pass needs shapes, not statistics."""
+        module = self.fetch_attr(target)
+        with kept_modes(module):
+            return module.eval()(*args, **kwargs)
 
-        c = int(x.shape[1]) if x.dim() > 1 else int(x.shape[-1])
-        if fn is F.layer_norm:
-            old = tuple(values["normalized_shape"])
-            new = tuple(int(d) for d in x.shape[-len(old):])
-            _check_not_degenerate(old, new, f"the layer_norm over {old}")
-            put("normalized_shape", list(new) if isinstance(values["normalized_shape"], list) else new)
-            param("weight", new)
-            param("bias", new)
-        elif fn is F.group_norm:
-            groups = int(values["num_groups"])
-            put("num_groups", max(g for g in range(1, groups + 1) if c % g == 0))
-            param("weight", (c,))
-            param("bias", (c,))
-        elif fn is F.batch_norm or fn is F.instance_norm:
-            for name in ("running_mean", "running_var", "weight", "bias"):
-                param(name, (c,))
-        elif fn is F.linear:
-            weight = values["weight"]
-            out = self.widths(int(weight.tensor.shape[0])) if isinstance(weight, _Pending) else None
-            if out is not None:
-                param("weight", (out, int(x.shape[-1])))
-                param("bias", (out,))
-        else:  # conv1d/2d/3d
-            weight, groups = values["weight"], int(values.get("groups", 1))
-            if isinstance(weight, _Pending):
-                o, i = int(weight.tensor.shape[0]), int(weight.tensor.shape[1]) * groups
-                if groups > 1 and groups == i:
-                    new_groups, out = c, c * (o // i)
-                else:
-                    out = self.widths(o)
-                    new_groups = _groups(groups, c, out)
-                put("groups", new_groups)
-                param("weight", (out, c // new_groups, *weight.tensor.shape[2:]))
-                param("bias", (out,))
-        for name, value in list(values.items()):
-            if isinstance(value, _Pending):  # any other parameter it reads
-                put(name, self._resolve(value))
-        return True
-
-    # -- the pass --------------------------------------------------------------------------
-
-    def _module(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> nn.Module:
+    def _rebuild_module(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> nn.Module:
+        """The module ``node`` calls, rebuilt by its rule for the input it receives (once, however
+        often it is called)."""
         target = str(node.target)
         module = self.sub.get_submodule(target)
         if target in self.done:
             return module  # a module called twice (torchvision's ResNets reuse their ReLU)
         self.done.add(target)
-        shrinker = _shrinker_for(module)
+        shrinker = shrinker_for(module)
         first = next((a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)), None)
         value = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        seen = LayerInput(_shape(first), tuple(value.shape) if value is not None else None)
+        seen = LayerInput(shape_of(first), tuple(value.shape) if value is not None else None)
         if shrinker is not None:
             widths = self.widths
             if target in self.conv_outputs:  # a width decided elsewhere: concatenated parts, a narrowed layer
-                produced = getattr(module, "out_channels", None) or getattr(module, "out_features")
+                produced = getattr(module, "out_channels", None) or module.out_features
                 widths = widths.with_fixed({produced: self.conv_outputs[target]})
             module = shrinker(module, widths, self.init, seen)
-            _set(self.sub, target, module)
+            set_attribute(self.sub, target, module)
         else:
-            state = _channel_state(module)
+            state = channel_state(module)
             unchanged = self.widths.k == self.widths.channels and seen.after == seen.before
             if state and not unchanged:  # at k = C (the identity configuration) a copy is exact
                 raise SurgeryError(
                     f"no rule shrinks a {type(module).__name__} ({target}), which holds channel-sized "
-                    f"state ({', '.join(state[:3])}); register one in modify.conversion.surgery.SHRINKERS"
+                    f"state ({', '.join(state[:3])}); register one with modify.conversion.surgery.register_shrinker"
                 )
         return module
 
-    def run(self, x: torch.Tensor | None) -> None:
-        self.env: dict[fx.Node, Any] = {}
-        for node in self.sub.graph.nodes:
-            if node.op == "placeholder":
-                self.env[node] = x
-                continue
-            if node.op == "get_attr":
-                if node.target in self.done:
-                    self.env[node] = get_attribute(self.sub, node.target)
-                else:
-                    self.env[node] = _Pending(node, get_attribute(self.sub, node.target))
-                continue
-            if node.op == "output":
-                return
-            args = list(fx.node.map_arg(node.args, lambda n: self.env[n]))
-            kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: self.env[n]))
-            if x is None:  # no shapes to go by: shrink statically, run nothing
-                self._static(node, args, kwargs)
-                continue
-            if node.op == "call_module":
-                args = [self._resolve(a) for a in args]
-                kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
-                module = self._module(node, tuple(args), kwargs)
-                self.env[node] = _run_eval(module, args, kwargs)
-                continue
-            self._rescale_split(node, args, kwargs)
-            self._rescale_literals(node, args)
-            if not self._functional(node, args, kwargs):
-                tensors = [
-                    (n, self.env[n]) for n in node.all_input_nodes
-                    if isinstance(self.env.get(n), torch.Tensor)
-                ]  # fmt: skip
-                broadcast = node.target in _BROADCASTING or (node.op == "call_method" and node.target in _BROADCASTING_METHODS)
-                args = [self._resolve(a, tensors if broadcast else None) for a in args]
-                kwargs = {k: self._resolve(v, tensors if broadcast else None) for k, v in kwargs.items()}
-            if node.op == "call_function":
-                self.env[node] = node.target(*args, **kwargs)
-            else:  # call_method
-                self_arg, *rest = args
-                self.env[node] = getattr(self_arg, node.target)(*rest, **kwargs)
-        for node, value in list(self.env.items()):
-            if isinstance(value, _Pending):  # read by nothing that ran: slice it by the widths rule
-                self._resolve(value)
+    def _functional(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Rewrites constants and parameters of a functional layer for its reduced input (its
+        `FUNCTIONAL_SHRINKERS` rule); False for a call no rule covers."""
+        rule = FUNCTIONAL_SHRINKERS.get(node.target)  # type: ignore[arg-type]
+        if rule is None:
+            return False
+        call = _Call(self, node, rule.arguments, args, kwargs)
+        x = self._resolve(call.values[rule.arguments[0]])
+        if not isinstance(x, torch.Tensor):
+            return False
+        call.input, call.channels = x, int(x.shape[1]) if x.dim() > 1 else int(x.shape[-1])
+        rule.rebuild(call)
+        for name, value in list(call.values.items()):
+            if isinstance(value, _Pending):  # any other parameter it reads
+                call.put(name, self._resolve(value))
+        return True
 
     def _rescale_split(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
         """A channel split's sizes, rescaled to the width that actually arrives (graph and run);
@@ -315,12 +275,12 @@ class _Pass:
         if new is None:
             return
         running = list(args[1]) if packed else args[1:]
-        values = [n if isinstance(w, int) else r for w, n, r in zip(written, new, running)]
+        values = [n if isinstance(w, int) else r for w, n, r in zip(written, new, running, strict=True)]
         if packed:
             node.update_arg(1, type(node.args[1])(new))
             args[1] = type(args[1])(values)
         else:
-            for i, (w, n) in enumerate(zip(written, new), start=1):
+            for i, (w, n) in enumerate(zip(written, new, strict=True), start=1):
                 if isinstance(w, int):
                     node.update_arg(i, n)
             args[1:] = values
@@ -328,30 +288,55 @@ class _Pass:
     def _static(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Shrinking without shapes (a graph that never went through shape propagation)."""
         if node.op == "call_module":
-            self._module(node, (), {})
+            self._rebuild_module(node, (), {})
         for value in (*args, *kwargs.values()):
             if isinstance(value, _Pending):
                 self._resolve(value)
-        self.env[node] = None
 
 
-# function -> its argument names, in order, for the functional layers `_Pass` rewrites.
-_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_FUNCTIONAL_ARGS: dict[Callable[..., Any], tuple[str, ...]] = {
-    F.conv1d: _CONV_ARGS,
-    F.conv2d: _CONV_ARGS,
-    F.conv3d: _CONV_ARGS,
-    F.linear: ("input", "weight", "bias"),
-    F.layer_norm: ("input", "normalized_shape", "weight", "bias", "eps"),
-    F.group_norm: ("input", "num_groups", "weight", "bias", "eps"),
-    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
-    F.instance_norm: ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
-}
+class _Call:
+    """One functional call as its rule sees it (`modify.conversion.surgery.rules.FunctionalCall`)."""
 
+    input: torch.Tensor
+    channels: int
 
-def _run_eval(module: nn.Module, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    with kept_modes(module):
-        return module.eval()(*args, **kwargs)
+    def __init__(
+        self, owner: _ShrinkPass, node: fx.Node, names: tuple[str, ...], args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        self.owner, self.node, self.names, self.args, self.kwargs = owner, node, names, args, kwargs
+        self.widths = owner.widths
+        # As the call was written (name -> value or _Pending): positional arguments fill the first names.
+        self.values = {**dict(zip(names, args, strict=False)), **kwargs}
+
+    def value(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name, default)
+        return value.tensor if isinstance(value, _Pending) else value
+
+    def parameter(self, name: str) -> torch.Tensor | None:
+        value = self.values.get(name)
+        return value.tensor if isinstance(value, _Pending) else None
+
+    def put(self, name: str, value: Any) -> None:
+        # The run gets the new value; the graph too, unless it is a tensor (its get_attr now
+        # reads the cut one) or the graph computes it (a node stays a node).
+        position = self.names.index(name)
+        in_args = position < len(self.args)
+        original = self.node.args[position] if in_args else self.node.kwargs.get(name)
+        if in_args:
+            self.args[position] = value
+        else:
+            self.kwargs[name] = value
+        if isinstance(value, torch.Tensor) or isinstance(original, fx.Node):
+            return
+        if in_args:
+            self.node.update_arg(position, value)
+        else:
+            self.node.update_kwarg(name, value)
+
+    def cut(self, name: str, sizes: tuple[int, ...]) -> None:
+        value = self.values.get(name)
+        if isinstance(value, _Pending):
+            self.put(name, self.owner._store(value, leading_slice(value.tensor.data, sizes)))
 
 
 def _device_dtype(sub: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -379,7 +364,7 @@ def shrink(
     """
     init = Init.from_str(init)
     placeholder = next(n for n in sub.graph.nodes if n.op == "placeholder")
-    before = _shape(placeholder)
+    before = shape_of(placeholder)
     x = None
     if before is not None and len(before) >= 2:
         device, dtype = _device_dtype(sub)
@@ -390,23 +375,18 @@ def shrink(
     widths = widths.with_fixed(plan.totals)
     try:
         with torch.no_grad():
-            _Pass(sub, widths, init, {**plan.conv_outputs, **(outputs or {})}).run(x)
+            _ShrinkPass(sub, widths, init, {**plan.conv_outputs, **(outputs or {})}).run(x)
     except SurgeryError:
         raise
     except Exception as e:  # a layer that does not fit the reduced widths
         if "more than 1 value per channel" in str(e):  # NF-ResNet's weight standardisation of a 1-input filter
             raise SurgeryError(
                 f"at width {widths.k} a normalization in the block would see a single value per channel "
-                f"({_first_line(e)}); give it a larger k"
+                f"({first_line(e, limit=200, typed=True)}); give it a larger k"
             ) from e
-        raise SurgeryError(f"the block does not run at width {widths.k}: {_first_line(e)}") from e
+        raise SurgeryError(f"the block does not run at width {widths.k}: {first_line(e, limit=200, typed=True)}") from e
     sub.recompile()
     return sub
-
-
-def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {text[:200]}"
 
 
 def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
@@ -430,7 +410,9 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
                 out = sub.train(training)(x)
         except Exception as e:  # any failure means the block did not shrink cleanly
             mode = "train" if training else "eval"
-            raise SurgeryError(f"the block does not run at width {k} in {mode} mode: {_first_line(e)}") from e
+            raise SurgeryError(
+                f"the block does not run at width {k} in {mode} mode: {first_line(e, limit=200, typed=True)}"
+            ) from e
         finally:
             with torch.no_grad():
                 for buffer, value in saved:
@@ -443,9 +425,10 @@ def check_shape(sub: nn.Module, k: int, height: int, width: int) -> None:
 
 
 def reduced_parts(
-    gm: fx.GraphModule, graph: SiteGraph, channels: int, k: int, height: int, width: int, init: Init | str
+    gm: fx.GraphModule, graph: SiteGraph, *, channels: int, k: int, height: int, width: int, init: Init | str
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, fx.GraphModule | None]:
-    """(branch at width k, post-add ops at width k, post-add ops at full width) of one block.
+    """(branch at width k, post-add ops at width k, post-add ops at full width) of one block of
+    ``channels`` channels at ``height`` x ``width``.
 
     Raises:
         SurgeryError: the block cannot be rebuilt at width k; nothing of it is kept.
@@ -462,5 +445,5 @@ def reduced_parts(
     except SurgeryError:
         raise
     except Exception as e:  # never let one odd block abort the whole conversion
-        raise SurgeryError(f"the block could not be cut out and shrunk: {_first_line(e)}") from e
+        raise SurgeryError(f"the block could not be cut out and shrunk: {first_line(e, limit=200, typed=True)}") from e
     return branch, post_k, post_full

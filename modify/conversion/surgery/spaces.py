@@ -41,9 +41,33 @@ from modify.conversion.graph import shape_of
 __all__ = ["Space", "ChannelSpaces"]
 
 _PERMUTES = ("permute",)
-_FREEZING_FUNCTIONS = {torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.tensor_split,
-                       F.conv1d, F.conv2d, F.conv3d, F.linear, F.group_norm, torch.matmul, torch.bmm, torch.einsum}  # fmt: skip
-_FREEZING_METHODS = {"split", "chunk", "tensor_split", "matmul", "bmm", "transpose", "view_as", "gather", "index_select"}
+_FREEZING_FUNCTIONS = {
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.split,
+    torch.chunk,
+    torch.tensor_split,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.linear,
+    F.group_norm,
+    torch.matmul,
+    torch.bmm,
+    torch.einsum,
+}
+_FREEZING_METHODS = {
+    "split",
+    "chunk",
+    "tensor_split",
+    "matmul",
+    "bmm",
+    "transpose",
+    "view_as",
+    "gather",
+    "index_select",
+}
 _BATCH_NORMS = {F.batch_norm, F.instance_norm}
 
 
@@ -249,8 +273,13 @@ class ChannelSpaces:
             return
         self._broadcast(node, shape, tensors, params)
 
-    def _broadcast(self, node: fx.Node, shape: tuple[int, ...], tensors: list[tuple[fx.Node, _Value]],
-                   params: list[tuple[fx.Node, _Value]]) -> None:  # fmt: skip
+    def _broadcast(
+        self,
+        node: fx.Node,
+        shape: tuple[int, ...],
+        tensors: list[tuple[fx.Node, _Value]],
+        params: list[tuple[fx.Node, _Value]],
+    ) -> None:
         """An element-wise operation: the full-rank operands share one space, and a parameter
         that broadcasts along the channels (a layer scale) joins it."""
         source, value = max(tensors, key=lambda item: len(shape_of(item[0]) or ()))

@@ -1,24 +1,6 @@
-"""Residual Conv-Blocks in a traced graph -> `BlockSite` records.
-
-Detection follows the fx catalog's rule (docs: fx-catalog.md, "Cleanest detection rule"):
-
-1. Candidates are residual adds: ``operator.add`` / ``operator.iadd`` / ``torch.add`` /
-   ``Tensor.add`` / ``Tensor.add_`` with two operands that are fx Nodes, both *data-derived*
-   (reachable from a placeholder through data edges; ``size()``, ``.shape``, ``*_like`` and
-   ``get_attr`` are not data), of equal shape. This drops bias and position-embedding adds.
-2. The fork (block input) is the latest common data ancestor of both operands; the residual
-   branch and the shortcut are the nodes between the fork and each operand. The path with more
-   weight ops (conv / linear) is the branch.
-3. The add is a residual Conv-Block if its branch holds at least one convolution (this drops
-   transformer blocks), and it is not long-range: an add whose branch or shortcut contains
-   another residual Conv add spans several blocks (FPN top-down merges) and is not returned.
-4. The block is the innermost ``nn_module_stack`` entry of the add node.
-
-In-place adds: ``out.add_(identity)`` gives an fx node with no users; the tensor it produced is
-the mutated first operand ``out``, which later nodes read. `locate` treats the add node as the
-block output (`SiteGraph.output`) and lists the later readers of the mutated operand as the
-block's consumers (`SiteGraph.users`); a rewrite must redirect those readers, not the add's
-(nonexistent) users.
+"""The blocks of a traced graph as records (`BlockSite`): each residual add that
+`modify.conversion.discover.adds` found, named for its module, placed in a stage and given an
+index there, with the reason it cannot be converted; `locate` finds a record's nodes again.
 
 Example:
     >>> import torchvision
@@ -39,21 +21,20 @@ from collections.abc import Iterable
 
 from torch import fx
 
+from modify.conversion.discover.adds import AddAnalysis, residual_adds
 from modify.conversion.graph import (
     SiteGraph,
-    _Analysis,
-    _class_name,
-    _describe,
-    _Found,
-    _has_params,
-    _is_noop,
-    _shape,
-    _stack,
+    class_name,
+    describe,
+    has_params,
+    is_noop,
+    module_stack,
+    shape_of,
     split_sizes,
 )
 from modify.errors import ModifyError
 
-__all__ = ["BlockSite", "SkipKind", "SiteGraph", "find_blocks", "locate"]
+__all__ = ["BlockSite", "SkipKind", "SiteGraph", "find_blocks", "locate", "FOUND_BLOCKS"]
 
 # gm.meta key of {add node name: SiteGraph} from the graph's last `find_blocks`, so that `locate`
 # (once per planned block) does not analyse the graph again. Kept on the GraphModule itself, it
@@ -99,8 +80,6 @@ class BlockSite:
     @property
     def convertible(self) -> bool:
         return self.reason is None
-# ---------------------------------------------------------------------------------------------
-# Public API
 
 
 def _require_shapes(gm: fx.GraphModule) -> None:
@@ -111,37 +90,17 @@ def _require_shapes(gm: fx.GraphModule) -> None:
         )
     if not any("tensor_meta" in n.meta for n in gm.graph.nodes):
         raise ModifyError(
-            "the graph carries no shapes (node.meta['tensor_meta']); trace it with modify.conversion.tracing.trace(model), "
+            "the graph carries no shapes (node.meta['tensor_meta']); "
+            "trace it with modify.conversion.tracing.trace(model), "
             "which runs shape propagation."
         )
 
 
-def _residual_adds(gm: fx.GraphModule, analysis: _Analysis | None = None) -> list[_Found]:
-    """Every block-level residual Conv add in graph order (long-range adds dropped)."""
-    analysis = analysis or _Analysis(gm)
-    conv_adds: set[fx.Node] = set()  # accepted and long-range: both make an outer add long-range
-    found: list[_Found] = []
-    for node in gm.graph.nodes:
-        item = analysis.analyse(node)
-        if item is None:
-            continue
-        spans = set(item.graph.branch) | set(item.graph.skip)
-        long_range = bool(spans & conv_adds)
-        conv_adds.add(node)
-        if item.graph.mutated is not None:
-            # An add_ node has no users, so no later path runs through it; the mutated operand
-            # it writes the sum into stands for it.
-            conv_adds.add(item.graph.mutated)
-        if not long_range:
-            found.append(item)
-    return found
-
-
 def _skip_kind(gm: fx.GraphModule, skip: Iterable[fx.Node], data: set[fx.Node]) -> SkipKind:
-    real = [n for n in skip if n in data and not _is_noop(gm, n)]
+    real = [n for n in skip if n in data and not is_noop(gm, n)]
     if not real:
         return SkipKind.IDENTITY
-    if any(_has_params(gm, n) for n in real):
+    if any(has_params(gm, n) for n in real):
         return SkipKind.PROJECTION
     return SkipKind.PARAM_FREE
 
@@ -168,7 +127,7 @@ def _reason(
 ) -> str | None:
     channels, height, width = dims
     stride = hin // height if height else 1
-    real_skip = " + ".join(_describe(gm, n) for n in g.skip if n in data and not _is_noop(gm, n))
+    real_skip = " + ".join(describe(gm, n) for n in g.skip if n in data and not is_noop(gm, n))
     if alpha != 1:
         return f"scaled add (alpha={alpha:g}): the MoD fusion assumes a plain sum"
     escape = _escaping_value(g, data)
@@ -181,7 +140,9 @@ def _reason(
     if kind is SkipKind.PROJECTION:
         return f"projection shortcut ({real_skip}): the first block of a stage keeps its full width"
     if kind is SkipKind.PARAM_FREE and (cin, hin, win) != dims:
-        return f"parameter-free shortcut changes the shape ({cin}x{hin}x{win} -> {channels}x{height}x{width}, {real_skip})"
+        return (
+            f"parameter-free shortcut changes the shape ({cin}x{hin}x{win} -> {channels}x{height}x{width}, {real_skip})"
+        )
     if cin != channels:
         return f"changes width {cin} -> {channels}"
     if stride != 1:
@@ -241,8 +202,8 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
         ['features.3', 'features.5', 'features.8', 'features.10', 'features.12', 'features.15']
     """
     _require_shapes(gm)
-    analysis = _Analysis(gm)
-    found = _residual_adds(gm, analysis)
+    analysis = AddAnalysis(gm)
+    found = residual_adds(gm, analysis)
     gm.meta[FOUND_BLOCKS] = {item.graph.add.name: item.graph for item in found}  # `locate` reads these back
 
     # Names: the block module's path, unless that path is shared (module reuse, several adds in
@@ -250,34 +211,35 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
     paths: list[tuple[str, str, bool]] = []  # (path, class name, the module is only this block)
     for item in found:
         g = item.graph
-        stack = _stack(g.add)
+        stack = module_stack(g.add)
         if not stack:
             paths.append(("", "inline", False))
             continue
         key, path, module_type = stack[-1]
         allowed = item.ancestors | {g.add} | set(g.post)
         in_scope = [
-            n for n in gm.graph.nodes
-            if n in analysis.data and not _is_dead(n) and any(k == key for k, _, _ in _stack(n))
-        ]  # fmt: skip
+            n
+            for n in gm.graph.nodes
+            if n in analysis.data and not _is_dead(n) and any(k == key for k, _, _ in module_stack(n))
+        ]
         # A module is the block only if it computes nothing else and has one input (DLA calls a
         # block as `tree1(x, shortcut)`: a module of two inputs is rewritten inline).
         scope = set(in_scope)
         reads = {i for n in in_scope for i in n.all_input_nodes if i in analysis.data and i not in scope}
         only = all(n in allowed for n in in_scope) and len(reads) <= 1
-        paths.append((path, _class_name(module_type), only))
+        paths.append((path, class_name(module_type), only))
     shared = Counter(path for path, _, _ in paths)
 
     sites: list[BlockSite] = []
     stage, index, previous = -1, 0, None
-    for item, (path, cls, only) in zip(found, paths):
+    for item, (path, cls, only) in zip(found, paths, strict=True):
         g = item.graph
         if path and only and shared[path] == 1:
             name = path
         else:
             name = f"{path}:{g.add.name}" if path else g.add.name
         block_type = cls if only else "inline"
-        out_shape, in_shape = _shape(g.add), _shape(g.fork)
+        out_shape, in_shape = shape_of(g.add), shape_of(g.fork)
         assert out_shape is not None  # candidates have shapes
         dims = _dims(out_shape)
         if in_shape is not None and len(in_shape) == len(out_shape):
@@ -303,7 +265,7 @@ def find_blocks(gm: fx.GraphModule) -> list[BlockSite]:
                 width=dims[2],
                 stride=max(1, hin // dims[1]) if dims[1] else 1,
                 skip=kind,
-                branch=tuple(_describe(gm, n) for n in g.branch if n in analysis.data),
+                branch=tuple(describe(gm, n) for n in g.branch if n in analysis.data),
                 block_type=block_type,
                 in_channels=cin,
                 reason=reason,
@@ -324,8 +286,8 @@ def _entry_index(fork: fx.Node, path: str, cls: str) -> int:
     if not path:
         return 1
     parent = path.rpartition(".")[0]
-    for _key, p, module_type in _stack(fork):
-        if p != path and p.rpartition(".")[0] == parent and _class_name(module_type) == cls:
+    for _key, p, module_type in module_stack(fork):
+        if p != path and p.rpartition(".")[0] == parent and class_name(module_type) == cls:
             return 1
     return 0
 
@@ -355,10 +317,10 @@ def locate(gm: fx.GraphModule, site: BlockSite) -> SiteGraph:
     if site.node:
         node = next((n for n in gm.graph.nodes if n.name == site.node), None)
         if node is not None:
-            found = _Analysis(gm).analyse(node)
+            found = AddAnalysis(gm).analyse(node)
             if found is not None:
                 return found.graph
-    for candidate, item in zip(find_blocks(gm), _residual_adds(gm)):
+    for candidate, item in zip(find_blocks(gm), residual_adds(gm), strict=True):
         if candidate.name == site.name:
             return item.graph
     raise ModifyError(

@@ -1,29 +1,38 @@
-"""Rich rendering of the library's records; the only module of `modify` that imports rich."""
+"""The library's records as rich tables and lines: profiles, benchmarks, model names, the block
+report, fine-tuning, the sweep, routes and plans. Built here, printed by the commands."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
     from modify.measure.benchmark import BenchReport
     from modify.measure.profiling import ProfileReport
+    from modify.measure.report import BlockRow, ConversionSummary
+    from modify.measure.routes import RoutesReport
+    from modify.study.planner import PlanResult
+    from modify.study.report import Summary
+    from modify.train.finetune import FinetuneResult
 
-__all__ = ["console", "error_console", "profile_tables", "compare_table", "bench_table", "bench_lines", "models_table"]
-
-
-@cache
-def console() -> Console:
-    return Console(soft_wrap=False)
-
-
-@cache
-def error_console() -> Console:
-    return Console(stderr=True)
+__all__ = [
+    "profile_tables",
+    "compare_table",
+    "bench_table",
+    "bench_lines",
+    "models_table",
+    "short_reason",
+    "blocks_table",
+    "reasons_text",
+    "conversion_tables",
+    "finetune_table",
+    "sweep_table",
+    "routes_table",
+    "plan_table",
+    "plan_summary",
+]
 
 
 def _m(value: float) -> str:
@@ -97,7 +106,9 @@ def bench_table(report: BenchReport) -> Table:
     """Median latencies and speed-ups, one row per case; ± is half the interquartile range of the
     per-round speed-ups."""
     engine = "" if report.engine == "eager" else f", {report.engine}"
-    table = Table(title=f"{report.model} vs {report.baseline} @ {report.input_size[0]}x{report.input_size[1]}, eval, fp32{engine}")
+    table = Table(
+        title=f"{report.model} vs {report.baseline} @ {report.input_size[0]}x{report.input_size[1]}, eval, fp32{engine}"
+    )
     table.add_column("setting")
     table.add_column(f"{report.model} ms", justify="right")
     table.add_column(f"{report.baseline} ms", justify="right")
@@ -108,8 +119,15 @@ def bench_table(report: BenchReport) -> Table:
         rounds = " ".join(f"{s:.2f}" for s in r.round_speedups)
         spread = f"{r.spread:.2f}" if len(r.round_speedups) > 1 else "-"
         style = "yellow" if r.warning else None
-        table.add_row(r.case.label(), f"{r.model_median * 1e3:.2f}", f"{r.baseline_median * 1e3:.2f}", f"{r.speedup:.2f}x",
-                      spread, rounds, style=style)  # fmt: skip
+        table.add_row(
+            r.case.label(),
+            f"{r.model_median * 1e3:.2f}",
+            f"{r.baseline_median * 1e3:.2f}",
+            f"{r.speedup:.2f}x",
+            spread,
+            rounds,
+            style=style,
+        )
     return table
 
 
@@ -118,8 +136,10 @@ def bench_lines(report: BenchReport) -> list[str]:
     lines = []
     if report.engine != "eager":
         for r in report.results:
-            lines.append(f"{report.engine}, {r.case.label()}: prepared {report.model} in {r.prepare_seconds[0]:.1f} s, "
-                         f"{report.baseline} in {r.prepare_seconds[1]:.1f} s (not timed)")  # fmt: skip
+            lines.append(
+                f"{report.engine}, {r.case.label()}: prepared {report.model} in {r.prepare_seconds[0]:.1f} s, "
+                f"{report.baseline} in {r.prepare_seconds[1]:.1f} s (not timed)"
+            )
     lines += [f"[bold yellow]warning:[/] {w}" for w in report.warnings]
     return lines
 
@@ -149,7 +169,7 @@ def short_reason(reason: str) -> str:
     return reason.split(":", 1)[0].split(" (", 1)[0].strip()
 
 
-def blocks_table(label: str, summary, *, verbose: bool = False) -> Table:
+def blocks_table(label: str, summary: ConversionSummary, *, verbose: bool = False) -> Table:
     """Every residual block: converted with k, or left standard with the reason (its short form
     unless ``verbose``; `reasons_text` lists the long forms once)."""
     table = Table(title=f"residual blocks of {label}", caption=summary.note)
@@ -164,14 +184,19 @@ def blocks_table(label: str, summary, *, verbose: bool = False) -> Table:
         reason = r.reason or ""
         note = _change_note(r) if r.converted else (reason if verbose else short_reason(reason))
         table.add_row(
-            r.name, f"{r.stage}.{r.index}", str(r.channels), str(r.k) if r.converted else "-",
-            _mmac(r.macs_before), _mmac(r.macs_after) if r.converted else "", note,
+            r.name,
+            f"{r.stage}.{r.index}",
+            str(r.channels),
+            str(r.k) if r.converted else "-",
+            _mmac(r.macs_before),
+            _mmac(r.macs_after) if r.converted else "",
+            note,
             style="cyan" if r.converted else "dim",
-        )  # fmt: skip
+        )
     return table
 
 
-def _change_note(row) -> str:
+def _change_note(row: BlockRow) -> str:
     """What the conversion did to a block: its class for a MoD block, else narrowed or deleted."""
     if row.action == "narrow":
         from fractions import Fraction
@@ -182,7 +207,7 @@ def _change_note(row) -> str:
     return row.block_type
 
 
-def reasons_text(summary) -> Text | None:
+def reasons_text(summary: ConversionSummary) -> Text | None:
     """Each long skip reason once, with the blocks it applies to; None when every reason is short."""
     by_reason: dict[str, list[str]] = {}
     for r in summary.rows:
@@ -198,75 +223,35 @@ def reasons_text(summary) -> Text | None:
     return text
 
 
-def conversion_tables(label: str, summary, *, verbose: bool = False) -> list[Table | Text]:
+def conversion_tables(label: str, summary: ConversionSummary, *, verbose: bool = False) -> list[Table | Text]:
     """The block table, the long reasons (unless ``verbose`` put them in the table) and the before/after totals."""
     totals = Table(title=f"{label}: before and after")
     totals.add_column("")
     totals.add_column("before", justify="right")
     totals.add_column("after", justify="right")
     totals.add_column("ratio", justify="right")
-    totals.add_row("parameters", _m(summary.params_before), _m(summary.params_after), _ratio(summary.params_before, summary.params_after))
-    totals.add_row("MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after))
+    totals.add_row(
+        "parameters",
+        _m(summary.params_before),
+        _m(summary.params_after),
+        _ratio(summary.params_before, summary.params_after),
+    )
+    totals.add_row(
+        "MACs", _g(summary.macs_before), _g(summary.macs_after), _ratio(summary.macs_before, summary.macs_after)
+    )
     n = sum(r.converted for r in summary.rows)
     kinds = {a: sum(r.action == a for r in summary.rows) for a in ("mod", "narrow", "delete")}
     if kinds["narrow"] or kinds["delete"]:
-        parts = ", ".join(f"{v} {name}" for name, v in (("MoD", kinds["mod"]), ("narrowed", kinds["narrow"]), ("deleted", kinds["delete"])) if v)
+        parts = ", ".join(
+            f"{v} {name}"
+            for name, v in (("MoD", kinds["mod"]), ("narrowed", kinds["narrow"]), ("deleted", kinds["delete"]))
+            if v
+        )
         totals.caption = f"{n} of {len(summary.rows)} residual blocks changed: {parts}"
     else:
         totals.caption = f"{n} of {len(summary.rows)} residual blocks converted"
     reasons = None if verbose else reasons_text(summary)
     return [blocks_table(label, summary, verbose=verbose), *([reasons] if reasons is not None else []), totals]
-
-
-# -- modify finetune ----------------------------------------------------------------------------
-
-if TYPE_CHECKING:
-    from modify.train.finetune import FinetuneResult, StepInfo
-
-
-class FinetuneProgress:
-    """A rich progress bar for `modify.train.finetune.finetune`: pass ``update`` as ``on_step``."""
-
-    def __init__(self, total_steps: int, description: str = "fine-tuning") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("acc {task.fields[acc]}"),
-            TextColumn("{task.fields[rate]} img/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=error_console(),
-            transient=False,
-        )
-        self.task = self.progress.add_task(description, total=total_steps, loss="-", acc="-", rate="-")
-        self._accuracy: list[float] = []
-
-    def __enter__(self) -> FinetuneProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, info: StepInfo) -> None:
-        # The accuracy shown is over the last 20 steps: one batch is too noisy to read.
-        self._accuracy = (self._accuracy + [info.accuracy])[-20:]
-        acc = sum(self._accuracy) / len(self._accuracy)
-        self.progress.update(
-            self.task, completed=info.step, total=info.total_steps,
-            loss=f"{info.loss:.4f}", acc=f"{100 * acc:.1f}%", rate=f"{info.images_per_second:.1f}",
-        )  # fmt: skip
 
 
 def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
@@ -295,140 +280,93 @@ def finetune_table(result: FinetuneResult, output: str | None = None) -> Table:
     return table
 
 
-__all__ += ["FinetuneProgress", "finetune_table"]
-
-
-class SweepProgress:
-    """Two rich bars for `modify.study.sweep.run_sweep`: configurations, and the steps of the one
-    being fine-tuned. Pass ``event`` as ``on_event``."""
-
-    def __init__(self, runs: int, done: int = 0) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), console=error_console(), transient=False,
-        )  # fmt: skip
-        self.sweep = self.progress.add_task("configurations", total=runs, completed=done, note="")
-        self.steps = self.progress.add_task("fine-tuning", total=1, note="")
-        self.warned: set[str] = set()
-
-    def __enter__(self) -> SweepProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def event(self, kind: str, info: dict) -> None:
-        if kind == "start":
-            self.progress.reset(self.steps, total=1, note=f"{info['label']} (seed {info['seed']})")
-        elif kind == "step":
-            self.progress.update(self.steps, completed=info["step"], total=info["total_steps"], note=f"loss {info['loss']:.3f}")
-        elif kind == "done":
-            self.progress.advance(self.sweep)
-            self.progress.update(self.sweep, note=f"last: {info['label']} {100 * info['accuracy']:.2f}%")
-        elif kind == "speed":
-            self.progress.update(self.steps, note=f"timed {info['label']}: {info['speedup']:.2f}x ± {info.get('spread', 0.0):.2f}")
-            warning = info.get("warning")
-            if warning and warning not in self.warned:  # the architectures timed together share one
-                self.warned.add(warning)
-                self.progress.console.print(f"[bold yellow]warning:[/] timing: {warning}", highlight=False)
-
-
-def sweep_table(summary) -> Table:
+def sweep_table(summary: Summary) -> Table:
     """The comparison, one row per candidate (seeds averaged)."""
-    table = Table(title="After the same fine-tune: accuracy (± half the seed range) and measured speed-up "
-                        "(b1: batch 1, one thread; b32: batch 32, every thread); F: on its method's frontier")
-    for name, justify in (("method", "left"), ("configuration", "left"), ("acc. %", "right"), ("±", "right"),
-                          ("b1", "right"), ("b32", "right"), ("MMAC", "right"), ("F", "center")):  # fmt: skip
+    table = Table(
+        title="After the same fine-tune: accuracy (± half the seed range) and measured speed-up "
+        "(b1: batch 1, one thread; b32: batch 32, every thread); F: on its method's frontier"
+    )
+    for name, justify in (
+        ("method", "left"),
+        ("configuration", "left"),
+        ("acc. %", "right"),
+        ("±", "right"),
+        ("b1", "right"),
+        ("b32", "right"),
+        ("MMAC", "right"),
+        ("F", "center"),
+    ):
         table.add_column(name, justify=justify, overflow="fold", no_wrap=name != "configuration")  # type: ignore[arg-type]
     for r in summary.rows:
-        table.add_row(r.method, r.label, f"{100 * r.accuracy:.2f}", f"{100 * r.spread:.2f}", f"{r.speedup:.2f}x",
-                      f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else "", f"{r.macs / 1e6:.1f}",
-                      "*" if r.frontier else "")  # fmt: skip
+        table.add_row(
+            r.method,
+            r.label,
+            f"{100 * r.accuracy:.2f}",
+            f"{100 * r.spread:.2f}",
+            f"{r.speedup:.2f}x",
+            f"{r.speedup_batch:.2f}x" if r.speedup_batch is not None else "",
+            f"{r.macs / 1e6:.1f}",
+            "*" if r.frontier else "",
+        )
     return table
 
 
-def routes_table(label: str, report) -> Table:
+def routes_table(label: str, report: RoutesReport) -> Table:
     """One row per MoD block: how input-dependent its selection is."""
     table = Table(title=f"{label}: channel selections over {report.images} images")
     for name in ("block", "k / C", "entropy", "class divergence", "distinct sets", "never picked", "always picked"):
         table.add_column(name, justify="left" if name == "block" else "right")
     for b in report.blocks:
-        table.add_row(b.module, f"{b.k} / {b.channels}", f"{b.entropy:.2f}", f"{b.class_divergence:.2f}", str(b.distinct_sets),
-                      str(len(b.never)), str(len(b.always)))  # fmt: skip
+        table.add_row(
+            b.module,
+            f"{b.k} / {b.channels}",
+            f"{b.entropy:.2f}",
+            f"{b.class_divergence:.2f}",
+            str(b.distinct_sets),
+            str(len(b.never)),
+            str(len(b.always)),
+        )
     return table
 
 
-__all__ += ["PlanProgress", "plan_table", "plan_summary"]
-
-
-class PlanProgress:
-    """rich bars for `modify.study.planner.plan`: timing the choices (by block), scoring them,
-    measuring the plan. Pass ``event`` as ``on_event``."""
-
-    _NAMES = {"timing": "timing the choices", "scoring": "scoring the choices"}
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), console=error_console(), transient=False,
-        )  # fmt: skip
-        self.task: object | None = None
-
-    def __enter__(self) -> PlanProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def event(self, kind: str, info: dict) -> None:
-        if kind == "stage" and info["name"] in self._NAMES:
-            note = info.get("setting", "")
-            self.task = self.progress.add_task(self._NAMES[info["name"]], total=info["total"], note=note)
-        elif kind == "timed" and self.task is not None:
-            self.progress.advance(self.task, 1)
-            self.progress.update(self.task, note=f"last: {info['block']}")
-        elif kind == "scored" and self.task is not None:
-            self.progress.advance(self.task, 1)
-            self.progress.update(self.task, note=f"{info['key']}: KL {info['kl']:.4f}")
-        elif kind == "attempt":
-            self.progress.console.print(
-                f"plan measured {info['measured_speedup']:.2f}x (predicted {info['predicted_speedup']:.2f}x)", highlight=False
-            )
-
-
-def plan_table(result) -> Table:
+def plan_table(result: PlanResult) -> Table:
     """Per block: the chosen action, its saving and KL alone, and the runner-up (80 columns)."""
-    table = Table(title=f"plan for {result.config.speedup:g}x ({result.config.setting.describe()})", title_justify="left")
-    for name, justify in (("block", "left"), ("choice", "left"), ("saves ms", "right"), ("KL", "right"), ("agree", "right"),
-                          ("runner-up (+KL)", "left")):  # fmt: skip
+    table = Table(
+        title=f"plan for {result.config.speedup:g}x ({result.config.setting.describe()})", title_justify="left"
+    )
+    for name, justify in (
+        ("block", "left"),
+        ("choice", "left"),
+        ("saves ms", "right"),
+        ("KL", "right"),
+        ("agree", "right"),
+        ("runner-up (+KL)", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     runner = {block: (label, extra) for block, label, extra in result.runner_up}
     for r in result.chosen:
         label, extra = runner.get(r.block, ("-", None))
         style = "dim" if r.action == "keep" else ("cyan" if r.action == "mod" else "")
-        table.add_row(r.block, r.label, f"{r.saving_ms:.2f}±{r.spread_ms:.2f}", f"{r.kl:.4f}", f"{100 * r.agreement:.1f}%",
-                      f"{label}" + (f" ({extra:+.4f})" if extra is not None else ""), style=style)  # fmt: skip
+        table.add_row(
+            r.block,
+            r.label,
+            f"{r.saving_ms:.2f}±{r.spread_ms:.2f}",
+            f"{r.kl:.4f}",
+            f"{100 * r.agreement:.1f}%",
+            f"{label}" + (f" ({extra:+.4f})" if extra is not None else ""),
+            style=style,
+        )
     return table
 
 
-def plan_summary(result) -> list[str]:
+def plan_summary(result: PlanResult) -> list[str]:
     """The plan's measured speed-up and KL beside what the sums predicted."""
     met = "" if result.met else " - below the target: nothing faster was found"
     return [
         f"speed-up: measured {result.measured_speedup:.2f}x (±{result.measured_spread:.2f}), predicted by the summed "
         f"savings {result.predicted_speedup:.2f}x; original {result.original_ms:.2f} ms{met}",
-        f"KL to the original: {result.measured_kl:.4f} together, {result.predicted_kl:.4f} summed over the blocks alone; "
-        f"top-1 agreement {100 * result.measured_agreement:.1f}% ({result.config.calib_images} held-out training images)",
+        f"KL to the original: {result.measured_kl:.4f} together, "
+        f"{result.predicted_kl:.4f} summed over the blocks alone; "
+        f"top-1 agreement {100 * result.measured_agreement:.1f}% "
+        f"({result.config.calib_images} held-out training images)",
     ]

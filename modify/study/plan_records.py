@@ -1,0 +1,164 @@
+"""What `modify.study.planner.plan` is asked (`PlanConfig`), what it measures (`ChoiceRow`, kept
+as a `ChoiceTable` between runs), and what it returns (`PlanResult`, with each solve's `Attempt`).
+Frozen records, a comment per field; plain data through ``as_dict``.
+
+Example:
+    >>> config = PlanConfig(speedup=1.5, setting=Setting(input_size=32))
+    >>> config.setting.describe(), config.actions
+    ('batch 1, 1 thread, eager, 32x32', ('delete', 'mod', 'narrow'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from modify.errors import PlanError
+from modify.layers.options import MoDConfig
+from modify.study.choices import ACTIONS, FRACTIONS, Choice
+from modify.study.latency import Setting
+
+__all__ = ["DEFAULT_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult"]
+
+# How the planner builds a MoD block from a trained one (issue 21, benchmarks/results/mod_middle_r18):
+# the branch form fused into the selected channels' own positions, so a zero update is exactly the
+# deletion; the original block's weights, then block-local distillation, which never leaves a block
+# below its deletion. Of the starts measured it ended closest to the original after fine-tuning.
+DEFAULT_MOD = MoDConfig(form="branch", fusion="original")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """What to plan for and how hard to measure."""
+
+    speedup: float  # the target: original time / planned time, in `setting`
+    setting: Setting = Setting()  # batch, threads, input size and engine the speed-up is for
+    actions: tuple[str, ...] = ACTIONS  # what a block may become besides kept: delete, mod, narrow
+    fractions: tuple[float, ...] = FRACTIONS  # MoD k = C * f; narrow keeps f of every inner width
+    mod: MoDConfig = DEFAULT_MOD  # how MoD blocks are built
+    init: str = "copy"  # how MoD blocks start (`modify.layers.Init`): the original block's weights
+    zero_update: bool = False  # ... or with their branch's last layer at zero: each starts as its deletion
+    distill_steps: int = 200  # block-local distillation steps per MoD or narrowed block (the cheap repair)
+    repair_images: int = 1024  # images whose activations the distillation fits
+    bn_batches: int = 8  # batches of BatchNorm re-estimation after it
+    calib_images: int = 1024  # training images held out to score choices on (never repaired on)
+    batch_size: int = 64  # repair and scoring batch
+    rounds: int = 7  # interleaved timing rounds
+    seconds: float = 0.3  # timing per model per round
+    resolution: int = 1000  # the solver's steps within the saving the target needs
+    tolerance: float = 0.0  # a plan meets the target when it measures >= (1 - tolerance) * speedup
+    max_repairs: int = 8  # re-solves after a plan measures below the target
+    seed: int = 0  # the calibration split, the repair's sampling, fresh weights
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.speedup, (int, float)) or not self.speedup > 1.0:
+            raise PlanError(
+                f"speed-up {self.speedup!r} is not above 1; ask for the "
+                "speed-up you need, such as 1.5 (1.5 times faster)."
+            )
+        unknown = [a for a in self.actions if a not in ACTIONS]
+        if unknown:
+            raise PlanError(f"action {unknown[0]!r} is not one the planner knows; choose from {', '.join(ACTIONS)}.")
+        if any(not 0.0 < f < 1.0 for f in self.fractions):
+            raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceRow:
+    """One (block, choice), measured alone."""
+
+    block: str
+    channels: int
+    action: str  # keep | delete | mod | narrow
+    fraction: float | None
+    label: str  # "MoD k=16", "narrow 1/4", "delete", "keep"
+    saving_ms: float | None = None  # the original's time minus the time with this change alone
+    spread_ms: float | None = None  # half the interquartile range of that saving over rounds
+    kl: float | None = None  # KL(original || with this change, repaired), on the calibration images
+    agreement: float | None = None  # top-1 agreement with the original
+    error: str | None = None  # why it could not be built (then it is not a choice)
+
+    @property
+    def choice(self) -> Choice:
+        return Choice(self.block, self.action, self.fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One solve and the measurement of what it chose."""
+
+    required_ms: float  # the saving asked of the solver
+    chosen: tuple[str, ...]  # choice keys
+    predicted_speedup: float  # from the summed savings
+    measured_speedup: float  # the planned model against the original, interleaved
+    spread: float  # half the interquartile range of the per-round speed-ups
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceTable:
+    """Every (block, choice) measured once: what any number of plans (targets, allowed actions)
+    are solved from. Plain data: `as_dict` / `from_dict` keep it in a file between runs."""
+
+    setting: Setting  # where the savings were timed
+    original_ms: float  # the original's time there
+    rows: tuple[ChoiceRow, ...]  # every (block, choice): saving, spread, KL, agreement (or why it failed)
+    calib_images: int  # the held-out images the KLs are measured on
+    seed: int  # of the calibration split and the repairs
+
+    def allowed(self, actions: Sequence[str], fractions: Sequence[float]) -> list[ChoiceRow]:
+        """The rows a plan of ``actions`` at ``fractions`` may choose from (keep always)."""
+        return [
+            r
+            for r in self.rows
+            if r.action == "keep" or (r.action in actions and (r.fraction is None or r.fraction in fractions))
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "setting": self.setting.as_dict(),
+            "original_ms": self.original_ms,
+            "calib_images": self.calib_images,
+            "seed": self.seed,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ChoiceTable:
+        return cls(
+            setting=Setting(**raw["setting"]),
+            original_ms=raw["original_ms"],
+            rows=tuple(ChoiceRow(**r) for r in raw["rows"]),
+            calib_images=raw["calib_images"],
+            seed=raw["seed"],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanResult:
+    """What `plan` found, and the numbers behind it."""
+
+    config: PlanConfig
+    original_ms: float  # the original's time in the setting (median over the timing rounds)
+    rows: tuple[ChoiceRow, ...]  # every (block, choice) measured
+    chosen: tuple[ChoiceRow, ...]  # one per block, in model order
+    runner_up: tuple[
+        tuple[str, str, float | None], ...
+    ]  # per block: (block, the runner-up's label, the summed KL it adds)
+    predicted_speedup: float  # original / (original - summed savings)
+    measured_speedup: float  # the planned model, timed against the original
+    measured_spread: float
+    predicted_kl: float  # the chosen choices' KL, summed
+    measured_kl: float  # the planned model's KL after the same repair
+    measured_agreement: float
+    met: bool  # measured_speedup >= (1 - tolerance) * target
+    attempts: tuple[Attempt, ...]
+    recipe: dict[str, Any]  # the version-2 recipe (`modify.convert(model, recipe=...)`)
+    seconds: float
+    table: ChoiceTable | None = None  # every choice measured (the plan's rows are those its actions allow)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["config"] = {**out["config"], "setting": self.config.setting.as_dict(), "mod": self.config.mod.as_dict()}
+        out["table"] = self.table.as_dict() if self.table is not None else None
+        return out
