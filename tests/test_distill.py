@@ -65,10 +65,17 @@ def test_a_block_that_fits_worse_than_its_deletion_is_set_to_exactly_its_deletio
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=10).eval()
-    recipe = {"version": 1, "defaults": {"fraction": 0.25}, "mod": {"form": "branch", "fusion": "original"}, "rules": [{"index": "odd"}]}
+    recipe = {
+        "version": 1,
+        "defaults": {"fraction": 0.25},
+        "mod": {"form": "branch", "fusion": "original"},
+        "rules": [{"index": "odd"}],
+    }
     result = modify.convert(net, recipe=recipe, input_size=32, init="scratch")
     report = distill_blocks(result, net, [torch.randn(16, 3, 32, 32)], steps=0)
     assert all(b.at_deletion and b.loss_after == pytest.approx(b.loss_deleted, rel=1e-5) for b in report.blocks)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(result.model.eval()(x), delete_blocks(net, recipe="every_other", input_size=32).model.eval()(x))
+        assert torch.equal(
+            result.model.eval()(x), delete_blocks(net, recipe="every_other", input_size=32).model.eval()(x)
+        )

@@ -5,6 +5,7 @@ on data whose test split raises when touched (the plan must never see a test ima
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -206,6 +207,22 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     reused = runner.invoke(app, [*second, "--table", str(out.with_suffix(".json"))])
     assert reused.exit_code == 0, reused.output
     assert yaml.safe_load(out.with_name("plan_1.1.yaml").read_text())["version"] == 2
+
+    # Another setting: the same choices timed again there, their scores kept (nothing scored again).
+    def scored_again(*args, **kwargs):
+        raise AssertionError("a table from another batch should keep its scores")
+
+    monkeypatch.setattr(planner, "_score_choices", scored_again)
+    wide = out.with_name("plan_b2.yaml")
+    third = [*args, "--batch", "2", "--table", str(out.with_suffix(".json"))]
+    third[third.index(str(out))] = str(wide)
+    retimed = runner.invoke(app, third)
+    assert retimed.exit_code == 0, retimed.output
+    assert "timing its choices again" in retimed.output
+    before = json.loads(out.with_suffix(".json").read_text())["table"]
+    after = json.loads(wide.with_suffix(".json").read_text())["table"]
+    assert after["setting"]["batch"] == 2 and before["setting"]["batch"] == 1
+    assert [r["kl"] for r in after["rows"]] == [r["kl"] for r in before["rows"]]
 
 
 def test_compare_plans_once_and_reuses_the_stored_plans_on_resume(tmp_path, monkeypatch) -> None:

@@ -44,9 +44,7 @@ def _targets(text: str | None, *, option: str = "--plan-speedups") -> tuple[floa
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise fail(
-            f"{option} {text!r} is not a comma-separated list of speed-ups (such as 1.3,1.5,1.8)."
-        ) from None
+        raise fail(f"{option} {text!r} is not a comma-separated list of speed-ups (such as 1.3,1.5,1.8).") from None
     if not values or any(v <= 1 for v in values):
         raise fail(f"{option} {text!r}: give speed-ups above 1, comma-separated (such as 1.3,1.5,1.8).")
     return values

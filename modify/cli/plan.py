@@ -135,7 +135,8 @@ def run_plan(
 
 
 def _read_table(path: Path, config: Any) -> Any:
-    """The choices an earlier plan measured (its .json), if they were measured in this plan's setting."""
+    """The choices an earlier plan measured (its .json), for images of this plan's size; measured in
+    another batch, thread count or engine, `plan` times them again and keeps their scores."""
     from modify.errors import PlanError
     from modify.study.planner import ChoiceTable
 
@@ -147,11 +148,19 @@ def _read_table(path: Path, config: Any) -> Any:
             f"--table {str(path)!r} holds no measured choices "
             f"({type(e).__name__}); give the .json an earlier plan wrote."
         ) from None
-    if table.setting != config.setting or table.calib_images != config.calib_images:
+    if table.setting.input_size != config.setting.input_size or table.calib_images != config.calib_images:
         raise PlanError(
             f"--table {str(path)!r} was measured at {table.setting.describe()} "
             f"on {table.calib_images} calibration images, "
             f"not at {config.setting.describe()} on {config.calib_images}; plan again without --table."
+        )
+    if table.setting != config.setting:
+        from modify.cli.render import error_console
+
+        error_console().print(
+            f"--table was timed at {table.setting.describe()}: timing its choices again at "
+            f"{config.setting.describe()} (their KL is kept)",
+            highlight=False,
         )
     return table
 
@@ -199,7 +208,8 @@ def plan_command(
         Path | None,
         typer.Option(
             "--table",
-            help="Solve from the choices an earlier plan measured (its .json), without timing and scoring them again.",
+            help="Solve from the choices an earlier plan measured (its .json), without scoring them again "
+            "(timed again only if it was for another batch, thread count or engine).",
         ),
     ] = None,
 ) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "PlanResult",
     "plan",
     "measure_choices",
+    "retime_choices",
     "build_plan",
     "DEFAULT_MOD",
 ]
@@ -347,6 +348,59 @@ def measure_choices(
     return ChoiceTable(config.setting, original_ms, tuple(rows), config.calib_images, config.seed)
 
 
+def retime_choices(
+    model: nn.Module, table: ChoiceTable, config: PlanConfig, *, on_event: Event | None = None
+) -> ChoiceTable:
+    """``table``'s choices timed again in ``config.setting`` (another batch, thread count or
+    engine), their KL and agreement kept: a choice's effect on the outputs does not depend on
+    how the model is run, its saving does (what is cheap at batch 1 on one thread may not be at
+    batch 32 on every core). The images' size must stay: the scores were measured at it.
+
+    Raises:
+        PlanError: the table was measured at another input size, or on other calibration images.
+
+    Example:
+        >>> import torchvision, torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from modify.study.latency import Setting
+        >>> net = torchvision.models.resnet18(num_classes=10).eval()
+        >>> data = TensorDataset(torch.randn(96, 3, 32, 32), torch.zeros(96, dtype=torch.long))
+        >>> small = dict(calib_images=32, repair_images=32, distill_steps=2, bn_batches=1, rounds=2, seconds=0.02,
+        ...              fractions=(0.25,), actions=("delete",))
+        >>> table = measure_choices(net, data, PlanConfig(speedup=1.2, setting=Setting(input_size=32), **small))
+        >>> wide = retime_choices(net, table, PlanConfig(speedup=1.2, setting=Setting(batch=4, input_size=32), **small))
+        >>> wide.setting.batch, [r.kl for r in wide.rows] == [r.kl for r in table.rows]
+        (4, True)
+    """
+    emit: Event = on_event or (lambda kind, info: None)
+    if table.setting.input_size != config.setting.input_size or (table.calib_images, table.seed) != (
+        config.calib_images,
+        config.seed,
+    ):
+        raise PlanError(
+            f"the measured choices are for {table.setting.input_size}x{table.setting.input_size} images and "
+            f"{table.calib_images} calibration images (seed {table.seed}), not {config.setting.input_size}x"
+            f"{config.setting.input_size} and {config.calib_images} (seed {config.seed}); plan again without them."
+        )
+    original = model.eval()
+    channels = {r.block: r.channels for r in table.rows}
+    measured = [r for r in table.rows if r.error is None and r.action != "keep"]
+    options: dict[str, list[Choice]] = {}
+    for r in table.rows:
+        options.setdefault(r.block, [Choice(r.block, "keep", None)])
+    for r in measured:
+        options[r.block].append(r.choice)
+    timings, failed = _time_choices(original, options, channels, config, emit)
+    rows = []
+    for r in table.rows:
+        if r.choice.key in timings:
+            t = timings[r.choice.key]
+            rows.append(dataclasses.replace(r, saving_ms=t.saving_ms, spread_ms=t.spread_ms))
+        else:
+            rows.append(dataclasses.replace(r, error=failed[r.choice.key]) if r.choice.key in failed else r)
+    return ChoiceTable(config.setting, _original_ms(timings), tuple(rows), table.calib_images, table.seed)
+
+
 def _split(data: Dataset, config: PlanConfig) -> tuple[Dataset, Dataset, torch.Tensor]:
     repair_set, calib_set = calibration_split(data, calib_images=config.calib_images, seed=config.seed)
     calib = calibration_batch(calib_set)  # (N, 3, H, W)
@@ -379,9 +433,10 @@ def plan(
             images are held out of it; pass no test images: the plan must not see them.
         config: every setting at once; or give `PlanConfig` fields as keyword ``options``
             (``setting=Setting(batch=32, threads=0)``, ``fractions=(0.25,)``, ...).
-        table: the choices measured before (`measure_choices`, for the same model, data and
-            setting): plans for other targets or other allowed actions are solved from it
-            without timing and scoring every choice again.
+        table: the choices measured before (`measure_choices`, for the same model and data):
+            plans for other targets or other allowed actions are solved from it without timing
+            and scoring every choice again. Measured in another batch, thread count or engine,
+            its choices are timed again in this one (`retime_choices`) and their scores kept.
         on_event: called with ("stage" | "timed" | "scored" | "attempt", info) as it goes.
 
     Returns:
@@ -410,7 +465,10 @@ def plan(
     emit: Event = on_event or (lambda kind, info: None)
     original = model.eval()
     repair_set, _, calib = _split(data, config)
-    table = table or measure_choices(original, data, config, on_event=emit)
+    if table is None:
+        table = measure_choices(original, data, config, on_event=emit)
+    elif table.setting != config.setting:
+        table = retime_choices(original, table, config, on_event=emit)
     rows = table.allowed(config.actions, config.fractions)
     channels = {r.block: r.channels for r in table.rows}
     _, grouped, opts = _table(rows)
