@@ -244,3 +244,26 @@ def test_compare_plans_once_and_reuses_the_stored_plans_on_resume(tmp_path, monk
     monkeypatch.setattr(planner, "plan", no_planning)
     again, _ = planned.planned_candidates(_toy(), _data(), targets=(1.3,), config=config, out_dir=tmp_path)
     assert [c.key for c in again] == [c.key for c in first]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "compile"])
+def test_a_plan_for_an_engine_times_its_choices_in_that_engine(engine: str, monkeypatch) -> None:
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    from modify.deploy.engines import Engine
+    from modify.study import latency
+
+    prepared: list[str] = []
+    real = latency.prepare
+
+    def spy(model, engine_name, *args, **kwargs):
+        prepared.append(Engine.from_str(engine_name).value)
+        return real(model, engine_name, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "prepare", spy)
+    setting = Setting(input_size=SIZE, engine=engine)
+    result = plan(_toy(), speedup=1.3, data=_data(), setting=setting, actions=("delete",), **QUICK)
+    assert {r.block: r.action for r in result.chosen} == {"idle": "delete", "busy": "keep"}
+    assert result.table is not None and result.table.setting.engine.value == engine
+    # the original, each deletion and the measured plan, all run by the engine asked for
+    assert len(prepared) >= 4 and set(prepared) == {engine}
