@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # the CLI imports torch only inside a command
 app = typer.Typer()
 
 
+PRUNE_HELP = "Torch-Pruning's measured speed-up targets [1.3,1.5,1.7,1.9 and the plans']."
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
@@ -155,12 +158,7 @@ def compare(
     ] = None,
     num_classes: ClassesOpt = None,
     weights: WeightsOpt = None,
-    prune_speedups: Annotated[
-        str | None,
-        typer.Option(
-            "--prune-speedups", help="Torch-Pruning's measured speed-up targets [1.3,1.5,1.7,1.9 and the plans']."
-        ),
-    ] = None,
+    prune_speedups: Annotated[str | None, typer.Option("--prune-speedups", help=PRUNE_HELP)] = None,
     plan_speedups: Annotated[
         str | None,
         typer.Option(
@@ -182,8 +180,7 @@ def compare(
     targets = _targets(plan_speedups)
     prune_targets = _targets(prune_speedups, option="--prune-speedups")
     quiet_torch_logs()
-    from modify.study.report import recommendation, summarize, write_report
-    from modify.study.store import load_failures, load_runs, retime as forget_speeds, teacher_accuracy
+    from modify.study.store import load_runs, retime as forget_speeds
     from modify.study.sweep import CompareConfig, run_sweep
     from modify.train.data import load_dataset
     from modify.train.finetune import FinetuneConfig
@@ -241,6 +238,15 @@ def compare(
                 f"{str(out_dir)!r} holds no sweep (no runs/ folder); run modify compare without --report-only first."
             )
         title = str(out_dir)
+    _report(out_dir, title)
+
+
+def _report(out_dir: Path, title: str) -> None:
+    """The table, the verdict and the files of what ``out_dir`` holds."""
+    from modify.cli.render import console, sweep_table
+    from modify.study.report import recommendation, summarize, write_report
+    from modify.study.store import load_failures, load_runs, teacher_accuracy
+
     records = load_runs(out_dir)  # every attempt the folder holds, earlier candidate lists' too
     if not any(r.speedup is not None for r in records):
         raise fail(
@@ -249,9 +255,6 @@ def compare(
         )
     summary = summarize(records, teacher_accuracy=teacher_accuracy(out_dir))
     paths = write_report(summary, out_dir, title=title)
-
-    from modify.cli.render import console, sweep_table
-
     console().print(sweep_table(summary))
     for line in recommendation(summary):
         typer.echo(f"- {line}")

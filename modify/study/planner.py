@@ -10,9 +10,10 @@ delete, MoD and narrow, and saying why.
    KL divergence to the original on calibration images held out from the training data.
 4. Solve (`modify.study.knapsack`): the choices with the least summed KL whose summed savings
    reach the target, exactly, by dynamic programming.
-5. Measure: the planned model is built and timed against the original; a plan that measures
-   below the target asks the solver for more saving (by what the sums missed) until it meets it
-   or nothing faster is left. Its joint KL, after the same repair, is measured beside the sum.
+5. Measure (`modify.study.plan_search`): the planned model is built and timed against the
+   original; a plan that measures below the target asks the solver for more saving (by what the
+   sums missed), one that meets it is bisected towards the cheapest that still does. Its joint
+   KL, after the same repair, is measured beside the sum.
 
 The plan is a version-2 recipe (`PlanResult.recipe`; `modify.study.plan_file` writes it with every
 block's numbers as comments), which `modify.convert` applies. Seeds fix every draw, so the same
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -37,7 +38,6 @@ from modify.conversion.pipeline import traced_sites
 from modify.errors import ModifyError, NoBlocksError, PlanError
 from modify.study.candidates import Candidate, build_candidate
 from modify.study.choices import Choice, block_choices, choice_recipe
-from modify.study.knapsack import Option, max_saving, solve
 from modify.study.latency import Timing, time_savings
 from modify.study.plan_records import (
     DEFAULT_MOD as DEFAULT_MOD,
@@ -47,6 +47,7 @@ from modify.study.plan_records import (
     PlanConfig as PlanConfig,
     PlanResult as PlanResult,
 )
+from modify.study.plan_search import option_table, runner_ups, search, speedup_spread
 from modify.study.sensitivity import Score, calibration_batch, calibration_split, reference_outputs, repair, score
 
 __all__ = [
@@ -199,135 +200,11 @@ def _rows(
     return rows
 
 
-def _table(rows: Sequence[ChoiceRow]) -> tuple[list[str], list[list[ChoiceRow]], list[list[Option]]]:
-    blocks: list[str] = []
-    by_block: dict[str, list[ChoiceRow]] = {}
-    for r in rows:
-        if r.error is None:
-            by_block.setdefault(r.block, []).append(r)
-            if r.block not in blocks:
-                blocks.append(r.block)
-    grouped = [by_block[b] for b in blocks]
-    options = [[Option(r.label, float(r.saving_ms or 0.0), float(r.kl or 0.0)) for r in group] for group in grouped]
-    return blocks, grouped, options
-
-
 def _measure(original: nn.Module, recipe: dict[str, Any], config: PlanConfig) -> Timing:
     model = build_plan(original, recipe, config, weights=False)
     return time_savings(
         original, {"plan": {"plan": model}}, config.setting, rounds=config.rounds, seconds=config.seconds
     )["plan"]
-
-
-def _solve_and_measure(
-    original: nn.Module,
-    grouped: list[list[ChoiceRow]],
-    options: list[list[Option]],
-    channels: dict[str, int],
-    original_ms: float,
-    config: PlanConfig,
-    emit: Event,
-) -> tuple[list[int], list[Attempt], Timing]:
-    """Solves for the saving the target needs and measures the plan; while it measures below the
-    target, asks for more saving; once a plan meets it, bisects the saving asked between the last
-    plan that fell short and the first that met it, to find the cheapest plan that still meets it
-    by measurement (changes to several blocks save less together than alone, so the sums alone
-    over- or undershoot). At most ``max_repairs + 1`` plans are timed."""
-    target = config.speedup
-    needed = original_ms - original_ms / target
-    step = needed / config.resolution
-    reachable = max_saving(options)
-    measured: dict[tuple[int, ...], Timing] = {}
-    attempts: list[Attempt] = []
-    low, high = None, None  # the saving asked of the last plan that fell short, and of the first that met the target
-    required = needed
-    for _ in range(config.max_repairs + 1):
-        solution = solve(options, min(required, reachable), resolution=config.resolution)
-        if solution is None:
-            break
-        if solution.choice not in measured:
-            keys = tuple(grouped[i][j].choice.key for i, j in enumerate(solution.choice))
-            recipe = choice_recipe([grouped[i][j].choice for i, j in enumerate(solution.choice)], channels, config.mod)
-            timing = measured[solution.choice] = _measure(original, recipe, config)
-            predicted = original_ms / (original_ms - solution.saving)
-            attempts.append(Attempt(required, keys, predicted, timing.speedup, _speedup_spread(timing)))
-            emit("attempt", dataclasses.asdict(attempts[-1]))
-        timing = measured[solution.choice]
-        if timing.speedup >= (1 - config.tolerance) * target:
-            high = required
-            if low is None and required <= needed:
-                break  # the sums' own answer meets the target: nothing cheaper to look for
-        else:
-            low = required
-            if required >= reachable:
-                break  # the fastest plan there is falls short
-        if high is None:
-            # Short of the target: ask for the saving needed times the share the sums overstated
-            # this plan by, and at least one step more than it had.
-            measured_saving = max(1e-9, original_ms - original_ms / timing.speedup)
-            required = max(
-                needed * solution.saving / measured_saving,
-                required + (needed - measured_saving),
-                solution.saving + step,
-            )
-        else:
-            if low is None or high - low <= 2 * step:
-                break
-            required = (low + high) / 2
-    return _best_attempt(options, measured, attempts, original_ms, reachable, config)
-
-
-def _best_attempt(
-    options: list[list[Option]],
-    measured: dict[tuple[int, ...], Timing],
-    attempts: list[Attempt],
-    original_ms: float,
-    reachable: float,
-    config: PlanConfig,
-) -> tuple[list[int], list[Attempt], Timing]:
-    """The measured plan with the least summed KL among those that met the target, else the fastest."""
-    if not measured:
-        fastest = original_ms / max(1e-9, original_ms - reachable)
-        raise PlanError(
-            f"speed-up {config.speedup:g}x is out of reach in "
-            f"{config.setting.describe()}: the fastest choices together predict "
-            f"{fastest:.2f}x ({original_ms:.2f} ms now). Ask for at most "
-            f"{fastest:.2f}x, or allow more actions or smaller fractions."
-        )
-
-    def cost(choice: tuple[int, ...]) -> float:
-        return sum(options[i][j].cost for i, j in enumerate(choice))
-
-    met = [c for c, t in measured.items() if t.speedup >= (1 - config.tolerance) * config.speedup]
-    choice = min(met, key=cost) if met else max(measured, key=lambda c: measured[c].speedup)
-    return list(choice), attempts, measured[choice]
-
-
-def _speedup_spread(timing: Timing) -> float:
-    from modify.measure.benchmark import spread
-
-    return spread(list(timing.round_speedups))
-
-
-def _runner_ups(
-    grouped: list[list[ChoiceRow]], options: list[list[Option]], picks: list[int], required: float, config: PlanConfig
-) -> list[tuple[str, str, float | None]]:
-    """Per block: what it would be if its chosen option were not allowed, and the KL that adds."""
-    base = sum(options[i][j].cost for i, j in enumerate(picks))
-    out = []
-    for b, j in enumerate(picks):
-        without = [[o for k, o in enumerate(opts) if not (i == b and k == j)] for i, opts in enumerate(options)]
-        kept = [[k for k in range(len(opts)) if not (i == b and k == j)] for i, opts in enumerate(options)]
-        if not without[b]:
-            out.append((grouped[b][j].block, "-", None))
-            continue
-        solution = solve(without, required, resolution=config.resolution)
-        if solution is None:
-            out.append((grouped[b][j].block, "none reaches the target", None))
-            continue
-        label = grouped[b][kept[b][solution.choice[b]]].label
-        out.append((grouped[b][j].block, label, solution.cost - base))
-    return out
 
 
 def measure_choices(
@@ -471,8 +348,10 @@ def plan(
         table = retime_choices(original, table, config, on_event=emit)
     rows = table.allowed(config.actions, config.fractions)
     channels = {r.block: r.channels for r in table.rows}
-    _, grouped, opts = _table(rows)
-    picks, attempts, timing = _solve_and_measure(original, grouped, opts, channels, table.original_ms, config, emit)
+    _, grouped, opts = option_table(rows)
+    picks, attempts, timing = search(
+        grouped, opts, channels, table.original_ms, config, measure=lambda r: _measure(original, r, config), emit=emit
+    )
     chosen = [grouped[i][j] for i, j in enumerate(picks)]
     final = next(a for a in attempts if a.chosen == tuple(r.choice.key for r in chosen))  # the attempt that measured it
     recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
@@ -484,10 +363,10 @@ def plan(
         original_ms=table.original_ms,
         rows=tuple(rows),
         chosen=tuple(chosen),
-        runner_up=tuple(_runner_ups(grouped, opts, picks, final.required_ms, config)),
+        runner_up=tuple(runner_ups(grouped, opts, picks, final.required_ms, config)),
         predicted_speedup=final.predicted_speedup,
         measured_speedup=timing.speedup,
-        measured_spread=_speedup_spread(timing),
+        measured_spread=speedup_spread(timing),
         predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
         measured_kl=joint.kl,
         measured_agreement=joint.agreement,
