@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import modify
 from modify.study.candidates import Candidate
 from modify.study.report import markdown_table, summarize
+from modify.study.store import RunRecord, load_runs
 from modify.study.sweep import CompareConfig, run_sweep
 from modify.train.data import load_dataset
 from modify.train.finetune import FinetuneConfig
@@ -103,6 +105,28 @@ def arms() -> list[Candidate]:
     ]
 
 
+def accuracy_table(records: list[RunRecord]) -> str:
+    """Per arm, in the order first run: seeds, test accuracy before and after fine-tuning (mean, and
+    half the range over seeds) and the test KL to the original after it (what the timing-free
+    `--report-only` prints)."""
+    arms_seen: dict[str, list[RunRecord]] = {}
+    for r in records:
+        arms_seen.setdefault(r.label, []).append(r)
+    lines = [
+        "| arm | seeds | before FT % | after FT % (mean ± half range) | test KL to the original |",
+        "|---|---|---|---|---|",
+    ]
+    for label, runs in arms_seen.items():
+        acc = [100 * r.accuracy for r in runs]
+        kl = [r.details.get("test", {}).get("kl") for r in runs]
+        kl_text = f"{statistics.mean(kl):.4f}" if all(k is not None for k in kl) else "-"
+        seeds = ",".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))
+        before = statistics.mean(100 * r.accuracy_before for r in runs)
+        spread = (max(acc) - min(acc)) / 2
+        lines.append(f"| {label} | {seeds} | {before:.2f} | {statistics.mean(acc):.2f} ± {spread:.2f} | {kl_text} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="a trained ResNet-18 checkpoint (examples/train_fashion_mnist.py)")
@@ -111,7 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--limit", type=int, default=None, help="training and test images (quick looks)")
     p.add_argument("--arms", default=None, help="comma-separated indices of the arms to run (default: all)")
+    p.add_argument("--report-only", action="store_true", help="train and time nothing: the table of the stored runs")
     args = p.parse_args(argv)
+    if args.report_only:
+        text = accuracy_table(load_runs(args.out))
+        print(text)
+        Path(args.out, "mod_middle_accuracy.md").write_text(text + "\n")
+        return
     original = modify.load(args.model)
     train = load_dataset("fashion-mnist", split="train", limit=args.limit)
     test = load_dataset("fashion-mnist", split="test", limit=args.limit)
