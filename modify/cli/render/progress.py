@@ -3,7 +3,7 @@ passed to the library as its callback and drawn on stderr."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from modify.cli.render.console import error_console
 
@@ -13,40 +13,46 @@ if TYPE_CHECKING:
 __all__ = ["FinetuneProgress", "SweepProgress", "PlanProgress"]
 
 
-class FinetuneProgress:
-    """A rich progress bar for `modify.train.finetune.finetune`: pass ``update`` as ``on_step``."""
+class _LiveBars:
+    """What the bars share: a description, a bar, done of total, ``middle`` columns, the elapsed
+    time (and ``tail`` columns), on stderr, kept after they stop; a context manager."""
 
-    def __init__(self, total_steps: int, description: str = "fine-tuning") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    def __init__(self, *middle: object, tail: tuple[object, ...] = ()) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("acc {task.fields[acc]}"),
-            TextColumn("{task.fields[rate]} img/s"),
+            *middle,
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            *tail,
             console=error_console(),
             transient=False,
         )
-        self.task = self.progress.add_task(description, total=total_steps, loss="-", acc="-", rate="-")
-        self._accuracy: list[float] = []
 
-    def __enter__(self) -> FinetuneProgress:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+
+class FinetuneProgress(_LiveBars):
+    """A rich progress bar for `modify.train.finetune.finetune`: pass ``update`` as ``on_step``."""
+
+    def __init__(self, total_steps: int, description: str = "fine-tuning") -> None:
+        from rich.progress import TextColumn, TimeRemainingColumn
+
+        super().__init__(
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            tail=(TimeRemainingColumn(),),
+        )
+        self.task = self.progress.add_task(description, total=total_steps, loss="-", acc="-", rate="-")
+        self._accuracy: list[float] = []
 
     def update(self, info: StepInfo) -> None:
         # The accuracy shown is over the last 20 steps: one batch is too noisy to read.
@@ -62,38 +68,17 @@ class FinetuneProgress:
         )
 
 
-class SweepProgress:
+class SweepProgress(_LiveBars):
     """Two rich bars for `modify.study.sweep.run_sweep`: configurations, and the steps of the one
     being fine-tuned. Pass ``event`` as ``on_event``."""
 
     def __init__(self, runs: int, done: int = 0) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(),
-            console=error_console(),
-            transient=False,
-        )
+        super().__init__(TextColumn("{task.fields[note]}"))
         self.sweep = self.progress.add_task("configurations", total=runs, completed=done, note="")
         self.steps = self.progress.add_task("fine-tuning", total=1, note="")
         self.warned: set[str] = set()
-
-    def __enter__(self) -> SweepProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def event(self, kind: str, info: dict) -> None:
         if kind == "start":
@@ -115,32 +100,17 @@ class SweepProgress:
                 self.progress.console.print(f"[bold yellow]warning:[/] timing: {warning}", highlight=False)
 
 
-class PlanProgress:
+class PlanProgress(_LiveBars):
     """rich bars for `modify.study.planner.plan`: timing the choices (by block), scoring them,
     measuring the plan. Pass ``event`` as ``on_event``."""
 
     _NAMES = {"timing": "timing the choices", "scoring": "scoring the choices"}
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(),
-            console=error_console(),
-            transient=False,
-        )
+        super().__init__(TextColumn("{task.fields[note]}"))
         self.task: object | None = None
-
-    def __enter__(self) -> PlanProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def event(self, kind: str, info: dict) -> None:
         if kind == "stage" and info["name"] in self._NAMES:
