@@ -1,10 +1,10 @@
 """How much a single-block speed-up moves with the timing context: one block of a trained model
-narrowed, deleted or made MoD (the rest as trained, architectures as `modify compare` builds
-them), timed against the original first alone and then all together in shared interleaved
-rounds (`modify.measure.benchmark.bench_many`), batch 1, one thread. Prints the median of the
-per-round speed-ups of each.
+narrowed, deleted or made MoD (the rest as trained; the arms of `benchmarks/block_table.py`,
+built as `modify compare` builds them), timed against the original first alone and then all
+together in shared interleaved rounds (`modify.measure.benchmark.bench_many`), batch 1, one
+thread. Prints the median of the per-round speed-ups of each.
 
-    python benchmarks/single_block_timing.py resnet18_fmnist32.pt --block layer3.1 --channels 256
+    python benchmarks/single_block_timing.py resnet18_fmnist32.pt --block layer3.1
 """
 
 from __future__ import annotations
@@ -16,25 +16,31 @@ import sys
 import torch
 
 import modify
+from modify.conversion.pipeline import traced_sites
 from modify.measure.benchmark import BenchCase, bench_many
 from modify.study.candidates import Candidate, build_candidate
 
 
-def arms(block: str, channels: int, fraction: float) -> dict[str, dict[str, object]]:
-    """keep, delete, MoD and narrow of ``block`` at ``fraction`` of its ``channels``."""
-    return {
-        f"narrow {fraction:g}": {"name": block, "action": "narrow", "fraction": fraction},
-        "delete": {"name": block, "action": "delete"},
-        f"MoD k={int(channels * fraction)}": {"name": block, "action": "mod", "k": int(channels * fraction)},
-        "keep": {"name": block, "action": "keep"},
-    }
+def block_arms(original: torch.nn.Module, block: str, fraction: float, input_size: int) -> dict[str, Candidate]:
+    """benchmarks/block_table.py's arms for ``block`` at ``fraction`` (narrow first, then delete,
+    MoD and keep; not static MoD, which times like MoD), keyed by label."""
+    from block_table import arms
+
+    _, sites = traced_sites(original, (torch.zeros(1, 3, input_size, input_size),))
+    channels = {s.name: s.channels for s in sites if s.convertible}
+    if block not in channels:
+        raise SystemExit(f"--block {block!r} is not a convertible block; choose from {', '.join(channels)}")
+    by_kind = {}
+    for c in arms({block: channels[block]}, [fraction]):  # labels: "keep", "BLOCK delete", "BLOCK MoD k=K", ...
+        words = c.label.split()
+        by_kind[words[1] if len(words) > 1 else words[0]] = c
+    return {by_kind[k].label: by_kind[k] for k in ("narrow", "delete", "MoD", "keep")}
 
 
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="a trained checkpoint")
     p.add_argument("--block", default="layer3.1")
-    p.add_argument("--channels", type=int, default=256, help="the block's channels C")
     p.add_argument("--fraction", type=float, default=0.25)
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=7)
@@ -42,13 +48,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     original = modify.load(args.model).eval()
     models = {
-        label: build_candidate(
-            Candidate("mixed", label, recipe={"version": 2, "rules": [rule]}),
-            original,
-            input_size=args.input_size,
-            weights=False,
-        )[0]
-        for label, rule in arms(args.block, args.channels, args.fraction).items()
+        label: build_candidate(candidate, original, input_size=args.input_size, weights=False)[0]
+        for label, candidate in block_arms(original, args.block, args.fraction, args.input_size).items()
     }
     first = next(iter(models))
     for group in ([first], list(models)):
