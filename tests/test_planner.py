@@ -201,7 +201,7 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     def measured_again(*args, **kwargs):
         raise AssertionError("--table should have spared timing and scoring the choices again")
 
-    monkeypatch.setattr(planner, "measure_choices", measured_again)
+    monkeypatch.setattr(planner, "_measure_choices", measured_again)
     second = [*args[:3], "1.1", *args[4:]]
     second[second.index(str(out))] = str(out.with_name("plan_1.1.yaml"))
     reused = runner.invoke(app, [*second, "--table", str(out.with_suffix(".json"))])

@@ -212,9 +212,14 @@ def measure_choices(
 ) -> ChoiceTable:
     """Steps 1-3 of the module docstring: every (block, choice) of ``config`` timed and scored
     (the speed-up of ``config`` only decides whether the fastest choices can reach it at all)."""
-    emit: Event = on_event or (lambda kind, info: None)
-    original = model.eval()
-    repair_set, calib_set, calib = _split(data, config)
+    repair_set, _, calib = _split(data, config)
+    return _measure_choices(model.eval(), repair_set, calib, config, on_event or (lambda kind, info: None))
+
+
+def _measure_choices(
+    original: nn.Module, repair_set: Dataset, calib: torch.Tensor, config: PlanConfig, emit: Event
+) -> ChoiceTable:
+    """`measure_choices` on a calibration split already made (`plan` makes it once for both)."""
     channels = _blocks(original, config.setting.input_size)
     choices = block_choices(channels, actions=config.actions, fractions=config.fractions)
     timings, failed = _time_choices(original, choices, channels, config, emit)
@@ -343,7 +348,7 @@ def plan(
     original = model.eval()
     repair_set, _, calib = _split(data, config)
     if table is None:
-        table = measure_choices(original, data, config, on_event=emit)
+        table = _measure_choices(original, repair_set, calib, config, emit)
     elif table.setting != config.setting:
         table = retime_choices(original, table, config, on_event=emit)
     rows = table.allowed(config.actions, config.fractions)
