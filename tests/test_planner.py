@@ -25,6 +25,7 @@ from test_data import write_fashion_mnist
 
 SIZE = 16
 QUICK = dict(calib_images=32, repair_images=32, distill_steps=2, bn_batches=1, rounds=3, seconds=0.05, batch_size=16)
+QUICK["tune_steps"] = 2  # the finalists' brief fine-tune
 
 
 class Block(nn.Module):
@@ -87,6 +88,25 @@ def test_the_toy_deletes_the_block_that_adds_nothing_and_keeps_the_other() -> No
         "rules": [{"name": "idle", "action": "delete"}],
     }
     assert dict((b, label) for b, label, _ in result.runner_up)["idle"] in ("keep", "none reaches the target")
+
+
+def test_plan_fine_tunes_its_finalists_and_keeps_the_best_after_it() -> None:
+    result = plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=SIZE), actions=("delete",), **QUICK)
+    assert len(result.finalists) >= 2  # deleting the idle block, and the best plan without it
+    (winner,) = [f for f in result.finalists if f.picked]
+    assert winner.chosen == tuple(r.choice.key for r in result.chosen)
+    assert {r.block: r.action for r in result.chosen} == {"idle": "delete", "busy": "keep"}
+    assert winner.tuned_kl == min(f.tuned_kl for f in result.finalists if f.tuned_kl is not None)
+    assert result.measured_kl == pytest.approx(winner.kl)
+    untuned = plan(
+        _toy(),
+        speedup=1.3,
+        data=_data(),
+        setting=Setting(input_size=SIZE),
+        actions=("delete",),
+        **QUICK | {"tune_steps": 0},
+    )
+    assert untuned.finalists == () and len(untuned.chosen) == 2
 
 
 def test_every_choice_is_measured_and_the_plan_applies_with_convert() -> None:
@@ -180,6 +200,8 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
         "32",
         "--distill-steps",
         "2",
+        "--tune-steps",
+        "2",
         "--rounds",
         "2",
         "--fractions",
@@ -190,6 +212,7 @@ def test_the_command_plans_without_reading_a_test_image_and_writes_a_plan_conver
     result = runner.invoke(app, args, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert "runner-up" in result.stdout and "measured" in result.stdout
+    assert "finalists" in result.stdout and "picked" in result.stdout
     table = [line for line in result.stdout.splitlines() if any(c in line for c in "│┃┏┡└")]
     assert table and max(len(line) for line in table) <= 80 and "…" not in result.stdout  # whole at 80 columns
     assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".png").is_file()

@@ -96,6 +96,8 @@ def run_plan(
     rounds: int,
     quiet: bool,
     table: Path | None = None,
+    tune_steps: int = 200,
+    finalists: int = 4,
 ) -> tuple[Any, Any, str, Any]:
     """Loads MODEL and the training data, plans with progress; returns (the original, the
     PlanResult, MODEL's label, the training data)."""
@@ -116,6 +118,8 @@ def run_plan(
         calib_images=calib_images,
         distill_steps=distill_steps,
         rounds=rounds,
+        tune_steps=tune_steps,
+        finalists=finalists,
     )
     measured = _read_table(table, config) if table is not None else None
     if quiet:
@@ -201,6 +205,17 @@ def plan_command(
         int, typer.Option("--distill-steps", help="Block-local distillation steps per MoD or narrowed block.", min=0)
     ] = 200,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds.", min=1)] = 7,
+    tune_steps: Annotated[
+        int,
+        typer.Option(
+            "--tune-steps",
+            help="Steps of the brief fine-tune that picks among the finalists (0: the plan of least summed KL).",
+            min=0,
+        ),
+    ] = 200,
+    finalists: Annotated[
+        int, typer.Option("--finalists", help="Plans meeting the target to fine-tune briefly and pick from.", min=1)
+    ] = 4,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print everything as one JSON object instead of the table.")
     ] = False,
@@ -234,6 +249,8 @@ def plan_command(
         rounds=rounds,
         quiet=as_json,
         table=table,
+        tune_steps=tune_steps,
+        finalists=finalists,
     )
     from modify.study.plan_report import write_plan
 
@@ -245,10 +262,12 @@ def plan_command(
             )
         )
         return
-    from modify.cli.render import console, plan_summary, plan_table
+    from modify.cli.render import console, finalists_table, plan_summary, plan_table
 
     out = console()
     out.print(plan_table(result))
+    if result.finalists:
+        out.print(finalists_table(result))
     for line in plan_summary(result):
         out.print(line, highlight=False)
     out.print(

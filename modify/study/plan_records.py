@@ -19,7 +19,7 @@ from modify.layers.options import MoDConfig
 from modify.study.choices import ACTIONS, FRACTIONS, Choice
 from modify.study.latency import Setting
 
-__all__ = ["DEFAULT_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "PlanResult"]
+__all__ = ["DEFAULT_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "Finalist", "PlanResult"]
 
 # How the planner builds a MoD block from a trained one (issue 21, benchmarks/results/mod_middle_r18):
 # the branch form fused into the selected channels' own positions, so a zero update is exactly the
@@ -49,6 +49,8 @@ class PlanConfig:
     resolution: int = 1000  # the solver's steps within the saving the target needs
     tolerance: float = 0.0  # a plan meets the target when it measures >= (1 - tolerance) * speedup
     max_repairs: int = 8  # re-solves after a plan measures below the target
+    finalists: int = 4  # plans meeting the target given a brief fine-tune each; the least KL after it wins
+    tune_steps: int = 200  # steps of that fine-tune (distillation from the original); 0: no finalists
     seed: int = 0  # the calibration split, the repair's sampling, fresh weights
 
     def __post_init__(self) -> None:
@@ -60,6 +62,11 @@ class PlanConfig:
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
             raise PlanError(f"action {unknown[0]!r} is not one the planner knows; choose from {', '.join(ACTIONS)}.")
+        if self.finalists < 1 or self.tune_steps < 0:
+            raise PlanError(
+                f"finalists={self.finalists} and tune_steps={self.tune_steps}: give at least one finalist and "
+                "zero or more steps (tune_steps=0 keeps the plan of least summed KL)."
+            )
         if any(not 0.0 < f < 1.0 for f in self.fractions):
             raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
 
@@ -93,6 +100,22 @@ class Attempt:
     predicted_speedup: float  # from the summed savings
     measured_speedup: float  # the planned model against the original, interleaved
     spread: float  # half the interquartile range of the per-round speed-ups
+
+
+@dataclasses.dataclass(frozen=True)
+class Finalist:
+    """A plan that met the target, fine-tuned briefly and scored (step 6 of the planner)."""
+
+    source: str  # how it was found: "least summed KL", "deletion only", "without layer3.1's narrow 1/8", ...
+    chosen: tuple[str, ...]  # choice keys, one per block
+    predicted_speedup: float  # from the summed savings
+    measured_speedup: float  # timed against the original
+    summed_kl: float  # its choices' KL alone, summed (what the solver ranks by)
+    kl: float | None = None  # the plan's KL after the cheap repair (None: it measured below the target)
+    agreement: float | None = None  # its top-1 agreement with the original then
+    tuned_kl: float | None = None  # and after the brief fine-tune: what picks the plan
+    tuned_agreement: float | None = None
+    picked: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +179,7 @@ class PlanResult:
     recipe: dict[str, Any]  # the version-2 recipe (`modify.convert(model, recipe=...)`)
     seconds: float
     table: ChoiceTable | None = None  # every choice measured (the plan's rows are those its actions allow)
+    finalists: tuple[Finalist, ...] = ()  # the plans fine-tuned briefly to pick this one (none: tune_steps=0)
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

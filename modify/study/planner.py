@@ -14,6 +14,10 @@ delete, MoD and narrow, and saying why.
    original; a plan that measures below the target asks the solver for more saving (by what the
    sums missed), one that meets it is bisected towards the cheapest that still does. Its joint
    KL, after the same repair, is measured beside the sum.
+6. Finalists (`modify.study.finalists`): the cheap repair's KL understates how well a brief
+   fine-tune mends some changes (deleted late blocks most), so the plan of least summed KL, the
+   best plan of each single action and the plans without one of its choices that meet the target
+   are each fine-tuned briefly (``tune_steps``), and the least KL after it wins.
 
 The plan is a version-2 recipe (`PlanResult.recipe`; `modify.study.plan_file` writes it with every
 block's numbers as comments), which `modify.convert` applies. Seeds fix every draw, so the same
@@ -38,12 +42,14 @@ from modify.conversion.pipeline import traced_sites
 from modify.errors import ModifyError, NoBlocksError, PlanError
 from modify.study.candidates import Candidate, build_candidate
 from modify.study.choices import Choice, block_choices, choice_recipe
+from modify.study.finalists import brief_finetune, run_finalists
 from modify.study.latency import Timing, time_savings
 from modify.study.plan_records import (
     DEFAULT_MOD as DEFAULT_MOD,
     Attempt as Attempt,
     ChoiceRow as ChoiceRow,
     ChoiceTable as ChoiceTable,
+    Finalist as Finalist,
     PlanConfig as PlanConfig,
     PlanResult as PlanResult,
 )
@@ -55,6 +61,7 @@ __all__ = [
     "ChoiceRow",
     "ChoiceTable",
     "Attempt",
+    "Finalist",
     "PlanResult",
     "plan",
     "measure_choices",
@@ -359,9 +366,41 @@ def plan(
     )
     chosen = [grouped[i][j] for i, j in enumerate(picks)]
     final = next(a for a in attempts if a.chosen == tuple(r.choice.key for r in chosen))  # the attempt that measured it
+    reference = reference_outputs(original, calib)
+    finalists: list[Finalist] = []
+    joint: Score | None = None
+    met = timing.speedup >= (1 - config.tolerance) * config.speedup
+    if met and config.tune_steps > 0 and config.finalists > 1:
+
+        def evaluate(recipe: dict[str, Any]) -> tuple[Score, Score]:
+            model = build_plan(original, recipe, config, weights=True, repair_set=repair_set)
+            repaired = score(model, calib, reference)
+            tune = dict(steps=config.tune_steps, batch_size=config.batch_size, seed=config.seed)
+            return repaired, brief_finetune(model, original, repair_set, calib, reference, **tune)
+
+        finalists, timings = run_finalists(
+            grouped,
+            opts,
+            picks,
+            timing,
+            final.required_ms,
+            channels,
+            table.original_ms,
+            config,
+            measure=lambda r: _measure(original, r, config),
+            evaluate=evaluate,
+            emit=emit,
+        )
+        winner = next(f for f in finalists if f.picked)
+        index = {r.choice.key: j for group in grouped for j, r in enumerate(group)}
+        picks = [index[key] for key in winner.chosen]
+        chosen = [grouped[i][j] for i, j in enumerate(picks)]
+        timing = timings[winner.chosen]
+        final = dataclasses.replace(final, chosen=winner.chosen, predicted_speedup=winner.predicted_speedup)
+        joint = Score(kl=float(winner.kl or 0.0), agreement=float(winner.agreement or 0.0))
     recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
-    planned = build_plan(original, recipe, config, weights=True, repair_set=repair_set)
-    joint = score(planned, calib, reference_outputs(original, calib))
+    if joint is None:
+        joint = score(build_plan(original, recipe, config, weights=True, repair_set=repair_set), calib, reference)
     emit("stage", {"name": "done"})
     return PlanResult(
         config=config,
@@ -380,6 +419,7 @@ def plan(
         recipe=recipe,
         seconds=time.perf_counter() - started,
         table=table,
+        finalists=tuple(finalists),
     )
 
 

@@ -104,7 +104,11 @@ class PlanProgress(_LiveBars):
     """rich bars for `modify.study.planner.plan`: timing the choices (by block), scoring them,
     measuring the plan. Pass ``event`` as ``on_event``."""
 
-    _NAMES = {"timing": "timing the choices", "scoring": "scoring the choices"}
+    _NAMES = {
+        "timing": "timing the choices",
+        "scoring": "scoring the choices",
+        "finalists": "fine-tuning the finalists",
+    }
 
     def __init__(self) -> None:
         from rich.progress import TextColumn
@@ -122,6 +126,13 @@ class PlanProgress(_LiveBars):
         elif kind == "scored" and self.task is not None:
             self.progress.advance(self.task, 1)
             self.progress.update(self.task, note=f"{info['key']}: KL {info['kl']:.4f}")
+        elif kind == "finalist" and self.task is not None:
+            self.progress.advance(self.task, 1)
+            tuned = info["tuned_kl"]
+            self.progress.update(
+                self.task,
+                note=f"{info['source']}: " + (f"KL {tuned:.4f}" if tuned is not None else "below the target"),
+            )
         elif kind == "attempt":
             self.progress.console.print(
                 f"plan measured {info['measured_speedup']:.2f}x (predicted {info['predicted_speedup']:.2f}x)",

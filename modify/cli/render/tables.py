@@ -359,9 +359,45 @@ def plan_table(result: PlanResult) -> Table:
     return table
 
 
+def finalists_table(result: PlanResult) -> Table:
+    """The plans fine-tuned briefly to pick the plan: how each was found, its measured speed-up,
+    its KL summed, together after the cheap repair, and after the brief fine-tune (80 columns)."""
+    steps = result.config.tune_steps
+    table = Table(title=f"finalists: each fine-tuned {steps} steps, the least KL after it wins", title_justify="left")
+    for name, justify in (
+        ("plan", "left"),
+        ("speed-up", "right"),
+        ("KL sum", "right"),
+        ("KL", "right"),
+        ("KL tuned", "right"),
+        ("", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for f in result.finalists:
+        table.add_row(
+            f.source,
+            f"{f.measured_speedup:.2f}x",
+            f"{f.summed_kl:.4f}",
+            f"{f.kl:.4f}" if f.kl is not None else "-",
+            f"{f.tuned_kl:.4f}" if f.tuned_kl is not None else "below target",
+            "picked" if f.picked else "",
+            style="bold" if f.picked else ("dim" if f.kl is None else ""),
+        )
+    return table
+
+
 def plan_summary(result: PlanResult) -> list[str]:
     """The plan's measured speed-up and KL beside what the sums predicted."""
     met = "" if result.met else " - below the target: nothing faster was found"
+    picked = [f for f in result.finalists if f.picked]
+    tuned = (
+        [
+            f"picked from {len(result.finalists)} finalists ({picked[0].source}): KL {picked[0].tuned_kl:.4f} after "
+            f"{result.config.tune_steps} steps of fine-tuning"
+        ]
+        if picked
+        else []
+    )
     return [
         f"speed-up: measured {result.measured_speedup:.2f}x (±{result.measured_spread:.2f}), predicted by the summed "
         f"savings {result.predicted_speedup:.2f}x; original {result.original_ms:.2f} ms{met}",
@@ -369,4 +405,5 @@ def plan_summary(result: PlanResult) -> list[str]:
         f"{result.predicted_kl:.4f} summed over the blocks alone; "
         f"top-1 agreement {100 * result.measured_agreement:.1f}% "
         f"({result.config.calib_images} held-out training images)",
+        *tuned,
     ]

@@ -1,0 +1,174 @@
+"""Step 6 of `modify.study.planner`: the finalists. The solver ranks plans by their choices' KL
+summed, each measured after the cheap repair; a brief fine-tune repairs some changes far better
+than that KL says. Deleting late blocks most: on the converged ResNet-18, deleting layer2.1,
+layer3.1 and layer4.1 starts at KL 0.115, against 0.024 for the 1.8x plan of narrowed blocks, and
+ends 0.11 points more accurate after `modify compare`'s fine-tune
+(benchmarks/results/finalists_r18 has the ranks before and after a brief fine-tune).
+
+So the plan of least summed KL is not taken on trust. Its contenders are the best plan of each
+single action (deletion only, narrowing only, MoD only), then the plans without one of the best
+plan's choices; every one is timed against the original, and those that meet the target are
+fine-tuned briefly (distillation from the original on the repair images, as `modify compare`
+fine-tunes, for ``tune_steps`` steps) and scored on the held-out calibration images. The least
+KL after it wins.
+
+Example:
+    >>> from modify.study.knapsack import Option
+    >>> options = [[Option("keep", 0, 0), Option("delete", 2, 0.3), Option("narrow 1/4", 1.5, 0.05)],
+    ...            [Option("keep", 0, 0), Option("delete", 1, 0.1), Option("narrow 1/4", 0.6, 0.02)]]
+    >>> actions = [["keep", "delete", "narrow"]] * 2
+    >>> for source, picks in contenders(options, actions, (2, 2), 2.0, limit=4, names=["a", "b"]):
+    ...     print(source, picks)
+    least summed KL (2, 2)
+    deletion only (1, 0)
+    without b's narrow 1/4 (2, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from modify.study.choices import choice_recipe
+from modify.study.knapsack import Option, solve
+from modify.study.latency import Timing
+from modify.study.plan_records import ChoiceRow, Finalist, PlanConfig
+from modify.study.sensitivity import Score, score
+
+__all__ = ["contenders", "run_finalists", "brief_finetune", "FAMILIES"]
+
+# The single-action plans, in the order they join the finalists.
+FAMILIES = (("delete", "deletion only"), ("narrow", "narrowing only"), ("mod", "MoD only"))
+
+
+def contenders(
+    options: Sequence[Sequence[Option]],
+    actions: Sequence[Sequence[str]],
+    best: tuple[int, ...],
+    required: float,
+    *,
+    limit: int,
+    resolution: int = 1000,
+    names: Sequence[str] | None = None,
+) -> list[tuple[str, tuple[int, ...]]]:
+    """Up to ``limit`` distinct plans whose summed savings reach ``required``, each as (how it was
+    found, its option per block): ``best`` first, then the best plan of each single action, then
+    the best plan without one of ``best``'s choices (in the order of the summed KL they add).
+    ``actions[b][j]`` is the action of ``options[b][j]``; ``names`` name the blocks in messages."""
+    names = names or [f"layer {b}" for b in range(len(options))]
+    found: list[tuple[str, tuple[int, ...]]] = [("least summed KL", tuple(best))]
+
+    def restricted(allowed: Callable[[int, int], bool]) -> tuple[int, ...] | None:
+        kept = [[j for j in range(len(opts)) if allowed(b, j)] for b, opts in enumerate(options)]
+        if any(not k for k in kept):
+            return None
+        solution = solve([[options[b][j] for j in k] for b, k in enumerate(kept)], required, resolution=resolution)
+        return None if solution is None else tuple(kept[b][j] for b, j in enumerate(solution.choice))
+
+    for action, source in FAMILIES:
+        picks = restricted(lambda b, j, action=action: actions[b][j] in ("keep", action))
+        if picks is not None:
+            found.append((source, picks))
+    without = []
+    for b, j in enumerate(best):
+        if actions[b][j] == "keep":
+            continue
+        picks = restricted(lambda bb, jj, b=b, j=j: (bb, jj) != (b, j))
+        if picks is not None:
+            cost = sum(options[i][k].cost for i, k in enumerate(picks))
+            without.append((cost, f"without {names[b]}'s {options[b][j].name}", picks))
+    found += [(source, picks) for _, source, picks in sorted(without, key=lambda t: t[0])]
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for source, picks in found:
+        if picks not in [p for _, p in out]:
+            out.append((source, picks))
+    return out[:limit]
+
+
+def run_finalists(
+    grouped: list[list[ChoiceRow]],
+    options: list[list[Option]],
+    best: Sequence[int],
+    timing: Timing,
+    required: float,
+    channels: dict[str, int],
+    original_ms: float,
+    config: PlanConfig,
+    *,
+    measure: Callable[[dict[str, Any]], Timing],
+    evaluate: Callable[[dict[str, Any]], tuple[Score, Score]],
+    emit: Callable[[str, dict[str, Any]], None],
+) -> tuple[list[Finalist], dict[tuple[str, ...], Timing]]:
+    """The contenders of ``best`` (which measured ``timing`` and met the target) timed (``measure``
+    a recipe), those meeting the target scored after the cheap repair and after the brief
+    fine-tune (``evaluate`` a recipe); the one of least KL after it is marked picked. Returns every
+    finalist and the timing of each that met the target, by its choice keys."""
+    found = contenders(
+        options,
+        [[r.action for r in group] for group in grouped],
+        tuple(best),
+        required,
+        limit=config.finalists,
+        resolution=config.resolution,
+        names=[group[0].block for group in grouped],
+    )
+    emit("stage", {"name": "finalists", "total": len(found)})
+    out: list[Finalist] = []
+    timings: dict[tuple[str, ...], Timing] = {}
+    for source, picks in found:
+        rows = [grouped[b][j] for b, j in enumerate(picks)]
+        keys = tuple(r.choice.key for r in rows)
+        recipe = choice_recipe([r.choice for r in rows], channels, config.mod)
+        measured = timing if tuple(picks) == tuple(best) else measure(recipe)
+        saving = sum(float(r.saving_ms or 0.0) for r in rows)
+        finalist = Finalist(
+            source,
+            keys,
+            original_ms / max(1e-9, original_ms - saving),
+            measured.speedup,
+            sum(float(r.kl or 0.0) for r in rows),
+        )
+        if measured.speedup >= (1 - config.tolerance) * config.speedup:
+            timings[keys] = measured
+            repaired, tuned = evaluate(recipe)
+            finalist = dataclasses.replace(
+                finalist,
+                kl=repaired.kl,
+                agreement=repaired.agreement,
+                tuned_kl=tuned.kl,
+                tuned_agreement=tuned.agreement,
+            )
+        out.append(finalist)
+        emit("finalist", dataclasses.asdict(finalist))
+    winner = min((f for f in out if f.tuned_kl is not None), key=lambda f: float(f.tuned_kl or 0.0))
+    return [dataclasses.replace(f, picked=f is winner) for f in out], timings
+
+
+def brief_finetune(
+    model: nn.Module,
+    original: nn.Module,
+    data: Dataset,
+    calib: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+) -> Score:
+    """``model`` fine-tuned in place for ``steps`` steps as `modify compare` fine-tunes (distillation
+    from ``original``, its learning rate and schedule) on ``data``, then scored against the
+    original on ``calib`` (whose log-probabilities are ``reference``)."""
+    from modify.study.sweep import CompareConfig
+    from modify.train.finetune import finetune
+
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
+    )
+    config = dataclasses.replace(CompareConfig().finetune, seed=seed)
+    finetune(model, loader, teacher=original, config=config, steps=steps)
+    return score(model.eval(), calib, reference)
