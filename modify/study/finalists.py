@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -127,6 +128,16 @@ def run_finalists(
     fine-tune (``evaluate`` a recipe); the one of least KL after it is marked picked. Returns every
     finalist and the timing of each that met the target, by its choice keys."""
     timed: dict[tuple[int, ...], Timing] = {tuple(best): timing}
+    known: dict[str, Timing] = {}  # recipe -> timing: a plan the searches meet again is not timed again
+    best_recipe = choice_recipe([grouped[b][j].choice for b, j in enumerate(best)], channels, config.mod)
+    known[json.dumps(best_recipe, sort_keys=True)] = timing
+    actions = [[r.action for r in group] for group in grouped]
+
+    def measure_once(recipe: dict[str, Any]) -> Timing:
+        key = json.dumps(recipe, sort_keys=True)
+        if key not in known:
+            known[key] = measure(recipe)
+        return known[key]
 
     def search_within(allowed: Callable[[int, int], bool]) -> tuple[int, ...] | None:
         """The measured search (`modify.study.plan_search.search`) among the options allowed."""
@@ -140,18 +151,22 @@ def run_finalists(
                 channels,
                 original_ms,
                 config,
-                measure=measure,
+                measure=measure_once,
                 emit=lambda kind, info: None,
             )
         except PlanError:
+            emit("family", {"speedup": None})
             return None  # out of reach with these options alone
         chosen = tuple(kept[b][j] for b, j in enumerate(picks))
         timed[chosen] = measured
+        emit("family", {"speedup": measured.speedup})
         return chosen
+
+    emit("stage", {"name": "families", "total": sum(any(a in acts for acts in actions) for a, _ in FAMILIES)})
 
     found = contenders(
         options,
-        [[r.action for r in group] for group in grouped],
+        actions,
         tuple(best),
         required,
         limit=config.finalists,
@@ -166,7 +181,7 @@ def run_finalists(
         rows = [grouped[b][j] for b, j in enumerate(picks)]
         keys = tuple(r.choice.key for r in rows)
         recipe = choice_recipe([r.choice for r in rows], channels, config.mod)
-        measured = timed[tuple(picks)] if tuple(picks) in timed else measure(recipe)
+        measured = timed[tuple(picks)] if tuple(picks) in timed else measure_once(recipe)
         saving = sum(float(r.saving_ms or 0.0) for r in rows)
         finalist = Finalist(
             source,

@@ -107,6 +107,7 @@ class PlanProgress(_LiveBars):
     _NAMES = {
         "timing": "timing the choices",
         "scoring": "scoring the choices",
+        "families": "each action's own plan",
         "finalists": "fine-tuning the finalists",
     }
 
@@ -126,6 +127,10 @@ class PlanProgress(_LiveBars):
         elif kind == "scored" and self.task is not None:
             self.progress.advance(self.task, 1)
             self.progress.update(self.task, note=f"{info['key']}: KL {info['kl']:.4f}")
+        elif kind == "family" and self.task is not None:
+            self.progress.advance(self.task, 1)
+            speed = info["speedup"]
+            self.progress.update(self.task, note=f"measured {speed:.2f}x" if speed else "out of reach alone")
         elif kind == "finalist" and self.task is not None:
             self.progress.advance(self.task, 1)
             tuned = info["tuned_kl"]
