@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from modify.study.finalists import contenders, run_finalists
 from modify.study.knapsack import Option, solve
 from modify.study.latency import Setting, Timing
@@ -83,23 +85,18 @@ def _timing(speedup: float) -> Timing:
     return Timing(1.0, 0.01, 10 / speedup, 10.0, (speedup,) * 3)
 
 
-def test_the_least_kl_after_the_brief_finetune_wins_and_a_contender_below_the_target_is_never_tuned() -> None:
-    """The best plan needed 2.9 ms of summed saving to measure 1.2x (its narrowed blocks' savings
-    overlap); the deletion-only plan is searched for at the target by measurement, where deleting
-    block a alone (2.0 ms) measures 1.25x, not solved at the best plan's 2.9 ms (deleting both)."""
+def _run(tuned: dict[tuple[str, ...], float], margin: float = 0.1, required: float = 2.9):
+    """run_finalists on the hand-made table with fake timings and brief fine-tunes: deleting both
+    blocks measures 1.1x, deleting block a 1.25x, anything else 1.3x; KL after tuning from ``tuned``
+    (0.05 where not given). Returns (finalists, timings, the plans evaluated)."""
     grouped = _grouped()
-    options = _options(grouped)
-    config = PlanConfig(speedup=1.2, setting=Setting(input_size=16), finalists=4)
-    speeds = {("delete", "delete"): 1.1, ("delete", "keep"): 1.25}  # deleting both measures short here
-    tuned = {("narrow", "narrow"): 0.02, ("delete", "keep"): 0.01}  # deletion mends best in fine-tuning
+    config = PlanConfig(speedup=1.2, setting=Setting(input_size=16), finalists=4, tune_margin=margin)
+    speeds = {("delete", "delete"): 1.1, ("delete", "keep"): 1.25}
     evaluated: list[tuple[str, ...]] = []
 
     def actions_of(recipe) -> tuple[str, ...]:
         by_name = {r["name"]: r["action"] for r in recipe["rules"]}
         return tuple(by_name.get(b, "keep") for b in TABLE)
-
-    def measure(recipe) -> Timing:
-        return _timing(speeds.get(actions_of(recipe), 1.3))
 
     def evaluate(recipe) -> tuple[Score, Score]:
         evaluated.append(actions_of(recipe))
@@ -107,17 +104,25 @@ def test_the_least_kl_after_the_brief_finetune_wins_and_a_contender_below_the_ta
 
     finalists, timings = run_finalists(
         grouped,
-        options,
+        _options(grouped),
         (2, 2),
         _timing(1.3),
-        2.9,
+        required,
         {"a": 64, "b": 64},
         10.0,
         config,
-        measure=measure,
+        measure=lambda recipe: _timing(speeds.get(actions_of(recipe), 1.3)),
         evaluate=evaluate,
         emit=lambda kind, info: None,
     )
+    return finalists, timings, evaluated
+
+
+def test_the_least_kl_after_the_brief_finetune_wins_and_a_contender_below_the_target_is_never_tuned() -> None:
+    """The best plan needed 2.9 ms of summed saving to measure 1.2x (its narrowed blocks' savings
+    overlap); the deletion-only plan is searched for at the target by measurement, where deleting
+    block a alone (2.0 ms) measures 1.25x, not solved at the best plan's 2.9 ms (deleting both)."""
+    finalists, timings, evaluated = _run({("narrow", "narrow"): 0.02, ("delete", "keep"): 0.01})
     picked = [f for f in finalists if f.picked]
     assert len(picked) == 1 and picked[0].source == "deletion only"
     assert picked[0].chosen == ("a:delete", "b:keep") and picked[0].tuned_kl == 0.01
@@ -133,3 +138,19 @@ def test_the_least_kl_after_the_brief_finetune_wins_and_a_contender_below_the_ta
     assert [f.chosen for f in short] == [("a:delete", "b:delete")]
     assert all(f.kl is None and f.tuned_kl is None and not f.picked for f in short)
     assert len(evaluated) == len(finalists) - len(short)
+
+
+@pytest.mark.parametrize(
+    ("rival", "margin", "winner"),
+    [
+        (0.0189, 0.1, "least summed KL"),  # 5.5% lower: within the brief fine-tune's own noise
+        (0.0179, 0.1, "deletion only"),  # 10.5% lower
+        (0.0189, 0.0, "deletion only"),  # no margin: the least KL wins outright
+        (0.0210, 0.0, "least summed KL"),
+    ],
+)
+def test_a_finalist_replaces_the_solvers_plan_only_by_more_than_the_margin(
+    rival: float, margin: float, winner: str
+) -> None:
+    finalists, _, _ = _run({("narrow", "narrow"): 0.02, ("delete", "keep"): rival}, margin=margin)
+    assert [f.source for f in finalists if f.picked] == [winner]

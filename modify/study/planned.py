@@ -101,6 +101,7 @@ def planned_candidates(
                     "measured_kl": result.measured_kl,
                     "predicted_kl": result.predicted_kl,
                     "chosen": [dataclasses.asdict(r) for r in result.chosen],
+                    "finalists": [dataclasses.asdict(f) for f in result.finalists],
                 }
                 store.write(f"{stem}.json", stored)
                 atomic_write_text(store.root / f"{stem}.yaml", plan_yaml(result, model="the compared model"))

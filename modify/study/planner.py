@@ -17,7 +17,7 @@ delete, MoD and narrow, and saying why.
 6. Finalists (`modify.study.finalists`): the cheap repair's KL understates how well a brief
    fine-tune mends some changes (deleted late blocks most), so the plan of least summed KL, the
    best plan of each single action and the plans without one of its choices that meet the target
-   are each fine-tuned briefly (``tune_steps``), and the least KL after it wins.
+   are each fine-tuned briefly (``tune_steps``), and the least KL after it wins by a margin.
 
 The plan is a version-2 recipe (`PlanResult.recipe`; `modify.study.plan_file` writes it with every
 block's numbers as comments), which `modify.convert` applies. Seeds fix every draw, so the same
