@@ -55,7 +55,7 @@ def test_contenders_are_the_best_then_each_single_action_then_the_best_without_o
     options, actions = _options(grouped), _actions(grouped)
     best = solve(options, 2.0).choice
     found = contenders(options, actions, best, 2.0, limit=10, names=["a", "b"])
-    assert found[0] == ("least summed KL", best) == ("least summed KL", (2, 2))  # narrow both: 2.1 ms, KL 0.07
+    assert found[0] == ("the solver's plan", best) == ("the solver's plan", (2, 2))  # narrow both: 2.1 ms, KL 0.07
     expected = {
         "deletion only": _brute(options, actions, 2.0, lambda b, j: actions[b][j] in ("keep", "delete")),
         "narrowing only": _brute(options, actions, 2.0, lambda b, j: actions[b][j] in ("keep", "narrow")),
@@ -70,7 +70,7 @@ def test_contenders_are_the_best_then_each_single_action_then_the_best_without_o
         assert picks == expected[source], source
     # a restriction whose optimum repeats an earlier plan adds nothing ("narrowing only" is the best)
     assert "narrowing only" not in dict(found)
-    assert [s for s, _ in found][:2] == ["least summed KL", "deletion only"]
+    assert [s for s, _ in found][:2] == ["the solver's plan", "deletion only"]
     assert contenders(options, actions, best, 2.0, limit=2) == found[:2]
 
 
@@ -78,7 +78,7 @@ def test_a_restriction_that_cannot_reach_the_saving_is_no_contender() -> None:
     grouped = _grouped()
     options, actions = _options(grouped), _actions(grouped)
     found = dict(contenders(options, actions, (1, 1), 2.9, limit=10))  # only deleting both reaches 2.9
-    assert found == {"least summed KL": (1, 1)}
+    assert found == {"the solver's plan": (1, 1)}
 
 
 def _timing(speedup: float) -> Timing:
@@ -129,7 +129,7 @@ def test_the_least_kl_after_the_brief_finetune_wins_and_a_contender_below_the_ta
     assert picked[0].summed_kl > finalists[0].summed_kl  # the solver's own choice lost after fine-tuning
     assert set(timings) == {f.chosen for f in finalists if f.kl is not None}
     assert [f.source for f in finalists] == [
-        "least summed KL",
+        "the solver's plan",
         "deletion only",
         "MoD only",
         "without a's narrow 1/4",  # solved at 2.9 ms: deleting both, which measures 1.1x
@@ -143,10 +143,10 @@ def test_the_least_kl_after_the_brief_finetune_wins_and_a_contender_below_the_ta
 @pytest.mark.parametrize(
     ("rival", "margin", "winner"),
     [
-        (0.0189, 0.1, "least summed KL"),  # 5.5% lower: within the brief fine-tune's own noise
+        (0.0189, 0.1, "the solver's plan"),  # 5.5% lower: within the brief fine-tune's own noise
         (0.0179, 0.1, "deletion only"),  # 10.5% lower
         (0.0189, 0.0, "deletion only"),  # no margin: the least KL wins outright
-        (0.0210, 0.0, "least summed KL"),
+        (0.0210, 0.0, "the solver's plan"),
     ],
 )
 def test_a_finalist_replaces_the_solvers_plan_only_by_more_than_the_margin(

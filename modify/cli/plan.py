@@ -209,7 +209,7 @@ def plan_command(
         int,
         typer.Option(
             "--tune-steps",
-            help="Steps of the brief fine-tune that picks among the finalists (0: the plan of least summed KL).",
+            help="Steps of the brief fine-tune that picks among the finalists (0: the solver's plan).",
             min=0,
         ),
     ] = 200,

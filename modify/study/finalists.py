@@ -6,14 +6,14 @@ blocks, and ends 0.11 points more accurate after `modify compare`'s fine-tune. A
 that fine-tune the KLs rank the 16 compared models by their final accuracy with Spearman 0.88,
 against 0.44 before it (benchmarks/results/finalists_r18).
 
-So the plan of least summed KL is not taken on trust. Its contenders are the best plan of each
-single action (deletion only, narrowing only, MoD only), each found by a measured search of its
-own, then the plans without one of the best plan's choices; every one is timed against the
-original, and those that meet the target are
-fine-tuned briefly (distillation from the original on the repair images, as `modify compare`
-fine-tunes, for ``tune_steps`` steps) and scored on the held-out calibration images. The least
-KL after it wins, if it leads the plan of least summed KL by more than ``tune_margin`` (10%: the
-KL after 200 steps moves by about that much with the fine-tune's data order alone).
+So the solver's plan (of the plans the measured search timed that met the target, the least
+summed KL) is not taken on trust. Its contenders are the best plan of each single action
+(deletion only, narrowing only, MoD only), each found by a measured search of its own, then the
+plans without one of the solver's choices; every one is timed against the original, and those
+that meet the target are fine-tuned briefly (distillation from the original on the repair images,
+as `modify compare` fine-tunes, for ``tune_steps`` steps) and scored on the held-out calibration
+images. The least KL after it wins, if it leads the solver's plan by more than ``tune_margin``
+(10%: the KL after 200 steps moves by about that much with the fine-tune's data order alone).
 
 Example:
     >>> from modify.study.knapsack import Option
@@ -22,7 +22,7 @@ Example:
     >>> actions = [["keep", "delete", "narrow"]] * 2
     >>> for source, picks in contenders(options, actions, (2, 2), 2.0, limit=4, names=["a", "b"]):
     ...     print(source, picks)
-    least summed KL (2, 2)
+    the solver's plan (2, 2)
     deletion only (1, 0)
     without b's narrow 1/4 (2, 1)
 """
@@ -81,7 +81,7 @@ def contenders(
         solution = solve([[options[b][j] for j in k] for b, k in enumerate(kept)], required, resolution=resolution)
         return None if solution is None else tuple(kept[b][j] for b, j in enumerate(solution.choice))
 
-    out: list[tuple[str, tuple[int, ...]]] = [("least summed KL", tuple(best))]
+    out: list[tuple[str, tuple[int, ...]]] = [("the solver's plan", tuple(best))]
 
     def full(source: str, picks: tuple[int, ...] | None) -> bool:
         """Adds a new plan; whether the list is full."""
@@ -204,7 +204,7 @@ def run_finalists(
             )
         out.append(finalist)
         emit("finalist", dataclasses.asdict(finalist))
-    winner = out[0]  # the plan of least summed KL, which met the target
+    winner = out[0]  # the solver's plan (the least summed KL among the measured plans that met the target)
     rival = min((f for f in out if f.tuned_kl is not None), key=lambda f: float(f.tuned_kl or 0.0))
     if winner.tuned_kl is None or float(rival.tuned_kl or 0.0) < (1 - config.tune_margin) * winner.tuned_kl:
         winner = rival

@@ -51,7 +51,7 @@ class PlanConfig:
     max_repairs: int = 8  # re-solves after a plan measures below the target
     finalists: int = 4  # plans meeting the target given a brief fine-tune each; the least KL after it wins
     tune_steps: int = 200  # steps of that fine-tune (distillation from the original); 0: no finalists
-    # A finalist replaces the plan of least summed KL only when its KL after that fine-tune is this
+    # A finalist replaces the solver's plan only when its KL after that fine-tune is this
     # share lower: the KL moves by about 10% with the fine-tune's data order alone
     # (benchmarks/results/finalists_r18/noise.json), a smaller lead is a coin toss.
     tune_margin: float = 0.1
@@ -69,7 +69,7 @@ class PlanConfig:
         if self.finalists < 1 or self.tune_steps < 0 or not 0.0 <= self.tune_margin < 1.0:
             raise PlanError(
                 f"finalists={self.finalists}, tune_steps={self.tune_steps}, tune_margin={self.tune_margin}: give at "
-                "least one finalist, zero or more steps (0 keeps the plan of least summed KL) and a margin in [0, 1)."
+                "least one finalist, zero or more steps (0 keeps the solver's plan) and a margin in [0, 1)."
             )
         if any(not 0.0 < f < 1.0 for f in self.fractions):
             raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
@@ -110,7 +110,7 @@ class Attempt:
 class Finalist:
     """A plan that met the target, fine-tuned briefly and scored (step 6 of the planner)."""
 
-    source: str  # how it was found: "least summed KL", "deletion only", "without layer3.1's narrow 1/8", ...
+    source: str  # how it was found: "the solver's plan", "deletion only", "without layer3.1's narrow 1/8", ...
     chosen: tuple[str, ...]  # choice keys, one per block
     predicted_speedup: float  # from the summed savings
     measured_speedup: float  # timed against the original

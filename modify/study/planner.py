@@ -15,9 +15,9 @@ delete, MoD and narrow, and saying why.
    sums missed), one that meets it is bisected towards the cheapest that still does. Its joint
    KL, after the same repair, is measured beside the sum.
 6. Finalists (`modify.study.finalists`): the cheap repair's KL understates how well a brief
-   fine-tune mends some changes (deleted late blocks most), so the plan of least summed KL, the
-   best plan of each single action and the plans without one of its choices that meet the target
-   are each fine-tuned briefly (``tune_steps``), and the least KL after it wins by a margin.
+   fine-tune mends some changes (deleted late blocks most), so the solver's plan, the best plan
+   of each single action and the plans without one of its choices that meet the target are each
+   fine-tuned briefly (``tune_steps``), and the least KL after it wins by a margin.
 
 The plan is a version-2 recipe (`PlanResult.recipe`; `modify.study.plan_file` writes it with every
 block's numbers as comments), which `modify.convert` applies. Seeds fix every draw, so the same
