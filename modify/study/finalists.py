@@ -123,12 +123,12 @@ def run_finalists(
     evaluate: Callable[[dict[str, Any]], tuple[Score, Score]],
     emit: Callable[[str, dict[str, Any]], None],
 ) -> tuple[list[Finalist], dict[tuple[str, ...], Timing]]:
-    """The contenders of ``best`` (which measured ``timing`` and met the target; each single
-    action's plan found by its own measured search) timed (``measure`` a recipe), those meeting
-    the target scored after the cheap repair and after the brief
-    fine-tune (``evaluate`` a recipe); the one of least KL after it is marked picked, if it leads
-    ``best`` by more than ``config.tune_margin`` (else ``best`` is). Returns every
-    finalist and the timing of each that met the target, by its choice keys."""
+    """The contenders of ``best`` (the solver's plan, which measured ``timing`` and met the target;
+    each single action's plan found by a measured search of its own), each timed (``measure`` a
+    recipe); those meeting the target are scored after the cheap repair and after the brief
+    fine-tune (``evaluate`` a recipe). The one of least KL after it is marked picked if it leads
+    ``best`` by more than ``config.tune_margin``, else ``best`` is. Returns every finalist, and the
+    timing of each that met the target by its choice keys."""
     timed: dict[tuple[int, ...], Timing] = {tuple(best): timing}
     known: dict[str, Timing] = {}  # recipe -> timing: a plan the searches meet again is not timed again
     best_recipe = choice_recipe([grouped[b][j].choice for b, j in enumerate(best)], channels, config.mod)
@@ -233,4 +233,6 @@ def brief_finetune(
     )
     config = dataclasses.replace(CompareConfig().finetune, seed=seed)
     finetune(model, loader, teacher=original, config=config, steps=steps)
+    for m in (model, original):
+        m.cpu()  # the fine-tune may have used a GPU; the calibration images are on the CPU
     return score(model.eval(), calib, reference)

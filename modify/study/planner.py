@@ -343,7 +343,8 @@ def plan(
         >>> net = torchvision.models.resnet18(num_classes=10).eval()
         >>> data = TensorDataset(torch.randn(96, 3, 32, 32), torch.zeros(96, dtype=torch.long))
         >>> result = plan(net, speedup=1.2, data=data, setting=Setting(input_size=32), calib_images=32,
-        ...               repair_images=32, distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,))
+        ...               repair_images=32, distill_steps=2, bn_batches=1, rounds=2, seconds=0.02, fractions=(0.25,),
+        ...               tune_steps=2)
         >>> len(result.chosen), result.recipe["version"]
         (5, 2)
     """
