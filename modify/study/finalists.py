@@ -129,7 +129,6 @@ def run_finalists(
     fine-tune (``evaluate`` a recipe). The one of least KL after it is marked picked if it leads
     ``best`` by more than ``config.tune_margin``, else ``best`` is. Returns every finalist, and the
     timing of each that met the target by its choice keys."""
-    timed: dict[tuple[int, ...], Timing] = {tuple(best): timing}
     known: dict[str, Timing] = {}  # recipe -> timing: a plan the searches meet again is not timed again
     best_recipe = choice_recipe([grouped[b][j].choice for b, j in enumerate(best)], channels, config.mod)
     known[json.dumps(best_recipe, sort_keys=True)] = timing
@@ -159,10 +158,8 @@ def run_finalists(
         except PlanError:
             emit("family", {"speedup": None})
             return None  # out of reach with these options alone
-        chosen = tuple(kept[b][j] for b, j in enumerate(picks))
-        timed[chosen] = measured
         emit("family", {"speedup": measured.speedup})
-        return chosen
+        return tuple(kept[b][j] for b, j in enumerate(picks))
 
     emit("stage", {"name": "families", "total": sum(any(a in acts for acts in actions) for a, _ in FAMILIES)})
 
@@ -183,7 +180,7 @@ def run_finalists(
         rows = [grouped[b][j] for b, j in enumerate(picks)]
         keys = tuple(r.choice.key for r in rows)
         recipe = choice_recipe([r.choice for r in rows], channels, config.mod)
-        measured = timed[tuple(picks)] if tuple(picks) in timed else measure_once(recipe)
+        measured = measure_once(recipe)  # the searches timed most of them already
         saving = sum(float(r.saving_ms or 0.0) for r in rows)
         finalist = Finalist(
             source,
@@ -192,7 +189,7 @@ def run_finalists(
             measured.speedup,
             sum(float(r.kl or 0.0) for r in rows),
         )
-        if measured.speedup >= (1 - config.tolerance) * config.speedup:
+        if config.meets(measured.speedup):
             timings[keys] = measured
             repaired, tuned = evaluate(recipe)
             finalist = dataclasses.replace(

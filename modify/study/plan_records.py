@@ -74,6 +74,10 @@ class PlanConfig:
         if any(not 0.0 < f < 1.0 for f in self.fractions):
             raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
 
+    def meets(self, speedup: float) -> bool:
+        """Whether a measured ``speedup`` meets the target: at least (1 - tolerance) * speedup."""
+        return speedup >= (1 - self.tolerance) * self.speedup
+
 
 @dataclasses.dataclass(frozen=True)
 class ChoiceRow:

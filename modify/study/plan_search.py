@@ -76,7 +76,7 @@ def search(
             attempts.append(Attempt(required, keys, predicted, timing.speedup, speedup_spread(timing)))
             emit("attempt", dataclasses.asdict(attempts[-1]))
         timing = measured[solution.choice]
-        if timing.speedup >= (1 - config.tolerance) * target:
+        if config.meets(timing.speedup):
             high = required
             if low is None and required <= needed:
                 break  # the sums' own answer meets the target: nothing cheaper to look for
@@ -121,7 +121,7 @@ def _best_attempt(
     def cost(choice: tuple[int, ...]) -> float:
         return sum(options[i][j].cost for i, j in enumerate(choice))
 
-    met = [c for c, t in measured.items() if t.speedup >= (1 - config.tolerance) * config.speedup]
+    met = [c for c, t in measured.items() if config.meets(t.speedup)]
     choice = min(met, key=cost) if met else max(measured, key=lambda c: measured[c].speedup)
     return list(choice), attempts, measured[choice]
 

@@ -367,11 +367,11 @@ def plan(
     )
     chosen = [grouped[i][j] for i, j in enumerate(picks)]
     final = next(a for a in attempts if a.chosen == tuple(r.choice.key for r in chosen))  # the attempt that measured it
+    predicted = final.predicted_speedup
     reference = reference_outputs(original, calib)
     finalists: list[Finalist] = []
     joint: Score | None = None
-    met = timing.speedup >= (1 - config.tolerance) * config.speedup
-    if met and config.tune_steps > 0 and config.finalists > 1:
+    if config.meets(timing.speedup) and config.tune_steps > 0 and config.finalists > 1:
 
         def evaluate(recipe: dict[str, Any]) -> tuple[Score, Score]:
             model = build_plan(original, recipe, config, weights=True, repair_set=repair_set)
@@ -397,7 +397,7 @@ def plan(
         picks = [index[key] for key in winner.chosen]
         chosen = [grouped[i][j] for i, j in enumerate(picks)]
         timing = timings[winner.chosen]
-        final = dataclasses.replace(final, chosen=winner.chosen, predicted_speedup=winner.predicted_speedup)
+        predicted = winner.predicted_speedup
         joint = Score(kl=float(winner.kl or 0.0), agreement=float(winner.agreement or 0.0))
     recipe = choice_recipe([r.choice for r in chosen], channels, config.mod)
     if joint is None:
@@ -409,13 +409,13 @@ def plan(
         rows=tuple(rows),
         chosen=tuple(chosen),
         runner_up=tuple(runner_ups(grouped, opts, picks, final.required_ms, config)),
-        predicted_speedup=final.predicted_speedup,
+        predicted_speedup=predicted,
         measured_speedup=timing.speedup,
         measured_spread=speedup_spread(timing),
         predicted_kl=sum(float(r.kl or 0.0) for r in chosen),
         measured_kl=joint.kl,
         measured_agreement=joint.agreement,
-        met=timing.speedup >= (1 - config.tolerance) * config.speedup,
+        met=config.meets(timing.speedup),
         attempts=tuple(attempts),
         recipe=recipe,
         seconds=time.perf_counter() - started,
@@ -447,7 +447,7 @@ def _check_reachable(
         for cs in choices.values()
     )
     fastest = original_ms / max(1e-9, original_ms - reachable)
-    if fastest < config.speedup * (1 - config.tolerance):
+    if not config.meets(fastest):
         raise PlanError(
             f"speed-up {config.speedup:g}x is out of reach in "
             f"{config.setting.describe()}: every block at its fastest choice "
