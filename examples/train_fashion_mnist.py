@@ -3,6 +3,8 @@ model" that `modify compare` and the README's comparison start from.
 
     python examples/train_fashion_mnist.py --model resnet18 --epochs 2 -o resnet18_fmnist.pt
     python examples/train_fashion_mnist.py --model resnet18 --epochs 0.05 --train-limit 256 -o tiny.pt  # seconds
+    python examples/train_fashion_mnist.py --model mobilenet_v2 --epochs 12 --lr 0.05 --input-size 64 \
+        -o mobilenet_v2_fmnist64.pt --resume  # hours on a CPU: run it again after a stop, it goes on
 
 28x28 grey images padded to 32x32 (or scaled up, ``--input-size 64``) and repeated to 3 channels
 (`modify.train.data.fashion_mnist`), a random crop after padding by an eighth of the side and a random
@@ -10,12 +12,18 @@ horizontal flip (``--augment``), SGD with momentum, linear warm-up then cosine d
 (`modify.train.finetune.finetune` with no teacher), weights built with ``weights=None``: nothing is
 downloaded. Prints the test accuracy and writes it into a
 JSON file beside the checkpoint.
+
+A long run keeps its state (model, optimizer, step, data order; `modify.train.finetune`'s state
+file) in ``OUTPUT.state/`` every ``--checkpoint-every`` steps; ``--resume`` continues from it with the
+same schedule and data order, so a CPU run of several hours survives being stopped. The state folder
+is removed once the checkpoint is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -31,6 +39,7 @@ from modify.errors import ModifyError  # noqa: E402
 from modify.io.files import atomic_write_text, check_output_path  # noqa: E402
 from modify.train.data import fashion_mnist  # noqa: E402
 from modify.train.finetune import FinetuneConfig, evaluate, finetune  # noqa: E402
+from modify.train.state import state_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,6 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None, help="folder with the IDX files (default: the Debian package's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint-every", type=int, default=200, help="write the run's state every N steps (default: 200; 0: never)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run whose state is in OUTPUT.state/")
     p.add_argument("-o", "--output", required=True, help="the modify checkpoint to write")
     args = p.parse_args(argv)
     try:  # the checkpoint and the JSON beside it, before the training that would be lost
@@ -78,7 +91,23 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
 
-    run = finetune(model, loader, config=config, epochs=args.epochs, on_step=progress)
+    state = Path(f"{args.output}.state")
+    keep_state = args.checkpoint_every > 0 or args.resume
+    if args.resume and not state_path(state).is_file():
+        print(f"no state in {state}/ to resume from: starting afresh", flush=True)
+    try:
+        run = finetune(
+            model,
+            loader,
+            config=config,
+            epochs=args.epochs,
+            on_step=progress,
+            checkpoint_dir=state if keep_state else None,
+            checkpoint_every=args.checkpoint_every or None,
+            resume=args.resume,
+        )
+    except ModifyError as e:  # a state written with other settings
+        raise SystemExit(f"error: {e}") from None
     accuracy = evaluate(model, DataLoader(test_set, batch_size=500))
     modify.save(model, args.output, force=True)
     out = {
@@ -93,8 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "augment_pad": pad,
+        "resumed_from_step": run.resumed_from,
     }
     atomic_write_text(Path(args.output).with_suffix(".json"), json.dumps(out, indent=1))
+    if keep_state:
+        shutil.rmtree(state, ignore_errors=True)
     print(
         f"{args.model}: test accuracy {100 * accuracy:.2f}% after {args.epochs:g} "
         f"epochs ({run.seconds / 60:.1f} min); wrote {args.output}"

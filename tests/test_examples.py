@@ -101,6 +101,45 @@ def test_train_fashion_mnist_example_writes_a_checkpoint(tmp_path: Path, _restor
     assert out["model"] == "resnet18" and 0 <= out["test_accuracy"] <= 1 and out["test_images"] == 16
     assert json.loads((tmp_path / "r18.json").read_text())["test_accuracy"] == out["test_accuracy"]
     assert modify.load(tmp_path / "r18.pt").fc.out_features == 10
+    assert not (tmp_path / "r18.pt.state").exists()  # the run's state goes once the checkpoint is written
+
+
+def test_train_fashion_mnist_example_resumes_a_stopped_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _restore_threads: None
+) -> None:
+    """A run stopped in its third step and run again with --resume ends with the weights of a run never
+    stopped; it resumes from the state written after step 2, and the JSON says so."""
+    import modify
+
+    write_fashion_mnist(tmp_path / "idx", n_train=64, n_test=16)
+    example = _load("train_fashion_mnist")
+    common = ["--data-dir", str(tmp_path / "idx"), "--epochs", "2", "--batch-size", "16", "--threads", "1"]
+    common += ["--model", "resnet18", "--checkpoint-every", "1"]
+    example.main([*common, "-o", str(tmp_path / "straight.pt")])
+
+    real = example.finetune
+
+    def stopped_in_three(*args, on_step, **kwargs):
+        def hook(info) -> None:  # called before the step's state is written
+            on_step(info)
+            if info.step == 3:
+                raise KeyboardInterrupt  # the user's ^C, or the machine going away
+
+        return real(*args, on_step=hook, **kwargs)
+
+    monkeypatch.setattr(example, "finetune", stopped_in_three)
+    with pytest.raises(KeyboardInterrupt):
+        example.main([*common, "-o", str(tmp_path / "stopped.pt")])
+    assert (tmp_path / "stopped.pt.state" / "finetune_state.pt").is_file() and not (tmp_path / "stopped.pt").exists()
+    monkeypatch.setattr(example, "finetune", real)
+    with pytest.raises(SystemExit, match=r"^error: the state in .* was written with lr=0.1, this run has lr=0.05"):
+        example.main([*common, "--resume", "--lr", "0.05", "-o", str(tmp_path / "stopped.pt")])
+    out = example.main([*common, "--resume", "-o", str(tmp_path / "stopped.pt")])
+    assert out["resumed_from_step"] == 2
+    straight, resumed = modify.load(tmp_path / "straight.pt"), modify.load(tmp_path / "stopped.pt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert not (tmp_path / "stopped.pt.state").exists()
 
 
 def _image_folder(root: Path, classes: int = 2, per_class: int = 4, size: int = 40) -> Path:

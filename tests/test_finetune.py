@@ -225,6 +225,16 @@ def test_resume_refuses_a_state_with_other_settings(tmp_path: Path) -> None:
         finetune(result.model, data, steps=3, checkpoint_every=1)
 
 
+def test_resume_refuses_another_models_state(tmp_path: Path) -> None:
+    """A state written by another model is one line naming the state file, not a load_state_dict traceback."""
+    _, result = converted_tiny()
+    data = DataLoader(synthetic(32), batch_size=8)
+    finetune(result.model, data, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    _, other = converted_tiny(bn=False)  # no BatchNorm: the state has weights this model lacks
+    with pytest.raises(ModifyError, match=r"finetune_state.pt.*holds another model's weights.*drop resume"):
+        finetune(other.model, data, steps=2, checkpoint_dir=tmp_path, resume=True)
+
+
 def test_evaluate_counts_top1() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
     with torch.no_grad():

@@ -270,7 +270,14 @@ def _run(request: _Request, d: Dist) -> FinetuneResult:
     state = read_state(path) if request.resume and path is not None and path.is_file() else None
     if state is not None:
         check_same_run(state, config, total_steps, path)  # type: ignore[arg-type]
-        model.load_state_dict(state.model)
+        try:
+            model.load_state_dict(state.model)
+        except RuntimeError as e:  # missing, unexpected or misshapen weights
+            first = str(e).strip().splitlines()[-1].strip()[:160]
+            raise ModifyError(
+                f"the state in {str(path)!r} holds another model's weights ({first}); resume with the model "
+                "that wrote it, or drop resume to start afresh."
+            ) from None
         eval_before = state.eval_before
     else:
         seed_all(config.seed)  # a fresh run is reproducible whatever the caller's RNG state
