@@ -202,10 +202,23 @@ def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_
     other = modify.get_model("resnet18", num_classes=10)  # other random weights
     with pytest.raises(modify.ModifyError, match="holds a sweep of another model"):
         run_sweep(other, train, test, candidates=[delete], config=config, out_dir=tmp_path)
-    with pytest.raises(modify.ModifyError, match="other settings"):
+    with pytest.raises(modify.ModifyError, match=r"other settings \(config.json: epochs 1 there, 2 now\)"):
         run_sweep(
             original, train, test, candidates=[delete], config=dataclasses.replace(config, epochs=2), out_dir=tmp_path
         )
+    lr = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, lr=0.5))
+    with pytest.raises(modify.ModifyError, match=r"finetune.lr 0.02 there, 0.5 now"):
+        run_sweep(original, train, test, candidates=[delete], config=lr, out_dir=tmp_path)
+    # A resume may add a seed: the seed-0 run is kept (its file untouched), seed 1 is run beside it.
+    first = (tmp_path / "runs").glob("*-s0.json").__next__()
+    written = first.stat().st_mtime_ns
+    both = run_sweep(
+        original, train, test, candidates=[delete], config=dataclasses.replace(config, seeds=(0, 1)), out_dir=tmp_path
+    )
+    assert sorted(r.seed for r in both) == [0, 1] and first.stat().st_mtime_ns == written
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
+    run_sweep(original, train, test, candidates=[delete], config=config, out_dir=tmp_path)  # seed 0 alone: no change
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
     with pytest.raises(modify.ModifyError, match="epochs=0 must be positive"):
         CompareConfig(epochs=0)
 

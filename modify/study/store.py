@@ -1,7 +1,7 @@
 """A sweep's folder: every finished run, speed and pruned architecture as a JSON file, written
 the moment it is known, so a killed sweep resumes where it stopped.
 
-    out_dir/config.json       the settings the sweep started with (a resume must use the same)
+    out_dir/config.json       the settings the sweep started with (a resume must use the same; it may add seeds)
     out_dir/teacher.json      the original model's accuracy and weights fingerprint
     out_dir/runs/KEY-sSEED.json   one fine-tuned (candidate, seed): a `RunRecord`
     out_dir/speed/ARCH.json   one architecture's latency against the original
@@ -135,16 +135,24 @@ class SweepStore:
         return len(files)
 
     def check_config(self, settings: dict[str, Any]) -> None:
-        """A sweep resumes only with the settings it started with."""
+        """A sweep resumes only with the settings it started with, but for its seeds: a resume may ask
+        for more (the runs already there are kept, config.json then lists every seed asked for)."""
         path = self.root / "config.json"
+        asked = json.loads(json.dumps(settings))
         if not path.is_file():
-            self.write("config.json", settings)
+            self.write("config.json", asked)
             return
-        if json.loads(path.read_text()) != json.loads(json.dumps(settings)):
+        stored = json.loads(path.read_text())
+        differs = _first_difference({**stored, "seeds": None}, {**asked, "seeds": None})
+        if differs is not None:
+            name, there, now = differs
             raise ModifyError(
-                f"{str(self.root)!r} holds a sweep run with other settings ({path.name}); resume with the same "
-                "settings, or choose another output folder."
+                f"{str(self.root)!r} holds a sweep run with other settings ({path.name}: {name} {there!r} there, "
+                f"{now!r} now); resume with the same settings, or choose another output folder."
             )
+        seeds = sorted(set(stored.get("seeds", [])) | set(asked.get("seeds", [])))
+        if seeds != stored.get("seeds"):
+            self.write("config.json", {**stored, "seeds": seeds})
 
     def check_teacher(self, mark: str) -> bool:
         """Whether the folder already knows its original model; refuses another model's folder."""
@@ -158,6 +166,21 @@ class SweepStore:
                 "choose another output folder."
             )
         return known is not None
+
+
+def _first_difference(there: Any, now: Any, name: str = "") -> tuple[str, Any, Any] | None:
+    """The first setting (dotted name, sorted) whose value differs between two JSON settings, if any.
+
+    >>> _first_difference({"epochs": 1, "finetune": {"lr": 0.02}}, {"epochs": 1, "finetune": {"lr": 0.1}})
+    ('finetune.lr', 0.02, 0.1)
+    """
+    if isinstance(there, dict) and isinstance(now, dict):
+        for key in sorted(set(there) | set(now)):
+            found = _first_difference(there.get(key), now.get(key), f"{name}.{key}" if name else key)
+            if found is not None:
+                return found
+        return None
+    return None if there == now else (name, there, now)
 
 
 def load_runs(out_dir: str | os.PathLike[str]) -> list[RunRecord]:
