@@ -16,7 +16,9 @@ distillation),
 fine-tuned exactly as `modify compare` fine-tunes (0.5 epoch of distillation from the original, lr
 0.02, seeds 0 and 1), through the same resumable sweep (`modify.study.sweep.run_sweep`; the folder
 keeps every record). Printed and written beside the records: accuracy (mean ± half the seed range),
-the test KL to the original (steadier than accuracy), batch-1 speed-ups, and MoD - static MoD.
+the test KL to the original (steadier than accuracy), batch-1 speed-ups, and MoD - static MoD;
+then issue 21's questions as differences paired by seed (MoD - deletion, MoD - static MoD, MoD at
+the largest k - MoD at the smallest).
 """
 
 from __future__ import annotations
@@ -116,6 +118,45 @@ def table(records: list[RunRecord], blocks: dict[str, int], fractions: list[floa
     return "\n".join(lines), data
 
 
+def differences(records: list[RunRecord], blocks: dict[str, int], fractions: list[float]) -> tuple[str, dict[str, Any]]:
+    """Issue 21's questions as paired differences (the same seed's two arms; mean ± half the range
+    over seeds, in points): MoD - deletion per k, MoD - static MoD per k, and MoD at the largest k -
+    MoD at the smallest (does it rise with k?)."""
+    accuracy = {(r.label, r.seed): 100 * r.accuracy for r in records}
+    seeds = sorted({r.seed for r in records})
+
+    def paired(a: str, b: str) -> dict[str, Any] | None:
+        d = [accuracy[a, s] - accuracy[b, s] for s in seeds if (a, s) in accuracy and (b, s) in accuracy]
+        return {"mean": statistics.fmean(d), "spread": (max(d) - min(d)) / 2, "seeds": len(d)} if d else None
+
+    def fmt(x: dict[str, Any] | None) -> str:
+        return "-" if x is None else f"{x['mean']:+.2f} ± {x['spread']:.2f}"
+
+    ks = {name: [max(1, int(c * f)) for f in fractions] for name, c in blocks.items()}
+    shares = [f"C/{round(1 / f)}" for f in fractions]
+    head = (
+        "| block |"
+        + "".join(f" MoD - delete {s} |" for s in shares)
+        + "".join(f" MoD - static {s} |" for s in shares)
+        + f" MoD {shares[-1]} - MoD {shares[0]} |"
+    )
+    lines = [head, "|" + "---|" * (2 + 2 * len(fractions))]
+    data: dict[str, Any] = {}
+    for name in blocks:
+        mod = [f"{name} MoD k={k}" for k in ks[name]]
+        row = {
+            "mod_minus_delete": [paired(m, f"{name} delete") for m in mod],
+            "mod_minus_static": [paired(m, f"{name} static k={k}") for m, k in zip(mod, ks[name], strict=True)],
+            "mod_largest_minus_smallest": paired(mod[-1], mod[0]),
+        }
+        data[name] = row
+        cells = [*row["mod_minus_delete"], *row["mod_minus_static"], row["mod_largest_minus_smallest"]]
+        lines.append(f"| {name} |" + "".join(f" {fmt(c)} |" for c in cells))
+    lines.append("")
+    lines.append(f"Seeds {', '.join(map(str, seeds))}; points of test accuracy, paired by seed.")
+    return "\n".join(lines), data
+
+
 def _fmt(c: dict[str, Any] | None) -> str:
     if c is None:
         return "-"
@@ -209,11 +250,18 @@ def main(argv: list[str] | None = None) -> None:
         original, train, test, candidates=arms(blocks, fractions), config=config, out_dir=args.out, on_event=progress
     )
     text, data = table(records, blocks, fractions)
-    print(text)
-    Path(args.out, "block_table.md").write_text(text + "\n")
+    paired_text, paired = differences(records, blocks, fractions)
+    print(text + "\n\n" + paired_text)
+    Path(args.out, "block_table.md").write_text(text + "\n\n" + paired_text + "\n")
     Path(args.out, "block_table.json").write_text(
         json.dumps(
-            {"channels": blocks, "fractions": fractions, **data, "config": dataclasses.asdict(config)},
+            {
+                "channels": blocks,
+                "fractions": fractions,
+                **data,
+                "paired_differences": paired,
+                "config": dataclasses.asdict(config),
+            },
             indent=1,
             default=str,
         )
