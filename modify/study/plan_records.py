@@ -49,11 +49,11 @@ class PlanConfig:
     resolution: int = 1000  # the solver's steps within the saving the target needs
     tolerance: float = 0.0  # a plan meets the target when it measures >= (1 - tolerance) * speedup
     max_repairs: int = 8  # re-solves after a plan measures below the target
-    finalists: int = 4  # plans meeting the target given a brief fine-tune each; the least KL after it wins
+    finalists: int = 4  # plans meeting the target given a brief fine-tune each (`modify.study.finalists.pick`)
     tune_steps: int = 200  # steps of that fine-tune (distillation from the original); 0: no finalists
-    # A finalist replaces the solver's plan only when its KL after that fine-tune is this
-    # share lower: the KL moves by about 10% with the fine-tune's data order alone
-    # (benchmarks/results/finalists_r18/noise.json), a smaller lead is a coin toss.
+    # Finalists whose KL after that fine-tune is within this share of the least are the same to
+    # the score, and the fastest of them is picked: the KL moves by about 10% with the
+    # fine-tune's data order alone (benchmarks/results/finalists_r18/noise.json).
     tune_margin: float = 0.1
     seed: int = 0  # the calibration split, the repair's sampling, fresh weights
 

@@ -363,7 +363,9 @@ def finalists_table(result: PlanResult) -> Table:
     """The plans fine-tuned briefly to pick the plan: how each was found, its measured speed-up,
     its KL summed, together after the cheap repair, and after the brief fine-tune (80 columns)."""
     steps = result.config.tune_steps
-    table = Table(title=f"finalists: each fine-tuned {steps} steps, the least KL after it wins", title_justify="left")
+    margin = f"{100 * result.config.tune_margin:.0f}%"
+    title = f"finalists, fine-tuned {steps} steps: the fastest within {margin} of the least KL"
+    table = Table(title=title, title_justify="left")
     for name, justify in (
         ("plan", "left"),
         ("speed-up", "right"),
