@@ -71,6 +71,13 @@ def test_candidate_keys_ignore_labels_and_the_default_sweep_spans_the_methods() 
         "mod", "x", recipe={"version": 1, "rules": [{"index": "odd"}]}, init="zero", block_distill_steps=300
     )
     assert distilled.arch_key == a.arch_key and distilled.key != a.key  # weights differ, the speed does not
+    # A plan that only deletes blocks is their deletion: one speed record, however it was written
+    deleting = {"version": 2, "rules": [{"name": "l2", "action": "delete"}, {"name": "l3", "action": "delete"}]}
+    deletion = Candidate("delete", "d", blocks=("l2", "l3"))
+    assert Candidate("plan", "p", recipe=deleting, block_distill_steps=300).arch_key == deletion.arch_key
+    narrowing = {"version": 2, "rules": [*deleting["rules"], {"name": "l4", "action": "narrow", "fraction": 0.5}]}
+    assert Candidate("plan", "p", recipe=narrowing).arch_key != deletion.arch_key
+    assert Candidate("plan", "p", recipe=deleting).key != deletion.key  # its own records (built another way)
     cands = default_candidates(blocks=["l1", "l2", "l3", "l4"])
     assert {c.method for c in cands} == {"mod", "delete", "prune"}
     assert [c.blocks for c in cands if c.method == "delete"][0] == ("l1", "l2", "l3", "l4")

@@ -88,11 +88,32 @@ class Candidate:
     @property
     def arch_key(self) -> str:
         """The id of its architecture, which alone decides its speed: initialisation and
-        block-local distillation change weights, not shapes."""
+        block-local distillation change weights, not shapes. A version-2 recipe (a plan) that
+        only deletes blocks is the deletion of those blocks, and shares its speed record: one
+        architecture timed twice would otherwise get two speeds, apart by the timing noise."""
+        deleted = self.deleted_only()
+        if deleted is not None and self.method != "delete":
+            return Candidate("delete", self.label, blocks=deleted).arch_key
         spec = self.spec()
         for weights_only in ("init", "block_distill_steps", "route_weight", "init_version", "zero_update", "finetune"):
             spec.pop(weights_only, None)
         return _digest(self.method, spec)
+
+    def deleted_only(self) -> tuple[str, ...] | None:
+        """The blocks a version-2 recipe deletes, when deleting (and keeping) is all it does; else None.
+
+        Example:
+            >>> recipe = {"version": 2, "rules": [{"name": "layer4.1", "action": "delete"}]}
+            >>> Candidate("plan", "p", recipe=recipe).deleted_only()
+            ('layer4.1',)
+        """
+        if self.method not in ("mixed", "plan") or not self.recipe:
+            return None
+        rules = self.recipe.get("rules", [])
+        if any(r.get("action") not in ("delete", "keep") for r in rules):
+            return None
+        deleted = tuple(str(r["name"]) for r in rules if r.get("action") == "delete")
+        return deleted or None
 
 
 def _digest(method: str, spec: dict[str, Any]) -> str:
