@@ -364,8 +364,8 @@ def finalists_table(result: PlanResult) -> Table:
     its KL summed, together after the cheap repair, and after the brief fine-tune (80 columns)."""
     steps = result.config.tune_steps
     margin = f"{100 * result.config.tune_margin:.0f}%"
-    title = f"finalists, fine-tuned {steps} steps: the fastest within {margin} of the least KL"
-    table = Table(title=title, title_justify="left")
+    title = f"finalists, {steps} steps of fine-tuning: the fastest within {margin} of the least KL"
+    table = Table(title=title, title_justify="left", min_width=min(80, len(title)))  # the title on one line
     for name, justify in (
         ("plan", "left"),
         ("speed-up", "right"),
