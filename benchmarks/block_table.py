@@ -53,7 +53,7 @@ def arms(blocks: dict[str, int], fractions: list[float]) -> list[Candidate]:
             Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]})
         )
         for f in fractions:
-            k = max(1, int(channels * f))
+            k = _k(channels, f)
             start = dict(init=PLAN.init, zero_update=PLAN.zero_update, block_distill_steps=KD)
             rule = {"name": name, "action": "mod", "k": k}
             out.append(
@@ -80,8 +80,13 @@ def arms(blocks: dict[str, int], fractions: list[float]) -> list[Candidate]:
     return out
 
 
-def _mean(records: list[RunRecord], value: Any) -> tuple[float, float]:
-    values = [value(r) for r in records]
+def _k(channels: int, fraction: float) -> int:
+    """The MoD and narrow width of an arm: the share of the block's channels, at least one."""
+    return max(1, int(channels * fraction))
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half the range (over seeds)."""
     return statistics.fmean(values), (max(values) - min(values)) / 2
 
 
@@ -94,8 +99,8 @@ def table(records: list[RunRecord], blocks: dict[str, int], fractions: list[floa
         runs = by_label.get(label)
         if not runs:
             return None
-        acc, acc_spread = _mean(runs, lambda r: 100 * r.accuracy)
-        kl, _ = _mean(runs, lambda r: r.details.get("test", {}).get("kl", float("nan")))
+        acc, acc_spread = _mean_spread([100 * r.accuracy for r in runs])
+        kl, _ = _mean_spread([r.details.get("test", {}).get("kl", float("nan")) for r in runs])
         return {"accuracy": acc, "spread": acc_spread, "kl": kl, "speedup": runs[0].speedup, "seeds": len(runs)}
 
     data: dict[str, Any] = {"keep": cell("keep"), "blocks": {}}
@@ -105,7 +110,7 @@ def table(records: list[RunRecord], blocks: dict[str, int], fractions: list[floa
         row = {"delete": cell(f"{name} delete")}
         text = f"| {name} | {channels} | {_fmt(row['delete'])} |"
         for f in fractions:
-            k = max(1, int(channels * f))
+            k = _k(channels, f)
             m, s, n = (cell(f"{name} {kind} k={k}") for kind in ("MoD", "static", "narrow"))
             row[f"k={k}"] = {"mod": m, "static": s, "narrow": n}
             diff = f"{m['accuracy'] - s['accuracy']:+.2f}" if m and s else ""
@@ -127,12 +132,15 @@ def differences(records: list[RunRecord], blocks: dict[str, int], fractions: lis
 
     def paired(a: str, b: str) -> dict[str, Any] | None:
         d = [accuracy[a, s] - accuracy[b, s] for s in seeds if (a, s) in accuracy and (b, s) in accuracy]
-        return {"mean": statistics.fmean(d), "spread": (max(d) - min(d)) / 2, "seeds": len(d)} if d else None
+        if not d:
+            return None
+        mean, spread = _mean_spread(d)
+        return {"mean": mean, "spread": spread, "seeds": len(d)}
 
     def fmt(x: dict[str, Any] | None) -> str:
         return "-" if x is None else f"{x['mean']:+.2f} ± {x['spread']:.2f}"
 
-    ks = {name: [max(1, int(c * f)) for f in fractions] for name, c in blocks.items()}
+    ks = {name: [_k(c, f) for f in fractions] for name, c in blocks.items()}
     shares = [f"C/{round(1 / f)}" for f in fractions]
     head = (
         "| block |"
