@@ -38,8 +38,7 @@ def plan_labels(target: float) -> tuple[str, str]:
 def _candidate(kind: str, target: float, recipe: dict[str, Any], config: Any) -> Candidate:
     full, deletion = plan_labels(target)
     if kind == "delete":
-        blocks = tuple(r["name"] for r in recipe["rules"] if r.get("action") == "delete")
-        return Candidate("delete", deletion, blocks=blocks)
+        return Candidate("delete", deletion, blocks=Candidate("plan", full, recipe=recipe).deleted_only() or ())
     return Candidate(
         "plan",
         full,
