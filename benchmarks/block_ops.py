@@ -29,33 +29,26 @@ from torch import nn
 
 import modify
 from modify.io.files import atomic_write_text
+from modify.study.choices import Choice
 from modify.study.latency import Setting
 from modify.study.planner import PlanConfig, build_plan
+from modify.train.distill import record_blocks
 
 
-def arms(original: nn.Module, block: str, input_size: int, fractions: list[float]) -> dict[str, nn.Module]:
+def arms(
+    original: nn.Module, block: str, channels: int, input_size: int, fractions: list[float]
+) -> dict[str, nn.Module]:
     """The block as trained, narrowed at each fraction, MoD at each fraction and deleted, each
-    taken out of a model the planner builds (architecture only: the time does not depend on
-    the weights)."""
+    taken out of a model the planner builds from its `Choice` (architecture only: the time does
+    not depend on the weights)."""
     config = PlanConfig(speedup=1.5, setting=Setting(batch=1, threads=1, input_size=input_size))
-    choices = [("narrow", f) for f in fractions] + [("mod", f) for f in fractions] + [("delete", None)]
+    choices = [Choice(block, a, f) for a in ("narrow", "mod") for f in fractions] + [Choice(block, "delete")]
     out = {"original": original.get_submodule(block)}
-    for action, fraction in choices:
-        rule = {"name": block, "action": action, **({"fraction": fraction} if fraction else {})}
-        model = build_plan(original, {"version": 2, "rules": [rule]}, config, weights=False)
-        label = action if fraction is None else f"{action} {fraction:g}"
+    for choice in choices:
+        model = build_plan(original, {"version": 2, "rules": [choice.rule(channels)]}, config, weights=False)
+        label = choice.action if choice.fraction is None else f"{choice.action} {choice.fraction:g}"
         out[label] = model.get_submodule(block).eval()
     return out
-
-
-def block_input(original: nn.Module, block: str, input_size: int) -> torch.Tensor:
-    """What ``block`` receives when the whole model runs on one image: (1, C, H, W)."""
-    seen: dict[str, torch.Tensor] = {}
-    hook = original.get_submodule(block).register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
-    with torch.no_grad():
-        original(torch.randn(1, 3, input_size, input_size))
-    hook.remove()
-    return seen["x"]
 
 
 def op_times(module: nn.Module, x: torch.Tensor, calls: int) -> dict[str, float]:
@@ -79,8 +72,11 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     original = modify.load(args.model).eval()
     fractions = [float(f) for f in args.fractions.split(",")]
-    modules = arms(original, args.block, args.input_size, fractions)
-    x = block_input(original, args.block, args.input_size)
+    if args.block not in dict(original.named_modules()):
+        raise SystemExit(f"--block {args.block!r}: no such module (`modify blocks MODEL` lists the blocks)")
+    image = torch.randn(1, 3, args.input_size, args.input_size)
+    x, _ = record_blocks(original, [args.block], [image], images=1)[args.block]  # what the block receives: (1, C, H, W)
+    modules = arms(original, args.block, x.shape[1], args.input_size, fractions)
     times: dict[str, list[float]] = collections.defaultdict(list)
     ops: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     with torch.no_grad():
