@@ -44,10 +44,15 @@ PLAN = PlanConfig(speedup=1.5)  # the planner's MoD: how its blocks are built an
 KD = 300  # block-local distillation steps, as `modify compare`'s candidates
 
 
-def arms(blocks: dict[str, int], fractions: list[float]) -> list[Candidate]:
-    """keep, then per block: delete, and per fraction MoD, static MoD and narrow."""
+def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None = None) -> list[Candidate]:
+    """keep, then per block: delete, and per fraction MoD, static MoD and narrow.
+
+    The keep arm's recipe names one block, ``keep_on`` (default: the first of ``blocks``); pass the
+    model's first block so that sweeps over different ``--blocks`` share one keep record.
+    """
     mod = PLAN.mod.as_dict()
-    out = [Candidate("mixed", "keep", recipe={"version": 2, "rules": [{"name": next(iter(blocks)), "action": "keep"}]})]
+    keep = {"version": 2, "rules": [{"name": keep_on or next(iter(blocks)), "action": "keep"}]}
+    out = [Candidate("mixed", "keep", recipe=keep)]
     for name, channels in blocks.items():
         out.append(
             Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]})
@@ -229,7 +234,12 @@ def main(argv: list[str] | None = None) -> None:
 
     _, sites = traced_sites(original, (torch.zeros(1, 3, args.input_size, args.input_size),))
     blocks = {s.name: s.channels for s in sites if s.convertible}
+    keep_on = next(iter(blocks))  # one keep record whichever --blocks a run names
     if args.blocks:
+        unknown = [b for b in args.blocks.split(",") if b not in blocks]
+        if unknown:
+            listed = ", ".join(blocks)
+            sys.exit(f"error: --blocks {','.join(unknown)}: not a convertible block of {args.model} (it has: {listed})")
         blocks = {b: blocks[b] for b in args.blocks.split(",")}
     fractions = [float(f) for f in args.fractions.split(",")]
     train = load_dataset("fashion-mnist", split="train", limit=args.limit, size=args.input_size)
@@ -254,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         elif kind == "failed":
             print(f"failed: {info['label']}: {info['error']}", flush=True)
 
+    candidates = arms(blocks, fractions, keep_on=keep_on)
     records = run_sweep(
-        original, train, test, candidates=arms(blocks, fractions), config=config, out_dir=args.out, on_event=progress
+        original, train, test, candidates=candidates, config=config, out_dir=args.out, on_event=progress
     )
     text, data = table(records, blocks, fractions)
     paired_text, paired = differences(records, blocks, fractions)
