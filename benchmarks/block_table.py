@@ -4,8 +4,9 @@ middle between keeping its block and deleting it, and whether per-image selectio
 channel set at the same cost (issue 21).
 
     python benchmarks/block_table.py resnet18_fmnist.pt -o benchmarks/results/block_table_r18
-    python benchmarks/block_table.py mobilenet_v2_fmnist64.pt --input-size 64 --fractions 0.25 \\
-        --blocks features.3,features.6,features.10,features.13 -o benchmarks/results/block_table_mbv2
+    python benchmarks/block_table.py mobilenet_v2_fmnist64.pt --input-size 64 --blocks features.3 -o LANE_A
+    python benchmarks/block_table.py mobilenet_v2_fmnist64.pt --input-size 64 \\
+        --blocks features.3,features.9,features.16 --finished-only -o benchmarks/results/block_table_mbv2
 
 On a 2-core machine two one-thread lanes finish about 1.8x sooner than one two-thread run (1.3x from
 the lanes, 1.4x more from the allocator setting; 2.35 against 4.3 minutes a fine-tune): one
