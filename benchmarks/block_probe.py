@@ -21,12 +21,11 @@ from pathlib import Path
 import modify
 from modify.study.candidates import Candidate
 from modify.study.store import RunRecord, load_runs
-from modify.study.sweep import CompareConfig, run_sweep
+from modify.study.sweep import run_sweep
 from modify.train.data import load_dataset
-from modify.train.finetune import FinetuneConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from block_table import KD, PLAN  # noqa: E402  (the table's MoD arm, exactly)
+from block_table import mod_arm, sweep_config  # noqa: E402  (the table's MoD arm and fine-tune, exactly)
 
 CAUSES = {
     "BatchNorms frozen": (("block_norms", "frozen"),),
@@ -36,15 +35,7 @@ CAUSES = {
 
 def probes(block: str, k: int) -> list[Candidate]:
     """The table's MoD arm at ``k`` (label ``"BLOCK MoD k=K"``) and one variant per cause."""
-    rule = {"name": block, "action": "mod", "k": k}
-    base = Candidate(
-        "mixed",
-        f"{block} MoD k={k}",
-        recipe={"version": 2, "mod": PLAN.mod.as_dict(), "rules": [rule]},
-        init=PLAN.init,
-        zero_update=PLAN.zero_update,
-        block_distill_steps=KD,
-    )
+    base = mod_arm(block, k)
     return [base] + [dataclasses.replace(base, label=f"{base.label}, {c}", finetune=f) for c, f in CAUSES.items()]
 
 
@@ -68,22 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-size", type=int, default=32)
     args = p.parse_args(argv)
     arms = probes(args.block, args.k)
-    have = {(r.key, r.seed) for r in load_runs(args.table)} if args.table else set()
+    table = [r for r in load_runs(args.table) if r.key == arms[0].key] if args.table else []
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    todo = [a for a in arms if any((a.key, s) not in have for s in seeds)]
+    todo = [a for a in arms if any((a.key, s) not in {(r.key, r.seed) for r in table} for s in seeds)]
     original = modify.load(args.model)
     train = load_dataset("fashion-mnist", split="train", size=args.input_size)
     test = load_dataset("fashion-mnist", split="test", size=args.input_size)
-    config = CompareConfig(  # block_table's, exactly
-        epochs=0.5,
-        seeds=seeds,
-        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03),
-        input_size=args.input_size,
-        throughput_batch=0,
-    )
-    records = run_sweep(original, train, test, candidates=todo, config=config, out_dir=args.out)
-    if args.table:
-        records += [r for r in load_runs(args.table) if r.key == arms[0].key]
+    config = sweep_config(seeds, args.input_size)
+    records = run_sweep(original, train, test, candidates=todo, config=config, out_dir=args.out) + table
     text = report(records, [a.label for a in arms])
     print(text)
     Path(args.out, "probe.md").write_text(text + "\n")

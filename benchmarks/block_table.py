@@ -66,11 +66,8 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
         )
         for f in fractions:
             k = _k(channels, f)
-            start = dict(init=PLAN.init, zero_update=PLAN.zero_update, block_distill_steps=KD)
             rule = {"name": name, "action": "mod", "k": k}
-            out.append(
-                Candidate("mixed", f"{name} MoD k={k}", recipe={"version": 2, "mod": mod, "rules": [rule]}, **start)
-            )
+            out.append(mod_arm(name, k))
             # The same reduced block and fusion fed one fixed set: the k channels the block reads most
             # (init "importance" picks them and copies their weights), then the same distillation.
             static = {**mod, "selection": "static"}
@@ -90,6 +87,36 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
                 )
             )
     return out
+
+
+def mod_arm(name: str, k: int) -> Candidate:
+    """The MoD arm of block ``name`` at width ``k``, labelled ``"NAME MoD k=K"``, built as the planner
+    builds its MoD choices (its form and fusion, the original block's weights, block-local distillation)."""
+    rule = {"name": name, "action": "mod", "k": k}
+    recipe = {"version": 2, "mod": PLAN.mod.as_dict(), "rules": [rule]}
+    return Candidate(
+        "mixed",
+        f"{name} MoD k={k}",
+        recipe=recipe,
+        init=PLAN.init,
+        zero_update=PLAN.zero_update,
+        block_distill_steps=KD,
+    )
+
+
+def sweep_config(
+    seeds: tuple[int, ...], input_size: int, *, epochs: float = 0.5, limit: int | None = None
+) -> CompareConfig:
+    """The fine-tune every arm gets: `modify compare`'s (distillation from the original, lr 0.02)."""
+    return CompareConfig(
+        epochs=epochs,
+        seeds=seeds,
+        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03),
+        input_size=input_size,
+        throughput_batch=0,
+        train_limit=limit,
+        test_limit=limit,
+    )
 
 
 def _k(channels: int, fraction: float) -> int:
@@ -248,23 +275,17 @@ def main(argv: list[str] | None = None) -> None:
     blocks = {s.name: s.channels for s in sites if s.convertible}
     keep_on = next(iter(blocks))  # one keep record whichever --blocks a run names
     if args.blocks:
-        unknown = [b for b in args.blocks.split(",") if b not in blocks]
+        names = args.blocks.split(",")
+        unknown = [b for b in names if b not in blocks]
         if unknown:
             listed = ", ".join(blocks)
             sys.exit(f"error: --blocks {','.join(unknown)}: not a convertible block of {args.model} (it has: {listed})")
-        blocks = {b: blocks[b] for b in args.blocks.split(",")}
+        blocks = {b: blocks[b] for b in names}
     fractions = [float(f) for f in args.fractions.split(",")]
     train = load_dataset("fashion-mnist", split="train", limit=args.limit, size=args.input_size)
     test = load_dataset("fashion-mnist", split="test", limit=args.limit, size=args.input_size)
-    config = CompareConfig(
-        epochs=args.epochs,
-        seeds=tuple(int(s) for s in args.seeds.split(",")),
-        finetune=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0, warmup=0.03),
-        input_size=args.input_size,
-        throughput_batch=0,
-        train_limit=args.limit,
-        test_limit=args.limit,
-    )
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    config = sweep_config(seeds, args.input_size, epochs=args.epochs, limit=args.limit)
 
     def progress(kind: str, info: dict[str, Any]) -> None:
         if kind == "done":

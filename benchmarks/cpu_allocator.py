@@ -47,9 +47,10 @@ def worker(model_name: str, input_size: int, steps: int, threads: int) -> dict[s
     n = 128 * (steps + 1)
     data = TensorDataset(torch.randn(n, 3, input_size, input_size), torch.randint(0, 10, (n,)))
     loader = DataLoader(data, batch_size=128, shuffle=True, drop_last=True)
-    finetune(model, loader, teacher=teacher, steps=1, config=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0))
+    config = FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0)
+    finetune(model, loader, teacher=teacher, steps=1, config=config)  # warm-up, not counted
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    finetune(model, loader, teacher=teacher, steps=steps, config=FinetuneConfig(lr=0.02, alpha=0.5, temperature=4.0))
+    finetune(model, loader, teacher=teacher, steps=steps, config=config)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {
