@@ -57,7 +57,6 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
     The keep arm's recipe names one block, ``keep_on`` (default: the first of ``blocks``); pass the
     model's first block so that sweeps over different ``--blocks`` share one keep record.
     """
-    mod = PLAN.mod.as_dict()
     keep = {"version": 2, "rules": [{"name": keep_on or next(iter(blocks)), "action": "keep"}]}
     out = [Candidate("mixed", "keep", recipe=keep)]
     for name, channels in blocks.items():
@@ -66,20 +65,8 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
         )
         for f in fractions:
             k = _k(channels, f)
-            rule = {"name": name, "action": "mod", "k": k}
             out.append(mod_arm(name, k))
-            # The same reduced block and fusion fed one fixed set: the k channels the block reads most
-            # (init "importance" picks them and copies their weights), then the same distillation.
-            static = {**mod, "selection": "static"}
-            out.append(
-                Candidate(
-                    "mixed",
-                    f"{name} static k={k}",
-                    recipe={"version": 2, "mod": static, "rules": [rule]},
-                    init="importance",
-                    block_distill_steps=KD,
-                )
-            )
+            out.append(static_arm(name, k))
             narrow = {"name": name, "action": "narrow", "fraction": f}
             out.append(
                 Candidate(
@@ -102,6 +89,15 @@ def mod_arm(name: str, k: int) -> Candidate:
         zero_update=PLAN.zero_update,
         block_distill_steps=KD,
     )
+
+
+def static_arm(name: str, k: int) -> Candidate:
+    """The static MoD arm, labelled ``"NAME static k=K"``: the MoD arm's reduced block and fusion fed
+    one fixed set, the k channels the block reads most (init "importance" picks them and copies
+    their weights), then the same distillation."""
+    rule = {"name": name, "action": "mod", "k": k}
+    recipe = {"version": 2, "mod": {**PLAN.mod.as_dict(), "selection": "static"}, "rules": [rule]}
+    return Candidate("mixed", f"{name} static k={k}", recipe=recipe, init="importance", block_distill_steps=KD)
 
 
 def sweep_config(

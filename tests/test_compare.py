@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -202,8 +203,21 @@ def test_a_candidate_that_cannot_be_built_is_recorded_and_the_sweep_goes_on(tmp_
     too_wide = Candidate("mod", "k=1000", recipe={"version": 1, "defaults": {"k": 1000}, "rules": [{"index": "odd"}]})
     delete = Candidate("delete", "delete layer4.1", blocks=("layer4.1",))
     config = CompareConfig(epochs=1, seeds=(0,), batch_size=16, bench_rounds=1, bench_seconds=0.01, throughput_batch=0)
-    records = run_sweep(original, train, test, candidates=[too_wide, delete], config=config, out_dir=tmp_path)
+    events: list[tuple[str, Any]] = []
+    records = run_sweep(
+        original,
+        train,
+        test,
+        candidates=[too_wide, delete],
+        config=config,
+        out_dir=tmp_path,
+        on_event=lambda kind, info: events.append((kind, info.get("model"))),
+    )
     assert [r.label for r in records] == ["delete layer4.1"] and records[0].speedup is not None
+    # The model is handed over as built and after its fine-tune (the same module, trained in place).
+    (_, built), (_, trained) = [e for e in events if e[0] in ("built", "trained")]
+    assert built is trained
+    assert [k for k, _ in events if k != "step"] == ["start", "failed", "start", "built", "trained", "done", "speed"]
     failures = load_failures(tmp_path)
     assert [f["label"] for f in failures] == ["k=1000"] and "k" in failures[0]["error"]
     other = modify.get_model("resnet18", num_classes=10)  # other random weights

@@ -165,7 +165,9 @@ def run_sweep(
 
     ``on_event(kind, info)`` is called with ``("start", {...})`` before each run,
     ``("step", StepInfo fields)`` after each training step, ``("done", record)`` after each run
-    and ``("speed", {...})`` after timing each architecture (for progress bars). Returns every
+    and ``("speed", {...})`` after timing each architecture (for progress bars); ``("built", ...)``
+    and ``("trained", ...)`` hand over the model itself (``info["model"]``, with ``"label"`` and
+    ``"seed"``) as built and after its fine-tune, for a caller that inspects it. Returns every
     record of these candidates, the earlier ones included.
     """
     store = SweepStore(out_dir)
@@ -207,6 +209,7 @@ def run_sweep(
             store.write(
                 f"arch/{candidate.arch_key}.json", {"pruning_ratio": details["pruning_ratio"], "label": candidate.label}
             )
+        emit("built", {"label": candidate.label, "seed": seed, "model": model})
         before = evaluate(model, test_loader)
         ft_config = dataclasses.replace(config.finetune, seed=seed, **dict(candidate.finetune))
         started = time.perf_counter()
@@ -221,6 +224,7 @@ def run_sweep(
         seconds = time.perf_counter() - started
         for m in (model, teacher, original):
             m.cpu()  # fine-tuning may have used a GPU; evaluation, counting and timing here are on the CPU
+        emit("trained", {"label": candidate.label, "seed": seed, "model": model})
         record = _record(
             candidate, seed, model, original, test_loader, config, before=before, seconds=seconds, details=details
         )
