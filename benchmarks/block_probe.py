@@ -69,7 +69,9 @@ def probes(block: str, k: int) -> list[Candidate]:
 
 def diagnose(model: nn.Module, original: nn.Module, block: str, images: Tensor) -> dict[str, Any]:
     """What the model's one MoD block does on ``images`` (N, 3, H, W), against ``original``'s ``block``
-    fed the same input: its channel choices and its update (output minus input)."""
+    fed the same input: its channel choices and its update (output minus input), the update's norm
+    ratio and cosine to the original block's as medians over the images. An identity MoD block
+    (k = C, `modify.conversion.pipeline.IDENTITY_CONFIG`) gives one set, ratio 1 and cosine 1."""
     (mod,) = [m for m in model.modules() if isinstance(m, MoDBlock)]
     reference = original.get_submodule(block).eval()
     seen: dict[str, list[Tensor]] = collections.defaultdict(list)
