@@ -12,8 +12,8 @@ of the block's update energy sum_c ||out_c - in_c||^2 that lies in
 
 at k = C/4 and C/2 (``--fractions``), for the blocks a recipe converts (``--recipe``) or named
 ones (``--blocks``; ``all``: every block `modify.convert` can convert). A reduced block sees only
-its k channels, so even these shares are upper
-bounds on what it can reproduce. Prints; writes nothing.
+its k channels, so even these shares are upper bounds on what it can reproduce. Prints; writes
+nothing.
 """
 
 from __future__ import annotations
