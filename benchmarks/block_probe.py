@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     tabled = {arms[0].key, arms[-1].key}  # the table's own arms: MoD and static MoD
     table = [r for r in load_runs(args.table) if r.key in tabled] if args.table else []
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    todo = [a for a in arms if any((a.key, s) not in {(r.key, r.seed) for r in table} for s in seeds)]
+    stored = {(r.key, r.seed) for r in table}
+    todo = [a for a in arms if any((a.key, s) not in stored for s in seeds)]
     original = modify.load(args.model)
     train = load_dataset("fashion-mnist", split="train", size=args.input_size)
     test = load_dataset("fashion-mnist", split="test", size=args.input_size)

@@ -79,12 +79,10 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
 def mod_arm(name: str, k: int) -> Candidate:
     """The MoD arm of block ``name`` at width ``k``, labelled ``"NAME MoD k=K"``, built as the planner
     builds its MoD choices (its form and fusion, the original block's weights, block-local distillation)."""
-    rule = {"name": name, "action": "mod", "k": k}
-    recipe = {"version": 2, "mod": PLAN.mod.as_dict(), "rules": [rule]}
     return Candidate(
         "mixed",
         f"{name} MoD k={k}",
-        recipe=recipe,
+        recipe=_mod_recipe(name, k),
         init=PLAN.init,
         zero_update=PLAN.zero_update,
         block_distill_steps=KD,
@@ -95,9 +93,15 @@ def static_arm(name: str, k: int) -> Candidate:
     """The static MoD arm, labelled ``"NAME static k=K"``: the MoD arm's reduced block and fusion fed
     one fixed set, the k channels the block reads most (init "importance" picks them and copies
     their weights), then the same distillation."""
-    rule = {"name": name, "action": "mod", "k": k}
-    recipe = {"version": 2, "mod": {**PLAN.mod.as_dict(), "selection": "static"}, "rules": [rule]}
+    recipe = _mod_recipe(name, k, selection="static")
     return Candidate("mixed", f"{name} static k={k}", recipe=recipe, init="importance", block_distill_steps=KD)
+
+
+def _mod_recipe(name: str, k: int, **changes: Any) -> dict[str, Any]:
+    """A version-2 recipe making block ``name`` a MoD block of width ``k``, built with the planner's
+    MoD settings (``changes`` override some of them)."""
+    rule = {"name": name, "action": "mod", "k": k}
+    return {"version": 2, "mod": {**PLAN.mod.as_dict(), **changes}, "rules": [rule]}
 
 
 def sweep_config(
