@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import modify
 import modify.io.names
 from modify.conversion.init import initialize, mod_blocks
+from modify.conversion.pipeline import convert_identity
 from modify.errors import ModifyError
 from modify.layers import MoDBlock
+from modify.layers.selector import StaticSelector
 from modify.train.finetune import (
     FinetuneConfig,
     distillation_loss,
@@ -299,6 +301,38 @@ def test_importance_init_copies_the_top_channels_and_the_selector_prefers_them()
     assert (seen["scores"] > 0.8).all()
     with pytest.raises(ModifyError, match=r"pass original="):
         initialize(result, "importance")
+
+
+@pytest.mark.parametrize("selection", ["dynamic", "static"])
+@pytest.mark.parametrize(
+    ("name", "size"), [("resnet18", 32), ("mobilenet_v2", 32), ("efficientnet_b0", 64), ("timm:convnext_atto", 64)]
+)
+def test_importance_init_at_k_c_in_the_identity_configuration_is_the_original(
+    name: str, size: int, selection: str
+) -> None:
+    """At k = C every channel is selected, so ``importance`` must reproduce the original block: slot
+    j's weights are those of the channel slot j receives. The identity configuration feeds channels
+    in ascending index, as a static selector does; a copy in importance order (what ``importance``
+    did before) permutes inputs against weights: 8.0 off at this ResNet-18's logits, 0.04-0.9 at the others'."""
+    pytest.importorskip("timm") if name.startswith("timm:") else None
+    torch.manual_seed(0)
+    model = modify.get_model(name, num_classes=10).eval()
+    norms = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm))]
+    scales = [p for n, p in model.named_parameters() if n.endswith("gamma")]  # ConvNeXt's layer scale
+    with torch.no_grad():  # distinct scales (rankings that are not the identity), and outputs far from 0
+        for weight in [m.weight for m in norms] + scales:
+            weight.uniform_(0.2, 2.0)
+        for m in norms:
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.normal_()
+    x = torch.randn(2, 3, size, size)
+    result = convert_identity(model, example_inputs=x[:1])
+    for _, _, block in mod_blocks(result):
+        if selection == "static":
+            block.selector = StaticSelector(block.channels, block.k)
+    initialize(result, "importance", original=model)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model.eval()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("lr", "steps", "weight"), [(0.02, 1, 1.0), (0.02, 5, 0.1), (0.002, 3, 1.0)])

@@ -20,7 +20,7 @@ from torch import Tensor, fx, nn
 
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock
-from modify.layers.options import StrChoice
+from modify.layers.options import SelectionOrder, StrChoice
 from modify.layers.selector import StaticSelector
 
 __all__ = ["ImportanceBy", "reduced_branch", "copy_leading", "copy_important", "scale_selectors"]
@@ -238,14 +238,24 @@ def copy_important(
     pairs = _counterparts(branch, original, scope)
     ranks = _Rankings(by)
     inputs = _input_layers(branch.graph, pairs) if isinstance(branch, fx.GraphModule) else list(pairs.values())[:1]
-    ranks.sets[mod.channels] = _rank_inputs(inputs, mod.channels)
+    ranking = _rank_inputs(inputs, mod.channels)  # (C,) most important first
+    ranks.sets[mod.channels] = _in_slot_order(mod, ranking)
     _copy_part(branch, original, scope, ranks)
     post = getattr(mod.block, "post", None) if mod.form is BlockForm.WHOLE else None
     if post is not None and any(True for _ in post.parameters()):
         _copy_part(post, original, scope, ranks)
-    preferred = ranks.sets[mod.channels][: mod.k]
-    prior = _prior_selector(mod, ranks.sets[mod.channels], noise)
-    return [int(i) for i in preferred], prior
+    prior = _prior_selector(mod, ranking, noise)
+    return [int(i) for i in ranking[: mod.k]], prior
+
+
+def _in_slot_order(mod: MoDBlock, ranking: Tensor) -> Tensor:
+    """``ranking`` (C,) with its first k in the order the selector feeds them to the reduced block,
+    so slot j's weights are those of the channel slot j receives. In score order slot j gets the
+    j-th highest score, which the prior gives the j-th most important channel: ``ranking`` as is.
+    In index order, and from a static selector, the k channels arrive in ascending index."""
+    k = mod.k
+    ascending = isinstance(mod.selector, StaticSelector) or mod.selector.order is SelectionOrder.INDEX
+    return torch.cat([ranking[:k].sort().values, ranking[k:]]) if ascending else ranking
 
 
 def copy_leading(mod: MoDBlock, original: nn.Module, name: str) -> None:
