@@ -47,7 +47,9 @@ place; nothing outside the MoD blocks is touched. `modify.convert` applies them 
       one ranking, so consecutive layers stay consistent (a Bottleneck's two inner widths share
       the first BatchNorm's ranking). The block's output rows are the same top-k channels it
       reads, matching its own shortcut (``x_sel + branch(x_sel)``); the fusion still adds them
-      into the fixed slot (the first k channels), as the paper does.
+      into the fixed slot (the first k channels), as the paper does. Slot j of the reduced block
+      holds the weights of the channel the selector feeds it: the j-th most important in score
+      order, the j-th smallest index of the k in index order and from a static selector.
     - The selector is set to rank those channels first, in importance order, for every input.
       fc2 has no bias, so a prior cannot be a constant; instead hidden unit 0 of fc1 becomes
       a multiple of the mean of the pooled input (positive after a ReLU), and fc2's column 0
