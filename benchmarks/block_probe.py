@@ -6,7 +6,8 @@ fitted); in how it is built, the reduced block's weights taken from the channels
 set to prefer (``init importance``: slot j starts as the j-th most important channel, whose
 weights it holds, where ``copy`` holds the leading channels' weights and a fresh selector), and
 the selected channels fed in ascending index order instead of score order (``order index``: a
-channel that two routings share lands in the same slot more often). Everything else is the
+channel that two routings share lands in the same slot more often), and the two together (each
+slot holding the weights of the channel it receives, however the scores tie). Everything else is the
 table's MoD arm: built as the planner builds it, 0.5 epoch of distillation from the original,
 lr 0.02, a resumable sweep folder.
 
@@ -52,9 +53,14 @@ CAUSES = {
 }
 
 
+def _index_order(c: Candidate) -> Candidate:
+    return dataclasses.replace(c, recipe={**c.recipe, "mod": {**c.recipe["mod"], "order": "index"}})
+
+
 BUILDS = {
     "init importance": lambda c: dataclasses.replace(c, init="importance"),
-    "order index": lambda c: dataclasses.replace(c, recipe={**c.recipe, "mod": {**c.recipe["mod"], "order": "index"}}),
+    "order index": _index_order,
+    "init importance, order index": lambda c: dataclasses.replace(_index_order(c), init="importance"),
 }
 
 
