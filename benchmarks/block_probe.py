@@ -18,7 +18,9 @@ for every model it fine-tunes, what its MoD block does as built and after the fi
 first 2048 test images (``diagnostics-s<SEEDS>.json`` per process, all of them in
 ``diagnostics.md``): how many distinct channel sets the images pick, how often slot j holds its
 most common channel, the selected scores, and the block's update (its output minus its input)
-against the original block's update on the same input (norm ratio and cosine). The table's own
+against the original block's update on the same input (norm ratio and cosine), and how many of the
+selector's hidden units fire on none of the first 256 (`modify.conversion.selector_units`: all of them
+dead is a selector that scores every channel 0.5). The table's own
 MoD and static MoD arms are read from ``--table`` (a block_table folder) when given, so they are
 not fine-tuned twice (and then have no diagnostics).
 """
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 import modify
+from modify.conversion.selector_units import dead_units
 from modify.layers import MoDBlock
 from modify.study.candidates import Candidate
 from modify.study.store import RunRecord, load_runs
@@ -115,7 +118,9 @@ def diagnose(model: nn.Module, original: nn.Module, block: str, images: Tensor) 
     sets = collections.Counter(tuple(sorted(row)) for row in indices.tolist())
     modal = [collections.Counter(indices[:, j].tolist()).most_common(1)[0][1] / n for j in range(indices.shape[1])]
     ratio, cosine = torch.cat(seen["ratio"]), torch.cat(seen["cosine"])
+    dead, hidden = dead_units(model, [mod], images[:256])[0]
     return {
+        "selector_units_dead": f"{dead}/{hidden}",
         "distinct_sets": len(sets),
         "most_common_set_share": sets.most_common(1)[0][1] / n,
         "slot_modal_share": sum(modal) / len(modal),
@@ -152,8 +157,8 @@ class Diagnostics:
                 found.setdefault(label, {}).update(seeds)
         lines = [
             "| arm | seed | stage | distinct sets | commonest set | slot modal share | score mean ± std "
-            "| update norm / original's | update cosine |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| update norm / original's | update cosine | selector units dead |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label, seeds in found.items():
             for seed, stages in sorted(seeds.items()):
@@ -161,7 +166,8 @@ class Diagnostics:
                     lines.append(
                         f"| {label} | {seed} | {stage} | {d['distinct_sets']} | {d['most_common_set_share']:.3f} "
                         f"| {d['slot_modal_share']:.3f} | {d['score_mean']:.3f} ± {d['score_std']:.3f} "
-                        f"| {d['update_norm_ratio']:.3f} | {d['update_cosine']:.3f} |"
+                        f"| {d['update_norm_ratio']:.3f} | {d['update_cosine']:.3f} "
+                        f"| {d.get('selector_units_dead', 'not measured')} |"
                     )
         return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from modify.conversion.selector_units import block_inputs
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock
 from modify.layers.options import SelectionOrder, StrChoice
@@ -320,21 +321,8 @@ def _set_prior(sel: nn.Module, v: Tensor, *, sign: float, magnitude: float) -> N
 
 def scale_selectors(model: nn.Module, blocks: list[MoDBlock], priors: dict[int, Tensor], data: Tensor) -> None:
     """Measures each block's pooled input mean on ``data`` and scales its prior to it."""
-    means: dict[int, list[float]] = {id(b): [] for b in blocks}
-
-    def hook(block: nn.Module, args: tuple[Any, ...]) -> None:
-        means[id(block)].extend(args[0].mean(dim=(1, 2, 3)).tolist())  # (N,) channel mean of the pooled input
-
-    handles = [b.register_forward_pre_hook(hook) for b in blocks]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(data)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    seen = block_inputs(model, blocks, data, lambda x: x.mean(dim=(1, 2, 3)))  # (N,) channel mean of the pooled input
+    means = {id(b): m.tolist() for b, m in zip(blocks, seen, strict=True)}
     for b in blocks:
         values = means[id(b)]
         prior = priors.get(id(b))

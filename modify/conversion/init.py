@@ -65,6 +65,13 @@ place; nothing outside the MoD blocks is touched. `modify.convert` applies them 
       data shows (or, without data, a positive sign that may leave unit 0 at zero, and then the
       selector ranks by its random units until fine-tuning moves it).
     - Grouped (not depthwise) convolutions fall back to the leading channels, as ``copy`` does.
+
+With ``data`` (a batch of real images), every strategy ends by reviving the selector's dead
+hidden units (`modify.conversion.selector_units.revive_selectors`): a fresh unit whose weights
+make it negative on every image (common when the block input is a ReLU output, so every pooled
+channel is >= 0) would output 0 and never get a gradient; with all of a selector's units dead
+every score is 0.5 and the block selects no differently per image, however long it trains.
+Such a unit's weights are negated, which makes it fire. The report counts them (``revived``).
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from modify.conversion.from_original import ImportanceBy, copy_important, copy_leading, reduced_branch, scale_selectors
+from modify.conversion.selector_units import revive_selectors
 from modify.conversion.surgery import get_attribute
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
@@ -91,6 +99,7 @@ __all__ = [
     "mod_blocks",
     "replaced_blocks",
     "zero_updates",
+    "revive_dead_selectors",
     "set_to_deletion",
 ]
 
@@ -107,6 +116,7 @@ class BlockInit:
     zeroed: str | None = None  # the layer set to zero ("zero"), in the reduced branch
     exact_zero: bool | None = None  # "zero": the MoD block adds exactly nothing (branch form)
     preferred: tuple[int, ...] = ()  # "importance": the k channels the selector ranks first, in order
+    revived: int = 0  # selector hidden units that fired on none of ``data``, sign-flipped to fire
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +171,9 @@ def initialize(
         result_or_model: a `ConversionResult` or its ``.model``.
         strategy: ``"scratch"``, ``"copy"``, ``"zero"`` or ``"importance"``.
         original: the model that was converted (``copy`` and ``importance`` read its blocks' weights).
-        data: optional images (N, 3, H, W) to scale the ``importance`` selector.
+        data: optional images (N, 3, H, W): with them, every selector hidden unit that fires on
+            none of them is sign-flipped so it fires (`modify.conversion.selector_units`), and
+            the ``importance`` selector is scaled to them.
         by: how ``importance`` ranks inner channels, ``"bn"`` or ``"l1"``.
         selector_noise: ``importance`` shrinks the selector's other weights by this factor.
 
@@ -210,7 +222,28 @@ def initialize(
                     done.append(BlockInit(**base))
         if strategy is Init.IMPORTANCE and data is not None:
             scale_selectors(model, [b for _, _, b in blocks], priors, data)
+    if data is not None:
+        revived = revive_dead_selectors(result_or_model, data)
+        done = [dataclasses.replace(d, revived=revived[d.module]) for d in done]
     return InitReport(strategy=strategy, blocks=tuple(done))
+
+
+def revive_dead_selectors(result_or_model: Any, data: Tensor) -> dict[str, int]:
+    """Sign-flips every selector hidden unit of the MoD blocks that fires on none of ``data``
+    (N, 3, H, W) (`modify.conversion.selector_units`); returns block path -> units flipped.
+    `initialize` does this whenever it is given data; a model converted with ``init="copy"``
+    and not re-initialised needs it before training.
+
+    Example:
+        >>> import torchvision, modify
+        >>> result = modify.convert(torchvision.models.resnet18(num_classes=10), c=64, input_size=32, init="copy")
+        >>> sorted(revive_dead_selectors(result, torch.randn(4, 3, 32, 32)))
+        ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    """
+    model = getattr(result_or_model, "model", result_or_model)
+    blocks = mod_blocks(result_or_model)
+    flipped = revive_selectors(model, [b for _, _, b in blocks], data)
+    return {path: n for (path, _, _), n in zip(blocks, flipped, strict=True)}
 
 
 def set_to_deletion(block: nn.Module) -> str | None:

@@ -225,7 +225,7 @@ def build_candidate(
             "macs_ratio_tp": pruned.macs_ratio,
         }
     import modify
-    from modify.conversion.init import initialize, replaced_blocks, zero_updates
+    from modify.conversion.init import initialize, replaced_blocks, revive_dead_selectors, zero_updates
 
     if not weights:
         return modify.convert(teacher, recipe=candidate.recipe, input_size=input_size).model, {}
@@ -236,7 +236,12 @@ def build_candidate(
         "converted": [(b.name, b.action, b.k) if b.action != "mod" else (b.name, b.k) for b in result.converted]
     }
     if candidate.init not in ("copy", "scratch"):
-        initialize(result, candidate.init, original=teacher, data=calib)
+        report = initialize(result, candidate.init, original=teacher, data=calib)
+        revived = {b.module: b.revived for b in report.blocks}
+    else:
+        revived = revive_dead_selectors(result, calib) if calib is not None else {}
+    if any(revived.values()):
+        details["revived"] = {path: n for path, n in revived.items() if n}  # selector units that started dead
     if candidate.zero_update:
         details["zeroed"] = zero_updates(result)
     if candidate.block_distill_steps and replaced_blocks(result):
