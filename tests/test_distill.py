@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -79,3 +80,35 @@ def test_a_block_that_fits_worse_than_its_deletion_is_set_to_exactly_its_deletio
         assert torch.equal(
             result.model.eval()(x), delete_blocks(net, recipe="every_other", input_size=32).model.eval()(x)
         )
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1, 1.0])
+def test_the_selector_learning_rate_applies_to_the_selector_only(scale: float, monkeypatch) -> None:
+    """The groups AdamW is given per block: every trainable parameter once, the selector's at
+    lr * scale (absent when 0), the rest at lr; at 1 a single group, as before the option."""
+    given: list[list[dict]] = []
+    adamw = torch.optim.AdamW
+
+    def recording(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
+        given.append([{**g, "params": list(g["params"])} for g in groups])
+        return adamw(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    result = modify.convert(net, recipe=OP, input_size=32, init="copy")
+    distill_blocks(result, net, [torch.randn(4, 3, 32, 32)], steps=1, lr=1e-3, selector_lr_scale=scale)
+    blocks = [result.model.get_submodule(n) for n in ("layer1.1", "layer2.1", "layer3.1", "layer4.1")]
+    assert len(given) == len(blocks)
+    for groups, block in zip(given, blocks, strict=True):
+        selector = {id(p) for p in block.selector.parameters()}
+        everything = [id(p) for p in block.parameters()]
+        if scale == 1.0:
+            assert len(groups) == 1 and [id(p) for p in groups[0]["params"]] == everything
+            continue
+        assert [id(p) for p in groups[0]["params"]] == [i for i in everything if i not in selector]
+        assert "lr" not in groups[0]  # the optimiser's lr
+        if scale > 0:
+            assert {id(p) for p in groups[1]["params"]} == selector and groups[1]["lr"] == pytest.approx(1e-3 * scale)
+        else:
+            assert len(groups) == 1

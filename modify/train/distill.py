@@ -59,6 +59,19 @@ class DistillReport:
     seconds: float
 
 
+def _param_groups(block: nn.Module, lr: float, selector_lr_scale: float) -> list[dict[str, Any]]:
+    """One group of the block's trainable parameters, or, with a selector learning rate of its own,
+    the selector's (at ``lr * selector_lr_scale``; none when 0) and the rest."""
+    params = [p for p in block.parameters() if p.requires_grad]
+    if selector_lr_scale == 1.0 or not isinstance(block, MoDBlock):
+        return [{"params": params}]
+    chosen = {id(p) for p in block.selector.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in chosen]}]
+    if selector_lr_scale > 0:
+        groups.append({"params": [p for p in params if id(p) in chosen], "lr": lr * selector_lr_scale})
+    return groups
+
+
 def _images(batch: Any) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
@@ -141,6 +154,7 @@ def distill_blocks(
     lr: float = 3e-3,
     batch_size: int = 64,
     route_weight: float = 0.0,
+    selector_lr_scale: float = 1.0,
     seed: int = 0,
 ) -> DistillReport:
     """Trains every MoD block and narrowed block of a converted model, in place, to reproduce
@@ -159,6 +173,11 @@ def distill_blocks(
         route_weight: for blocks that fuse into the selected channels' own positions
             (``fusion: original``), the weight of a loss that teaches the selector to pick, per
             image, the k channels the original block changes most (0: output error alone).
+        selector_lr_scale: the selectors' learning rate as a share of ``lr`` (0: frozen). At 1,
+            AdamW moves a selector weight by up to ``lr`` a step, far beyond its fresh scale
+            (1 / sqrt(C)), and the hidden units can die: on the converged ResNet-18's layer1.0
+            at k = C/2 every unit is dead after it, and the block feeds one fixed channel set to
+            every image (benchmarks/selector_fate.py).
         seed: seeds the sampling of the recorded activations.
 
     Returns:
@@ -181,8 +200,7 @@ def distill_blocks(
         deleted = float(F.mse_loss(x, y).item()) if x.shape == y.shape else float("nan")
         before = _error(block.eval(), x, y, batch_size)
         start = copy.deepcopy(block.state_dict())
-        params = [p for p in block.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(_param_groups(block, lr, selector_lr_scale), lr=lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
         block.train()
         routed = route_weight > 0 and isinstance(block, MoDBlock) and block.fusion.slot is FusionSlot.ORIGINAL
@@ -192,7 +210,7 @@ def distill_blocks(
             loss = F.mse_loss(block(xb), yb)
             if routed:
                 loss = loss + route_weight * _routing_loss(block, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
+            block.zero_grad(set_to_none=True)  # the selector too where it is not optimised
             loss.backward()
             optimizer.step()
             schedule.step()

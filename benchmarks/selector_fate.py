@@ -1,0 +1,197 @@
+"""What happens to the selector of each MoD arm of a block table before its fine-tune: how many of its
+hidden units fire on no image (`modify.conversion.selector_units`; all of them dead is a selector
+that scores every channel 0.5, so top-k picks one fixed set for every image, by how the backend
+breaks ties), as drawn, revived, and after the arm's 300 steps of block-local distillation with the
+selector trained at a share of the learning rate (1: what the table's arms got; 0: frozen); and how
+well the block then fits the original block (`modify.train.distill.BlockFit`: mean squared error on
+the recorded activations; the block deleted and the table's static MoD arm, distilled alike, beside it).
+
+    python benchmarks/selector_fate.py resnet18_fmnist32.pt --table benchmarks/results/block_table_r18 -o DIR
+    python benchmarks/selector_fate.py mobilenet_v2_fmnist64.pt --input-size 64 \\
+        --table benchmarks/results/block_table_mbv2 -o DIR --arms "features.3 "
+
+The arms are rebuilt from the table's record labels and checked against their keys; "as the table
+built it" is `build_candidate` exactly (no revival, selector at 1), checked equal to this script's own
+path. Dead units are counted on the sweep's 256 calibration images, distinct channel sets and the
+score spread over images on the first 2048 test images. No fine-tuning (block_probe.py's diagnostics
+follow a selector through it). Writes ``selector_fate.md`` and ``selector_fate.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import modify
+from modify.conversion.selector_units import dead_units
+from modify.io.files import atomic_write_text
+from modify.layers import MoDBlock
+from modify.study.candidates import Candidate, build_candidate
+from modify.study.store import load_runs
+from modify.train.data import load_dataset
+from modify.train.distill import distill_blocks
+
+sys.path.insert(0, str(Path(__file__).parent))
+from block_table import mod_arm, static_arm  # noqa: E402  (the table's arms, exactly)
+
+LABEL = re.compile(r"^(?P<block>\S+) MoD k=(?P<k>\d+)$")
+
+
+def selection(model: nn.Module, calib: Tensor, images: Tensor) -> dict[str, Any]:
+    """The one MoD block's selector: dead hidden units on ``calib``; on ``images``, the distinct
+    channel sets and the score's standard deviation over images (mean over the k slots)."""
+    (mod,) = [m for m in model.modules() if isinstance(m, MoDBlock)]
+    picked: list[Tensor] = []
+    scores: list[Tensor] = []
+
+    def on_selector(m: nn.Module, args: tuple[Tensor, ...], out: tuple[Tensor, Tensor]) -> None:
+        scores.append(out[0])  # (N, k)
+        picked.append(out[1])  # (N, k)
+
+    hook = mod.selector.register_forward_hook(on_selector)
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in images.split(256):
+                model(batch)
+    finally:
+        hook.remove()
+    s, idx = torch.cat(scores), torch.cat(picked)  # (N, k) each
+    dead, hidden = dead_units(model, [mod], calib)[0]
+    return {
+        "dead": dead,
+        "hidden": hidden,
+        "distinct_sets": len({tuple(sorted(row)) for row in idx.tolist()}),
+        "score_mean": s.mean().item(),
+        "score_std_over_images": s.std(0).mean().item(),
+    }
+
+
+class Bench:
+    """The model, the data and the sweep's calibration images; builds arms as the sweep does."""
+
+    def __init__(self, model_path: str, input_size: int) -> None:
+        self.original = modify.load(model_path).eval()
+        self.input_size = input_size
+        self.train: Dataset = load_dataset("fashion-mnist", split="train", size=input_size)
+        test = load_dataset("fashion-mnist", split="test", size=input_size)
+        picks = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(0))[:256].tolist()
+        self.calib = torch.stack([self.train[i][0] for i in picks])  # (256, 3, H, W), as run_sweep draws them
+        self.images = next(iter(DataLoader(test, batch_size=2048)))[0]  # (2048, 3, H, W)
+
+    def loader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=128, shuffle=True, drop_last=True)  # run_sweep's
+
+    def build(self, arm: Candidate, *, revive: bool, selector_lr_scale: float | None) -> tuple[nn.Module, dict]:
+        """The arm without block distillation, then (``selector_lr_scale`` not None) distilled as
+        `build_candidate` distils it, with the selector's learning rate scaled."""
+        bare = dataclasses.replace(arm, block_distill_steps=0)
+        model, _ = build_candidate(
+            bare, self.original, input_size=self.input_size, calib=self.calib if revive else None
+        )
+        if selector_lr_scale is None:
+            return model, {}
+        report = distill_blocks(
+            model,
+            self.original,
+            self.loader(),
+            steps=arm.block_distill_steps,
+            route_weight=arm.route_weight,
+            selector_lr_scale=selector_lr_scale,
+        )
+        return model, dataclasses.asdict(report.blocks[0])
+
+
+def fate(bench: Bench, block: str, k: int, scales: list[float], *, check: bool) -> dict[str, Any]:
+    arm = mod_arm(block, k)
+    row: dict[str, Any] = {"arm": arm.label}
+    stages: list[tuple[str, bool, float | None]] = [("as drawn", False, None), ("revived", True, None)]
+    stages += [("as the table built it", False, 1.0)] + [(f"revived, selector lr x{s:g}", True, s) for s in scales]
+    for stage, revive, scale in stages:
+        model, fit = bench.build(arm, revive=revive, selector_lr_scale=scale)
+        row[stage] = {**selection(model, bench.calib, bench.images), **fit}
+        if check and stage == "as the table built it":
+            table, _ = build_candidate(
+                arm, bench.original, input_size=bench.input_size, calib=None, train_loader=bench.loader()
+            )
+            row[stage]["equals_build_candidate"] = all(
+                torch.equal(a, b) for a, b in zip(model.state_dict().values(), table.state_dict().values(), strict=True)
+            )
+    _, details = build_candidate(
+        static_arm(block, k),
+        bench.original,
+        input_size=bench.input_size,
+        calib=bench.calib,
+        train_loader=bench.loader(),
+    )
+    row["static MoD"] = details["block_distill"][0]
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    distilled = [s for s in rows[0] if "selector lr" in s or s == "as the table built it"] if rows else []
+    lines = [
+        "Dead units / hidden units (256 calibration images); distinct channel sets over 2048 test images; "
+        "block MSE after block distillation (the block deleted; static MoD distilled alike).",
+        "",
+        "| arm | as drawn | revived | " + " | ".join(distilled) + " | deleted MSE | static MoD MSE |",
+        "|---|---|---|" + "---|" * len(distilled) + "---|---|",
+    ]
+    for r in rows:
+        cells = [r["arm"], f"{r['as drawn']['dead']}/{r['as drawn']['hidden']}"]
+        cells.append(f"{r['revived']['dead']}/{r['revived']['hidden']}")
+        for s in distilled:
+            d = r[s]
+            cells.append(f"{d['dead']}/{d['hidden']} dead, {d['distinct_sets']} sets, MSE {d['loss_after']:.4f}")
+        cells += [f"{r['static MoD']['loss_deleted']:.4f}", f"{r['static MoD']['loss_after']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for s in ["as drawn", "revived", *distilled]:
+        dead = sum(r[s]["dead"] == r[s]["hidden"] for r in rows)
+        lines.append(f"- {s}: every selector unit dead in {dead} of {len(rows)} arms.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="the table's trained checkpoint")
+    p.add_argument("--table", required=True, help="a block_table folder (its MoD arms are measured)")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--arms", default=None, help="only the MoD arms whose label this regular expression finds")
+    p.add_argument("--scales", default="1,0.1,0", help="selector learning-rate shares to distil with")
+    p.add_argument("--no-check", action="store_true", help="skip rebuilding the table's arm with build_candidate")
+    p.add_argument("-o", "--out", required=True)
+    args = p.parse_args(argv)
+    bench = Bench(args.model, args.input_size)
+    scales = [float(s) for s in args.scales.split(",")]
+    labels = sorted({r.label: r.key for r in load_runs(args.table) if LABEL.match(r.label)}.items())
+    rows = []
+    for label, key in labels:
+        if args.arms and not re.search(args.arms, label):
+            continue
+        match = LABEL.match(label)
+        assert match is not None
+        block, k = match["block"], int(match["k"])
+        if mod_arm(block, k).key != key:
+            raise SystemExit(f"error: {label}: the MoD arm's key is {mod_arm(block, k).key}, the record's {key}")
+        rows.append(fate(bench, block, k, scales, check=not args.no_check))
+        print(json.dumps(rows[-1]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "selector_fate.json", json.dumps(rows, indent=1) + "\n")
+    text = markdown(rows)
+    atomic_write_text(out / "selector_fate.md", text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
