@@ -10,11 +10,13 @@ the recorded activations; the block deleted and the table's static MoD arm, dist
     python benchmarks/selector_fate.py mobilenet_v2_fmnist64.pt --input-size 64 \\
         --table benchmarks/results/block_table_mbv2 -o DIR --arms "features.3 "
 
-The arms are rebuilt from the table's record labels and checked against their keys; "as the table
-built it" is `build_candidate` exactly (no revival, selector at 1), checked equal to this script's own
-path. Dead units are counted on the sweep's 256 calibration images, distinct channel sets and the
-score spread over images on the first 2048 test images. No fine-tuning (block_probe.py's diagnostics
-follow a selector through it). Writes ``selector_fate.md`` and ``selector_fate.json``.
+``--report-only -o DIR`` rewrites the table from ``DIR/selector_fate.json`` (lanes split by
+``--arms`` merged there). The arms are rebuilt from the table's record labels and checked against
+their keys; "as the table built it" is `build_candidate` exactly (no revival, selector at 1),
+checked equal to this script's own path. Dead units are counted on the sweep's 256 calibration
+images; block_probe.py's diagnostics (distinct channel sets, scores, the block's update against the
+original block's) on the first 2048 test images. No fine-tuning (block_probe.py follows a selector
+through it). Writes ``selector_fate.md`` and ``selector_fate.json``.
 """
 
 from __future__ import annotations
@@ -41,39 +43,18 @@ from modify.train.data import load_dataset
 from modify.train.distill import distill_blocks
 
 sys.path.insert(0, str(Path(__file__).parent))
+from block_probe import diagnose  # noqa: E402
 from block_table import mod_arm, static_arm  # noqa: E402  (the table's arms, exactly)
 
 LABEL = re.compile(r"^(?P<block>\S+) MoD k=(?P<k>\d+)$")
 
 
-def selection(model: nn.Module, calib: Tensor, images: Tensor) -> dict[str, Any]:
-    """The one MoD block's selector: dead hidden units on ``calib``; on ``images``, the distinct
-    channel sets and the score's standard deviation over images (mean over the k slots)."""
+def selection(model: nn.Module, original: nn.Module, block: str, calib: Tensor, images: Tensor) -> dict[str, Any]:
+    """The one MoD block's selector: block_probe's diagnostics on ``images`` (distinct channel sets,
+    scores, the block's update against the original block's), and its dead hidden units on ``calib``."""
     (mod,) = [m for m in model.modules() if isinstance(m, MoDBlock)]
-    picked: list[Tensor] = []
-    scores: list[Tensor] = []
-
-    def on_selector(m: nn.Module, args: tuple[Tensor, ...], out: tuple[Tensor, Tensor]) -> None:
-        scores.append(out[0])  # (N, k)
-        picked.append(out[1])  # (N, k)
-
-    hook = mod.selector.register_forward_hook(on_selector)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in images.split(256):
-                model(batch)
-    finally:
-        hook.remove()
-    s, idx = torch.cat(scores), torch.cat(picked)  # (N, k) each
     dead, hidden = dead_units(model, [mod], calib)[0]
-    return {
-        "dead": dead,
-        "hidden": hidden,
-        "distinct_sets": len({tuple(sorted(row)) for row in idx.tolist()}),
-        "score_mean": s.mean().item(),
-        "score_std_over_images": s.std(0).mean().item(),
-    }
+    return {**diagnose(model, original, block, images), "dead": dead, "hidden": hidden}
 
 
 class Bench:
@@ -118,7 +99,7 @@ def fate(bench: Bench, block: str, k: int, scales: list[float], *, check: bool) 
     stages += [("as the table built it", False, 1.0)] + [(f"revived, selector lr x{s:g}", True, s) for s in scales]
     for stage, revive, scale in stages:
         model, fit = bench.build(arm, revive=revive, selector_lr_scale=scale)
-        row[stage] = {**selection(model, bench.calib, bench.images), **fit}
+        row[stage] = {**selection(model, bench.original, block, bench.calib, bench.images), **fit}
         if check and stage == "as the table built it":
             table, _ = build_candidate(
                 arm, bench.original, input_size=bench.input_size, calib=None, train_loader=bench.loader()
@@ -141,7 +122,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     distilled = [s for s in rows[0] if "selector lr" in s or s == "as the table built it"] if rows else []
     lines = [
         "Dead units / hidden units (256 calibration images); distinct channel sets over 2048 test images; "
-        "block MSE after block distillation (the block deleted; static MoD distilled alike).",
+        "block MSE after block distillation, on the images the MoD arm's distillation recorded (deleted: the "
+        "block's input against its output there; static MoD: distilled alike, on the images its own build drew).",
         "",
         "| arm | as drawn | revived | " + " | ".join(distilled) + " | deleted MSE | static MoD MSE |",
         "|---|---|---|" + "---|" * len(distilled) + "---|---|",
@@ -152,7 +134,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         for s in distilled:
             d = r[s]
             cells.append(f"{d['dead']}/{d['hidden']} dead, {d['distinct_sets']} sets, MSE {d['loss_after']:.4f}")
-        cells += [f"{r['static MoD']['loss_deleted']:.4f}", f"{r['static MoD']['loss_after']:.4f}"]
+        cells += [f"{r[distilled[0]]['loss_deleted']:.4f}", f"{r['static MoD']['loss_after']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for s in ["as drawn", "revived", *distilled]:
@@ -163,14 +145,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="the table's trained checkpoint")
-    p.add_argument("--table", required=True, help="a block_table folder (its MoD arms are measured)")
+    p.add_argument("model", nargs="?", help="the table's trained checkpoint (not with --report-only)")
+    p.add_argument("--table", help="a block_table folder (its MoD arms are measured)")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--arms", default=None, help="only the MoD arms whose label this regular expression finds")
     p.add_argument("--scales", default="1,0.1,0", help="selector learning-rate shares to distil with")
     p.add_argument("--no-check", action="store_true", help="skip rebuilding the table's arm with build_candidate")
+    p.add_argument("--report-only", action="store_true", help="rewrite selector_fate.md from the JSON in OUT")
     p.add_argument("-o", "--out", required=True)
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        text = markdown(json.loads((out / "selector_fate.json").read_text()))
+        atomic_write_text(out / "selector_fate.md", text + "\n")
+        print(text)
+        return
+    if args.model is None or args.table is None:
+        raise SystemExit("error: give the trained checkpoint and --table DIR (or --report-only -o DIR)")
     bench = Bench(args.model, args.input_size)
     scales = [float(s) for s in args.scales.split(",")]
     labels = sorted({r.label: r.key for r in load_runs(args.table) if LABEL.match(r.label)}.items())
@@ -185,7 +176,6 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {label}: the MoD arm's key is {mod_arm(block, k).key}, the record's {key}")
         rows.append(fate(bench, block, k, scales, check=not args.no_check))
         print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "selector_fate.json", json.dumps(rows, indent=1) + "\n")
     text = markdown(rows)
