@@ -7,7 +7,9 @@ set to prefer (``init importance``: slot j starts as the j-th most important cha
 weights it holds, where ``copy`` holds the leading channels' weights and a fresh selector), and
 the selected channels fed in ascending index order instead of score order (``order index``: a
 channel that two routings share lands in the same slot more often), and the two together (each
-slot holding the weights of the channel it receives, however the scores tie). Everything else is the
+slot holding the weights of the channel it receives, however the scores tie); and the selector frozen
+during block-local distillation (which otherwise kills every selector unit on the ResNet-18 of the
+table, leaving one fixed channel set: benchmarks/selector_fate.py). Everything else is the
 table's MoD arm: built as the planner builds it, 0.5 epoch of distillation from the original,
 lr 0.02, a resumable sweep folder.
 
@@ -61,6 +63,7 @@ def _index_order(c: Candidate) -> Candidate:
 
 
 BUILDS = {
+    "selector frozen in block KD": lambda c: dataclasses.replace(c, selector_lr_scale=0.0),
     "init importance": lambda c: dataclasses.replace(c, init="importance"),
     "order index": _index_order,
     "init importance, order index": lambda c: dataclasses.replace(_index_order(c), init="importance"),

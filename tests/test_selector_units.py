@@ -158,3 +158,29 @@ def test_the_planner_builds_mod_blocks_with_live_selectors() -> None:
     drawn = {p: m.fc1.weight for p, m in plain.named_modules() if isinstance(m, ChannelSelector)}
     assert_revived_from(drawn, model, {f"{p}.selector": n for p, n in details["revived"].items()})
     assert set(dead_by_hand(model, x).values()) == {0}
+
+
+def test_a_candidate_can_freeze_the_selector_in_block_distillation() -> None:
+    """``selector_lr_scale=0``: block-local distillation trains the reduced blocks and leaves every
+    selector as built; the candidate has a key of its own and the architecture (speed record) of
+    the candidate without it, whose key is what it was before the field existed."""
+    import dataclasses
+
+    from modify.study.candidates import Candidate, build_candidate
+
+    torch.manual_seed(0)
+    net = modify.get_model("resnet18", num_classes=10).eval()
+    x = torch.randn(8, 3, SIZE, SIZE)
+    recipe = {"version": 1, "defaults": {"fraction": 0.25}, "rules": [{"index": "odd"}], "mod": DEFAULT_MOD_RECIPE}
+    base = Candidate("mod", "MoD-OP k=0.25 + block KD", recipe=recipe, init="copy", block_distill_steps=5)
+    frozen = dataclasses.replace(base, selector_lr_scale=0.0)
+    assert "selector_lr_scale" not in base.spec() and frozen.spec()["selector_lr_scale"] == 0.0
+    assert frozen.key != base.key and frozen.arch_key == base.arch_key
+    bare, _ = build_candidate(dataclasses.replace(base, block_distill_steps=0), net, input_size=SIZE, calib=x)
+    model, details = build_candidate(frozen, net, input_size=SIZE, calib=x, train_loader=[x])
+    assert len(details["block_distill"]) == 4
+    built, trained = bare.state_dict(), model.state_dict()
+    selectors = [k for k in built if ".selector." in k]
+    assert selectors and all(torch.equal(built[k], trained[k]) for k in selectors)
+    kept = [b["module"] for b in details["block_distill"] if b["kept"]]
+    assert all(any(not torch.equal(built[k], trained[k]) for k in built if k.startswith(f"{m}.block.")) for m in kept)

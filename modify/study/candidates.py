@@ -51,6 +51,7 @@ class Candidate:
     init: str = "scratch"  # mod: scratch | zero | importance (`modify.conversion.init`) or copy (convert's)
     block_distill_steps: int = 0  # mod / mixed: block-local distillation steps per MoD or narrowed block
     route_weight: float = 0.0  # mod: block distillation also teaches the selector the most-changed channels
+    selector_lr_scale: float = 1.0  # mod / mixed: the selectors' learning-rate share in block distillation (0: frozen)
     init_version: int = 2  # importance: 2 = the balanced selector prior (1, before it, collapsed in fine-tuning)
     speedup: float | None = None  # prune: target batch-1 / one-thread speed-up, measured
     macs_ratio: float | None = None  # prune: or a target MAC ratio
@@ -69,6 +70,8 @@ class Candidate:
         # Fields added later are left out where they do not apply, so earlier sweeps keep their keys.
         if not spec["route_weight"]:
             spec.pop("route_weight")
+        if spec["selector_lr_scale"] == 1.0:
+            spec.pop("selector_lr_scale")
         if self.init != "importance":
             spec.pop("init_version")
         if not self.zero_update:
@@ -95,8 +98,9 @@ class Candidate:
         if deleted is not None and self.method != "delete":
             return Candidate("delete", self.label, blocks=deleted).arch_key
         spec = self.spec()
-        for weights_only in ("init", "block_distill_steps", "route_weight", "init_version", "zero_update", "finetune"):
-            spec.pop(weights_only, None)
+        weights_only = ("init", "block_distill_steps", "route_weight", "selector_lr_scale", "init_version")
+        for field in (*weights_only, "zero_update", "finetune"):
+            spec.pop(field, None)
         return _digest(self.method, spec)
 
     def deleted_only(self) -> tuple[str, ...] | None:
@@ -250,7 +254,12 @@ def build_candidate(
         from modify.train.distill import distill_blocks
 
         report = distill_blocks(
-            result, teacher, train_loader, steps=candidate.block_distill_steps, route_weight=candidate.route_weight
+            result,
+            teacher,
+            train_loader,
+            steps=candidate.block_distill_steps,
+            route_weight=candidate.route_weight,
+            selector_lr_scale=candidate.selector_lr_scale,
         )
         details["block_distill"] = [dataclasses.asdict(b) for b in report.blocks]
         details["block_distill_seconds"] = report.seconds  # extra training time the table shows beside the fine-tune
