@@ -14,7 +14,11 @@ every score 0.500, before and after the fine-tune; ``benchmarks/results/block_pr
 `revive_selectors` flips the sign of every hidden unit's weights that is dead on a calibration
 batch (``W1[j] <- -W1[j]``). The fresh weights are drawn from a distribution symmetric about
 zero, so the flipped row is as likely a draw as the original; on inputs of one sign it then
-fires wherever the original was silent. `dead_units` only counts, for diagnostics.
+fires wherever the original was silent. `dead_units` only counts, for diagnostics. A live start
+is not a live end: block-local distillation at the selector's full learning rate kills every unit
+again on that ResNet-18, because one fixed channel set fits the original block better than
+per-image sets (`modify.train.distill.distill_blocks`'s ``selector_lr_scale``;
+``benchmarks/selector_fate.py``).
 
 Example:
     >>> import torch, torchvision, modify
