@@ -12,11 +12,12 @@ the recorded activations; the block deleted and the table's static MoD arm, dist
 
 ``--report-only -o DIR`` rewrites the table from ``DIR/selector_fate.json`` (lanes split by
 ``--arms`` merged there). The arms are rebuilt from the table's record labels and checked against
-their keys; "as the table built it" is `build_candidate` exactly (no revival, selector at 1),
-checked equal to this script's own path. Dead units are counted on the sweep's 256 calibration
-images; block_probe.py's diagnostics (distinct channel sets, scores, the block's update against the
-original block's) on the first 2048 test images. No fine-tuning (block_probe.py follows a selector
-through it). Writes ``selector_fate.md`` and ``selector_fate.json``.
+their keys, and every stage is built by `build_candidate` ("as the table built it": no calibration
+images, so no revival, and the selector at its full learning rate). Dead units are counted on the
+sweep's 256 calibration images; block_probe.py's diagnostics (distinct channel sets, scores, the
+block's update against the original block's) on the first 2048 test images. No fine-tuning
+(block_probe.py follows a selector through it). Writes ``selector_fate.md`` and
+``selector_fate.json``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from modify.layers import MoDBlock
 from modify.study.candidates import Candidate, build_candidate
 from modify.study.store import load_runs
 from modify.train.data import load_dataset
-from modify.train.distill import distill_blocks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from block_probe import diagnose  # noqa: E402
@@ -73,26 +73,26 @@ class Bench:
         return DataLoader(self.train, batch_size=128, shuffle=True, drop_last=True)  # run_sweep's
 
     def build(self, arm: Candidate, *, revive: bool, selector_lr_scale: float | None) -> tuple[nn.Module, dict]:
-        """The arm without block distillation, then (``selector_lr_scale`` not None) distilled as
-        `build_candidate` distils it, with the selector's learning rate scaled."""
-        bare = dataclasses.replace(arm, block_distill_steps=0)
-        model, _ = build_candidate(
-            bare, self.original, input_size=self.input_size, calib=self.calib if revive else None
+        """The arm as `build_candidate` builds it (revived with the calibration images, or as drawn
+        without them): without block distillation (``selector_lr_scale`` None), or with it at that
+        selector share; returns the model and the block's `BlockFit` as a dict (empty without)."""
+        distilled = selector_lr_scale is not None
+        candidate = (
+            dataclasses.replace(arm, selector_lr_scale=selector_lr_scale)
+            if distilled
+            else dataclasses.replace(arm, block_distill_steps=0)
         )
-        if selector_lr_scale is None:
-            return model, {}
-        report = distill_blocks(
-            model,
+        model, details = build_candidate(
+            candidate,
             self.original,
-            self.loader(),
-            steps=arm.block_distill_steps,
-            route_weight=arm.route_weight,
-            selector_lr_scale=selector_lr_scale,
+            input_size=self.input_size,
+            calib=self.calib if revive else None,
+            train_loader=self.loader() if distilled else None,
         )
-        return model, dataclasses.asdict(report.blocks[0])
+        return model, details["block_distill"][0] if distilled else {}
 
 
-def fate(bench: Bench, block: str, k: int, scales: list[float], *, check: bool) -> dict[str, Any]:
+def fate(bench: Bench, block: str, k: int, scales: list[float]) -> dict[str, Any]:
     arm = mod_arm(block, k)
     row: dict[str, Any] = {"arm": arm.label}
     stages: list[tuple[str, bool, float | None]] = [("as drawn", False, None), ("revived", True, None)]
@@ -100,13 +100,6 @@ def fate(bench: Bench, block: str, k: int, scales: list[float], *, check: bool) 
     for stage, revive, scale in stages:
         model, fit = bench.build(arm, revive=revive, selector_lr_scale=scale)
         row[stage] = {**selection(model, bench.original, block, bench.calib, bench.images), **fit}
-        if check and stage == "as the table built it":
-            table, _ = build_candidate(
-                arm, bench.original, input_size=bench.input_size, calib=None, train_loader=bench.loader()
-            )
-            row[stage]["equals_build_candidate"] = all(
-                torch.equal(a, b) for a, b in zip(model.state_dict().values(), table.state_dict().values(), strict=True)
-            )
     _, details = build_candidate(
         static_arm(block, k),
         bench.original,
@@ -150,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--arms", default=None, help="only the MoD arms whose label this regular expression finds")
     p.add_argument("--scales", default="1,0.1,0", help="selector learning-rate shares to distil with")
-    p.add_argument("--no-check", action="store_true", help="skip rebuilding the table's arm with build_candidate")
     p.add_argument("--report-only", action="store_true", help="rewrite selector_fate.md from the JSON in OUT")
     p.add_argument("-o", "--out", required=True)
     args = p.parse_args(argv)
@@ -174,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         block, k = match["block"], int(match["k"])
         if mod_arm(block, k).key != key:
             raise SystemExit(f"error: {label}: the MoD arm's key is {mod_arm(block, k).key}, the record's {key}")
-        rows.append(fate(bench, block, k, scales, check=not args.no_check))
+        rows.append(fate(bench, block, k, scales))
         print(json.dumps(rows[-1]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "selector_fate.json", json.dumps(rows, indent=1) + "\n")
