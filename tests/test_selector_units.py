@@ -1,4 +1,5 @@
-"""Selector hidden units that never fire (`modify.conversion.selector_units`): found, revived, trained.
+"""Selector hidden units that never fire (`modify.conversion.selector_units`): found, revived, trained,
+and selectors dead for good collapsed into the fixed set they pick.
 
 The dead units are counted here by hand, from the selector's input and fc1 (``relu(W1 p) = 0`` for
 every image), not with the module's own `dead_units`.
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 import modify
-from modify.conversion.init import initialize, mod_blocks, revive_dead_selectors
+from modify.conversion.init import collapse_dead_selectors, initialize, mod_blocks, revive_dead_selectors
 from modify.conversion.selector_units import dead_units
-from modify.layers import ChannelSelector
+from modify.io import provenance
+from modify.layers import ChannelSelector, StaticSelector
 
 SIZE = 32
 DEFAULT_MOD_RECIPE = {"form": "branch", "fusion": "original"}  # how `modify plan` builds MoD blocks
@@ -184,3 +186,137 @@ def test_a_candidate_can_freeze_the_selector_in_block_distillation() -> None:
     assert selectors and all(torch.equal(built[k], trained[k]) for k in selectors)
     kept = [b["module"] for b in details["block_distill"] if b["kept"]]
     assert all(any(not torch.equal(built[k], trained[k]) for k in built if k.startswith(f"{m}.block.")) for m in kept)
+
+
+def _kill(model: torch.nn.Module, paths: list[str]) -> None:
+    """fc1 negative everywhere: dead on every input >= 0, as these blocks' inputs (ReLU outputs) are."""
+    with torch.no_grad():
+        for p in paths:
+            fc1 = model.get_submodule(p).selector.fc1.weight
+            fc1.copy_(-fc1.abs())
+
+
+def _picked(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MoD block path -> the channel indices (N, k) its selector returned on ``x``."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        m.selector.register_forward_hook(lambda mod, a, out, p=p: seen.update({p: out[1].clone()}))
+        for p, m in model.named_modules()
+        if isinstance(m, modify.layers.MoDBlock)
+    ]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("name", "mod"),
+    [
+        ("resnet18", {}),  # whole form, first slot, score order
+        ("resnet18", {"order": "index"}),
+        ("resnet50", DEFAULT_MOD_RECIPE),  # branch form, original slot
+    ],
+)
+def test_a_dead_selector_collapses_to_the_fixed_set_it_picks_and_computes_the_same(name: str, mod: dict) -> None:
+    """Half the blocks' selectors are dead on every input; collapsed, each is a StaticSelector at
+    score 0.5 holding the indices the dead selector returned (the same for every image, in its
+    order), the live ones are untouched, and the model's outputs are bit for bit the same, on the
+    calibration images and on others."""
+    torch.manual_seed(0)
+    net = modify.get_model(name, num_classes=10).eval()
+    recipe = {"version": 1, "defaults": {"fraction": 0.25}, "rules": [{"index": "all"}], "mod": mod}
+    result = modify.convert(net, recipe=recipe, input_size=SIZE, init="copy")
+    model = result.model.eval()
+    paths = [p for p, _, _ in mod_blocks(result)]
+    dead = paths[::2]
+    _kill(model, dead)
+    calib, other = torch.randn(8, 3, SIZE, SIZE), torch.randn(5, 3, SIZE, SIZE)
+    picked = _picked(model, calib)
+    with torch.no_grad():
+        before = (model(calib), model(other))
+
+    assert collapse_dead_selectors(result, calib) == dead
+    for p in paths:
+        sel = model.get_submodule(p).selector
+        if p in dead:
+            assert isinstance(sel, StaticSelector) and sel.score == 0.5
+            assert (picked[p] == picked[p][0]).all(), f"{p}: a dead selector picked different sets"
+            assert sel.indices.tolist() == picked[p][0].tolist()
+        else:
+            assert isinstance(sel, ChannelSelector)
+    with torch.no_grad():
+        assert torch.equal(model(calib), before[0]) and torch.equal(model(other), before[1])
+    assert provenance.of(model).steps[-1] == provenance.Step("collapse", {"blocks": dead, "score": 0.5})
+    assert collapse_dead_selectors(result, calib) == []  # nothing left to collapse, no second step
+    assert provenance.of(model).methods().count("collapse") == 1
+
+
+def test_a_selector_with_one_live_unit_is_kept() -> None:
+    torch.manual_seed(0)
+    result = modify.convert(modify.get_model("resnet18", num_classes=10).eval(), k=0.5, input_size=SIZE, init="copy")
+    model = result.model.eval()
+    first = mod_blocks(result)[0][0]
+    _kill(model, [first])
+    with torch.no_grad():
+        model.get_submodule(first).selector.fc1.weight[0].abs_()  # one unit fires on inputs >= 0
+    assert collapse_dead_selectors(result, torch.randn(4, 3, SIZE, SIZE)) == []
+
+
+def test_a_collapsed_model_saves_loads_and_exports_to_onnx_where_the_dead_one_did_not(tmp_path) -> None:
+    """Every selector dead: ONNX Runtime's TopK breaks the ties toward the lowest indices, torch's
+    CPU topk toward the highest, so the export's parity check fails. Collapsed, the set is a
+    constant: the export matches and has no TopK; a checkpoint reloads to the same outputs."""
+    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
+    from modify.deploy.export import export_onnx
+    from modify.errors import ExportError
+
+    torch.manual_seed(0)
+    result = modify.convert(modify.get_model("resnet18", num_classes=10).eval(), k=0.5, input_size=SIZE, init="copy")
+    model = result.model.eval()
+    paths = [p for p, _, _ in mod_blocks(result)]
+    _kill(model, paths)
+    with pytest.raises(ExportError):
+        export_onnx(model, tmp_path / "dead.onnx", input_size=SIZE)
+
+    x = torch.randn(3, 3, SIZE, SIZE)
+    assert collapse_dead_selectors(result, x) == paths
+    report = export_onnx(model, tmp_path / "collapsed.onnx", input_size=SIZE, batch_sizes=(2,))
+    assert report.max_abs_diff <= 1e-4 and "TopK" not in report.operators
+
+    loaded = modify.load(modify.save(model, tmp_path / "collapsed.pt"))
+    assert [type(loaded.get_submodule(p).selector) for p in paths] == [StaticSelector] * len(paths)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model(x))
+
+
+def test_a_candidate_collapses_the_selectors_its_block_distillation_killed(monkeypatch) -> None:
+    """`build_candidate` collapses, after block distillation, exactly the selectors dead on its
+    calibration images (here the distillation is followed by killing the first block's selector,
+    what 300 real steps do to every one on the converged ResNet-18: ``benchmarks/selector_fate.py``)."""
+    import modify.train.distill as distill
+    from modify.study.candidates import Candidate, build_candidate
+
+    real = distill.distill_blocks
+
+    def distill_then_kill(result, *args, **kwargs):
+        report = real(result, *args, **kwargs)
+        _kill(result.model, [mod_blocks(result)[0][0]])
+        return report
+
+    monkeypatch.setattr(distill, "distill_blocks", distill_then_kill)
+    torch.manual_seed(0)
+    net = modify.get_model("resnet18", num_classes=10).eval()
+    x = torch.randn(8, 3, SIZE, SIZE)
+    recipe = {"version": 1, "defaults": {"fraction": 0.25}, "rules": [{"index": "odd"}], "mod": DEFAULT_MOD_RECIPE}
+    candidate = Candidate("mod", "MoD + block KD", recipe=recipe, init="copy", block_distill_steps=2)
+    model, details = build_candidate(candidate, net, input_size=SIZE, calib=x, train_loader=[x])
+    selectors = {p: type(m.selector) for p, m in model.named_modules() if isinstance(m, modify.layers.MoDBlock)}
+    assert details["collapsed"] == ["layer1.1"]
+    assert selectors == {
+        "layer1.1": StaticSelector,
+        "layer2.1": ChannelSelector,
+        "layer3.1": ChannelSelector,
+        "layer4.1": ChannelSelector,
+    }

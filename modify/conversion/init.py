@@ -83,7 +83,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from modify.conversion.from_original import ImportanceBy, copy_important, copy_leading, reduced_branch, scale_selectors
-from modify.conversion.selector_units import revive_selectors
+from modify.conversion.selector_units import collapse_selectors, revive_selectors
 from modify.conversion.surgery import get_attribute
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock, ReducedBlock
@@ -100,6 +100,7 @@ __all__ = [
     "replaced_blocks",
     "zero_updates",
     "revive_dead_selectors",
+    "collapse_dead_selectors",
     "set_to_deletion",
 ]
 
@@ -244,6 +245,25 @@ def revive_dead_selectors(result_or_model: Any, data: Tensor) -> dict[str, int]:
     blocks = mod_blocks(result_or_model)
     flipped = revive_selectors(model, [b for _, _, b in blocks], data)
     return {path: n for (path, _, _), n in zip(blocks, flipped, strict=True)}
+
+
+def collapse_dead_selectors(result_or_model: Any, data: Tensor) -> list[str]:
+    """Replaces every MoD block's selector whose hidden units all stay silent on ``data``
+    (N, 3, H, W) by the fixed set it picks at score 0.5 (`modify.conversion.selector_units.collapse_selectors`):
+    the same outputs on that data, without the scoring. Returns the block paths collapsed.
+    Use it after training (block distillation kills a ResNet's selectors: ``benchmarks/selector_fate.py``).
+
+    Example:
+        >>> import torchvision, modify
+        >>> result = modify.convert(torchvision.models.resnet18(num_classes=10), c=64, input_size=32, init="copy")
+        >>> sel = mod_blocks(result)[0][2].selector
+        >>> with torch.no_grad():
+        ...     _ = sel.fc1.weight.copy_(-sel.fc1.weight.abs())  # dead on inputs >= 0 (a ReLU's output)
+        >>> collapse_dead_selectors(result, torch.randn(4, 3, 32, 32))
+        ['layer1.1']
+    """
+    model = getattr(result_or_model, "model", result_or_model)
+    return collapse_selectors(model, [(path, b) for path, _, b in mod_blocks(result_or_model)], data)
 
 
 def set_to_deletion(block: nn.Module) -> str | None:

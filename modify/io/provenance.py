@@ -2,8 +2,8 @@
 
 Every model `modify` builds or changes carries a `Provenance`: where its architecture comes from
 (``source``: a model name, a timm name or an import path, with its builder's arguments) and every
-surgery since, in order (``steps``: a conversion, a deletion, a pruning, a plan, each a `Step`
-with the plain data that replays it). Loading a checkpoint rebuilds the source and replays the
+surgery since, in order (``steps``: a conversion, a deletion, a pruning, a plan, a collapse of dead
+selectors, each a `Step` with the plain data that replays it). Loading a checkpoint rebuilds the source and replays the
 steps through `REPLAYS`, so the checkpoint names no method and nothing in it is executed.
 
 Methods register their replay by import path, resolved only when a step is replayed, so this
@@ -104,6 +104,7 @@ REPLAYS: dict[str, str | Callable[[Any, Mapping[str, Any]], Any]] = {
     "convert": "modify.conversion.pipeline:replay",
     "delete": "modify.baselines.delete:replay",
     "prune": "modify.baselines.prune:replay",
+    "collapse": "modify.conversion.selector_units:replay_collapse",
 }
 
 

@@ -88,11 +88,16 @@ class ChannelSelector(nn.Module):
 
 
 class StaticSelector(nn.Module):
-    """The same k channels for every sample, each with score 1: a MoD block without its
-    input-dependent choice ("static MoD"), the control that says what the selector is worth.
+    """The same k channels for every sample, each with the same score (1 unless told): a MoD
+    block without its input-dependent choice ("static MoD"), the control that says what the
+    selector is worth.
 
     The channels are a buffer (saved with the model); `modify.conversion.init` sets them to the
-    block's most important ones, `set_channels` to any.
+    block's most important ones, `set_channels` to any. A Channel Selector whose hidden units
+    never fire scores every channel sigmoid(0) = 0.5 and picks one set for every sample:
+    `modify.conversion.selector_units.collapse_selectors` replaces it by
+    ``StaticSelector(C, k, score=0.5)`` holding that set in the order it was picked, which gives
+    the same outputs without scoring.
 
     Example:
         >>> sel = StaticSelector(8, k=2)
@@ -100,28 +105,36 @@ class StaticSelector(nn.Module):
         >>> scores, idx = sel(torch.randn(3, 8, 4, 4))
         >>> scores.tolist()[0], idx.tolist()[0]
         ([1.0, 1.0], [1, 5])
+        >>> half = StaticSelector(8, k=2, score=0.5)
+        >>> half.set_channels(torch.tensor([5, 1]), keep_order=True)
+        >>> [t.tolist()[0] for t in half(torch.randn(3, 8, 4, 4))]
+        [[0.5, 0.5], [5, 1]]
     """
 
-    def __init__(self, channels: int, k: int) -> None:
+    def __init__(self, channels: int, k: int, *, score: float = 1.0) -> None:
         super().__init__()
         if not 1 <= k <= channels:
             raise ValueError(f"k={k} must lie in 1..{channels} (the channel count).")
         self.channels = channels
         self.k = k
-        self.register_buffer("indices", torch.arange(k))  # (k,) ascending channel indices
+        self.score = float(score)
+        self.register_buffer("indices", torch.arange(k))  # (k,) the channels, in the order the block reads them
 
-    def set_channels(self, indices: Tensor) -> None:
-        """Selects these k distinct channels (kept in ascending order)."""
-        chosen = torch.as_tensor(indices).flatten().unique()  # sorted, distinct
-        if chosen.numel() != self.k or chosen.min() < 0 or chosen.max() >= self.channels:
-            raise ValueError(f"expected {self.k} distinct channels in 0..{self.channels - 1}, got {indices.tolist()}.")
-        self.indices.copy_(chosen.to(self.indices.device))
+    def set_channels(self, indices: Tensor, *, keep_order: bool = False) -> None:
+        """Selects these k distinct channels: in ascending order, or as given (``keep_order``),
+        the order in which the reduced block reads them and the fusion adds them back."""
+        given = torch.as_tensor(indices).flatten()
+        chosen = given.unique()  # sorted, distinct
+        if chosen.numel() != self.k or given.numel() != self.k or chosen.min() < 0 or chosen.max() >= self.channels:
+            raise ValueError(f"expected {self.k} distinct channels in 0..{self.channels - 1}, got {given.tolist()}.")
+        self.indices.copy_((given if keep_order else chosen).to(self.indices.device))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores (N, k) of ones and the fixed indices (N, k)."""
+        """Scores (N, k), all ``score``, and the fixed indices (N, k)."""
         n = x.shape[0]
         indices = self.indices.unsqueeze(0).expand(n, -1)  # (N, k)
-        return torch.ones(n, self.k, dtype=x.dtype, device=x.device), indices  # (N, k), (N, k)
+        return torch.full((n, self.k), self.score, dtype=x.dtype, device=x.device), indices  # (N, k), (N, k)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, k={self.k}"
+        extra = f", score={self.score:g}" if self.score != 1.0 else ""
+        return f"channels={self.channels}, k={self.k}{extra}"

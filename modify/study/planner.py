@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from modify.conversion.init import collapse_dead_selectors
 from modify.conversion.pipeline import traced_sites
 from modify.errors import ModifyError, NoBlocksError, PlanError
 from modify.study.candidates import Candidate, build_candidate
@@ -88,13 +89,14 @@ def build_plan(
 ) -> nn.Module:
     """A model of ``recipe`` built from ``original``: the architecture alone (``weights=False``),
     or initialised as the plan says and given its cheap repair on ``repair_set`` (whose first
-    images also scale the MoD selectors' prior; the calibration images are only ever scored on)."""
+    images also scale the MoD selectors' prior and decide which selectors the repair left dead,
+    to collapse into the set they pick; the calibration images are only ever scored on)."""
     candidate = _candidate(dict(recipe), config)
     prior = None
     if weights and repair_set is not None:
         prior = calibration_batch(Subset(repair_set, range(min(256, len(repair_set)))))  # type: ignore[arg-type]
     model, _ = build_candidate(candidate, original, input_size=config.setting.input_size, calib=prior, weights=weights)
-    if weights and repair_set is not None:
+    if prior is not None and repair_set is not None:
         repair(
             model,
             original,
@@ -105,6 +107,7 @@ def build_plan(
             batch_size=config.batch_size,
             seed=config.seed,
         )
+        collapse_dead_selectors(model, prior)  # selectors the repair's distillation killed: their fixed set
     return model.eval()
 
 
