@@ -22,9 +22,12 @@ first 2048 test images (``diagnostics-s<SEEDS>.json`` per process, all of them i
 most common channel, the selected scores, and the block's update (its output minus its input)
 against the original block's update on the same input (norm ratio and cosine), and how many of the
 selector's hidden units fire on none of the first 256 (`modify.conversion.selector_units`: all of them
-dead is a selector that scores every channel 0.5). The table's own
-MoD and static MoD arms are read from ``--table`` (a block_table folder) when given, so they are
-not fine-tuned twice (and then have no diagnostics).
+dead is a selector that scores every channel 0.5; a selector the distillation left dead is now
+collapsed into the set it picks, `modify.study.candidates.build_candidate`, and reads "static,
+score 0.5"). The table's own
+MoD, static MoD and deletion arms are read from ``--table`` (a block_table folder) when given, so
+they are not fine-tuned twice (and then have no diagnostics); ``--arms REGEX`` runs only the arms
+whose label it finds.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,14 +47,14 @@ from torch.utils.data import DataLoader, Dataset
 
 import modify
 from modify.conversion.selector_units import dead_units
-from modify.layers import MoDBlock
+from modify.layers import MoDBlock, StaticSelector
 from modify.study.candidates import Candidate
 from modify.study.store import RunRecord, load_runs
 from modify.study.sweep import run_sweep
 from modify.train.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from block_table import mod_arm, static_arm, sweep_config  # noqa: E402  (the table's arms and fine-tune, exactly)
+from block_table import delete_arm, mod_arm, static_arm, sweep_config  # noqa: E402  (the table's arms and fine-tune, exactly)
 
 CAUSES = {
     "BatchNorms frozen": (("block_norms", "frozen"),),
@@ -72,11 +76,12 @@ BUILDS = {
 
 def probes(block: str, k: int) -> list[Candidate]:
     """The table's MoD arm at ``k`` (label ``"BLOCK MoD k=K"``), one variant per cause, and the
-    table's static MoD arm (``"BLOCK static k=K"``), the reference the causes are read against."""
+    table's static MoD arm (``"BLOCK static k=K"``) and deletion (``"BLOCK delete"``), the
+    references the causes are read against."""
     base = mod_arm(block, k)
     tuned = [dataclasses.replace(base, label=f"{base.label}, {c}", finetune=f) for c, f in CAUSES.items()]
     built = [dataclasses.replace(change(base), label=f"{base.label}, {c}") for c, change in BUILDS.items()]
-    return [base, *tuned, *built, static_arm(block, k)]
+    return [base, *tuned, *built, static_arm(block, k), delete_arm(block)]
 
 
 def diagnose(model: nn.Module, original: nn.Module, block: str, images: Tensor) -> dict[str, Any]:
@@ -122,8 +127,9 @@ def diagnose(model: nn.Module, original: nn.Module, block: str, images: Tensor) 
     modal = [collections.Counter(indices[:, j].tolist()).most_common(1)[0][1] / n for j in range(indices.shape[1])]
     ratio, cosine = torch.cat(seen["ratio"]), torch.cat(seen["cosine"])
     dead, hidden = dead_units(model, [mod], images[:256])[0]
+    static = isinstance(mod.selector, StaticSelector)  # static MoD, or a dead selector collapsed (score 0.5)
     return {
-        "selector_units_dead": f"{dead}/{hidden}",
+        "selector_units_dead": f"none: static, score {mod.selector.score:g}" if static else f"{dead}/{hidden}",
         "distinct_sets": len(sets),
         "most_common_set_share": sets.most_common(1)[0][1] / n,
         "slot_modal_share": sum(modal) / len(modal),
@@ -144,8 +150,8 @@ class Diagnostics:
         self.found: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
 
     def event(self, kind: str, info: dict[str, Any]) -> None:
-        if kind not in ("built", "trained"):
-            return
+        if kind not in ("built", "trained") or not any(isinstance(m, MoDBlock) for m in info["model"].modules()):
+            return  # a deletion has no MoD block to diagnose
         stage = "as built" if kind == "built" else "fine-tuned"
         found = diagnose(info["model"], self.original, self.block, self.images)
         self.found.setdefault(info["label"], {}).setdefault(str(info["seed"]), {})[stage] = found
@@ -194,9 +200,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="train and test on this many images (a smoke run)")
+    p.add_argument("--arms", default=None, help="a regular expression: only the arms whose label it finds")
     args = p.parse_args(argv)
     arms = probes(args.block, args.k)
-    tabled = {arms[0].key, arms[-1].key}  # the table's own arms: MoD and static MoD
+    if args.arms:
+        arms = [a for a in arms if re.search(args.arms, a.label)]
+        if not arms:
+            raise SystemExit(
+                f"--arms {args.arms!r} finds none of {', '.join(a.label for a in probes(args.block, args.k))}"
+            )
+    tabled = {mod_arm(args.block, args.k).key, static_arm(args.block, args.k).key, delete_arm(args.block).key}
     table = [r for r in load_runs(args.table) if r.key in tabled] if args.table else []
     seeds = tuple(int(s) for s in args.seeds.split(","))
     stored = {(r.key, r.seed) for r in table}

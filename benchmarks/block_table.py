@@ -60,9 +60,7 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
     keep = {"version": 2, "rules": [{"name": keep_on or next(iter(blocks)), "action": "keep"}]}
     out = [Candidate("mixed", "keep", recipe=keep)]
     for name, channels in blocks.items():
-        out.append(
-            Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]})
-        )
+        out.append(delete_arm(name))
         for f in fractions:
             k = _k(channels, f)
             out.append(mod_arm(name, k))
@@ -74,6 +72,11 @@ def arms(blocks: dict[str, int], fractions: list[float], *, keep_on: str | None 
                 )
             )
     return out
+
+
+def delete_arm(name: str) -> Candidate:
+    """The deletion arm of block ``name``, labelled ``"NAME delete"``."""
+    return Candidate("mixed", f"{name} delete", recipe={"version": 2, "rules": [{"name": name, "action": "delete"}]})
 
 
 def mod_arm(name: str, k: int) -> Candidate:
