@@ -14,8 +14,10 @@ the recorded activations; the block deleted and the table's static MoD arm, dist
 ``--arms`` merged there). The arms are rebuilt from the table's record labels and checked against
 their keys, and every stage is built by `build_candidate` ("as the table built it": no calibration
 images, so no revival, and the selector at its full learning rate). Dead units are counted on the
-sweep's 256 calibration images; block_probe.py's diagnostics (distinct channel sets, scores, the
-block's update against the original block's) on the first 2048 test images. No fine-tuning
+sweep's 256 calibration images (a build with them collapses a selector the distillation left dead
+into a static one, `build_candidate`: counted as every unit dead); block_probe.py's diagnostics
+(distinct channel sets, scores, the block's update against the original block's) on the first
+2048 test images. No fine-tuning
 (block_probe.py follows a selector through it). Writes ``selector_fate.md`` and
 ``selector_fate.json``.
 """
@@ -37,14 +39,14 @@ from torch.utils.data import DataLoader, Dataset
 import modify
 from modify.conversion.selector_units import dead_units
 from modify.io.files import atomic_write_text
-from modify.layers import MoDBlock
+from modify.layers import MoDBlock, StaticSelector
 from modify.study.candidates import Candidate, build_candidate
 from modify.study.store import load_runs
 from modify.train.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from block_probe import diagnose  # noqa: E402
-from block_table import mod_arm, static_arm  # noqa: E402  (the table's arms, exactly)
+from block_table import PLAN, mod_arm, static_arm  # noqa: E402  (the table's arms, exactly)
 
 LABEL = re.compile(r"^(?P<block>\S+) MoD k=(?P<k>\d+)$")
 
@@ -53,6 +55,9 @@ def selection(model: nn.Module, original: nn.Module, block: str, calib: Tensor, 
     """The one MoD block's selector: block_probe's diagnostics on ``images`` (distinct channel sets,
     scores, the block's update against the original block's), and its dead hidden units on ``calib``."""
     (mod,) = [m for m in model.modules() if isinstance(m, MoDBlock)]
+    if isinstance(mod.selector, StaticSelector):  # collapsed by build_candidate: every unit was dead on calib
+        hidden = max(1, mod.channels // PLAN.mod.reduction)  # the selector it replaced
+        return {**diagnose(model, original, block, images), "dead": hidden, "hidden": hidden, "collapsed": True}
     dead, hidden = dead_units(model, [mod], calib)[0]
     return {**diagnose(model, original, block, images), "dead": dead, "hidden": hidden}
 
