@@ -23,9 +23,10 @@ per-image sets (`modify.train.distill.distill_blocks`'s ``selector_lr_scale``;
 `collapse_selectors` turns a selector that is dead for good (every unit silent on the data, after
 training) into what it computes: a `StaticSelector` with score 0.5 holding the set it picks, in the
 order it picks it. The outputs stay the same wherever the units stay silent, without the scoring
-(about 80 us a block at batch 1 on one CPU thread), and the set no longer depends on how a runtime
-breaks ties (the CPU's topk picks the highest indices, ONNX Runtime's the lowest: a dead selector
-failed `modify.deploy.export_onnx`'s parity check).
+(a whole ResNet-18 at 32x32, batch 1, one thread: no difference this machine resolves,
+``benchmarks/collapse_timing.py``), and the set no longer depends on how a runtime breaks ties
+(the CPU's topk picks the highest indices, ONNX Runtime's the lowest: a dead selector failed
+`modify.deploy.export_onnx`'s parity check).
 
 Example:
     >>> import torch, torchvision, modify
