@@ -3,8 +3,9 @@
 Every model `modify` builds or changes carries a `Provenance`: where its architecture comes from
 (``source``: a model name, a timm name or an import path, with its builder's arguments) and every
 surgery since, in order (``steps``: a conversion, a deletion, a pruning, a plan, a collapse of dead
-selectors, each a `Step` with the plain data that replays it). Loading a checkpoint rebuilds the source and replays the
-steps through `REPLAYS`, so the checkpoint names no method and nothing in it is executed.
+selectors, each a `Step` with the plain data that replays it). Loading a checkpoint rebuilds the
+source and replays the steps through `REPLAYS`, so the checkpoint names no method and nothing in it
+is executed.
 
 Methods register their replay by import path, resolved only when a step is replayed, so this
 module imports no torch and nothing of modify's surgery; `register_replay` adds one of your own.
