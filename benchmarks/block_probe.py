@@ -126,10 +126,12 @@ def diagnose(model: nn.Module, original: nn.Module, block: str, images: Tensor) 
     sets = collections.Counter(tuple(sorted(row)) for row in indices.tolist())
     modal = [collections.Counter(indices[:, j].tolist()).most_common(1)[0][1] / n for j in range(indices.shape[1])]
     ratio, cosine = torch.cat(seen["ratio"]), torch.cat(seen["cosine"])
-    dead, hidden = dead_units(model, [mod], images[:256])[0]
-    static = isinstance(mod.selector, StaticSelector)  # static MoD, or a dead selector collapsed (score 0.5)
+    if isinstance(mod.selector, StaticSelector):  # static MoD, or a dead selector collapsed (score 0.5)
+        units = f"none: static, score {mod.selector.score:g}"
+    else:
+        units = "{}/{}".format(*dead_units(model, [mod], images[:256])[0])
     return {
-        "selector_units_dead": f"none: static, score {mod.selector.score:g}" if static else f"{dead}/{hidden}",
+        "selector_units_dead": units,
         "distinct_sets": len(sets),
         "most_common_set_share": sets.most_common(1)[0][1] / n,
         "slot_modal_share": sum(modal) / len(modal),

@@ -17,6 +17,7 @@ model's outputs bit for bit on the timing batch.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -42,8 +43,7 @@ def _dead_and_collapsed(original: torch.nn.Module, candidate, size: int) -> tupl
     with torch.no_grad():
         for _, _, block in mod_blocks(dead):
             block.selector.fc1.weight.copy_(-block.selector.fc1.weight.abs())
-    collapsed = build_candidate(candidate, original, input_size=size, weights=False)[0].eval()
-    collapsed.load_state_dict(dead.state_dict())
+    collapsed = copy.deepcopy(dead)
     x = torch.rand(4, 3, size, size)
     if not collapse_dead_selectors(collapsed, x):
         raise SystemExit(f"{candidate.label}: the selector did not collapse")

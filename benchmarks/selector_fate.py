@@ -17,9 +17,8 @@ images, so no revival, and the selector at its full learning rate). Dead units a
 sweep's 256 calibration images (a build with them collapses a selector the distillation left dead
 into a static one, `build_candidate`: counted as every unit dead); block_probe.py's diagnostics
 (distinct channel sets, scores, the block's update against the original block's) on the first
-2048 test images. No fine-tuning
-(block_probe.py follows a selector through it). Writes ``selector_fate.md`` and
-``selector_fate.json``.
+2048 test images. No fine-tuning (block_probe.py follows a selector through it). Writes
+``selector_fate.md`` and ``selector_fate.json``.
 """
 
 from __future__ import annotations
@@ -55,11 +54,12 @@ def selection(model: nn.Module, original: nn.Module, block: str, calib: Tensor, 
     """The one MoD block's selector: block_probe's diagnostics on ``images`` (distinct channel sets,
     scores, the block's update against the original block's), and its dead hidden units on ``calib``."""
     (mod,) = [m for m in model.modules() if isinstance(m, MoDBlock)]
+    found = diagnose(model, original, block, images)
     if isinstance(mod.selector, StaticSelector):  # collapsed by build_candidate: every unit was dead on calib
         hidden = max(1, mod.channels // PLAN.mod.reduction)  # the selector it replaced
-        return {**diagnose(model, original, block, images), "dead": hidden, "hidden": hidden, "collapsed": True}
+        return {**found, "dead": hidden, "hidden": hidden, "collapsed": True}
     dead, hidden = dead_units(model, [mod], calib)[0]
-    return {**diagnose(model, original, block, images), "dead": dead, "hidden": hidden}
+    return {**found, "dead": dead, "hidden": hidden}
 
 
 class Bench:
