@@ -9,7 +9,8 @@ the selected channels fed in ascending index order instead of score order (``ord
 channel that two routings share lands in the same slot more often), and the two together (each
 slot holding the weights of the channel it receives, however the scores tie); and the selector frozen
 during block-local distillation (which otherwise kills every selector unit on the ResNet-18 of the
-table, leaving one fixed channel set: benchmarks/selector_fate.py). Everything else is the
+table, leaving one fixed channel set: benchmarks/selector_fate.py), and the selector's hidden
+ReLU replaced by a LeakyReLU or a GELU (no dead state to end in). Everything else is the
 table's MoD arm: built as the planner builds it, 0.5 epoch of distillation from the original,
 lr 0.02, a resumable sweep folder.
 
@@ -62,8 +63,12 @@ CAUSES = {
 }
 
 
+def _mod_option(c: Candidate, key: str, value: str) -> Candidate:
+    return dataclasses.replace(c, recipe={**c.recipe, "mod": {**c.recipe["mod"], key: value}})
+
+
 def _index_order(c: Candidate) -> Candidate:
-    return dataclasses.replace(c, recipe={**c.recipe, "mod": {**c.recipe["mod"], "order": "index"}})
+    return _mod_option(c, "order", "index")
 
 
 BUILDS = {
@@ -71,6 +76,8 @@ BUILDS = {
     "init importance": lambda c: dataclasses.replace(c, init="importance"),
     "order index": _index_order,
     "init importance, order index": lambda c: dataclasses.replace(_index_order(c), init="importance"),
+    "selector leaky_relu": lambda c: _mod_option(c, "activation", "leaky_relu"),
+    "selector gelu": lambda c: _mod_option(c, "activation", "gelu"),
 }
 
 

@@ -11,7 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from modify.layers import BlockForm, ChannelSelector, Fusion, FusionSlot, MoDBlock, SelectionOrder, capacity_to_k
+from modify.layers import (
+    BlockForm,
+    ChannelSelector,
+    Fusion,
+    FusionSlot,
+    MoDBlock,
+    MoDConfig,
+    ScorerActivation,
+    SelectionOrder,
+    capacity_to_k,
+)
 from modify.layers.block import gather_channels
 from modify.models.resnet_mod import reduced_bottleneck
 
@@ -112,6 +122,41 @@ def test_selector_hidden_width_and_no_bias() -> None:
     assert ChannelSelector(8, 1).fc1.out_features == 1  # max(1, C // 16)
 
 
+def _activation_by_formula(z: torch.Tensor, name: str) -> torch.Tensor:
+    """The scorer's hidden activations written out: ReLU, a slope of 0.1 below zero, the exact GELU."""
+    if name == "relu":
+        return torch.where(z > 0, z, torch.zeros_like(z))
+    if name == "leaky_relu":
+        return torch.where(z > 0, z, 0.1 * z)
+    return 0.5 * z * (1 + torch.erf(z / 2**0.5))
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "gelu"])
+def test_selector_scores_follow_their_formula_with_the_same_parameters(activation: str) -> None:
+    torch.manual_seed(0)
+    sel = ChannelSelector(C, K, activation=activation)
+    x = torch.randn(3, C, H, W)
+    z = x.mean(dim=(2, 3)) @ sel.fc1.weight.T  # (3, C // 16)
+    expected = torch.sigmoid(_activation_by_formula(z, activation) @ sel.fc2.weight.T)  # (3, C)
+    torch.testing.assert_close(sel.scores(x), expected)
+    assert sum(p.numel() for p in sel.parameters()) == 2 * C * max(1, C // 16)  # no parameter added
+
+
+@pytest.mark.parametrize(("activation", "gets_gradient"), [("relu", False), ("leaky_relu", True), ("gelu", True)])
+def test_a_unit_negative_on_every_input_learns_only_without_the_relu(activation: str, gets_gradient: bool) -> None:
+    """A block's input is a ReLU output: pooled channels >= 0, so a unit with negative weights is
+    negative on every image. Under the ReLU it gets no gradient (dead for good); the others keep one."""
+    torch.manual_seed(0)
+    sel = ChannelSelector(64, 8, activation=activation)
+    with torch.no_grad():
+        sel.fc1.weight.copy_(-sel.fc1.weight.abs())  # every unit < 0 on inputs >= 0
+    x = torch.rand(4, 64, 5, 5)  # >= 0, as after a ReLU
+    scores, _ = sel(x)
+    scores.sum().backward()
+    assert bool(sel.fc1.weight.grad.abs().sum() > 0) is gets_gradient
+    assert bool(scores.std() > 0) is gets_gradient  # under the ReLU every score is sigmoid(0)
+
+
 @pytest.mark.parametrize("form", ["whole", "branch"])
 def test_gradients_reach_every_parameter(form: str) -> None:
     block = reduced_bottleneck(8) if form == "whole" else _branch(8)
@@ -178,6 +223,15 @@ def test_bad_options_name_the_valid_values() -> None:
         MoDBlock(8, 2, BasicBlock(2, 2), post=nn.ReLU())
     assert SelectionOrder.from_str("INDEX") is SelectionOrder.INDEX
     assert BlockForm.from_str(BlockForm.BRANCH) is BlockForm.BRANCH
+    with pytest.raises(ValueError, match=r"Unknown value 'tanh' for ScorerActivation; expected one of 'relu'"):
+        MoDBlock(8, 2, BasicBlock(2, 2), activation="tanh")
+
+
+def test_the_scorer_activation_reaches_the_selector_and_is_written_only_when_not_the_relu() -> None:
+    config = MoDConfig(activation="leaky_relu")
+    assert MoDBlock.from_config(8, 2, BasicBlock(2, 2), config).selector.activation is ScorerActivation.LEAKY_RELU
+    assert config.as_dict()["activation"] == "leaky_relu" and MoDConfig(**config.as_dict()) == config
+    assert "activation" not in MoDConfig().as_dict()  # recipes and checkpoints from before it read the same
 
 
 def test_capacity_to_k() -> None:

@@ -242,6 +242,10 @@ def test_select_takes_the_last_matching_rule() -> None:
         (_recipe(mod={"form": "wole"}), r"^mod\.form: 'wole' .*Did you mean 'whole'\?"),
         (_recipe(mod={"scale": "yes"}), r"^mod\.scale: 'yes' is not a boolean"),
         (_recipe(mod={"reduction": 0}), r"^mod\.reduction: 0 is too small"),
+        (
+            _recipe(mod={"activation": "leaky"}),
+            r"^mod\.activation: 'leaky' is not a valid activation; expected one of relu, leaky_relu, gelu",
+        ),
         # impossible values
         (
             _recipe(rules=[{"index": "odd"}, {"stage": 3, "k": 0}]),
@@ -350,6 +354,7 @@ ROUND_TRIP = [
     _recipe(),
     _recipe(defaults={"k": 8}),
     _recipe(defaults={"fraction": 0.25}, mod={"fusion": "last", "order": "index", "scale": False, "reduction": 8}),
+    _recipe(mod={"form": "branch", "activation": "gelu"}),
     _recipe(
         rules=[
             {"index": "odd"},

@@ -264,6 +264,25 @@ def test_a_selector_with_one_live_unit_is_kept() -> None:
     assert collapse_dead_selectors(result, torch.randn(4, 3, SIZE, SIZE)) == []
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu", "gelu"])
+def test_a_selector_without_a_relu_is_neither_revived_nor_collapsed(activation: str) -> None:
+    """Its units negative on every image still score per image (and learn): nothing to mend."""
+    torch.manual_seed(0)
+    recipe = {"version": 2, "mod": {**DEFAULT_MOD_RECIPE, "activation": activation}, "rules": [{"stage": 1, "k": 32}]}
+    result = modify.convert(modify.get_model("resnet18", num_classes=10).eval(), recipe=recipe, input_size=SIZE)
+    model = result.model.eval()
+    paths = [p for p, _, _ in mod_blocks(result)]
+    _kill(model, paths)
+    calib = torch.rand(8, 3, SIZE, SIZE)
+    before = model(calib)
+    assert all(z.le(0).all() for z in pre_activations(model, calib).values())  # every unit below zero
+    assert set(revive_dead_selectors(result, calib).values()) == {0}
+    assert collapse_dead_selectors(result, calib) == []
+    assert all(isinstance(model.get_submodule(p).selector, ChannelSelector) for p in paths)
+    assert torch.equal(model(calib), before)
+    assert all(len({tuple(row.tolist()) for row in idx}) > 1 for idx in _picked(model, calib).values())
+
+
 def test_a_collapsed_model_saves_loads_and_exports_to_onnx_where_the_dead_one_did_not(tmp_path) -> None:
     """Every selector dead: ONNX Runtime's TopK breaks the ties toward the lowest indices, torch's
     CPU topk toward the highest, so the export's parity check fails. Collapsed, the set is a

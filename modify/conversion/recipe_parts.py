@@ -27,7 +27,15 @@ from modify.conversion.validation import (
     fail,
     suggest,
 )
-from modify.layers.options import BlockForm, FusionSlot, MoDConfig, Selection, SelectionOrder, StrChoice
+from modify.layers.options import (
+    BlockForm,
+    FusionSlot,
+    MoDConfig,
+    ScorerActivation,
+    Selection,
+    SelectionOrder,
+    StrChoice,
+)
 
 if TYPE_CHECKING:
     from modify.conversion.discover import BlockSite
@@ -39,7 +47,13 @@ _SELECTOR_KEYS = ("stage", "index", "name")
 _RULE_KEYS = (*_SELECTOR_KEYS, *_CAPACITY_KEYS, "skip")
 _RULE_KEYS_V2 = (*_SELECTOR_KEYS, "action", *_CAPACITY_KEYS)
 _MOD_KEYS = tuple(f.name for f in dataclasses.fields(MoDConfig))
-_MOD_CHOICES = {"form": BlockForm, "fusion": FusionSlot, "order": SelectionOrder, "selection": Selection}
+_MOD_CHOICES = {
+    "form": BlockForm,
+    "fusion": FusionSlot,
+    "order": SelectionOrder,
+    "selection": Selection,
+    "activation": ScorerActivation,
+}
 _FRACTION_EPS = 1e-9  # so that 0.29 * 100 floors to 29, not 28
 
 

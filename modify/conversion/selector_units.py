@@ -20,6 +20,11 @@ again on that ResNet-18, because one fixed channel set fits the original block b
 per-image sets (`modify.train.distill.distill_blocks`'s ``selector_lr_scale``;
 ``benchmarks/selector_fate.py``).
 
+Only the ReLU scorer (the paper's, the default) has dead units. Under ``activation``
+"leaky_relu" or "gelu" (`modify.layers.options.ScorerActivation`) a unit that is negative on
+every image still has a gradient and still changes the scores: `dead_units` counts such units
+(negative on all of the data) for diagnostics, and the other two functions leave them alone.
+
 `collapse_selectors` turns a selector that is dead for good (every unit silent on the data, after
 training) into what it computes: a `StaticSelector` with score 0.5 holding the set it picks, in the
 order it picks it. The outputs stay the same wherever the units stay silent, without the scoring
@@ -54,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modify.io import provenance
-from modify.layers import ChannelSelector, MoDBlock, StaticSelector
+from modify.layers import ChannelSelector, MoDBlock, ScorerActivation, StaticSelector
 
 __all__ = ["block_inputs", "dead_units", "revive_selectors", "collapse_selectors", "replay_collapse"]
 
@@ -97,9 +102,16 @@ def _pre_activations(model: nn.Module, blocks: Sequence[MoDBlock], data: Tensor)
     return out
 
 
+def _relu(block: MoDBlock) -> bool:
+    """Whether the block's selector scores through a ReLU, the one activation with dead units."""
+    sel = block.selector
+    return isinstance(sel, ChannelSelector) and sel.activation is ScorerActivation.RELU
+
+
 def dead_units(model: nn.Module, blocks: Sequence[MoDBlock], data: Tensor) -> list[tuple[int, int]]:
     """(hidden units that fire on none of ``data``, hidden units) of each block's selector;
-    (0, 0) for a static selector."""
+    (0, 0) for a static selector. For a leaky or smooth activation, the units whose input is
+    negative on all of ``data`` (not dead: they keep a gradient)."""
     pre = _pre_activations(model, blocks, data)
     return [(0, 0) if z is None else (int((z <= 0).all(0).sum()), z.shape[1]) for z in pre]
 
@@ -110,14 +122,16 @@ def revive_selectors(model: nn.Module, blocks: Sequence[MoDBlock], data: Tensor)
 
     ``blocks`` in model order: a flipped selector scores differently, which changes its block's
     output and so the inputs of the blocks after it; each block is measured after every change
-    before it (one forward per block flipped, and one more)."""
+    before it (one forward per block flipped, and one more). Only ReLU selectors have dead units;
+    the others are left."""
     flipped = [0] * len(blocks)
     start = 0
     with torch.no_grad():
         while start < len(blocks):
             pre = _pre_activations(model, blocks[start:], data)
             for i, z in enumerate(pre, start):
-                rows = ((z <= 0).all(0) & (z < 0).any(0)).nonzero().flatten() if z is not None else None
+                live = z is not None and _relu(blocks[i])
+                rows = ((z <= 0).all(0) & (z < 0).any(0)).nonzero().flatten() if live else None
                 if rows is not None and rows.numel():  # dead, and alive once flipped
                     blocks[i].selector.fc1.weight[rows] *= -1
                     flipped[i] = int(rows.numel())
@@ -136,12 +150,13 @@ def collapse_selectors(model: nn.Module, blocks: Sequence[tuple[str, MoDBlock]],
     step (``collapse``), so the model saves and loads.
 
     Exact on every input on which the units stay silent (all of ``data``); a unit that would fire
-    on some other input is given up there. Blocks with a live unit, or a static selector, are left.
+    on some other input is given up there. Blocks with a live unit, a static selector, or a
+    scorer activation other than the ReLU (never constant) are left.
     """
     pre = _pre_activations(model, [b for _, b in blocks], data)
     done: list[str] = []
     for (path, block), z in zip(blocks, pre, strict=True):
-        if z is None or bool((z > 0).any()):
+        if z is None or not _relu(block) or bool((z > 0).any()):
             continue
         sel = block.selector
         ties = torch.full((1, sel.channels), DEAD_SCORE, dtype=sel.fc1.weight.dtype, device=sel.fc1.weight.device)

@@ -14,6 +14,7 @@ from modify.layers.options import (
     FusionSlot as FusionSlot,
     Init as Init,
     MoDConfig as MoDConfig,
+    ScorerActivation as ScorerActivation,
     Selection as Selection,
     SelectionOrder as SelectionOrder,
 )
@@ -34,6 +35,8 @@ _LAZY = {
     "StaticSelector": "modify.layers.selector",
 }
 
-__all__ = sorted([*_LAZY, "BlockForm", "FusionSlot", "Init", "MoDConfig", "Selection", "SelectionOrder"])
+__all__ = sorted(
+    [*_LAZY, "BlockForm", "FusionSlot", "Init", "MoDConfig", "ScorerActivation", "Selection", "SelectionOrder"]
+)
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from modify.layers.fusion import Fusion, expand_index
-from modify.layers.options import BlockForm, FusionSlot, MoDConfig, Selection, SelectionOrder
+from modify.layers.options import BlockForm, FusionSlot, MoDConfig, ScorerActivation, Selection, SelectionOrder
 from modify.layers.selector import ChannelSelector, StaticSelector
 
 __all__ = ["MoDBlock", "capacity_to_k", "gather_channels"]
@@ -75,6 +75,8 @@ class MoDBlock(nn.Module):
         reduction: the selector's bottleneck ratio r.
         selection: ``"dynamic"`` (the Channel Selector, default) or ``"static"`` (the same k
             channels for every sample, `StaticSelector`).
+        activation: the Channel Selector's hidden activation, ``"relu"`` (the paper's, default),
+            ``"leaky_relu"`` or ``"gelu"`` (`ScorerActivation`).
 
     Example:
         >>> from torchvision.models.resnet import BasicBlock
@@ -96,6 +98,7 @@ class MoDBlock(nn.Module):
         scale: bool = True,
         reduction: int = 16,
         selection: Selection | str = Selection.DYNAMIC,
+        activation: ScorerActivation | str = ScorerActivation.RELU,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -107,7 +110,7 @@ class MoDBlock(nn.Module):
         if Selection.from_str(selection) is Selection.STATIC:
             self.selector: nn.Module = StaticSelector(channels, k)
         else:
-            self.selector = ChannelSelector(channels, k, reduction=reduction, order=order)
+            self.selector = ChannelSelector(channels, k, reduction=reduction, order=order, activation=activation)
         self.block = block
         self.fusion = Fusion(channels, k, fusion)
         self.post = post if post is not None else nn.Identity()
@@ -128,6 +131,7 @@ class MoDBlock(nn.Module):
             scale=config.scale,
             reduction=config.reduction,
             selection=config.selection,
+            activation=config.activation,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,16 @@ import enum
 
 from modify.errors import ChoiceError
 
-__all__ = ["StrChoice", "Init", "SelectionOrder", "Selection", "BlockForm", "FusionSlot", "MoDConfig"]
+__all__ = [
+    "StrChoice",
+    "Init",
+    "SelectionOrder",
+    "Selection",
+    "ScorerActivation",
+    "BlockForm",
+    "FusionSlot",
+    "MoDConfig",
+]
 
 
 class StrChoice(str, enum.Enum):
@@ -57,6 +66,25 @@ class Selection(StrChoice):
     STATIC = "static"  # the same k channels for every sample, score 1 (a control: what is the selector worth?)
 
 
+class ScorerActivation(StrChoice):
+    """The Channel Selector's hidden activation, between its two linear layers.
+
+    The paper's scorer is squeeze-and-excitation's, with a ReLU. Its layers have no bias and a
+    block's input is usually a ReLU output (every pooled channel >= 0), so a hidden unit that turns
+    negative on one image is negative on nearly all; under a ReLU it then gets no gradient again, and
+    training kills the units one by one until the selector picks one fixed set
+    (`modify.conversion.selector_units`). The other two keep a gradient for negative inputs and add
+    no parameters.
+    """
+
+    RELU = "relu"  # the paper's (default)
+    LEAKY_RELU = "leaky_relu"  # slope `LEAKY_SLOPE` below zero: a negative unit keeps a tenth of its gradient
+    GELU = "gelu"  # smooth; its gradient fades below zero without vanishing near it
+
+
+LEAKY_SLOPE = 0.1  # PyTorch's default 0.01 leaves a negative unit a hundredth of its gradient
+
+
 class BlockForm(StrChoice):
     """What the reduced block is."""
 
@@ -87,6 +115,7 @@ class MoDConfig:
     scale: bool = True  # multiply the block output by the selection scores (the paper: always)
     reduction: int = 16  # the selector's bottleneck ratio r
     selection: Selection = Selection.DYNAMIC  # per-sample channels, or one fixed set (static MoD)
+    activation: ScorerActivation = ScorerActivation.RELU  # the selector's hidden activation
 
     def __post_init__(self) -> None:
         # Accept the YAML's strings; store the enum members.
@@ -94,12 +123,13 @@ class MoDConfig:
         object.__setattr__(self, "fusion", FusionSlot.from_str(self.fusion))
         object.__setattr__(self, "order", SelectionOrder.from_str(self.order))
         object.__setattr__(self, "selection", Selection.from_str(self.selection))
+        object.__setattr__(self, "activation", ScorerActivation.from_str(self.activation))
         if not isinstance(self.reduction, int) or self.reduction < 1:
             raise ValueError(f"reduction={self.reduction!r} must be a positive integer.")
 
     def as_dict(self) -> dict[str, object]:
-        """Plain strings and numbers, for YAML and checkpoints (``selection`` only when static,
-        so recipes written before it existed read the same)."""
+        """Plain strings and numbers, for YAML and checkpoints (``selection`` only when static and
+        ``activation`` only when not the ReLU, so recipes written before them read the same)."""
         out: dict[str, object] = {
             "form": self.form.value,
             "fusion": self.fusion.value,
@@ -109,4 +139,6 @@ class MoDConfig:
         }
         if self.selection is not Selection.DYNAMIC:
             out["selection"] = self.selection.value
+        if self.activation is not ScorerActivation.RELU:
+            out["activation"] = self.activation.value
         return out

@@ -3,7 +3,10 @@
 A squeeze-and-excitation style scorer: global average pool, FC C -> max(1, C // r) without
 bias, ReLU, FC back to C without bias, sigmoid. The paper states neither the hidden activation
 nor the biases; bias-free is the only choice whose parameter counts reproduce its ResNet75/86/
-101/152-MoD tables exactly, and ReLU is what SE uses.
+101/152-MoD tables exactly, and ReLU is what SE uses (the default). Under it, a hidden unit that
+stops firing on a block's non-negative inputs never gets a gradient again; ``activation``
+"leaky_relu" or "gelu" (`modify.layers.options.ScorerActivation`) keep one, with the same
+parameters.
 
 The forward calls the operators directly (``F.linear`` on ``fc1.weight`` and ``fc2.weight``, an
 in-place ReLU, ``torch.sigmoid``) rather than through submodules: the same operators, so the same
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modify.layers.options import SelectionOrder
+from modify.layers.options import LEAKY_SLOPE, ScorerActivation, SelectionOrder
 
 __all__ = ["ChannelSelector", "StaticSelector"]
 
@@ -30,6 +33,7 @@ class ChannelSelector(nn.Module):
         k: how many channels to keep, 1 <= k <= C.
         reduction: the bottleneck ratio r of the scorer (hidden width max(1, C // r)).
         order: ``"score"`` (highest first, ``torch.topk``'s order) or ``"index"``.
+        activation: the hidden activation, ``"relu"`` (default), ``"leaky_relu"`` or ``"gelu"``.
 
     Example:
         >>> sel = ChannelSelector(64, k=4)
@@ -45,6 +49,7 @@ class ChannelSelector(nn.Module):
         *,
         reduction: int = 16,
         order: SelectionOrder | str = SelectionOrder.SCORE,
+        activation: ScorerActivation | str = ScorerActivation.RELU,
     ) -> None:
         super().__init__()
         if not 1 <= k <= channels:
@@ -54,6 +59,7 @@ class ChannelSelector(nn.Module):
         self.channels = channels
         self.k = k
         self.order = SelectionOrder.from_str(order)
+        self.activation = ScorerActivation.from_str(activation)
         hidden = max(1, channels // reduction)
         self.fc1 = nn.Linear(channels, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, channels, bias=False)
@@ -63,8 +69,14 @@ class ChannelSelector(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, C)
 
     def excite(self, pooled: Tensor) -> Tensor:
-        """FC, ReLU, FC, sigmoid: (N, C) -> scores (N, C) in (0, 1)."""
-        hidden = F.linear(pooled, self.fc1.weight).relu_()  # (N, C // r)
+        """FC, activation (ReLU unless told), FC, sigmoid: (N, C) -> scores (N, C) in (0, 1)."""
+        hidden = F.linear(pooled, self.fc1.weight)  # (N, C // r)
+        if self.activation is ScorerActivation.RELU:
+            hidden = hidden.relu_()
+        elif self.activation is ScorerActivation.LEAKY_RELU:
+            hidden = F.leaky_relu(hidden, LEAKY_SLOPE, inplace=True)
+        else:
+            hidden = F.gelu(hidden)
         return torch.sigmoid(F.linear(hidden, self.fc2.weight))  # (N, C)
 
     def scores(self, x: Tensor) -> Tensor:
@@ -84,7 +96,8 @@ class ChannelSelector(nn.Module):
         return self.select(self.scores(x))  # (N, k), (N, k)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, k={self.k}, order={self.order.value}"
+        act = "" if self.activation is ScorerActivation.RELU else f", activation={self.activation.value}"
+        return f"channels={self.channels}, k={self.k}, order={self.order.value}{act}"
 
 
 class StaticSelector(nn.Module):
