@@ -47,7 +47,9 @@ from modify.study.sweep import CompareConfig, run_sweep
 from modify.train.data import load_dataset
 from modify.train.finetune import FinetuneConfig
 
-PLAN = PlanConfig(speedup=1.5)  # the planner's MoD: how its blocks are built and repaired
+# The MoD arm: the paper's Channel Selector, built as the planner built its MoD blocks before it
+# switched to static MoD (its form and fusion, the original block's weights, block-local distillation).
+PLAN = PlanConfig.for_selection("dynamic", speedup=1.5)
 KD = 300  # block-local distillation steps, as `modify compare`'s candidates
 
 

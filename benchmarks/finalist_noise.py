@@ -13,6 +13,7 @@ per plan the KLs, their mean and half range relative to the mean.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             if str(seed) in kls:
                 continue
             started = time.perf_counter()
-            model = build_plan(original, recipe, config, weights=True, repair_set=repair_set)
+            start = {"init": recipe.get("init", "copy"), "zero_update": bool(recipe.get("zero_update", False))}
+            built_as = dataclasses.replace(config, **start)  # the plan file says how its MoD blocks start
+            model = build_plan(original, recipe, built_as, weights=True, repair_set=repair_set)
             tuned = brief_finetune(
                 model, original, repair_set, calib, reference, steps=args.steps, batch_size=config.batch_size, seed=seed
             )

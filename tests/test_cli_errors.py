@@ -134,6 +134,7 @@ BAD = [
     ("plan resnet18 --data fashion-mnist --speedup 1.5 --fractions 0.5,1.5", "--fractions '0.5,1.5'"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 --fractions half", "--fractions 'half'"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 --actions delete,prune", "--actions 'delete,prune'"),
+    ("plan resnet18 --data fashion-mnist --speedup 1.5 --selection random", "--selection 'random'"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 --batch 0", "--batch"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 --threads -1", "--threads"),
     ("plan resnet18 --data fashion-mnist --speedup 1.5 --limit 100 --calib-images 500", "500 calibration images"),

@@ -116,13 +116,55 @@ def test_every_choice_is_measured_and_the_plan_applies_with_convert() -> None:
     model = _toy()
     result = plan(model, speedup=1.2, data=_data(), setting=Setting(input_size=SIZE), fractions=(0.25,), **QUICK)
     assert {(r.block, r.label) for r in result.rows} == {
-        (b, label) for b in ("idle", "busy") for label in ("keep", "delete", "MoD k=8", "narrow 1/4")
+        (b, label) for b in ("idle", "busy") for label in ("keep", "delete", "static MoD k=8", "narrow 1/4")
     }
     assert all(r.error is None and r.kl is not None and r.kl >= 0 for r in result.rows)
     converted = modify.convert(model, recipe=result.recipe, input_size=SIZE)
     assert {c.name: c.action for c in converted.converted} == {
         r.block: r.action for r in result.chosen if r.action != "keep"
     }
+
+
+@pytest.mark.parametrize("selection", ["static", "dynamic"])
+def test_plan_builds_mod_blocks_from_the_most_read_channels_or_with_the_selector_when_asked(selection: str) -> None:
+    """Static by default: one fixed set, the k channels conv1 reads most (the L1 norm of its weights
+    per input channel, worked out here), fed their own weights; dynamic: the paper's selector."""
+    from modify.layers import ChannelSelector, StaticSelector
+    from modify.study.choices import Choice, choice_recipe
+
+    torch.manual_seed(0)
+    net = modify.get_model("resnet18", num_classes=10).eval()
+    config = PlanConfig.for_selection(selection, speedup=1.2, setting=Setting(input_size=32))
+    recipe = choice_recipe([Choice("layer1.1", "mod", 0.25)], {"layer1.1": 64}, config.mod)
+    model = planner.build_plan(net, recipe, config, weights=True)
+    block = model.get_submodule("layer1.1")
+    if selection == "dynamic":
+        assert isinstance(block.selector, ChannelSelector) and config.init == "copy"
+        return
+    read = net.layer1[1].conv1.weight.abs().sum((0, 2, 3))  # (64,) how much conv1 reads each channel
+    most = torch.sort(torch.topk(read, 16).indices).values
+    assert isinstance(block.selector, StaticSelector) and torch.equal(block.selector.indices, most)
+    conv1 = block.block[0] if isinstance(block.block, nn.Sequential) else block.block.conv1
+    torch.testing.assert_close(conv1.weight, net.layer1[1].conv1.weight[most][:, most])
+
+
+def test_a_table_measured_with_another_mod_build_is_refused() -> None:
+    """A table keeps how its MoD rows were built; one from before the static default reads as the
+    selector build it was, and a plan that builds MoD otherwise does not reuse its scores."""
+    from modify.study.planner import ChoiceRow, ChoiceTable
+
+    mod = ChoiceRow("busy", 32, "mod", 0.25, "MoD k=8", saving_ms=0.1, spread_ms=0.0, kl=0.01, agreement=0.9)
+    table = ChoiceTable(
+        Setting(input_size=SIZE), 1.0, (mod,), 32, 0, PlanConfig.for_selection("dynamic", speedup=2).mod_build()
+    )
+    raw = table.as_dict()
+    assert ChoiceTable.from_dict(raw) == table
+    raw.pop("mod_build")
+    assert ChoiceTable.from_dict(raw) == table  # written before the field: the selector build, init copy
+    with pytest.raises(
+        PlanError, match=r"built MoD blocks as \{'mod': .*'init': 'copy'.*this plan as .*'selection': 'static'"
+    ):
+        plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=SIZE), table=table, **QUICK)
 
 
 def test_a_plan_that_measures_below_the_target_asks_for_more(monkeypatch) -> None:

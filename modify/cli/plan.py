@@ -55,7 +55,9 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
     return values
 
 
-def plan_options(speedup: float, batch: int, threads: int, engine: str, fractions: str, actions: str) -> dict[str, Any]:
+def plan_options(
+    speedup: float, batch: int, threads: int, engine: str, fractions: str, actions: str, selection: str = "static"
+) -> dict[str, Any]:
     """The command line's planning options, checked before anything is loaded."""
     if speedup <= 1.0:
         raise fail(
@@ -68,6 +70,11 @@ def plan_options(speedup: float, batch: int, threads: int, engine: str, fraction
     unknown = [a for a in chosen if a not in ("delete", "mod", "narrow")]
     if unknown or not chosen:
         raise fail(f"--actions {actions!r}: choose from delete, mod, narrow (comma-separated).")
+    if selection not in ("static", "dynamic"):
+        raise fail(
+            f"--selection {selection!r}: choose static (one fixed channel set per MoD block) or dynamic "
+            "(the paper's per-image Channel Selector)."
+        )
     shares = _floats(fractions, "--fractions")
     if any(not 0 < f < 1 for f in shares):
         raise fail(f"--fractions {fractions!r}: each must lie strictly between 0 and 1 (such as 0.5,0.25,0.125).")
@@ -78,6 +85,7 @@ def plan_options(speedup: float, batch: int, threads: int, engine: str, fraction
         "engine": engine,
         "fractions": shares,
         "actions": chosen,
+        "selection": selection,
     }
 
 
@@ -110,7 +118,8 @@ def run_plan(
     train = load_dataset(data, split="train", data_dir=data_dir, limit=limit, size=input_size)  # never the test split
     size = int(train[0][0].shape[-1])
     setting = Setting(batch=options["batch"], threads=options["threads"], input_size=size, engine=options["engine"])
-    config = PlanConfig(
+    config = PlanConfig.for_selection(
+        options.get("selection", "static"),
         speedup=options["speedup"],
         setting=setting,
         actions=options["actions"],
@@ -198,6 +207,15 @@ def plan_command(
     actions: Annotated[
         str, typer.Option("--actions", help="What a block may become besides kept.")
     ] = "delete,mod,narrow",
+    selection: Annotated[
+        str,
+        typer.Option(
+            "--selection",
+            help="How MoD blocks pick their k channels: static (the k the block reads most, one set for every "
+            "image; measured closer to the original after a brief fine-tune) or dynamic (the paper's per-image "
+            "Channel Selector).",
+        ),
+    ] = "static",
     calib_images: Annotated[
         int, typer.Option("--calib-images", help="Training images held out to score every choice on.", min=1)
     ] = 1024,
@@ -229,7 +247,7 @@ def plan_command(
     ] = None,
 ) -> None:
     """Plan per block (keep, delete, MoD, narrow) for a speed-up measured on this machine; write the plan."""
-    options = plan_options(speedup, batch, threads, engine, fractions, actions)
+    options = plan_options(speedup, batch, threads, engine, fractions, actions, selection)
     quiet_torch_logs()
     from modify.study.plan_report import paths_beside
 

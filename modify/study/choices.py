@@ -58,10 +58,11 @@ class Choice:
         assert self.fraction is not None
         return max(1, math.floor(channels * self.fraction + 1e-9))
 
-    def label(self, channels: int) -> str:
-        """Short text for tables: ``keep``, ``delete``, ``MoD k=16``, ``narrow 1/4``."""
+    def label(self, channels: int, *, static: bool = False) -> str:
+        """Short text for tables: ``keep``, ``delete``, ``MoD k=16`` (``static MoD k=16`` for a
+        fixed channel set), ``narrow 1/4``."""
         if self.action == "mod":
-            return f"MoD k={self.k(channels)}"
+            return f"{'static ' if static else ''}MoD k={self.k(channels)}"
         if self.action == "narrow":
             assert self.fraction is not None
             return f"narrow {Fraction(self.fraction).limit_denominator(64)}"

@@ -12,11 +12,11 @@ Example of what it writes::
     # KL to the original on 1024 held-out training images: 0.0412 (the blocks alone, summed: 0.0351); top-1 agreement 98.1%
     # per block: saving alone (ms, +- half the interquartile range of the rounds), KL alone, and the runner-up
     version: 2
-    mod: {form: branch, fusion: original, order: score, scale: true, reduction: 16}
+    mod: {form: branch, fusion: original, order: score, scale: true, reduction: 16, selection: static}
     init: importance
-    zero_update: true
+    zero_update: false
     rules:
-    - {name: layer1.1, action: narrow, fraction: 0.25}  # 0.41 +- 0.02 ms, KL 0.0031; runner-up MoD k=16 (+0.0020)
+    - {name: layer1.1, action: narrow, fraction: 0.25}  # 0.41 +- 0.02 ms, KL 0.0031; runner-up static MoD k=16 (+0.0020)
 """  # noqa: E501 (the example shows a line of the file as it is written)
 
 from __future__ import annotations

@@ -19,13 +19,20 @@ from modify.layers.options import MoDConfig
 from modify.study.choices import ACTIONS, FRACTIONS, Choice
 from modify.study.latency import Setting
 
-__all__ = ["DEFAULT_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "Finalist", "PlanResult"]
+__all__ = ["DEFAULT_MOD", "DYNAMIC_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable", "Attempt", "Finalist", "PlanResult"]
 
-# How the planner builds a MoD block from a trained one (issue 21, benchmarks/results/mod_middle_r18):
-# the branch form fused into the selected channels' own positions, so a zero update is exactly the
-# deletion; the original block's weights, then block-local distillation, which never leaves a block
-# below its deletion. Of the starts measured it ended closest to the original after fine-tuning.
-DEFAULT_MOD = MoDConfig(form="branch", fusion="original")
+# How the planner builds a MoD block from a trained one (issue 21): the branch form fused into the
+# selected channels' own positions, so a zero update is exactly the deletion, then block-local
+# distillation, which never leaves a block below its deletion (benchmarks/results/mod_middle_r18).
+# The channels are one fixed set, the k the block reads most, with their weights ("static MoD",
+# init importance): after the same brief fine-tune it ended at least as close to the original as
+# the Channel Selector build in 13 of 15 cells of the ResNet-18 table (whose selectors block
+# distillation had left dead: a fixed set of its own), with no selector to run, and every selector
+# kept choosing per image ended below it (README, "Each block alone"). `DYNAMIC_MOD` with init
+# copy is the Channel Selector build (``modify plan --selection dynamic``).
+DEFAULT_MOD = MoDConfig(form="branch", fusion="original", selection="static")
+DYNAMIC_MOD = MoDConfig(form="branch", fusion="original")
+LEGACY_BUILD = {"mod": DYNAMIC_MOD.as_dict(), "init": "copy", "zero_update": False}  # tables written before the switch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +44,7 @@ class PlanConfig:
     actions: tuple[str, ...] = ACTIONS  # what a block may become besides kept: delete, mod, narrow
     fractions: tuple[float, ...] = FRACTIONS  # MoD k = C * f; narrow keeps f of every inner width
     mod: MoDConfig = DEFAULT_MOD  # how MoD blocks are built
-    init: str = "copy"  # how MoD blocks start (`modify.layers.Init`): the original block's weights
+    init: str = "importance"  # how MoD blocks start (`modify.layers.Init`): the most-read channels, their weights
     zero_update: bool = False  # ... or with their branch's last layer at zero: each starts as its deletion
     distill_steps: int = 200  # block-local distillation steps per MoD or narrowed block (the cheap repair)
     repair_images: int = 1024  # images whose activations the distillation fits
@@ -73,6 +80,25 @@ class PlanConfig:
             )
         if any(not 0.0 < f < 1.0 for f in self.fractions):
             raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
+
+    @classmethod
+    def for_selection(cls, selection: str, **fields: Any) -> PlanConfig:
+        """A config whose MoD blocks select ``"static"`` (the default build) or ``"dynamic"`` (the
+        paper's Channel Selector, started from the original block's leading channels).
+
+        Example:
+            >>> PlanConfig.for_selection("dynamic", speedup=1.5).init
+            'copy'
+        """
+        if selection not in ("static", "dynamic"):
+            raise PlanError(f"selection {selection!r} is neither 'static' nor 'dynamic'.")
+        if selection == "static":
+            return cls(**fields)
+        return cls(**{"mod": DYNAMIC_MOD, "init": "copy", **fields})
+
+    def mod_build(self) -> dict[str, Any]:
+        """How this config builds MoD blocks, as plain data (a `ChoiceTable` records it)."""
+        return {"mod": self.mod.as_dict(), "init": self.init, "zero_update": self.zero_update}
 
     def meets(self, speedup: float) -> bool:
         """Whether a measured ``speedup`` meets the target: at least (1 - tolerance) * speedup."""
@@ -136,6 +162,7 @@ class ChoiceTable:
     rows: tuple[ChoiceRow, ...]  # every (block, choice): saving, spread, KL, agreement (or why it failed)
     calib_images: int  # the held-out images the KLs are measured on
     seed: int  # of the calibration split and the repairs
+    mod_build: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(LEGACY_BUILD))  # its MoD rows' build
 
     def allowed(self, actions: Sequence[str], fractions: Sequence[float]) -> list[ChoiceRow]:
         """The rows a plan of ``actions`` at ``fractions`` may choose from (keep always)."""
@@ -151,6 +178,7 @@ class ChoiceTable:
             "original_ms": self.original_ms,
             "calib_images": self.calib_images,
             "seed": self.seed,
+            "mod_build": dict(self.mod_build),
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
 
@@ -162,6 +190,7 @@ class ChoiceTable:
             rows=tuple(ChoiceRow(**r) for r in raw["rows"]),
             calib_images=raw["calib_images"],
             seed=raw["seed"],
+            mod_build=raw.get("mod_build", LEGACY_BUILD),
         )
 
 

@@ -2,7 +2,11 @@
 delete, MoD and narrow, and saying why.
 
 1. Choices (`modify.study.choices`): every residual block discovery finds may be kept, deleted,
-   made a MoD block at k = C/2, C/4, C/8, or narrowed to the same shares of its inner widths.
+   made a MoD block at k = C/2, C/4, C/8, or narrowed to the same shares of its inner widths. A
+   MoD block is built with one fixed set of k channels, those the block reads most ("static
+   MoD", `PlanConfig.mod`), unless the config asks for the paper's per-image Channel Selector
+   (`PlanConfig.for_selection("dynamic")`): after the same brief fine-tune the fixed set ended
+   closer to the original (`modify.study.plan_records.DEFAULT_MOD`).
 2. Latency (`modify.study.latency`): each choice's saving, measured in the whole model, in the
    setting the speed-up is for (batch, threads, input size, engine), interleaved with the original.
 3. Sensitivity (`modify.study.sensitivity`): each choice alone, after its cheap repair
@@ -42,12 +46,14 @@ from torch.utils.data import Dataset, Subset
 from modify.conversion.init import collapse_dead_selectors
 from modify.conversion.pipeline import traced_sites
 from modify.errors import ModifyError, NoBlocksError, PlanError
+from modify.layers.options import Selection
 from modify.study.candidates import Candidate, build_candidate
 from modify.study.choices import Choice, block_choices, choice_recipe
 from modify.study.finalists import brief_finetune, run_finalists
 from modify.study.latency import Timing, time_savings
 from modify.study.plan_records import (
     DEFAULT_MOD as DEFAULT_MOD,
+    DYNAMIC_MOD as DYNAMIC_MOD,
     Attempt as Attempt,
     ChoiceRow as ChoiceRow,
     ChoiceTable as ChoiceTable,
@@ -70,6 +76,7 @@ __all__ = [
     "retime_choices",
     "build_plan",
     "DEFAULT_MOD",
+    "DYNAMIC_MOD",
 ]
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -188,6 +195,7 @@ def _rows(
     timings: dict[str, Timing],
     scores: dict[str, Score],
     failed: dict[str, str],
+    static: bool,
 ) -> list[ChoiceRow]:
     rows = []
     for block, choices in options.items():
@@ -197,7 +205,7 @@ def _rows(
                 channels=channels[block],
                 action=c.action,
                 fraction=c.fraction,
-                label=c.label(channels[block]),
+                label=c.label(channels[block], static=static),
             )
             if c.action == "keep":
                 rows.append(ChoiceRow(**base, saving_ms=0.0, spread_ms=0.0, kl=0.0, agreement=1.0))
@@ -237,8 +245,8 @@ def _measure_choices(
     original_ms = _original_ms(timings)
     _check_reachable(original, choices, channels, timings, failed, config)
     scores = _score_choices(original, choices, channels, config, failed, repair_set, calib, emit)
-    rows = _rows(choices, channels, timings, scores, failed)
-    return ChoiceTable(config.setting, original_ms, tuple(rows), config.calib_images, config.seed)
+    rows = _rows(choices, channels, timings, scores, failed, static=config.mod.selection is Selection.STATIC)
+    return ChoiceTable(config.setting, original_ms, tuple(rows), config.calib_images, config.seed, config.mod_build())
 
 
 def retime_choices(
@@ -291,7 +299,9 @@ def retime_choices(
             rows.append(dataclasses.replace(r, saving_ms=t.saving_ms, spread_ms=t.spread_ms))
         else:
             rows.append(dataclasses.replace(r, error=failed[r.choice.key]) if r.choice.key in failed else r)
-    return ChoiceTable(config.setting, _original_ms(timings), tuple(rows), table.calib_images, table.seed)
+    return ChoiceTable(
+        config.setting, _original_ms(timings), tuple(rows), table.calib_images, table.seed, table.mod_build
+    )
 
 
 def _split(data: Dataset, config: PlanConfig) -> tuple[Dataset, Dataset, torch.Tensor]:
@@ -330,6 +340,7 @@ def plan(
             plans for other targets or other allowed actions are solved from it without timing
             and scoring every choice again. Measured in another batch, thread count or engine,
             its choices are timed again in this one (`retime_choices`) and their scores kept.
+            Its MoD rows must have been built as ``config`` builds them (`PlanConfig.mod_build`).
         on_event: called with ("stage" | "timed" | "scored" | "attempt", info) as it goes.
 
     Returns:
@@ -338,7 +349,8 @@ def plan(
 
     Raises:
         PlanError: a speed-up not above 1 or out of reach (the message says the fastest
-            reachable), data too small to hold out the calibration images, or no block to plan.
+            reachable), data too small to hold out the calibration images, no block to plan, or
+            a ``table`` whose MoD blocks were built otherwise.
 
     Example:
         >>> import torchvision, torch
@@ -361,6 +373,12 @@ def plan(
     repair_set, _, calib = _split(data, config)
     if table is None:
         table = _measure_choices(original, repair_set, calib, config, emit)
+    elif dict(table.mod_build) != config.mod_build() and any(r.action == "mod" for r in table.rows):
+        raise PlanError(
+            f"the measured choices built MoD blocks as {dict(table.mod_build)}, this plan as "
+            f"{config.mod_build()}; plan again without them, or build MoD as they did (--selection dynamic "
+            "for a table written before static MoD became the default)."
+        )
     elif table.setting != config.setting:
         table = retime_choices(original, table, config, on_event=emit)
     rows = table.allowed(config.actions, config.fractions)
