@@ -74,7 +74,9 @@ class ScorerActivation(StrChoice):
     negative on one image is negative on nearly all; under a ReLU it then gets no gradient again, and
     training kills the units one by one until the selector picks one fixed set
     (`modify.conversion.selector_units`). The other two keep a gradient for negative inputs and add
-    no parameters.
+    no parameters. They keep the selector alive, not per-image: on a converged ResNet-18
+    (layer1.0, k = C/2) block distillation still sent 95% (LeakyReLU) and 82% (GELU) of the images
+    down one channel set, and both ended at deleting the block, below static MoD (README).
     """
 
     RELU = "relu"  # the paper's (default)
