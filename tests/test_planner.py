@@ -161,10 +161,11 @@ def test_a_table_measured_with_another_mod_build_is_refused() -> None:
     assert ChoiceTable.from_dict(raw) == table
     raw.pop("mod_build")
     assert ChoiceTable.from_dict(raw) == table  # written before the field: the selector build, init copy
-    with pytest.raises(
-        PlanError, match=r"built MoD blocks as \{'mod': .*'init': 'copy'.*this plan as .*'selection': 'static'"
-    ):
+    refused = r"built MoD blocks as \{'mod': .*'init': 'copy'.*this plan as .*'selection': 'static'"
+    with pytest.raises(PlanError, match=refused):
         plan(_toy(), speedup=1.3, data=_data(), setting=Setting(input_size=SIZE), table=table, **QUICK)
+    with pytest.raises(PlanError, match=refused):  # nor timed again for another setting
+        planner.retime_choices(_toy(), table, PlanConfig(speedup=1.3, setting=Setting(batch=2, input_size=SIZE)))
 
 
 def test_a_plan_that_measures_below_the_target_asks_for_more(monkeypatch) -> None:

@@ -249,6 +249,16 @@ def _measure_choices(
     return ChoiceTable(config.setting, original_ms, tuple(rows), config.calib_images, config.seed, config.mod_build())
 
 
+def _check_build(table: ChoiceTable, config: PlanConfig) -> None:
+    """Refuses a table whose MoD rows were built otherwise than ``config`` builds MoD blocks."""
+    if dict(table.mod_build) != config.mod_build() and any(r.action == "mod" for r in table.rows):
+        raise PlanError(
+            f"the measured choices built MoD blocks as {dict(table.mod_build)}, this plan as "
+            f"{config.mod_build()}; plan again without them, or build MoD as they did (--selection dynamic "
+            "for a table written before static MoD became the default)."
+        )
+
+
 def retime_choices(
     model: nn.Module, table: ChoiceTable, config: PlanConfig, *, on_event: Event | None = None
 ) -> ChoiceTable:
@@ -258,7 +268,8 @@ def retime_choices(
     batch 32 on every core). The images' size must stay: the scores were measured at it.
 
     Raises:
-        PlanError: the table was measured at another input size, or on other calibration images.
+        PlanError: the table was measured at another input size, or on other calibration images,
+            or its MoD blocks were built otherwise than ``config`` builds them.
 
     Example:
         >>> import torchvision, torch
@@ -274,6 +285,7 @@ def retime_choices(
         (4, True)
     """
     emit: Event = on_event or (lambda kind, info: None)
+    _check_build(table, config)
     if table.setting.input_size != config.setting.input_size or (table.calib_images, table.seed) != (
         config.calib_images,
         config.seed,
@@ -373,14 +385,10 @@ def plan(
     repair_set, _, calib = _split(data, config)
     if table is None:
         table = _measure_choices(original, repair_set, calib, config, emit)
-    elif dict(table.mod_build) != config.mod_build() and any(r.action == "mod" for r in table.rows):
-        raise PlanError(
-            f"the measured choices built MoD blocks as {dict(table.mod_build)}, this plan as "
-            f"{config.mod_build()}; plan again without them, or build MoD as they did (--selection dynamic "
-            "for a table written before static MoD became the default)."
-        )
     elif table.setting != config.setting:
-        table = retime_choices(original, table, config, on_event=emit)
+        table = retime_choices(original, table, config, on_event=emit)  # which checks the build too
+    else:
+        _check_build(table, config)
     rows = table.allowed(config.actions, config.fractions)
     channels = {r.block: r.channels for r in table.rows}
     _, grouped, opts = option_table(rows)
