@@ -28,8 +28,9 @@ __all__ = ["DEFAULT_MOD", "DYNAMIC_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable
 # init importance): after the same brief fine-tune it ended at least as close to the original as
 # the Channel Selector build in 13 of 15 cells of the ResNet-18 table (whose selectors block
 # distillation had left dead: a fixed set of its own), with no selector to run, and every selector
-# that kept choosing per image ended below it (README, "Each block alone"). `DYNAMIC_MOD` with init
-# copy is the Channel Selector build (``modify plan --selection dynamic``).
+# that kept choosing per image ended below it or, once, level with it (README, "Each block
+# alone"). `DYNAMIC_MOD` with init copy is the Channel Selector build (``modify plan --selection
+# dynamic``).
 DEFAULT_MOD = MoDConfig(form="branch", fusion="original", selection="static")
 DYNAMIC_MOD = MoDConfig(form="branch", fusion="original")
 LEGACY_BUILD = {"mod": DYNAMIC_MOD.as_dict(), "init": "copy", "zero_update": False}  # tables written before the switch
