@@ -70,7 +70,9 @@ def plan_options(
     unknown = [a for a in chosen if a not in ("delete", "mod", "narrow")]
     if unknown or not chosen:
         raise fail(f"--actions {actions!r}: choose from delete, mod, narrow (comma-separated).")
-    if selection not in ("static", "dynamic"):
+    from modify.layers.options import Selection  # torch-free: options are checked before anything loads
+
+    if selection not in [m.value for m in Selection]:
         raise fail(
             f"--selection {selection!r}: choose static (one fixed channel set per MoD block) or dynamic "
             "(the paper's per-image Channel Selector)."
@@ -119,7 +121,7 @@ def run_plan(
     size = int(train[0][0].shape[-1])
     setting = Setting(batch=options["batch"], threads=options["threads"], input_size=size, engine=options["engine"])
     config = PlanConfig.for_selection(
-        options.get("selection", "static"),
+        options["selection"],
         speedup=options["speedup"],
         setting=setting,
         actions=options["actions"],

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modify.errors import PlanError
-from modify.layers.options import MoDConfig
+from modify.layers.options import MoDConfig, Selection
 from modify.study.choices import ACTIONS, FRACTIONS, Choice
 from modify.study.latency import Setting
 
@@ -33,7 +33,8 @@ __all__ = ["DEFAULT_MOD", "DYNAMIC_MOD", "PlanConfig", "ChoiceRow", "ChoiceTable
 # dynamic``).
 DEFAULT_MOD = MoDConfig(form="branch", fusion="original", selection="static")
 DYNAMIC_MOD = MoDConfig(form="branch", fusion="original")
-LEGACY_BUILD = {"mod": DYNAMIC_MOD.as_dict(), "init": "copy", "zero_update": False}  # tables written before the switch
+DYNAMIC_INIT = "copy"  # the selector build starts from the original block's leading channels
+LEGACY_BUILD = {"mod": DYNAMIC_MOD.as_dict(), "init": DYNAMIC_INIT, "zero_update": False}  # tables before the switch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,7 @@ class PlanConfig:
             raise PlanError(f"fractions {list(self.fractions)} must each lie in (0, 1), such as 0.5,0.25,0.125.")
 
     @classmethod
-    def for_selection(cls, selection: str, **fields: Any) -> PlanConfig:
+    def for_selection(cls, selection: Selection | str, **fields: Any) -> PlanConfig:
         """A config whose MoD blocks select ``"static"`` (the default build) or ``"dynamic"`` (the
         paper's Channel Selector, started from the original block's leading channels).
 
@@ -91,11 +92,11 @@ class PlanConfig:
             >>> PlanConfig.for_selection("dynamic", speedup=1.5).init
             'copy'
         """
-        if selection not in ("static", "dynamic"):
+        if str(selection) not in [m.value for m in Selection]:
             raise PlanError(f"selection {selection!r} is neither 'static' nor 'dynamic'.")
-        if selection == "static":
+        if Selection(str(selection)) is Selection.STATIC:
             return cls(**fields)
-        return cls(**{"mod": DYNAMIC_MOD, "init": "copy", **fields})
+        return cls(**{"mod": DYNAMIC_MOD, "init": DYNAMIC_INIT, **fields})
 
     def mod_build(self) -> dict[str, Any]:
         """How this config builds MoD blocks, as plain data (a `ChoiceTable` records it)."""
