@@ -21,6 +21,7 @@ from torch import Tensor, fx, nn
 from modify.conversion.selector_units import block_inputs
 from modify.errors import ModifyError
 from modify.layers import BlockForm, ChannelSelector, MoDBlock
+from modify.layers.channel_weights import ChannelConv2d, ChannelNorm2d
 from modify.layers.options import SelectionOrder, StrChoice
 from modify.layers.selector import StaticSelector
 
@@ -51,7 +52,8 @@ def _counterparts(reduced: nn.Module, original: nn.Module, scope: str) -> dict[s
     root = original.get_submodule(scope) if scope else original
     for _prefix, candidate in root.named_modules():
         table = {rel.replace(".", "_"): m for rel, m in candidate.named_modules() if rel}
-        if all(n in table and type(table[n]) is type(m) for n, m in wanted.items()):
+        # isinstance: a per-channel layer (`modify.layers.channel_weights`) matches the layer it widens
+        if all(n in table and isinstance(m, type(table[n])) for n, m in wanted.items()):
             return {n: table[n] for n in wanted}
     where = scope or "the model"
     raise ModifyError(
@@ -80,10 +82,11 @@ class _Rankings:
 
 
 def _input_layers(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[nn.Module]:
-    """The layers with parameters that read the block input (through parameter-free ops only)."""
+    """The layers with parameters that read the block input (through parameter-free ops only); the
+    input is the first placeholder (a per-channel branch takes the selected indices second)."""
     found: list[nn.Module] = []
     seen: set[fx.Node] = set()
-    frontier = [n for n in graph.nodes if n.op == "placeholder"]
+    frontier = [n for n in graph.nodes if n.op == "placeholder"][:1]
     while frontier:
         node = frontier.pop()
         for user in node.users:
@@ -242,11 +245,28 @@ def copy_important(
     ranking = _rank_inputs(inputs, mod.channels)  # (C,) most important first
     ranks.sets[mod.channels] = _in_slot_order(mod, ranking)
     _copy_part(branch, original, scope, ranks)
+    _own_channel_order(branch, ranks.sets[mod.channels])
     post = getattr(mod.block, "post", None) if mod.form is BlockForm.WHOLE else None
     if post is not None and any(True for _ in post.parameters()):
         _copy_part(post, original, scope, ranks)
     prior = _prior_selector(mod, ranking, noise)
     return [int(i) for i in ranking[: mod.k]], prior
+
+
+def _own_channel_order(branch: nn.Module, copied: Tensor) -> None:
+    """Puts channel c's weights at position c in the C-wide layers of a per-channel branch
+    (``weights="channel"``), which `_copy_part` filled in the order ``copied`` (C,) of the block's
+    C channels: position j held channel ``copied[j]``."""
+    back = torch.argsort(copied)  # position of channel c in the copy
+    for m in branch.modules():
+        if isinstance(m, ChannelConv2d):
+            m.weight.copy_(m.weight[:, back] if m.side == "in" else m.weight[back])
+            if m.bias is not None and m.side == "out":
+                m.bias.copy_(m.bias[back])
+        elif isinstance(m, ChannelNorm2d):
+            for t in (m.weight, m.bias, m.running_mean, m.running_var):
+                if t is not None:
+                    t.copy_(t[back])
 
 
 def _in_slot_order(mod: MoDBlock, ranking: Tensor) -> Tensor:

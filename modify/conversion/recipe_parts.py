@@ -31,6 +31,7 @@ from modify.layers.options import (
     BlockForm,
     FusionSlot,
     MoDConfig,
+    ReducedWeights,
     ScorerActivation,
     Selection,
     SelectionOrder,
@@ -53,6 +54,7 @@ _MOD_CHOICES = {
     "order": SelectionOrder,
     "selection": Selection,
     "activation": ScorerActivation,
+    "weights": ReducedWeights,
 }
 _FRACTION_EPS = 1e-9  # so that 0.29 * 100 floors to 29, not 28
 
@@ -310,4 +312,7 @@ def mod_config_from(raw: object, path: str = "mod") -> MoDConfig:
         raise fail(f"{path}.scale", f"{raw['scale']!r} is not a boolean; expected true or false.")
     if "reduction" in raw:
         check_int(raw["reduction"], f"{path}.reduction", minimum=1, expected="the selector's ratio r, an integer >= 1")
-    return MoDConfig(**dict(raw))
+    try:
+        return MoDConfig(**dict(raw))
+    except ValueError as e:  # options valid alone that do not go together
+        raise fail(path, str(e)) from None

@@ -14,6 +14,7 @@ from modify.layers.options import (
     FusionSlot as FusionSlot,
     Init as Init,
     MoDConfig as MoDConfig,
+    ReducedWeights as ReducedWeights,
     ScorerActivation as ScorerActivation,
     Selection as Selection,
     SelectionOrder as SelectionOrder,
@@ -21,6 +22,7 @@ from modify.layers.options import (
 
 if TYPE_CHECKING:
     from modify.layers.block import MoDBlock as MoDBlock, capacity_to_k as capacity_to_k
+    from modify.layers.channel_weights import ChannelConv2d as ChannelConv2d, ChannelNorm2d as ChannelNorm2d
     from modify.layers.fusion import Fusion as Fusion
     from modify.layers.residual import ReducedBlock as ReducedBlock, Shortcut as Shortcut
     from modify.layers.selector import ChannelSelector as ChannelSelector, StaticSelector as StaticSelector
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "MoDBlock": "modify.layers.block",
     "capacity_to_k": "modify.layers.block",
+    "ChannelConv2d": "modify.layers.channel_weights",
+    "ChannelNorm2d": "modify.layers.channel_weights",
     "Fusion": "modify.layers.fusion",
     "ReducedBlock": "modify.layers.residual",
     "Shortcut": "modify.layers.residual",
@@ -36,7 +40,17 @@ _LAZY = {
 }
 
 __all__ = sorted(
-    [*_LAZY, "BlockForm", "FusionSlot", "Init", "MoDConfig", "ScorerActivation", "Selection", "SelectionOrder"]
+    [
+        *_LAZY,
+        "BlockForm",
+        "FusionSlot",
+        "Init",
+        "MoDConfig",
+        "ReducedWeights",
+        "ScorerActivation",
+        "Selection",
+        "SelectionOrder",
+    ]
 )
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -13,8 +13,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, fx, nn
 
+from modify.layers.channel_weights import channel_weight_branch
 from modify.layers.fusion import Fusion, expand_index
-from modify.layers.options import BlockForm, FusionSlot, MoDConfig, ScorerActivation, Selection, SelectionOrder
+from modify.layers.options import (
+    BlockForm,
+    FusionSlot,
+    MoDConfig,
+    ReducedWeights,
+    ScorerActivation,
+    Selection,
+    SelectionOrder,
+)
 from modify.layers.selector import ChannelSelector, StaticSelector
 
 __all__ = ["MoDBlock", "capacity_to_k", "gather_channels"]
@@ -77,6 +86,10 @@ class MoDBlock(nn.Module):
             channels for every sample, `StaticSelector`).
         activation: the Channel Selector's hidden activation, ``"relu"`` (the paper's, default),
             ``"leaky_relu"`` or ``"gelu"`` (`ScorerActivation`).
+        weights: ``"slot"`` (default: the reduced block's weights per slot, whatever channel an image
+            puts there) or ``"channel"`` (each selected channel its own: ``block``, a branch, is
+            widened by `modify.layers.channel_weights.channel_weight_branch`; branch form and the
+            ``"original"`` fusion only).
 
     Example:
         >>> from torchvision.models.resnet import BasicBlock
@@ -99,6 +112,7 @@ class MoDBlock(nn.Module):
         reduction: int = 16,
         selection: Selection | str = Selection.DYNAMIC,
         activation: ScorerActivation | str = ScorerActivation.RELU,
+        weights: ReducedWeights | str = ReducedWeights.SLOT,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -111,6 +125,10 @@ class MoDBlock(nn.Module):
             self.selector: nn.Module = StaticSelector(channels, k)
         else:
             self.selector = ChannelSelector(channels, k, reduction=reduction, order=order, activation=activation)
+        self.weights = ReducedWeights.from_str(weights)
+        if self.weights is ReducedWeights.CHANNEL:
+            MoDConfig(form=self.form, fusion=fusion, weights=self.weights)  # raises if they do not go together
+            block = channel_weight_branch(block, channels)
         self.block = block
         self.fusion = Fusion(channels, k, fusion)
         self.post = post if post is not None else nn.Identity()
@@ -132,13 +150,17 @@ class MoDBlock(nn.Module):
             reduction=config.reduction,
             selection=config.selection,
             activation=config.activation,
+            weights=config.weights,
         )
 
     def forward(self, x: Tensor) -> Tensor:
         scores, indices = self.selector(x)  # (N, k), (N, k)
-        y = self.block(gather_channels(x, indices))  # (N, k, H, W)
+        picked = gather_channels(x, indices)  # (N, k, H, W)
+        own = self.weights is ReducedWeights.CHANNEL  # each channel brings its weights: the block takes the indices
+        y = self.block(picked, indices) if own else self.block(picked)  # (N, k, H, W)
         out = self.fusion(x, y, indices, scores if self.scale else None)  # (N, C, H, W): y * scores fused in
         return self.post(out) if self.form is BlockForm.BRANCH else out  # "whole": nothing follows the fusion
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, k={self.k}, form={self.form.value}, scale={self.scale}"
+        extra = ", weights=channel" if self.weights is ReducedWeights.CHANNEL else ""
+        return f"channels={self.channels}, k={self.k}, form={self.form.value}, scale={self.scale}{extra}"

@@ -18,6 +18,7 @@ __all__ = [
     "SelectionOrder",
     "Selection",
     "ScorerActivation",
+    "ReducedWeights",
     "BlockForm",
     "FusionSlot",
     "MoDConfig",
@@ -87,6 +88,13 @@ class ScorerActivation(StrChoice):
 LEAKY_SLOPE = 0.1  # PyTorch's default 0.01 leaves a negative unit a hundredth of its gradient
 
 
+class ReducedWeights(StrChoice):
+    """Whose weights the reduced block applies to the k channels an image selects."""
+
+    SLOT = "slot"  # one set per slot of the reduced block, whatever channel lands there (the paper; default)
+    CHANNEL = "channel"  # each selected channel its own (`modify.layers.channel_weights`); branch form, original fusion
+
+
 class BlockForm(StrChoice):
     """What the reduced block is."""
 
@@ -118,6 +126,7 @@ class MoDConfig:
     reduction: int = 16  # the selector's bottleneck ratio r
     selection: Selection = Selection.DYNAMIC  # per-sample channels, or one fixed set (static MoD)
     activation: ScorerActivation = ScorerActivation.RELU  # the selector's hidden activation
+    weights: ReducedWeights = ReducedWeights.SLOT  # per slot of the reduced block, or each channel its own
 
     def __post_init__(self) -> None:
         # Accept the YAML's strings; store the enum members.
@@ -126,12 +135,21 @@ class MoDConfig:
         object.__setattr__(self, "order", SelectionOrder.from_str(self.order))
         object.__setattr__(self, "selection", Selection.from_str(self.selection))
         object.__setattr__(self, "activation", ScorerActivation.from_str(self.activation))
+        object.__setattr__(self, "weights", ReducedWeights.from_str(self.weights))
+        if self.weights is ReducedWeights.CHANNEL and (
+            self.form is not BlockForm.BRANCH or self.fusion is not FusionSlot.ORIGINAL
+        ):
+            raise ValueError(
+                f"weights='channel' needs form='branch' and fusion='original' (got form={self.form.value!r}, "
+                f"fusion={self.fusion.value!r}): each channel's update goes back to where it came from."
+            )
         if not isinstance(self.reduction, int) or self.reduction < 1:
             raise ValueError(f"reduction={self.reduction!r} must be a positive integer.")
 
     def as_dict(self) -> dict[str, object]:
-        """Plain strings and numbers, for YAML and checkpoints (``selection`` only when static and
-        ``activation`` only when not the ReLU, so recipes written before them read the same)."""
+        """Plain strings and numbers, for YAML and checkpoints (``selection`` only when static,
+        ``activation`` only when not the ReLU and ``weights`` only when per channel, so recipes
+        written before them read the same)."""
         out: dict[str, object] = {
             "form": self.form.value,
             "fusion": self.fusion.value,
@@ -143,4 +161,6 @@ class MoDConfig:
             out["selection"] = self.selection.value
         if self.activation is not ScorerActivation.RELU:
             out["activation"] = self.activation.value
+        if self.weights is not ReducedWeights.SLOT:
+            out["weights"] = self.weights.value
         return out
