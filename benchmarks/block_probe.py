@@ -10,7 +10,10 @@ channel that two routings share lands in the same slot more often), and the two 
 slot holding the weights of the channel it receives, however the scores tie); and the selector frozen
 during block-local distillation (which otherwise kills every selector unit on the ResNet-18 of the
 table, leaving one fixed channel set: benchmarks/selector_fate.py), and the selector's hidden
-ReLU replaced by a LeakyReLU or a GELU (no dead state to end in). Everything else is the
+ReLU replaced by a LeakyReLU or a GELU (no dead state to end in); and each selected channel
+bringing its own weights (``weights channel``, `modify.layers.channel_weights`: the per-image
+choice without a slot meeting another channel's weights), with the ReLU or a GELU selector,
+from ``init importance``. Everything else is the
 table's MoD arm: built as the planner builds it, 0.5 epoch of distillation from the original,
 lr 0.02, a resumable sweep folder.
 
@@ -78,6 +81,10 @@ BUILDS = {
     "init importance, order index": lambda c: dataclasses.replace(_index_order(c), init="importance"),
     "selector leaky_relu": lambda c: _mod_option(c, "activation", "leaky_relu"),
     "selector gelu": lambda c: _mod_option(c, "activation", "gelu"),
+    "own weights": lambda c: dataclasses.replace(_mod_option(c, "weights", "channel"), init="importance"),
+    "own weights, selector gelu": lambda c: dataclasses.replace(
+        _mod_option(_mod_option(c, "weights", "channel"), "activation", "gelu"), init="importance"
+    ),
 }
 
 
