@@ -174,6 +174,26 @@ def test_gradients_reach_every_parameter_and_the_last_norm_keeps_its_statistics(
     assert torch.equal(norm.running_mean, before) and not torch.equal(inner.running_mean, inner_before)
 
 
+def test_recalibration_and_block_distillation_keep_each_channels_statistics() -> None:
+    """`recalibrate_bn` (which block distillation ends with) re-estimates the inner BatchNorm and
+    leaves the widened one's statistics, the original block's, as they were."""
+    from modify.train.distill import distill_blocks
+    from modify.train.evaluation import recalibrate_bn
+
+    torch.manual_seed(0)
+    net = _randomise(modify.get_model("resnet18", num_classes=10))
+    model = _converted(net, "layer2.1", 32, "copy", weights="channel")
+    ((_, _, mod),) = mod_blocks(model)
+    norm, inner = mod.block.get_submodule("bn2"), mod.block.get_submodule("bn1")
+    original_var = net.layer2[1].bn2.running_var.clone()
+    images = [(torch.randn(8, 3, SIZE, SIZE), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    inner_before = inner.running_var.clone()
+    assert recalibrate_bn(model, images, 2) == 2
+    assert torch.equal(norm.running_var, original_var) and not torch.equal(inner.running_var, inner_before)
+    distill_blocks(model, net, images, images=16, steps=2, batch_size=8)
+    assert torch.equal(norm.running_var, original_var)
+
+
 def test_recipes_and_checkpoints_keep_the_weights_option(tmp_path) -> None:
     recipe = load_recipe(_recipe("layer2.1", 32, weights="channel"))
     assert recipe.mod.weights is ReducedWeights.CHANNEL and recipe.mod.as_dict()["weights"] == "channel"

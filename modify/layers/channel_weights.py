@@ -91,6 +91,10 @@ class ChannelNorm2d(nn.BatchNorm2d):
     statistics, in training too (its affine parameters still learn); without ``indices`` the plain
     BatchNorm over all C.
 
+    Its running statistics are never re-estimated (``fixed_statistics``:
+    `modify.train.evaluation.recalibrate_bn` leaves them): a batch of per-image channel sets does
+    not estimate a channel's statistics, and what the original block measured stays each channel's.
+
     Example:
         >>> import torch
         >>> norm = ChannelNorm2d(4).eval()
@@ -99,6 +103,8 @@ class ChannelNorm2d(nn.BatchNorm2d):
         >>> [round(v, 3) for v in norm(torch.zeros(1, 2, 1, 1), torch.tensor([[3, 1]])).flatten().tolist()]
         [-3.0, -1.0]
     """
+
+    fixed_statistics = True
 
     def forward(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
         if indices is None:

@@ -53,9 +53,16 @@ def recalibrate_bn(
 
     The statistics are reset and accumulated as a cumulative average (``momentum=None``) in
     training mode without gradients; parameters are not touched and each module's mode and
-    momentum are restored. Returns the number of batches used.
+    momentum are restored. Norms whose statistics are fixed by design (``fixed_statistics``, as
+    `modify.layers.ChannelNorm2d`) are left as they are. Returns the number of batches used.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and not getattr(m, "fixed_statistics", False)
+    ]
     if not norms or batches <= 0:
         return 0
     momenta = {m: m.momentum for m in norms}
