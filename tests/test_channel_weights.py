@@ -14,19 +14,14 @@ from modify.conversion.recipe import load_recipe
 from modify.errors import ModifyError, RecipeError
 from modify.layers import ChannelConv2d, ChannelNorm2d, ChannelSelector, MoDBlock, MoDConfig, ReducedWeights
 from modify.layers.channel_weights import channel_weight_branch
+from toy_models import randomise_norms
 
 SIZE = 32
 
 
 def _randomise(model: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics and scales, so eval mode and the inner ranking mean something."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.2, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    return model.eval()
+    """Random BatchNorm statistics and scales (the ``importance`` inner ranking reads them), in eval mode."""
+    return randomise_norms(model, scale=(0.2, 1.5)).eval()
 
 
 def _recipe(block: str, k: int, **mod: str) -> dict:

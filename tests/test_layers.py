@@ -24,19 +24,9 @@ from modify.layers import (
 )
 from modify.layers.block import gather_channels
 from modify.models.resnet_mod import reduced_bottleneck
+from toy_models import randomise_norms
 
 C, K, H, W = 16, 4, 5, 6
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so eval mode is not an identity."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return module
 
 
 def _branch(k: int) -> nn.Sequential:
@@ -76,7 +66,7 @@ def reference_forward(x: torch.Tensor, mod: MoDBlock, slot: str, order: str, for
 def test_mod_block_matches_paper_equations(slot: str, form: str, order: str) -> None:
     block = BasicBlock(K, K) if form == "whole" else _branch(K)
     post = nn.ReLU() if form == "branch" else None
-    mod = MoDBlock(C, K, _randomise(block), form=form, post=post, fusion=slot, order=order, reduction=4)
+    mod = MoDBlock(C, K, randomise_norms(block), form=form, post=post, fusion=slot, order=order, reduction=4)
     mod = mod.double().eval()
     x = torch.randn(3, C, H, W, dtype=torch.float64)
     with torch.no_grad():
@@ -258,7 +248,7 @@ class _LeafTracer(torch.fx.Tracer):
 
 
 def test_fx_traces_inside_and_as_leaf() -> None:
-    model = _randomise(_TwoBlocks()).eval()
+    model = randomise_norms(_TwoBlocks()).eval()
     x = torch.randn(2, 3, H, W)
     inside = torch.fx.symbolic_trace(model)
     assert any(n.target is torch.topk for n in inside.graph.nodes)

@@ -1,4 +1,4 @@
-"""Hand-written blocks shared by several test files."""
+"""Hand-written blocks, and helpers for them, shared by several test files."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ class PreActBlock(nn.Module):
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
+
+
+def randomise_norms(module: nn.Module, scale: tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+    """Non-trivial BatchNorm statistics, scales (uniform in ``scale``) and shifts, so eval mode is
+    not an identity and rankings by scale mean something; returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(*scale)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return module
