@@ -13,7 +13,9 @@ table, leaving one fixed channel set: benchmarks/selector_fate.py), and the sele
 ReLU replaced by a LeakyReLU or a GELU (no dead state to end in); and each selected channel
 bringing its own weights (``weights channel``, `modify.layers.channel_weights`: the per-image
 choice without a slot meeting another channel's weights), with the ReLU or a GELU selector,
-from ``init importance``. Everything else is the
+from ``init importance``, and with block distillation also teaching the selector, per image, the
+k channels the original block changes most (``routed``: `modify.train.distill`'s ``route_weight``
+1). Everything else is the
 table's MoD arm: built as the planner builds it, 0.5 epoch of distillation from the original,
 lr 0.02, a resumable sweep folder.
 
@@ -84,6 +86,9 @@ BUILDS = {
     "own weights": lambda c: dataclasses.replace(_mod_option(c, "weights", "channel"), init="importance"),
     "own weights, selector gelu": lambda c: dataclasses.replace(
         _mod_option(_mod_option(c, "weights", "channel"), "activation", "gelu"), init="importance"
+    ),
+    "own weights, selector gelu, routed": lambda c: dataclasses.replace(
+        _mod_option(_mod_option(c, "weights", "channel"), "activation", "gelu"), init="importance", route_weight=1.0
     ),
 }
 
