@@ -237,3 +237,16 @@ def test_own_weights_cost_the_macs_of_the_slot_build_counted_by_hand(batch: int)
         mod = MoDBlock(8, 2, branch_module, form="branch", fusion="original", weights=weights, reduction=4)
         report = profile_model(mod, input_size=4, in_channels=8, batch_size=batch)
         assert report.macs == batch * (selector + branch + fuse) and report.uncounted == {}
+
+
+def test_a_per_image_model_exports_to_onnx_with_parity(tmp_path) -> None:
+    """The weight gathers and the grouped convolution export (dynamic batch); ONNX Runtime gives the
+    same outputs at batch 1 and 3."""
+    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
+    from modify.deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    net = _randomise(modify.get_model("resnet18", num_classes=10))
+    model = _converted(net, "layer2.1", 32, "copy", weights="channel")
+    report = export_onnx(model, tmp_path / "own.onnx", input_size=SIZE, batch_sizes=(1, 3))
+    assert report.max_abs_diff <= 1e-4 and "TopK" in report.operators
